@@ -1,0 +1,418 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/raksha-backup/raksha/internal/disk"
+)
+
+// DiskOptions tell BackupDisk what it may skip.
+type DiskOptions struct {
+	// Name describes the disk (an image path, a volume name); informational.
+	Name string
+	// Base is the disk manifest (BACKUP/VM/DISK) to diff against. Empty, or a
+	// base that is missing or does not fit, means a full read.
+	Base string
+	// Changed lists the byte ranges changed since Base. Only with ChangedKnown
+	// are untouched chunks taken from the base unread; otherwise every chunk is
+	// read and only chunks whose content changed are uploaded.
+	Changed      []disk.Extent
+	ChangedKnown bool
+	// Checkpoint is the CBT token the source was taken at, recorded in the manifest.
+	Checkpoint *Checkpoint
+	// Progress, if set, is called from time to time and at the end.
+	Progress func(Progress)
+}
+
+// Progress reports how far a disk copy or restore is.
+type Progress struct {
+	Done, Total int64 // bytes of the disk covered so far, and its size
+	DiskStats
+}
+
+// pipeline sizes
+const (
+	// window bounds how far the producer may run ahead of the in-order collector.
+	window = 4096
+)
+
+type chunkJob struct {
+	i      int64
+	off    int64
+	n      int
+	parts  []disk.Extent // ranges to read; nil means the whole chunk
+	base   ChunkID
+	inBase bool
+}
+
+type chunkResult struct {
+	i     int64
+	id    ChunkID
+	stats DiskStats
+}
+
+type uploadJob struct {
+	i      int64
+	id     ChunkID
+	sealed *[]byte
+	stats  DiskStats // what reading the chunk cost
+}
+
+// BackupDisk copies one disk from src into the session as manifest
+// BACKUP/vm/diskName. Memory stays bounded by the chunk size times the number
+// of chunks in flight (Workers + Transfers + a few), whatever the disk size.
+func (s *Session) BackupDisk(ctx context.Context, vm, diskName string, src disk.Source, o DiskOptions) (*DiskManifest, error) {
+	if !ValidName(vm) || !ValidName(diskName) {
+		return nil, fmt.Errorf("backup disk: invalid vm %q or disk %q name (letters, digits, '.', '_', '-')", vm, diskName)
+	}
+	diskID := s.id + "/" + vm + "/" + diskName
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("backup disk %s: session already finished", diskID)
+	}
+	for _, m := range s.disks {
+		if m.ID == diskID {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("backup disk %s: already in this backup", diskID)
+		}
+	}
+	s.mu.Unlock()
+	start := time.Now()
+	m, err := s.copyDisk(ctx, diskID, vm, diskName, src, o)
+	if err != nil {
+		return nil, fmt.Errorf("backup disk %s: %w", diskID, err)
+	}
+	m.Stats.Seconds = time.Since(start).Seconds()
+	if err := s.r.saveJSON(ctx, headerName(diskID), "manifest:"+diskID, m); err != nil {
+		return nil, fmt.Errorf("backup disk %s: %w", diskID, err)
+	}
+	s.mu.Lock()
+	s.disks = append(s.disks, m)
+	s.mu.Unlock()
+	return m, nil
+}
+
+// resolveBase loads the base manifest if it can serve this disk; otherwise it
+// logs why and returns nil (a full read follows).
+func (r *Repository) resolveBase(ctx context.Context, baseID string, size int64) *DiskManifest {
+	if baseID == "" {
+		return nil
+	}
+	base, err := r.LoadManifest(ctx, baseID)
+	if err != nil {
+		r.log.Warn("base manifest unusable, reading the whole disk", "base", baseID, "err", err)
+		return nil
+	}
+	if base.ChunkSize != r.cfg.ChunkSize {
+		r.log.Warn("base manifest has another chunk size, reading the whole disk", "base", baseID,
+			"base_chunk_size", base.ChunkSize, "chunk_size", r.cfg.ChunkSize)
+		return nil
+	}
+	return base
+}
+
+func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src disk.Source, o DiskOptions) (*DiskManifest, error) {
+	r := s.r
+	size := src.Size()
+	if size < 0 {
+		return nil, fmt.Errorf("source reports negative size %d", size)
+	}
+	cs := int64(r.cfg.ChunkSize)
+	nchunks := (size + cs - 1) / cs
+	m := &DiskManifest{Schema: SchemaVersion, ID: diskID, Backup: s.id, VM: vm, Disk: diskName, Name: o.Name,
+		Size: size, ChunkSize: r.cfg.ChunkSize, Chunks: nchunks,
+		Pages: int((nchunks + PageEntries - 1) / PageEntries), Checkpoint: o.Checkpoint, Created: time.Now().UTC()}
+
+	base := r.resolveBase(ctx, o.Base, size)
+	var changed *disk.Cursor
+	if base != nil {
+		m.Base = base.ID
+		if o.ChangedKnown {
+			norm, err := disk.Normalize(o.Changed, size)
+			if err != nil {
+				return nil, fmt.Errorf("changed extents: %w", err)
+			}
+			changed = disk.NewCursor(norm)
+		}
+	} else if o.ChangedKnown {
+		r.log.Info("changed extents given but no usable base: reading the whole disk", "disk", diskID)
+	}
+	allocExts, allocKnown, err := src.Allocated()
+	if err != nil {
+		return nil, fmt.Errorf("allocated ranges: %w", err)
+	}
+	var alloc *disk.Cursor
+	if allocKnown {
+		norm, err := disk.Normalize(allocExts, size)
+		if err != nil {
+			return nil, fmt.Errorf("allocated ranges from the source: %w", err)
+		}
+		alloc = disk.NewCursor(norm)
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	fail := func(err error) { cancel(err) }
+
+	plainPool := sync.Pool{New: func() any { b := make([]byte, cs); return &b }}
+	sealedPool := sync.Pool{New: func() any { b := make([]byte, 0, cs+cs/128+1024); return &b }}
+	jobs := make(chan chunkJob, r.opts.Workers)
+	uploads := make(chan uploadJob, 2)
+	results := make(chan chunkResult, window)
+	tokens := make(chan struct{}, window) // producer-ahead-of-collector bound
+
+	var producers, workers, uploaders sync.WaitGroup
+	// producer: decides per chunk: hole, unchanged (from base), or read.
+	producers.Add(1)
+	go func() {
+		defer producers.Done()
+		defer close(jobs)
+		var baseList *chunkList
+		if base != nil {
+			baseList = r.newChunkList(base)
+		}
+		for i := int64(0); i < nchunks; i++ {
+			select {
+			case tokens <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			off := i * cs
+			n := min(cs, size-off)
+			j := chunkJob{i: i, off: off, n: int(n)}
+			// The base's entry i may stand for this chunk only if it covers the same bytes.
+			if base != nil && i < base.Chunks && ((i+1)*cs <= base.Size && (i+1)*cs <= size || base.Size == size) {
+				id, err := baseList.At(ctx, i)
+				if err != nil {
+					fail(fmt.Errorf("read base %s: %w", base.ID, err))
+					return
+				}
+				j.base, j.inBase = id, true
+			}
+			// Untouched by changes since the base: take the base's entry unread.
+			if j.inBase && changed != nil && !changed.Touches(off, n) {
+				res := chunkResult{i: i, id: j.base}
+				if j.base.IsHole() {
+					res.stats.Holes = 1
+				} else {
+					res.stats.BytesReused, res.stats.ChunksReuse = n, 1
+				}
+				results <- res
+				continue
+			}
+			if alloc != nil {
+				j.parts = alloc.Clip(off, n)
+				if len(j.parts) == 0 {
+					results <- chunkResult{i: i, stats: DiskStats{Holes: 1}}
+					continue
+				}
+				if len(j.parts) == 1 && j.parts[0].Offset == off && j.parts[0].Length == n {
+					j.parts = nil
+				}
+			}
+			select {
+			case jobs <- j:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	// workers: read, hash, dedup, compress, encrypt.
+	for range r.opts.Workers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for j := range jobs {
+				if ctx.Err() != nil {
+					continue
+				}
+				res, up, err := s.processChunk(ctx, src, j, &plainPool, &sealedPool)
+				if err != nil {
+					fail(err)
+					continue
+				}
+				if up != nil {
+					select {
+					case uploads <- *up:
+					case <-ctx.Done():
+						sealedPool.Put(up.sealed)
+					}
+					continue
+				}
+				results <- res
+			}
+		}()
+	}
+	// uploaders
+	for range r.opts.Transfers {
+		uploaders.Add(1)
+		go func() {
+			defer uploaders.Done()
+			for u := range uploads {
+				if ctx.Err() == nil {
+					if err := r.be.Save(ctx, chunkName(u.id), *u.sealed); err != nil {
+						fail(fmt.Errorf("upload chunk %d (%s): %w", u.i, u.id, err))
+					} else {
+						u.stats.BytesStored = int64(len(*u.sealed))
+						results <- chunkResult{i: u.i, id: u.id, stats: u.stats}
+					}
+				}
+				s.mu.Lock()
+				delete(s.inflight, u.id)
+				s.mu.Unlock()
+				sealedPool.Put(u.sealed)
+			}
+		}()
+	}
+	go func() {
+		producers.Wait()
+		workers.Wait()
+		close(uploads)
+		uploaders.Wait()
+		close(results)
+	}()
+
+	// collector: in order, into pages.
+	pending := map[int64]chunkResult{}
+	page := make([]ChunkID, 0, min(nchunks, PageEntries))
+	pageNo := 0
+	next := int64(0)
+	lastProgress := time.Time{}
+	var collectErr error
+	for res := range results {
+		if collectErr != nil || ctx.Err() != nil {
+			continue // drain
+		}
+		pending[res.i] = res
+		for {
+			cur, ok := pending[next]
+			if !ok {
+				break
+			}
+			delete(pending, next)
+			<-tokens
+			m.Stats.add(cur.stats)
+			page = append(page, cur.id)
+			next++
+			if len(page) == PageEntries || next == nchunks {
+				if err := r.savePage(ctx, diskID, pageNo, page); err != nil {
+					collectErr = err
+					fail(err)
+					break
+				}
+				pageNo++
+				page = page[:0]
+			}
+		}
+		if o.Progress != nil && time.Since(lastProgress) > 200*time.Millisecond {
+			lastProgress = time.Now()
+			o.Progress(Progress{Done: min(next*cs, size), Total: size, DiskStats: m.Stats})
+		}
+	}
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	if next != nchunks {
+		return nil, fmt.Errorf("internal error: collected %d of %d chunks", next, nchunks)
+	}
+	if nchunks == 0 {
+		m.Pages = 0
+	}
+	if o.Progress != nil {
+		o.Progress(Progress{Done: size, Total: size, DiskStats: m.Stats})
+	}
+	return m, nil
+}
+
+func (r *Repository) savePage(ctx context.Context, diskID string, n int, ids []ChunkID) error {
+	sealed := r.codec.seal(encodePage(ids), pageAAD(diskID, n), nil)
+	if err := r.be.Save(ctx, pageName(diskID, n), sealed); err != nil {
+		return fmt.Errorf("save chunk list page %d: %w", n, err)
+	}
+	return nil
+}
+
+var zeroChunk = make([]byte, MaxChunkSize)
+
+// processChunk reads one chunk and decides: hole, same as base, already
+// stored (dedup), or to upload (then it returns the sealed object).
+func (s *Session) processChunk(ctx context.Context, src disk.Source, j chunkJob, plainPool, sealedPool *sync.Pool) (chunkResult, *uploadJob, error) {
+	r := s.r
+	bufp := plainPool.Get().(*[]byte)
+	defer plainPool.Put(bufp)
+	buf := (*bufp)[:j.n]
+	res := chunkResult{i: j.i}
+	res.stats.ChunksRead = 1
+	if j.parts == nil {
+		if err := readFull(src, buf, j.off); err != nil {
+			return res, nil, fmt.Errorf("read chunk %d at offset %d: %w", j.i, j.off, err)
+		}
+		res.stats.BytesRead = int64(j.n)
+	} else {
+		clear(buf)
+		for _, p := range j.parts {
+			if err := readFull(src, buf[p.Offset-j.off:p.End()-j.off], p.Offset); err != nil {
+				return res, nil, fmt.Errorf("read chunk %d at offset %d: %w", j.i, p.Offset, err)
+			}
+			res.stats.BytesRead += p.Length
+		}
+	}
+	if bytes.Equal(buf, zeroChunk[:len(buf)]) {
+		res.stats.Holes = 1
+		return res, nil, nil
+	}
+	id := r.hasher.sum(buf)
+	res.id = id
+	reused := func() (chunkResult, *uploadJob, error) {
+		res.stats.BytesReused, res.stats.ChunksReuse = int64(j.n), 1
+		return res, nil, nil
+	}
+	if j.inBase && j.base == id {
+		return reused()
+	}
+	s.mu.Lock()
+	_, busy := s.inflight[id]
+	if !busy {
+		s.inflight[id] = struct{}{}
+	}
+	s.mu.Unlock()
+	if busy {
+		return reused() // the same content is being uploaded by this session right now
+	}
+	have, err := r.haveChunk(ctx, id)
+	if err != nil {
+		s.mu.Lock()
+		delete(s.inflight, id)
+		s.mu.Unlock()
+		return res, nil, fmt.Errorf("look up chunk %s: %w", id, err)
+	}
+	if have {
+		s.mu.Lock()
+		delete(s.inflight, id)
+		s.mu.Unlock()
+		return reused()
+	}
+	sp := sealedPool.Get().(*[]byte)
+	*sp = r.codec.seal(buf, chunkAAD(id), (*sp)[:0])
+	res.stats.BytesNew, res.stats.ChunksNew = int64(j.n), 1
+	return res, &uploadJob{i: j.i, id: id, sealed: sp, stats: res.stats}, nil
+}
+
+func readFull(src io.ReaderAt, buf []byte, off int64) error {
+	n, err := src.ReadAt(buf, off)
+	if n == len(buf) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return fmt.Errorf("short read: %d of %d bytes: %w", n, len(buf), io.ErrUnexpectedEOF)
+	}
+	return err
+}

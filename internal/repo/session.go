@@ -1,0 +1,271 @@
+package repo
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/raksha-backup/raksha/internal/repo/backend"
+)
+
+// ErrSessionExpired means a backup ran longer than Options.MaxSessionAge or
+// its session marker vanished; gc may have treated its new chunks as garbage,
+// so it must not commit. Run the backup again.
+var ErrSessionExpired = errors.New("backup session expired")
+
+// BackupSpec describes a backup to make.
+type BackupSpec struct {
+	// ID is the backup id; empty generates a sortable one (20261123-142501-a1b2c3).
+	ID          string
+	Labels      map[string]string
+	Tags        []string
+	Expires     *time.Time
+	Source      json.RawMessage
+	Consistency string
+}
+
+// Session is a backup in progress: disks are added with BackupDisk (from any
+// number of goroutines), then Commit writes the record, or Abort removes what
+// was written.
+type Session struct {
+	r       *Repository
+	spec    BackupSpec
+	id      string
+	started time.Time // the session marker's ModTime: the store's clock
+
+	mu        sync.Mutex
+	disks     []*DiskManifest
+	finished  bool
+	inflight  map[ChunkID]struct{}
+	testHooks sessionHooks
+}
+
+// sessionHooks let tests force interleavings with gc; nil in production.
+type sessionHooks struct {
+	beforeCommit func()
+}
+
+type sessionMarker struct {
+	Backup string            `json:"backup"`
+	Host   string            `json:"host"`
+	PID    int               `json:"pid"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// NewBackupID returns a new sortable backup id for time t.
+func NewBackupID(t time.Time) string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return t.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b)
+}
+
+// StartBackup opens a backup session. It writes a session marker first, so gc
+// knows that chunks written or reused from now on may soon be referenced.
+func (r *Repository) StartBackup(ctx context.Context, spec BackupSpec) (*Session, error) {
+	id := spec.ID
+	if id == "" {
+		id = NewBackupID(time.Now())
+	}
+	if !ValidName(id) {
+		return nil, fmt.Errorf("start backup: invalid backup id %q", id)
+	}
+	for k := range spec.Labels {
+		if k == "" {
+			return nil, fmt.Errorf("start backup: empty label key")
+		}
+	}
+	if _, err := r.be.Stat(ctx, backupName(id)); err == nil {
+		return nil, fmt.Errorf("start backup: backup %s already exists", id)
+	} else if !backend.IsNotFound(err) {
+		return nil, fmt.Errorf("start backup %s: %w", id, err)
+	}
+	host, _ := os.Hostname()
+	m := sessionMarker{Backup: id, Host: host, PID: os.Getpid(), Labels: spec.Labels}
+	if err := r.saveJSON(ctx, "sessions/"+id, "session:"+id, m); err != nil {
+		return nil, fmt.Errorf("start backup %s: %w", id, err)
+	}
+	in, err := r.be.Stat(ctx, "sessions/"+id)
+	if err != nil {
+		return nil, fmt.Errorf("start backup %s: %w", id, err)
+	}
+	spec.ID = id
+	return &Session{r: r, spec: spec, id: id, started: in.ModTime, inflight: map[ChunkID]struct{}{}}, nil
+}
+
+// ID returns the id the backup will have once committed.
+func (s *Session) ID() string { return s.id }
+
+// Commit writes the backup record after every disk manifest, then makes sure
+// no chunk it references sits in the trash (a gc that ran meanwhile may have
+// moved reused chunks there), then removes the session marker.
+func (s *Session) Commit(ctx context.Context) (*Backup, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished {
+		return nil, fmt.Errorf("commit %s: session already finished", s.id)
+	}
+	if len(s.disks) == 0 {
+		return nil, fmt.Errorf("commit %s: no disk was backed up", s.id)
+	}
+	if s.testHooks.beforeCommit != nil {
+		s.testHooks.beforeCommit()
+	}
+	r := s.r
+	if err := backend.Flush(ctx, r.be); err != nil {
+		return nil, fmt.Errorf("commit %s: %w", s.id, err)
+	}
+	in, err := r.be.Stat(ctx, "sessions/"+s.id)
+	if backend.IsNotFound(err) || (err == nil && time.Since(in.ModTime) > r.opts.MaxSessionAge) {
+		return nil, fmt.Errorf("commit %s: %w (marker gone or older than %v)", s.id, ErrSessionExpired, r.opts.MaxSessionAge)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("commit %s: %w", s.id, err)
+	}
+	b := &Backup{Schema: SchemaVersion, ID: s.id, Created: s.started.UTC(), Completed: time.Now().UTC(),
+		Expires: s.spec.Expires, Tags: s.spec.Tags, Labels: s.spec.Labels, Source: s.spec.Source,
+		Consistency: s.spec.Consistency}
+	for _, m := range s.disks {
+		b.Disks = append(b.Disks, DiskRef{ID: m.ID, VM: m.VM, Disk: m.Disk, Size: m.Size})
+		b.Stats.add(m.Stats)
+	}
+	if err := r.saveJSON(ctx, backupName(s.id), "backup:"+s.id, b); err != nil {
+		return nil, fmt.Errorf("commit %s: %w", s.id, err)
+	}
+	if err := backend.Flush(ctx, r.be); err != nil {
+		return nil, fmt.Errorf("commit %s: %w", s.id, err)
+	}
+	s.finished = true
+	if _, err := r.rescueFromTrash(ctx, s.disks); err != nil {
+		// gc rescues referenced chunks too; this is a warning, not a failure.
+		r.log.Warn("commit: could not check the trash for chunks of the new backup", "backup", s.id, "err", err)
+	}
+	if err := r.be.Delete(ctx, "sessions/"+s.id); err != nil && !backend.IsNotFound(err) {
+		r.log.Warn("commit: could not remove the session marker", "backup", s.id, "err", err)
+	}
+	return b, nil
+}
+
+// Abort removes the manifests written by the session and its marker. Chunks
+// it uploaded stay until gc collects them.
+func (s *Session) Abort(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished {
+		return nil
+	}
+	s.finished = true
+	var errs []error
+	err := s.r.be.List(ctx, "manifests/"+s.id+"/", func(in backend.Info) error {
+		if err := s.r.be.Delete(ctx, in.Name); err != nil && !backend.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+		return nil
+	})
+	errs = append(errs, err)
+	if err := s.r.be.Delete(ctx, "sessions/"+s.id); err != nil && !backend.IsNotFound(err) {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("abort %s: %w", s.id, err)
+	}
+	return nil
+}
+
+// rescueFromTrash moves back into chunks/ every chunk of the manifests that
+// sits in trash/. It lists the trash once, so it costs one listing when the
+// trash is empty.
+func (r *Repository) rescueFromTrash(ctx context.Context, ms []*DiskManifest) (int, error) {
+	trash := map[ChunkID]struct{}{}
+	err := r.be.List(ctx, "trash/", func(in backend.Info) error {
+		if id, ok := chunkFromName(in.Name); ok {
+			trash[id] = struct{}{}
+		}
+		return nil
+	})
+	if err != nil || len(trash) == 0 {
+		return 0, err
+	}
+	n := 0
+	for _, m := range ms {
+		err := r.ForEachChunk(ctx, m, func(_ int64, id ChunkID) error {
+			if _, ok := trash[id]; !ok {
+				return nil
+			}
+			delete(trash, id)
+			n++
+			return r.restoreFromTrash(ctx, id)
+		})
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// restoreFromTrash copies a trashed chunk back to chunks/ and then removes it
+// from the trash. The copy comes first, so the chunk is never in neither place.
+func (r *Repository) restoreFromTrash(ctx context.Context, id ChunkID) error {
+	if err := backend.Copy(ctx, r.be, trashName(id), chunkName(id)); err != nil {
+		return fmt.Errorf("rescue chunk %s from trash: %w", id, err)
+	}
+	if err := r.be.Delete(ctx, trashName(id)); err != nil && !backend.IsNotFound(err) {
+		return fmt.Errorf("rescue chunk %s from trash: %w", id, err)
+	}
+	r.log.Info("chunk rescued from trash", "chunk", id.String())
+	return nil
+}
+
+// haveChunk reports whether chunk id is stored, rescuing it from the trash if
+// it is there.
+func (r *Repository) haveChunk(ctx context.Context, id ChunkID) (bool, error) {
+	_, err := r.be.Stat(ctx, chunkName(id))
+	if err == nil {
+		return true, nil
+	}
+	if !backend.IsNotFound(err) {
+		return false, err
+	}
+	if _, err := r.be.Stat(ctx, trashName(id)); err != nil {
+		if backend.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	if err := r.restoreFromTrash(ctx, id); err != nil {
+		if backend.IsNotFound(err) {
+			return false, nil // purged meanwhile: upload it again
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// loadChunk loads and decodes a chunk, falling back to the trash, and checks
+// that its content hashes to id.
+func (r *Repository) loadChunk(ctx context.Context, id ChunkID) ([]byte, error) {
+	data, err := r.be.Load(ctx, chunkName(id))
+	if backend.IsNotFound(err) {
+		var terr error
+		data, terr = r.be.Load(ctx, trashName(id))
+		if terr == nil {
+			err = nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	plain, err := r.codec.open(data, chunkAAD(id))
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	if got := r.hasher.sum(plain); got != id {
+		return nil, fmt.Errorf("chunk %s: %w: content hashes to %s", id, ErrCorrupt, got)
+	}
+	return plain, nil
+}
