@@ -1,0 +1,184 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/raksha-backup/raksha/internal/repo"
+)
+
+func (a *app) backupCmd() *cobra.Command {
+	c := &cobra.Command{Use: "backup", Short: "List, show, protect and delete backups"}
+	c.AddCommand(a.backupListCmd(), a.backupShowCmd(), a.backupDeleteCmd(),
+		a.backupProtectCmd("protect", true), a.backupProtectCmd("unprotect", false))
+	return c
+}
+
+func labelString(l map[string]string) string {
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + l[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+func backupSize(b *repo.Backup) int64 {
+	var n int64
+	for _, d := range b.Disks {
+		n += d.Size
+	}
+	return n
+}
+
+func (a *app) backupListCmd() *cobra.Command {
+	var labels, tags []string
+	c := &cobra.Command{
+		Use:   "list [--label k=v]... [--tag T]...",
+		Short: "List backups, oldest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			lbl, err := parseLabels(labels)
+			if err != nil {
+				return err
+			}
+			r, err := a.openRepo(cmd.Context())
+			if err != nil {
+				return err
+			}
+			list, err := r.ListBackups(cmd.Context(), repo.Filter{Labels: lbl, Tags: tags})
+			if err != nil {
+				return err
+			}
+			if a.format == "json" {
+				if list == nil {
+					list = []*repo.Backup{}
+				}
+				return a.printJSON(list)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tCREATED\tSIZE\tDISKS\tNEW DATA\tSTATUS\tEXPIRES\tLABELS\tTAGS")
+			for _, b := range list {
+				status := "available"
+				if b.Protected {
+					status = "protected"
+				}
+				exp := "-"
+				if b.Expires != nil {
+					exp = b.Expires.Local().Format("2006-01-02 15:04")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Created.Local().Format("2006-01-02 15:04:05"),
+					humanBytes(backupSize(b)), len(b.Disks), humanBytes(b.Stats.BytesNew), status, exp,
+					labelString(b.Labels), strings.Join(b.Tags, ","))
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().StringArrayVar(&labels, "label", nil, "only backups with this label (key=value), repeatable")
+	c.Flags().StringArrayVar(&tags, "tag", nil, "only backups with this tag, repeatable")
+	return c
+}
+
+func (a *app) backupShowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show BACKUP_ID",
+		Short: "Show a backup with its disks",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			r, err := a.openRepo(ctx)
+			if err != nil {
+				return err
+			}
+			b, err := r.LoadBackup(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			var ms []*repo.DiskManifest
+			for _, d := range b.Disks {
+				m, err := r.LoadManifest(ctx, d.ID)
+				if err != nil {
+					return err
+				}
+				ms = append(ms, m)
+			}
+			if a.format == "json" {
+				return a.printJSON(map[string]any{"backup": b, "disks": ms})
+			}
+			fmt.Fprintf(a.stdout, "backup      %s\ncreated     %s\ncompleted   %s\nprotected   %v\n", b.ID,
+				b.Created.Local().Format(time.RFC3339), b.Completed.Local().Format(time.RFC3339), b.Protected)
+			if b.Expires != nil {
+				fmt.Fprintf(a.stdout, "expires     %s\n", b.Expires.Local().Format(time.RFC3339))
+			}
+			if b.Consistency != "" {
+				fmt.Fprintf(a.stdout, "consistency %s\n", b.Consistency)
+			}
+			fmt.Fprintf(a.stdout, "labels      %s\ntags        %s\n", labelString(b.Labels), strings.Join(b.Tags, ","))
+			for _, m := range ms {
+				st := m.Stats
+				base := "full"
+				if m.Base != "" {
+					base = "diffed against " + m.Base
+				}
+				fmt.Fprintf(a.stdout, "disk %s (%s)\n  size %s in %d chunks of %s, %s\n  read %s, new %s (stored %s), reused %s, %d holes, %.1fs\n",
+					m.ID, m.Name, humanBytes(m.Size), m.Chunks, humanBytes(int64(m.ChunkSize)), base,
+					humanBytes(st.BytesRead), humanBytes(st.BytesNew), humanBytes(st.BytesStored), humanBytes(st.BytesReused), st.Holes, st.Seconds)
+				if m.Checkpoint != nil {
+					fmt.Fprintf(a.stdout, "  checkpoint %s %s (generation %d)\n", m.Checkpoint.Kind, m.Checkpoint.Name, m.Checkpoint.Generation)
+				}
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) backupDeleteCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete BACKUP_ID...",
+		Short: "Delete backups (protected ones are refused); 'repo gc' frees their chunks",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := a.openRepo(cmd.Context())
+			if err != nil {
+				return err
+			}
+			for _, id := range args {
+				if err := r.DeleteBackup(cmd.Context(), id); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "deleted %s\n", id)
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) backupProtectCmd(name string, protect bool) *cobra.Command {
+	return &cobra.Command{
+		Use:   name + " BACKUP_ID...",
+		Short: map[bool]string{true: "Protect backups from delete and prune", false: "Remove the protection"}[protect],
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := a.openRepo(cmd.Context())
+			if err != nil {
+				return err
+			}
+			for _, id := range args {
+				if _, err := r.UpdateBackup(cmd.Context(), id, func(b *repo.Backup) error { b.Protected = protect; return nil }); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "%sed %s\n", name, id)
+			}
+			return nil
+		},
+	}
+}

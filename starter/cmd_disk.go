@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/raksha-backup/raksha/internal/disk"
+	"github.com/raksha-backup/raksha/internal/disk/file"
+	"github.com/raksha-backup/raksha/internal/repo"
+)
+
+// standaloneVM is the VM name of disk manifests made by 'raksha disk backup'.
+const standaloneVM = "local"
+
+func (a *app) diskCmd() *cobra.Command {
+	c := &cobra.Command{Use: "disk", Short: "Back up and restore disk images and block devices"}
+	c.AddCommand(a.diskBackupCmd(), a.diskRestoreCmd())
+	return c
+}
+
+var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+// diskNameFor turns an image path into a manifest disk name.
+func diskNameFor(path string) string {
+	n := strings.Trim(unsafeName.ReplaceAllString(filepath.Base(path), "_"), "._-")
+	if n == "" {
+		n = "disk"
+	}
+	if len(n) > 128 {
+		n = n[:128]
+	}
+	return n
+}
+
+type diskBackupResult struct {
+	ID     string            `json:"id"`
+	Disk   string            `json:"disk"`
+	Base   string            `json:"base,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
+	Stats  repo.DiskStats    `json:"stats"`
+}
+
+func (a *app) diskBackupCmd() *cobra.Command {
+	var labels, tags []string
+	var extentsFile, baseID, expires, diskName string
+	c := &cobra.Command{
+		Use:   "backup --repo URL [--label k=v]... [--changed-extents FILE] [--base ID] PATH",
+		Short: "Back up a disk image or block device; prints the new backup id",
+		Long: `Back up a disk image or block device.
+
+The base of an incremental backup is --base, or else the newest backup with
+exactly the same label set that holds a disk of the same name and source path;
+with none, every allocated byte is read. --changed-extents FILE is a JSON list
+[{"offset": N, "length": N}, ...] of the byte ranges changed since the base:
+chunks no range touches are taken from the base unread. Without it every
+allocated chunk is read and only changed chunks are uploaded.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			path := args[0]
+			lbl, err := parseLabels(labels)
+			if err != nil {
+				return err
+			}
+			exp, err := parseExpiry(expires, time.Now())
+			if err != nil {
+				return err
+			}
+			if diskName == "" {
+				diskName = diskNameFor(path)
+			} else if !repo.ValidName(diskName) {
+				return usagef("--disk-name %q: letters, digits, '.', '_', '-' only", diskName)
+			}
+			src, err := file.Open(path)
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			abs, _ := filepath.Abs(path)
+			var changed []disk.Extent
+			if extentsFile != "" {
+				changed, err = disk.ReadExtentsFile(extentsFile, src.Size())
+				if err != nil {
+					return usageError{err}
+				}
+			}
+			r, err := a.openRepo(ctx)
+			if err != nil {
+				return err
+			}
+			base, err := a.findBase(ctx, r, baseID, lbl, diskName, abs)
+			if err != nil {
+				return err
+			}
+			s, err := r.StartBackup(ctx, repo.BackupSpec{Labels: lbl, Tags: tags, Expires: exp})
+			if err != nil {
+				return err
+			}
+			pr := a.newProgress("backup "+diskName, src.Size())
+			m, err := s.BackupDisk(ctx, standaloneVM, diskName, src, repo.DiskOptions{
+				Name: abs, Base: base, Changed: changed, ChangedKnown: extentsFile != "", Progress: pr.update})
+			pr.finish()
+			if err != nil {
+				if aerr := s.Abort(context.WithoutCancel(ctx)); aerr != nil {
+					a.log.Warn("could not clean up the failed backup", "err", aerr)
+				}
+				return err
+			}
+			b, err := s.Commit(ctx)
+			if err != nil {
+				if aerr := s.Abort(context.WithoutCancel(ctx)); aerr != nil {
+					a.log.Warn("could not clean up the failed backup", "err", aerr)
+				}
+				return err
+			}
+			res := diskBackupResult{ID: b.ID, Disk: m.ID, Base: m.Base, Labels: lbl, Stats: m.Stats}
+			if a.format == "json" {
+				return a.printJSON(res)
+			}
+			fmt.Fprintln(a.stdout, b.ID)
+			st := m.Stats
+			baseMsg := "full read (no base)"
+			if m.Base != "" {
+				baseMsg = "base " + m.Base
+			}
+			fmt.Fprintf(a.stderr, "%s: %s in %.1fs; read %s, new %s (stored %s), reused %s, %d holes\n",
+				m.ID, baseMsg, st.Seconds, humanBytes(st.BytesRead), humanBytes(st.BytesNew), humanBytes(st.BytesStored),
+				humanBytes(st.BytesReused), st.Holes)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringArrayVar(&labels, "label", nil, "label key=value, repeatable; the label set also picks the default base")
+	f.StringArrayVar(&tags, "tag", nil, "tag, repeatable")
+	f.StringVar(&extentsFile, "changed-extents", "", "JSON file with the byte ranges changed since the base")
+	f.StringVar(&baseID, "base", "", "backup id to diff against (default: the newest backup with the same labels)")
+	f.StringVar(&expires, "expires", "", "expiry: a date, an RFC 3339 time or a duration such as 30d")
+	f.StringVar(&diskName, "disk-name", "", "disk name in the manifest (default: from the file name)")
+	return c
+}
+
+// findBase returns the disk manifest id to diff against, or "".
+func (a *app) findBase(ctx context.Context, r *repo.Repository, baseID string, labels map[string]string, diskName, path string) (string, error) {
+	var b *repo.Backup
+	var err error
+	if baseID != "" {
+		b, err = r.LoadBackup(ctx, baseID)
+		if err != nil {
+			return "", fmt.Errorf("--base: %w", err)
+		}
+	} else {
+		b, err = r.LatestWithLabels(ctx, labels)
+		if err != nil || b == nil {
+			return "", err
+		}
+	}
+	for _, d := range b.Disks {
+		if d.VM != standaloneVM || d.Disk != diskName {
+			continue
+		}
+		m, err := r.LoadManifest(ctx, d.ID)
+		if err != nil {
+			a.log.Warn("base manifest unreadable, reading the whole disk", "base", d.ID, "err", err)
+			return "", nil
+		}
+		if m.Name != path && baseID == "" {
+			a.log.Warn("newest backup with these labels is of another source path; reading the whole disk",
+				"base", d.ID, "base_path", m.Name, "path", path)
+			return "", nil
+		}
+		return d.ID, nil
+	}
+	if baseID != "" {
+		return "", usagef("--base %s has no disk %q (it has %d disks)", baseID, diskName, len(b.Disks))
+	}
+	return "", nil
+}
+
+func (a *app) diskRestoreCmd() *cobra.Command {
+	var diskSel string
+	var overwrite bool
+	c := &cobra.Command{
+		Use:   "restore --repo URL BACKUP_ID PATH",
+		Short: "Restore a disk of a backup into a new sparse file (or onto a block device)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			id, path := args[0], args[1]
+			r, err := a.openRepo(ctx)
+			if err != nil {
+				return err
+			}
+			b, err := r.LoadBackup(ctx, id)
+			if err != nil {
+				return err
+			}
+			var ref *repo.DiskRef
+			for i, d := range b.Disks {
+				if diskSel == "" && len(b.Disks) == 1 || diskSel == d.Disk || diskSel == d.VM+"/"+d.Disk || diskSel == d.ID {
+					ref = &b.Disks[i]
+				}
+			}
+			if ref == nil {
+				var names []string
+				for _, d := range b.Disks {
+					names = append(names, d.VM+"/"+d.Disk)
+				}
+				return usagef("backup %s has disks %v: choose one with --disk VM/DISK", id, names)
+			}
+			fi, statErr := os.Stat(path)
+			isDev := statErr == nil && fi.Mode()&os.ModeDevice != 0
+			var f *os.File
+			switch {
+			case isDev:
+				f, err = os.OpenFile(path, os.O_WRONLY, 0)
+			case statErr == nil && !overwrite:
+				return usagef("%s exists; restore into a new path or pass --overwrite", path)
+			default:
+				f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+			}
+			if err != nil {
+				return fmt.Errorf("restore target: %w", err)
+			}
+			if !isDev {
+				if err := f.Truncate(ref.Size); err != nil {
+					f.Close()
+					return fmt.Errorf("restore target %s: %w", path, err)
+				}
+			}
+			pr := a.newProgress("restore "+ref.Disk, ref.Size)
+			st, err := r.RestoreDisk(ctx, ref.ID, f, repo.RestoreOptions{ZeroHoles: isDev, Progress: pr.update})
+			pr.finish()
+			if cerr := f.Close(); err == nil && cerr != nil {
+				err = fmt.Errorf("restore target %s: %w", path, cerr)
+			}
+			if err != nil {
+				if !isDev && statErr != nil {
+					_ = os.Remove(path) // a half-written new file helps nobody
+				}
+				return err
+			}
+			if a.format == "json" {
+				return a.printJSON(map[string]any{"backup": id, "disk": ref.ID, "path": path, "stats": st})
+			}
+			fmt.Fprintf(a.stdout, "restored %s to %s: %s in %.1fs (%s/s), %d chunks fetched, %d holes\n",
+				ref.ID, path, humanBytes(ref.Size), st.Seconds, humanBytes(int64(float64(ref.Size)/max(st.Seconds, 1e-3))), st.Chunks, st.Holes)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&diskSel, "disk", "", "which disk (VM/DISK or DISK) when the backup has several")
+	c.Flags().BoolVar(&overwrite, "overwrite", false, "replace an existing file")
+	return c
+}
