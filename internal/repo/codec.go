@@ -86,7 +86,8 @@ func (c *codec) seal(plain, aad, buf []byte) []byte {
 	return out
 }
 
-// open decodes a stored object. The result does not alias data.
+// open decodes a stored object. It decrypts in place: data is overwritten
+// and the result may alias it, so callers pass a buffer they own.
 func (c *codec) open(data, aad []byte) ([]byte, error) {
 	if len(data) < 4 {
 		return nil, fmt.Errorf("%w: %d bytes, too short for a header", ErrCorrupt, len(data))
@@ -102,7 +103,7 @@ func (c *codec) open(data, aad []byte) ([]byte, error) {
 			return nil, fmt.Errorf("%w: encrypted object truncated (%d bytes)", ErrCorrupt, len(data))
 		}
 		var err error
-		container, err = c.aead.Open(nil, data[4:4+ns], data[4+ns:], aad)
+		container, err = c.aead.Open(data[4+ns:4+ns], data[4:4+ns], data[4+ns:], aad)
 		if err != nil {
 			return nil, fmt.Errorf("%w: authentication failed (damaged, truncated or not this object)", ErrCorrupt)
 		}
@@ -125,7 +126,7 @@ func (c *codec) open(data, aad []byte) ([]byte, error) {
 	}
 	switch container[0] {
 	case flagRaw:
-		return append([]byte(nil), container[1:]...), nil
+		return container[1:], nil
 	case flagZstd:
 		out, err := c.dec.DecodeAll(container[1:], nil)
 		if err != nil {

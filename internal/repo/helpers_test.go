@@ -1,7 +1,6 @@
 package repo
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -212,8 +211,6 @@ func countObjects(t *testing.T, be backend.Backend, prefix string) int {
 	}
 	return n
 }
-
-func sameBytes(a, b []byte) bool { return bytes.Equal(a, b) }
 
 func openFile(path string) (*file.Source, error) { return file.Open(path) }
 
