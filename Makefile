@@ -21,8 +21,9 @@ STATICCHECK_VERSION := v0.8.2
 APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev uuid-runtime e2fsprogs time curl
 APT_DEMO := e2fsprogs
 
-# Build with Ceph support when librbd is there (the test-deps target installs it).
-CEPH_TAGS := $(shell test -e /usr/include/rbd/librbd.h && echo "-tags ceph,pacific")
+# Build with Ceph support when librbd is there (test-deps installs it; '=' so
+# that it is looked up when used, after test-deps ran).
+CEPH_TAGS = $(shell test -e /usr/include/rbd/librbd.h && echo "-tags ceph,pacific")
 
 .PHONY: all build demo test test-deps demo-deps bench lint fuzz clean
 
@@ -56,7 +57,7 @@ demo: demo-deps build
 test: test-deps
 	@scripts/phase.sh "build (plain and with Ceph)" $(MAKE) --no-print-directory build-all
 	@scripts/phase.sh "go vet" $(GO) vet ./...
-	@scripts/phase.sh "go test (unit, local, S3 and Swift on a throwaway Ceph)" $(GO) test -count=1 -timeout 20m ./...
+	@scripts/phase.sh "go test (unit; S3, Swift and RBD on a throwaway Ceph)" $(GO) test $(CEPH_TAGS) -count=1 -timeout 20m ./...
 	@scripts/phase.sh "fuzz smoke (manifest decoding)" $(MAKE) --no-print-directory fuzz FUZZTIME=10s
 	@scripts/phase.sh "CLI end to end (demo script)" scripts/demo.sh --quiet
 
