@@ -319,4 +319,3 @@ func TestReleaseKeepsOneBaseAndLeaksAreReported(t *testing.T) {
 		}
 	}
 }
-
