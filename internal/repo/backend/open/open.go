@@ -22,6 +22,15 @@ type Options struct {
 	S3Endpoint string
 	// S3PathStyle forces path-style bucket addressing (needed by RGW/MinIO).
 	S3PathStyle bool
+	// S3Region is the region to sign S3 requests for; empty means AWS_REGION,
+	// the profile's region, or us-east-1.
+	S3Region string
+	// S3Profile selects a profile of the AWS shared config and credentials
+	// files; empty means AWS_PROFILE or "default".
+	S3Profile string
+	// SwiftCloud selects a clouds.yaml entry for swift:// URLs; empty means
+	// ST_AUTH/ST_USER/ST_KEY, then OS_CLOUD, then the OS_* variables.
+	SwiftCloud string
 	// Retry is the retry policy for transient errors; zero means defaults.
 	Retry retry.Policy
 	// Log receives retry warnings; nil means slog.Default().

@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -56,7 +57,8 @@ type Config struct {
 	// Credentials, when not nil, replaces the standard credential chain.
 	Credentials aws.CredentialsProvider
 	// HTTPClient, when not nil, replaces the client Open builds (one tuned for
-	// many parallel small requests to one host).
+	// many parallel small requests to one host). The SDK refuses a plain
+	// *http.Client when AWS_CA_BUNDLE is set.
 	HTTPClient *http.Client
 	// ListPageSize is the number of keys List asks for per request; 0 means
 	// 1000, the S3 maximum. Tests set it small to exercise pagination.
@@ -73,7 +75,7 @@ type Backend struct {
 	prefix    string // without slashes at either end; may be empty
 	pageSize  int32
 	location  string
-	transport *http.Transport // ours to close; nil with a caller's HTTPClient
+	transport atomic.Pointer[http.Transport] // ours to close, once built
 	log       *slog.Logger
 }
 
@@ -107,9 +109,9 @@ func Open(ctx context.Context, bucket, prefix string, cfg Config) (*Backend, err
 	if b.pageSize <= 0 || b.pageSize > 1000 {
 		b.pageSize = 1000
 	}
-	hc := cfg.HTTPClient
-	if hc == nil {
-		hc, b.transport = newHTTPClient()
+	var hc config.HTTPClient = newHTTPClient(&b.transport)
+	if cfg.HTTPClient != nil {
+		hc = cfg.HTTPClient
 	}
 	loadOpts := []func(*config.LoadOptions) error{
 		config.WithDefaultRegion(DefaultRegion),
@@ -185,19 +187,26 @@ func endpointForLog(configured string, base *string) string {
 
 // newHTTPClient returns a client for many parallel small requests to one
 // host: enough idle connections kept per host that a burst of concurrent PUTs
-// reuses them instead of opening (and leaving in TIME_WAIT) new ones.
-func newHTTPClient() (*http.Client, *http.Transport) {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	t.MaxIdleConns = 256
-	t.MaxIdleConnsPerHost = 64
-	t.IdleConnTimeout = 90 * time.Second
-	t.TLSHandshakeTimeout = 10 * time.Second
-	t.ExpectContinueTimeout = time.Second
-	// A server that accepted a request but does not answer within this time
-	// is treated as failed (the retry wrapper tries again).
-	t.ResponseHeaderTimeout = 2 * time.Minute
-	return &http.Client{Transport: t}, t
+// reuses them instead of opening (and leaving in TIME_WAIT) new ones. It is
+// the SDK's buildable client, so AWS_CA_BUNDLE still applies; the transport
+// it finally builds is recorded in *t for Close.
+func newHTTPClient(t *atomic.Pointer[http.Transport]) *awshttp.BuildableClient {
+	return awshttp.NewBuildableClient().
+		WithDialerOptions(func(d *net.Dialer) {
+			d.Timeout = 10 * time.Second
+			d.KeepAlive = 30 * time.Second
+		}).
+		WithTransportOptions(func(tr *http.Transport) {
+			tr.MaxIdleConns = 256
+			tr.MaxIdleConnsPerHost = 64
+			tr.IdleConnTimeout = 90 * time.Second
+			tr.TLSHandshakeTimeout = 10 * time.Second
+			tr.ExpectContinueTimeout = time.Second
+			// A server that took a request but does not answer within this
+			// time is treated as failed (the retry wrapper tries again).
+			tr.ResponseHeaderTimeout = 2 * time.Minute
+			t.Store(tr)
+		})
 }
 
 // ensureBucket creates the bucket unless it exists and is accessible.
@@ -219,7 +228,7 @@ func (b *Backend) ensureBucket(ctx context.Context, region string) error {
 	var owned *types.BucketAlreadyOwnedByYou
 	switch {
 	case err == nil:
-		b.log.Info("created S3 bucket", "bucket", b.bucket, "location", b.location)
+		b.log.Debug("created S3 bucket", "bucket", b.bucket, "location", b.location)
 		return nil
 	case errors.As(err, &owned):
 		return nil // created concurrently by another client of ours
@@ -406,8 +415,8 @@ func (b *Backend) Close() error {
 }
 
 func (b *Backend) closeIdle() {
-	if b.transport != nil {
-		b.transport.CloseIdleConnections()
+	if t := b.transport.Load(); t != nil {
+		t.CloseIdleConnections()
 	}
 }
 
