@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/raksha-backup/raksha/internal/disk"
+	"github.com/raksha-backup/raksha/internal/repo/backend"
 )
 
 // DiskOptions tell BackupDisk what it may skip.
@@ -28,6 +29,63 @@ type DiskOptions struct {
 	Checkpoint *Checkpoint
 	// Progress, if set, is called from time to time and at the end.
 	Progress func(Progress)
+	// Resumable makes the copy save its position in the repository every
+	// CheckpointEvery chunks (default 256), so that a retry of BackupDisk in
+	// the same session (another process, after JoinBackup) continues from the
+	// last checkpoint instead of reading the disk again, and a retry after the
+	// disk was completed returns its manifest. The source must be the same
+	// point-in-time view (same size, base and checkpoint token), else the copy
+	// starts over.
+	Resumable       bool
+	CheckpointEvery int64
+	// OnCheckpoint, if set, is called after each saved checkpoint with the
+	// number of bytes covered (for heartbeats).
+	OnCheckpoint func(done int64)
+}
+
+// partialManifest is the saved position of a resumable copy
+// (manifests/BACKUP/VM/DISK/partial).
+type partialManifest struct {
+	Size       int64       `json:"size"`
+	ChunkSize  int         `json:"chunk_size"`
+	Base       string      `json:"base"`
+	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
+	Name       string      `json:"name"`
+	Pages      int         `json:"pages"`   // complete pages saved
+	Current    []byte      `json:"current"` // the page being filled, encoded
+	Next       int64       `json:"next"`    // first chunk not covered
+	Stats      DiskStats   `json:"stats"`
+}
+
+func partialName(diskID string) string { return manifestPrefix(diskID) + "partial" }
+
+func (p *partialManifest) matches(m *DiskManifest) bool {
+	sameCk := (p.Checkpoint == nil) == (m.Checkpoint == nil) && (p.Checkpoint == nil || *p.Checkpoint == *m.Checkpoint)
+	return p.Size == m.Size && p.ChunkSize == m.ChunkSize && p.Base == m.Base && p.Name == m.Name && sameCk &&
+		p.Next >= 0 && p.Next <= m.Chunks && int64(p.Pages)*PageEntries <= p.Next
+}
+
+// loadPartial returns the saved position of an earlier attempt at this copy,
+// or nil when there is none or it does not fit.
+func (r *Repository) loadPartial(ctx context.Context, m *DiskManifest) (*partialManifest, []ChunkID) {
+	var p partialManifest
+	if err := r.loadJSON(ctx, partialName(m.ID), "partial:"+m.ID, &p); err != nil {
+		if !backend.IsNotFound(err) {
+			r.log.Warn("saved position of an earlier copy unreadable; starting over", "disk", m.ID, "err", err)
+		}
+		return nil, nil
+	}
+	if !p.matches(m) {
+		r.log.Warn("saved position of an earlier copy is of another source or base; starting over", "disk", m.ID)
+		return nil, nil
+	}
+	want := int(p.Next - int64(p.Pages)*PageEntries)
+	ids, err := decodePage(p.Current, want)
+	if err != nil {
+		r.log.Warn("saved position of an earlier copy is damaged; starting over", "disk", m.ID, "err", err)
+		return nil, nil
+	}
+	return &p, ids
 }
 
 // Progress reports how far a disk copy or restore is.
@@ -80,6 +138,9 @@ func (s *Session) BackupDisk(ctx context.Context, vm, diskName string, src disk.
 	for _, m := range s.disks {
 		if m.ID == diskID {
 			s.mu.Unlock()
+			if o.Resumable {
+				return m, nil // an earlier attempt completed it
+			}
 			return nil, fmt.Errorf("backup disk %s: already in this backup", diskID)
 		}
 	}
@@ -92,6 +153,11 @@ func (s *Session) BackupDisk(ctx context.Context, vm, diskName string, src disk.
 	m.Stats.Seconds = time.Since(start).Seconds()
 	if err := s.r.saveJSON(ctx, headerName(diskID), "manifest:"+diskID, m); err != nil {
 		return nil, fmt.Errorf("backup disk %s: %w", diskID, err)
+	}
+	if o.Resumable {
+		if err := s.r.be.Delete(ctx, partialName(diskID)); err != nil && !backend.IsNotFound(err) {
+			s.r.log.Warn("could not remove the saved position of a finished copy", "disk", diskID, "err", err)
+		}
 	}
 	s.mu.Lock()
 	s.disks = append(s.disks, m)
@@ -144,6 +210,21 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 	} else if o.ChangedKnown {
 		r.log.Info("changed extents given but no usable base: reading the whole disk", "disk", diskID)
 	}
+	start := int64(0)
+	var resumed *partialManifest
+	var resumedPage []ChunkID
+	if o.Resumable {
+		resumed, resumedPage = r.loadPartial(ctx, m)
+		if resumed != nil {
+			start = resumed.Next
+			m.Stats = resumed.Stats
+			r.log.Info("resuming an interrupted copy", "disk", diskID, "chunk", start, "of", nchunks)
+		}
+	}
+	every := o.CheckpointEvery
+	if every <= 0 {
+		every = 256
+	}
 	allocExts, allocKnown, err := src.Allocated()
 	if err != nil {
 		return nil, fmt.Errorf("allocated ranges: %w", err)
@@ -178,7 +259,7 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 		if base != nil {
 			baseList = r.newChunkList(base)
 		}
-		for i := int64(0); i < nchunks; i++ {
+		for i := start; i < nchunks; i++ {
 			select {
 			case tokens <- struct{}{}:
 			case <-ctx.Done():
@@ -284,7 +365,12 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 	pending := map[int64]chunkResult{}
 	page := make([]ChunkID, 0, min(nchunks, PageEntries))
 	pageNo := 0
-	next := int64(0)
+	next := start
+	if resumed != nil {
+		pageNo = resumed.Pages
+		page = append(page, resumedPage...)
+	}
+	lastCheckpoint := next
 	lastProgress := time.Time{}
 	var collectErr error
 	for res := range results {
@@ -310,6 +396,19 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 				}
 				pageNo++
 				page = page[:0]
+			}
+			if o.Resumable && next-lastCheckpoint >= every && next < nchunks {
+				lastCheckpoint = next
+				p := partialManifest{Size: m.Size, ChunkSize: m.ChunkSize, Base: m.Base, Checkpoint: m.Checkpoint,
+					Name: m.Name, Pages: pageNo, Current: encodePage(page), Next: next, Stats: m.Stats}
+				if err := r.saveJSON(ctx, partialName(diskID), "partial:"+diskID, p); err != nil {
+					collectErr = err
+					fail(err)
+					break
+				}
+				if o.OnCheckpoint != nil {
+					o.OnCheckpoint(next * cs)
+				}
 			}
 		}
 		if o.Progress != nil && time.Since(lastProgress) > 200*time.Millisecond {

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,11 +54,14 @@ type sessionHooks struct {
 }
 
 type sessionMarker struct {
-	Backup string            `json:"backup"`
-	Host   string            `json:"host"`
-	PID    int               `json:"pid"`
-	Labels map[string]string `json:"labels,omitempty"`
+	Backup string     `json:"backup"`
+	Host   string     `json:"host"`
+	PID    int        `json:"pid"`
+	Spec   BackupSpec `json:"spec"`
 }
+
+// ErrNoSession means JoinBackup found no backup in progress with that id.
+var ErrNoSession = errors.New("no backup in progress with this id")
 
 // NewBackupID returns a new sortable backup id for time t.
 func NewBackupID(t time.Time) string {
@@ -86,7 +91,8 @@ func (r *Repository) StartBackup(ctx context.Context, spec BackupSpec) (*Session
 		return nil, fmt.Errorf("start backup %s: %w", id, err)
 	}
 	host, _ := os.Hostname()
-	m := sessionMarker{Backup: id, Host: host, PID: os.Getpid(), Labels: spec.Labels}
+	spec.ID = id
+	m := sessionMarker{Backup: id, Host: host, PID: os.Getpid(), Spec: spec}
 	if err := r.saveJSON(ctx, "sessions/"+id, "session:"+id, m); err != nil {
 		return nil, fmt.Errorf("start backup %s: %w", id, err)
 	}
@@ -94,8 +100,57 @@ func (r *Repository) StartBackup(ctx context.Context, spec BackupSpec) (*Session
 	if err != nil {
 		return nil, fmt.Errorf("start backup %s: %w", id, err)
 	}
-	spec.ID = id
 	return &Session{r: r, spec: spec, id: id, started: in.ModTime, inflight: map[ChunkID]struct{}{}}, nil
+}
+
+// JoinBackup opens a backup in progress that another process (or an earlier
+// attempt) started, with the disks it has completed so far. Workers that copy
+// disks of one backup, and the one that commits it, each join the session.
+func (r *Repository) JoinBackup(ctx context.Context, id string) (*Session, error) {
+	if !ValidName(id) {
+		return nil, fmt.Errorf("join backup: invalid backup id %q", id)
+	}
+	var m sessionMarker
+	if err := r.loadJSON(ctx, "sessions/"+id, "session:"+id, &m); err != nil {
+		if backend.IsNotFound(err) {
+			if _, serr := r.be.Stat(ctx, backupName(id)); serr == nil {
+				return nil, fmt.Errorf("join backup %s: %w (it is already committed)", id, ErrNoSession)
+			}
+			return nil, fmt.Errorf("join backup %s: %w", id, ErrNoSession)
+		}
+		return nil, fmt.Errorf("join backup %s: %w", id, err)
+	}
+	in, err := r.be.Stat(ctx, "sessions/"+id)
+	if err != nil {
+		return nil, fmt.Errorf("join backup %s: %w", id, err)
+	}
+	s := &Session{r: r, spec: m.Spec, id: id, started: in.ModTime, inflight: map[ChunkID]struct{}{}}
+	var headers []string
+	err = r.be.List(ctx, "manifests/"+id+"/", func(in backend.Info) error {
+		if strings.HasSuffix(in.Name, "/header") {
+			headers = append(headers, strings.TrimSuffix(strings.TrimPrefix(in.Name, "manifests/"), "/header"))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("join backup %s: %w", id, err)
+	}
+	sort.Strings(headers)
+	for _, d := range headers {
+		dm, err := r.LoadManifest(ctx, d)
+		if err != nil {
+			return nil, fmt.Errorf("join backup %s: %w", id, err)
+		}
+		s.disks = append(s.disks, dm)
+	}
+	return s, nil
+}
+
+// Disks returns the disk manifests completed in this session so far.
+func (s *Session) Disks() []*DiskManifest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*DiskManifest(nil), s.disks...)
 }
 
 // ID returns the id the backup will have once committed.

@@ -1,0 +1,112 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/raksha-backup/raksha/internal/disk"
+	"github.com/raksha-backup/raksha/internal/repo/backend/local"
+)
+
+// failingSource fails every read at or past failAt, like a worker that dies.
+type failingSource struct {
+	disk.Source
+	failAt int64
+}
+
+var errWorkerDied = errors.New("worker died")
+
+func (f *failingSource) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > f.failAt {
+		return 0, errWorkerDied
+	}
+	return f.Source.ReadAt(p, off)
+}
+
+func TestInterruptedCopyResumesFromCheckpoint(t *testing.T) {
+	r, dir := newLocalRepo(t)
+	be, _ := local.Open(dir)
+	ctx := context.Background()
+	im := newImage(t, 21)
+	const n = 100
+	im.create(n*testCS, map[int64][]byte{0: im.random(n * testCS)})
+
+	s, err := r.StartBackup(ctx, BackupSpec{Labels: map[string]string{"w": "db"}, Consistency: "crash"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src1, _ := openFile(im.path)
+	var lastCheckpoint int64
+	_, err = s.BackupDisk(ctx, "vm1", "vda", &failingSource{Source: src1, failAt: 60 * testCS},
+		DiskOptions{Resumable: true, CheckpointEvery: 8, OnCheckpoint: func(done int64) { lastCheckpoint = done }})
+	src1.Close()
+	if !errors.Is(err, errWorkerDied) {
+		t.Fatalf("first attempt: %v, want the read error", err)
+	}
+	if lastCheckpoint < 8*testCS || lastCheckpoint > 60*testCS {
+		t.Fatalf("last checkpoint at %d bytes, want between chunk 8 and 60", lastCheckpoint)
+	}
+	uploadedBefore := countObjects(t, be, "chunks/")
+
+	// "Another worker" joins the session and retries the copy.
+	s2, err := r.JoinBackup(ctx, s.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src2, _ := openFile(im.path)
+	defer src2.Close()
+	cnt := &countingSource{Source: src2}
+	m, err := s2.BackupDisk(ctx, "vm1", "vda", cnt, DiskOptions{Resumable: true, CheckpointEvery: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := n*testCS - lastCheckpoint; cnt.read != want {
+		t.Errorf("resumed copy read %d bytes, want only the %d after the checkpoint", cnt.read, want)
+	}
+	if got := countObjects(t, be, "chunks/"); got != n {
+		t.Errorf("%d chunks stored after the retry, want %d (none twice, none lost)", got, n)
+	}
+	if m.Stats.ChunksNew+m.Stats.ChunksReuse != n {
+		t.Errorf("stats: new %d + reused %d != %d (uploaded before the crash: %d)", m.Stats.ChunksNew, m.Stats.ChunksReuse, n, uploadedBefore)
+	}
+	// A retry after completion returns the same manifest without reading.
+	s3, err := r.JoinBackup(ctx, s.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cnt3 := &countingSource{Source: src2}
+	m3, err := s3.BackupDisk(ctx, "vm1", "vda", cnt3, DiskOptions{Resumable: true})
+	if err != nil || m3.ID != m.ID || cnt3.read != 0 {
+		t.Fatalf("retry after completion: %v, id %s, read %d", err, m3.ID, cnt3.read)
+	}
+	b, err := s3.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Labels["w"] != "db" || b.Consistency != "crash" || len(b.Disks) != 1 {
+		t.Errorf("committed record lost the spec given at start: %+v", b)
+	}
+	if countObjects(t, be, "manifests/"+b.ID+"/vm1/vda/partial") != 0 {
+		t.Error("the saved position outlived the copy")
+	}
+	// Identical to an uninterrupted backup of the same image.
+	ref := backupFile(t, r, im.path, nil, DiskOptions{})
+	var a, c []ChunkID
+	r.ForEachChunk(ctx, m, func(_ int64, id ChunkID) error { a = append(a, id); return nil })
+	r.ForEachChunk(ctx, ref.disk, func(_ int64, id ChunkID) error { c = append(c, id); return nil })
+	if len(a) != len(c) {
+		t.Fatalf("%d vs %d chunks", len(a), len(c))
+	}
+	for i := range a {
+		if a[i] != c[i] {
+			t.Fatalf("chunk %d differs from an uninterrupted backup", i)
+		}
+	}
+	if fileHash(t, im.path) != fileHash(t, restoreFile(t, r, m.ID)) {
+		t.Fatal("restore of the resumed backup differs")
+	}
+	if _, err := r.JoinBackup(ctx, b.ID); !errors.Is(err, ErrNoSession) {
+		t.Errorf("join of a committed backup: %v, want ErrNoSession", err)
+	}
+}
