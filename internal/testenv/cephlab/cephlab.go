@@ -409,7 +409,13 @@ func Require(t testing.TB) *Cluster {
 
 // startShared starts the binary's cluster; the caller holds shared.mu.
 func startShared() (*Cluster, error) {
-	tmp, err := os.MkdirTemp("", "cephlab-")
+	// The daemons' unix sockets live in the cluster directory, and socket
+	// paths are short (107 bytes): prefer /tmp to a long TMPDIR.
+	parent := ""
+	if len(os.TempDir()) > 40 {
+		parent = "/tmp"
+	}
+	tmp, err := os.MkdirTemp(parent, "cephlab-")
 	if err != nil {
 		return nil, err
 	}

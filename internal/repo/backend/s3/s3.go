@@ -57,9 +57,9 @@ type Config struct {
 	// Credentials, when not nil, replaces the standard credential chain.
 	Credentials aws.CredentialsProvider
 	// HTTPClient, when not nil, replaces the client Open builds (one tuned for
-	// many parallel small requests to one host). The SDK refuses a plain
-	// *http.Client when AWS_CA_BUNDLE is set.
-	HTTPClient *http.Client
+	// many parallel small requests to one host). When AWS_CA_BUNDLE is set
+	// the SDK needs an *awshttp.BuildableClient here, not an *http.Client.
+	HTTPClient aws.HTTPClient
 	// ListPageSize is the number of keys List asks for per request; 0 means
 	// 1000, the S3 maximum. Tests set it small to exercise pagination.
 	ListPageSize int32
@@ -109,7 +109,7 @@ func Open(ctx context.Context, bucket, prefix string, cfg Config) (*Backend, err
 	if b.pageSize <= 0 || b.pageSize > 1000 {
 		b.pageSize = 1000
 	}
-	var hc config.HTTPClient = newHTTPClient(&b.transport)
+	var hc aws.HTTPClient = newHTTPClient(&b.transport)
 	if cfg.HTTPClient != nil {
 		hc = cfg.HTTPClient
 	}

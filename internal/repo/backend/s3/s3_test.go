@@ -2,7 +2,9 @@ package s3_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -127,4 +129,27 @@ func TestUnreachable(t *testing.T) {
 	if !strings.Contains(err.Error(), "s3 open") {
 		t.Errorf("error does not name the operation: %v", err)
 	}
+}
+
+// BenchmarkSaveParallel measures many parallel small PUTs, the repository's
+// main load (go test -run=NONE -bench=. ./internal/repo/backend/s3/).
+func BenchmarkSaveParallel(b *testing.B) {
+	c := cephlab.Require(b)
+	be, err := s3.Open(context.Background(), cephlab.UniqueName("raksha-bench"), "repo", rgwConfig(c))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	data := make([]byte, 64<<10)
+	b.SetBytes(int64(len(data)))
+	b.SetParallelism(16)
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := be.Save(context.Background(), fmt.Sprintf("chunks/%d", n.Add(1)), data); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }

@@ -2,7 +2,9 @@ package swift_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -111,4 +113,27 @@ func TestNoCredentials(t *testing.T) {
 	if err == nil || !backend.IsPermanent(err) || !strings.Contains(err.Error(), "ST_AUTH") {
 		t.Errorf("no credentials: err = %v, want a permanent error naming ST_AUTH", err)
 	}
+}
+
+// BenchmarkSaveParallel measures many parallel small PUTs, the repository's
+// main load (go test -run=NONE -bench=. ./internal/repo/backend/swift/).
+func BenchmarkSaveParallel(b *testing.B) {
+	c := cephlab.Require(b)
+	be, err := swift.Open(context.Background(), cephlab.UniqueName("raksha-bench"), "repo", rgwConfig(c))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	data := make([]byte, 64<<10)
+	b.SetBytes(int64(len(data)))
+	b.SetParallelism(16)
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := be.Save(context.Background(), fmt.Sprintf("chunks/%d", n.Add(1)), data); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
