@@ -87,7 +87,7 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 				if ctx.Err() != nil {
 					continue
 				}
-				plain, err := r.loadChunk(ctx, j.id)
+				plain, err := r.loadChunk(ctx, j.id, false)
 				if err != nil {
 					cancel(fmt.Errorf("chunk %d (offset %d): %w", j.i, j.i*cs, err))
 					continue

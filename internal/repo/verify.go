@@ -119,7 +119,7 @@ func (r *Repository) Verify(ctx context.Context, ids []string, progress func(don
 		go func() {
 			defer wg.Done()
 			for id := range jobs {
-				plain, err := r.loadChunk(ctx, id)
+				plain, err := r.loadChunk(ctx, id, true)
 				mu.Lock()
 				done++
 				if err != nil {
