@@ -64,7 +64,9 @@ for p in "$MON_PORT" "$RGW_PORT" "$PMIN" "$PMAX"; do
 done
 [ "$PMIN" -le "$PMAX" ] || die "CEPHLAB_MSGR_PORT_MIN $PMIN > CEPHLAB_MSGR_PORT_MAX $PMAX"
 case "$D" in /*) ;; *) D="$PWD/$D" ;; esac
-# unix socket paths (DIR/run/ceph-client.rgw.lab.asok) are limited to 107 bytes
+# unix socket paths (DIR/run/ceph-client.rgw.lab.asok) are limited to 107 bytes.
+# Only the daemons get admin sockets: librados clients (ceph CLI, go-ceph) sharing
+# the name client.admin would fight over one.
 [ ${#D} -le 70 ] || die "directory path $D is too long for the daemons' unix sockets (max 70 bytes)"
 if [ -e "$D" ] && [ -n "$(ls -A "$D" 2>/dev/null)" ]; then
   die "$D exists and is not empty; run scripts/ceph-down.sh $D first"
@@ -106,7 +108,6 @@ auth client required = cephx
 auth allow insecure global id reclaim = false
 keyring = $D/keyring.admin
 run dir = $D/run
-admin socket = $D/run/\$cluster-\$name.asok
 crash dir = $D/crash
 log to file = false
 log to stderr = false
@@ -157,6 +158,7 @@ log file = $D/log/\$name.log
 pid file = $D/run/\$name.pid
 [client.rgw.lab]
 keyring = $D/rgw/keyring
+admin socket = $D/run/\$cluster-\$name.asok
 rgw data = $D/rgw
 rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
 rgw dns name = 127.0.0.1
