@@ -1,0 +1,465 @@
+// Package nbd is a read-only client of the NBD protocol (fixed newstyle
+// handshake, structured replies, metadata contexts) — enough to read a QEMU
+// NBD export from user space and to ask it which extents are allocated
+// ("base:allocation") or dirty in a bitmap ("qemu:dirty-bitmap:NAME").
+// These machines have no /dev/nbd*, and Raksha never needs a kernel device.
+//
+// The protocol is specified in the NBD project's doc/proto.md.
+package nbd
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+const (
+	nbdMagic         = 0x4e42444d41474943 // "NBDMAGIC"
+	optMagic         = 0x49484156454f5054 // "IHAVEOPT"
+	optReplyMagic    = 0x0003e889045565a9
+	requestMagic     = 0x25609513
+	simpleReplyMagic = 0x67446698
+	structReplyMagic = 0x668e33ef
+
+	flagFixedNewstyle = 1 << 0
+	flagNoZeroes      = 1 << 1
+
+	optGo             = 7
+	optStructuredRepl = 8
+	optSetMetaContext = 10
+
+	repAck         = 1
+	repInfo        = 3
+	repMetaContext = 4
+	repErrBit      = 1 << 31
+
+	infoExport = 0
+
+	cmdRead        = 0
+	cmdDisc        = 2
+	cmdBlockStatus = 7
+
+	replyFlagDone     = 1 << 0
+	replyNone         = 0
+	replyOffsetData   = 1
+	replyOffsetHole   = 2
+	replyBlockStatus  = 5
+	replyErrorBit     = 1 << 15
+	maxRequestLength  = 32 << 20
+	maxStatusRequest  = 1 << 30
+	maxOptReplyLength = 1 << 20
+)
+
+// State flags of the "base:allocation" context.
+const (
+	StateHole = 1 << 0
+	StateZero = 1 << 1
+)
+
+// StateDirty is the flag of a "qemu:dirty-bitmap:NAME" context for dirty extents.
+const StateDirty = 1 << 0
+
+// ServerError is an error the server returned for a request or an option.
+type ServerError struct {
+	Op      string
+	Code    uint32
+	Message string
+}
+
+func (e *ServerError) Error() string {
+	if e.Message != "" {
+		return fmt.Sprintf("nbd %s: server error %d: %s", e.Op, e.Code, e.Message)
+	}
+	return fmt.Sprintf("nbd %s: server error %d", e.Op, e.Code)
+}
+
+// ErrNoContext means the server does not offer a metadata context asked for
+// (for a dirty bitmap: the bitmap is missing or not exported).
+var ErrNoContext = errors.New("metadata context not offered by the server")
+
+// Extent is a run of bytes with the same status flags.
+type Extent struct {
+	Offset, Length int64
+	Flags          uint32
+}
+
+// Conn is one NBD connection to one export. Requests are serialized; open
+// several connections to read in parallel. Safe for concurrent use.
+type Conn struct {
+	mu       sync.Mutex
+	c        net.Conn
+	size     int64
+	contexts map[string]uint32 // name → id
+	handle   uint64
+	broken   error
+}
+
+// Dial connects to an NBD server at a unix socket path ("unix:" URLs are the
+// caller's business) or host:port (network "tcp"), negotiates structured
+// replies and the given metadata contexts, and opens export.
+func Dial(ctx context.Context, network, addr, export string, contexts []string) (*Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("nbd dial %s: %w", addr, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	} else {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	conn := &Conn{c: c, contexts: map[string]uint32{}}
+	if err := conn.handshake(export, contexts); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("nbd handshake with %s export %q: %w", addr, export, err)
+	}
+	c.SetDeadline(time.Time{})
+	return conn, nil
+}
+
+func (c *Conn) handshake(export string, contexts []string) error {
+	var hdr struct {
+		Magic, Opt uint64
+		Flags      uint16
+	}
+	if err := binary.Read(c.c, binary.BigEndian, &hdr); err != nil {
+		return fmt.Errorf("read greeting: %w", err)
+	}
+	if hdr.Magic != nbdMagic || hdr.Opt != optMagic {
+		return fmt.Errorf("not a newstyle NBD server (magic %#x %#x)", hdr.Magic, hdr.Opt)
+	}
+	if hdr.Flags&flagFixedNewstyle == 0 {
+		return errors.New("server does not speak fixed newstyle")
+	}
+	cflags := uint32(flagFixedNewstyle)
+	if hdr.Flags&flagNoZeroes != 0 {
+		cflags |= flagNoZeroes
+	}
+	if err := binary.Write(c.c, binary.BigEndian, cflags); err != nil {
+		return err
+	}
+	// structured replies
+	if err := c.sendOpt(optStructuredRepl, nil); err != nil {
+		return err
+	}
+	typ, data, err := c.readOptReply(optStructuredRepl)
+	if err != nil {
+		return err
+	}
+	if typ != repAck {
+		return fmt.Errorf("structured replies refused (reply %#x %q)", typ, data)
+	}
+	if len(contexts) > 0 {
+		buf := binary.BigEndian.AppendUint32(nil, uint32(len(export)))
+		buf = append(buf, export...)
+		buf = binary.BigEndian.AppendUint32(buf, uint32(len(contexts)))
+		for _, q := range contexts {
+			buf = binary.BigEndian.AppendUint32(buf, uint32(len(q)))
+			buf = append(buf, q...)
+		}
+		if err := c.sendOpt(optSetMetaContext, buf); err != nil {
+			return err
+		}
+		for {
+			typ, data, err := c.readOptReply(optSetMetaContext)
+			if err != nil {
+				return err
+			}
+			if typ == repAck {
+				break
+			}
+			if typ != repMetaContext || len(data) < 4 {
+				return fmt.Errorf("unexpected reply %#x to set-meta-context", typ)
+			}
+			c.contexts[string(data[4:])] = binary.BigEndian.Uint32(data)
+		}
+	}
+	buf := binary.BigEndian.AppendUint32(nil, uint32(len(export)))
+	buf = append(buf, export...)
+	buf = binary.BigEndian.AppendUint16(buf, 0) // no extra info requests
+	if err := c.sendOpt(optGo, buf); err != nil {
+		return err
+	}
+	gotSize := false
+	for {
+		typ, data, err := c.readOptReply(optGo)
+		if err != nil {
+			return err
+		}
+		if typ == repAck {
+			break
+		}
+		if typ == repInfo && len(data) >= 12 && binary.BigEndian.Uint16(data) == infoExport {
+			c.size = int64(binary.BigEndian.Uint64(data[2:]))
+			gotSize = true
+		}
+	}
+	if !gotSize {
+		return errors.New("server sent no export size")
+	}
+	return nil
+}
+
+func (c *Conn) sendOpt(opt uint32, data []byte) error {
+	buf := binary.BigEndian.AppendUint64(nil, optMagic)
+	buf = binary.BigEndian.AppendUint32(buf, opt)
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(data)))
+	buf = append(buf, data...)
+	_, err := c.c.Write(buf)
+	return err
+}
+
+func (c *Conn) readOptReply(opt uint32) (uint32, []byte, error) {
+	var h struct {
+		Magic     uint64
+		Opt, Type uint32
+		Len       uint32
+	}
+	if err := binary.Read(c.c, binary.BigEndian, &h); err != nil {
+		return 0, nil, fmt.Errorf("read option reply: %w", err)
+	}
+	if h.Magic != optReplyMagic || h.Opt != opt {
+		return 0, nil, fmt.Errorf("bad option reply (magic %#x, option %d, want %d)", h.Magic, h.Opt, opt)
+	}
+	if h.Len > maxOptReplyLength {
+		return 0, nil, fmt.Errorf("option reply of %d bytes is too long", h.Len)
+	}
+	data := make([]byte, h.Len)
+	if _, err := io.ReadFull(c.c, data); err != nil {
+		return 0, nil, err
+	}
+	if h.Type&repErrBit != 0 {
+		return 0, nil, &ServerError{Op: fmt.Sprintf("option %d", opt), Code: h.Type, Message: string(data)}
+	}
+	return h.Type, data, nil
+}
+
+// Size is the export's size in bytes.
+func (c *Conn) Size() int64 { return c.size }
+
+// HasContext reports whether the server agreed to a metadata context.
+func (c *Conn) HasContext(name string) bool {
+	_, ok := c.contexts[name]
+	return ok
+}
+
+func (c *Conn) request(typ uint16, flags uint16, off int64, length uint32) (uint64, error) {
+	c.handle++
+	buf := binary.BigEndian.AppendUint32(make([]byte, 0, 28), requestMagic)
+	buf = binary.BigEndian.AppendUint16(buf, flags)
+	buf = binary.BigEndian.AppendUint16(buf, typ)
+	buf = binary.BigEndian.AppendUint64(buf, c.handle)
+	buf = binary.BigEndian.AppendUint64(buf, uint64(off))
+	buf = binary.BigEndian.AppendUint32(buf, length)
+	_, err := c.c.Write(buf)
+	return c.handle, err
+}
+
+// replies reads the replies to one request until the last one, calling fn for
+// each structured chunk (type, payload).
+func (c *Conn) replies(op string, handle uint64, simpleData []byte, fn func(typ uint16, payload []byte) error) error {
+	var replyErr error
+	for {
+		var magic uint32
+		if err := binary.Read(c.c, binary.BigEndian, &magic); err != nil {
+			return err
+		}
+		switch magic {
+		case simpleReplyMagic:
+			var h struct {
+				Err    uint32
+				Handle uint64
+			}
+			if err := binary.Read(c.c, binary.BigEndian, &h); err != nil {
+				return err
+			}
+			if h.Handle != handle {
+				return fmt.Errorf("reply for handle %d, want %d", h.Handle, handle)
+			}
+			if h.Err != 0 {
+				return &ServerError{Op: op, Code: h.Err}
+			}
+			if simpleData != nil {
+				_, err := io.ReadFull(c.c, simpleData)
+				return err
+			}
+			return nil
+		case structReplyMagic:
+			var h struct {
+				Flags, Type uint16
+				Handle      uint64
+				Len         uint32
+			}
+			if err := binary.Read(c.c, binary.BigEndian, &h); err != nil {
+				return err
+			}
+			if h.Handle != handle {
+				return fmt.Errorf("reply for handle %d, want %d", h.Handle, handle)
+			}
+			if h.Len > maxRequestLength+1024 {
+				return fmt.Errorf("reply chunk of %d bytes is too long", h.Len)
+			}
+			payload := make([]byte, h.Len)
+			if _, err := io.ReadFull(c.c, payload); err != nil {
+				return err
+			}
+			if h.Type&replyErrorBit != 0 {
+				se := &ServerError{Op: op}
+				if len(payload) >= 6 {
+					se.Code = binary.BigEndian.Uint32(payload)
+					n := int(binary.BigEndian.Uint16(payload[4:]))
+					if 6+n <= len(payload) {
+						se.Message = string(payload[6 : 6+n])
+					}
+				}
+				if replyErr == nil {
+					replyErr = se
+				}
+			} else if h.Type != replyNone && replyErr == nil {
+				if err := fn(h.Type, payload); err != nil {
+					replyErr = err // keep reading to the final chunk
+				}
+			}
+			if h.Flags&replyFlagDone != 0 {
+				return replyErr
+			}
+		default:
+			return fmt.Errorf("bad reply magic %#x", magic)
+		}
+	}
+}
+
+// ReadAt reads len(p) bytes at off. It implements io.ReaderAt.
+func (c *Conn) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > c.size {
+		return 0, fmt.Errorf("nbd read %d bytes at %d: outside the export (%d bytes)", len(p), off, c.size)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken != nil {
+		return 0, c.broken
+	}
+	done := 0
+	for done < len(p) {
+		n := min(len(p)-done, maxRequestLength)
+		if err := c.read(p[done:done+n], off+int64(done)); err != nil {
+			var se *ServerError
+			if !errors.As(err, &se) {
+				c.broken = fmt.Errorf("nbd connection unusable after: %w", err)
+			}
+			return done, fmt.Errorf("nbd read %d bytes at %d: %w", n, off+int64(done), err)
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (c *Conn) read(p []byte, off int64) error {
+	h, err := c.request(cmdRead, 0, off, uint32(len(p)))
+	if err != nil {
+		return err
+	}
+	return c.replies("read", h, p, func(typ uint16, payload []byte) error {
+		if len(payload) < 8 {
+			return fmt.Errorf("short read chunk")
+		}
+		at := int64(binary.BigEndian.Uint64(payload)) - off
+		switch typ {
+		case replyOffsetData:
+			data := payload[8:]
+			if at < 0 || at+int64(len(data)) > int64(len(p)) {
+				return fmt.Errorf("read chunk outside the request")
+			}
+			copy(p[at:], data)
+		case replyOffsetHole:
+			if len(payload) < 12 {
+				return fmt.Errorf("short hole chunk")
+			}
+			n := int64(binary.BigEndian.Uint32(payload[8:]))
+			if at < 0 || at+n > int64(len(p)) {
+				return fmt.Errorf("hole chunk outside the request")
+			}
+			clear(p[at : at+n])
+		default:
+			return fmt.Errorf("unexpected reply type %d to a read", typ)
+		}
+		return nil
+	})
+}
+
+// BlockStatus returns the extents of [off, off+length) in metadata context
+// name, covering the whole range (several requests if the server answers
+// in parts).
+func (c *Conn) BlockStatus(name string, off, length int64) ([]Extent, error) {
+	id, ok := c.contexts[name]
+	if !ok {
+		return nil, fmt.Errorf("nbd block status %q: %w", name, ErrNoContext)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken != nil {
+		return nil, c.broken
+	}
+	var out []Extent
+	end := off + length
+	for off < end {
+		n := min(end-off, maxStatusRequest)
+		h, err := c.request(cmdBlockStatus, 0, off, uint32(n))
+		if err != nil {
+			c.broken = err
+			return nil, err
+		}
+		pos := off
+		err = c.replies("block status", h, nil, func(typ uint16, payload []byte) error {
+			if typ != replyBlockStatus || len(payload) < 4 {
+				return fmt.Errorf("unexpected reply type %d to block status", typ)
+			}
+			if binary.BigEndian.Uint32(payload) != id {
+				return nil // another context
+			}
+			for d := payload[4:]; len(d) >= 8; d = d[8:] {
+				l := int64(binary.BigEndian.Uint32(d))
+				fl := binary.BigEndian.Uint32(d[4:])
+				l = min(l, end-pos)
+				if l <= 0 {
+					break
+				}
+				if k := len(out); k > 0 && out[k-1].Flags == fl && out[k-1].Offset+out[k-1].Length == pos {
+					out[k-1].Length += l
+				} else {
+					out = append(out, Extent{Offset: pos, Length: l, Flags: fl})
+				}
+				pos += l
+			}
+			return nil
+		})
+		if err != nil {
+			var se *ServerError
+			if !errors.As(err, &se) {
+				c.broken = err
+			}
+			return nil, fmt.Errorf("nbd block status %q at %d: %w", name, off, err)
+		}
+		if pos == off {
+			return nil, fmt.Errorf("nbd block status %q at %d: the server described no bytes", name, off)
+		}
+		off = pos
+	}
+	return out, nil
+}
+
+// Close says goodbye and closes the connection.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken == nil {
+		c.request(cmdDisc, 0, 0, 0)
+	}
+	c.broken = net.ErrClosed
+	return c.c.Close()
+}
