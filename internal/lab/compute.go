@@ -1,0 +1,89 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// InstanceRef names one lab server the way a compute host knows it: the lab
+// host it runs on and its libvirt-style instance name (instance-0000000a).
+type InstanceRef struct {
+	Host string `json:"host"`
+	Name string `json:"instance_name"`
+}
+
+func (r InstanceRef) String() string { return r.Host + "/" + r.Name }
+
+// Disk is one qcow2 drive of a lab server.
+type Disk struct {
+	// Node is the QEMU block node name of the drive (see VolumeNode and
+	// EphemeralNode); Raksha's qemu: locators name it.
+	Node string `json:"node"`
+	// Path is the qcow2 file.
+	Path string `json:"path"`
+	// Serial is the virtio serial the guest sees: the volume id cut to 20
+	// characters, as Nova sets it, or the node name for ephemeral disks.
+	Serial string `json:"serial"`
+}
+
+// Instance is everything a compute backend needs to run a lab server.
+type Instance struct {
+	InstanceRef
+	// Dir is the instance directory, <labdir>/hosts/<host>/instances/<name>,
+	// where the backend publishes qmp.sock and qga.sock (DESIGN.md, Sockets).
+	Dir      string `json:"dir"`
+	VCPUs    int    `json:"vcpus"`
+	MemoryMB int    `json:"memory_mb"`
+	// Disks in attach order: ephemeral disks first, then volumes.
+	Disks []Disk `json:"disks"`
+}
+
+// Compute runs the lab's servers. The lab's real backend runs each server as
+// a QEMU process of the lab guest; the Nova API only ever talks to this
+// interface, so that its tests can run without booting guests.
+type Compute interface {
+	// Start boots the instance with its disks and returns once it runs.
+	Start(ctx context.Context, inst Instance) error
+	// Stop shuts the instance down; stopping a stopped instance is no error.
+	Stop(ctx context.Context, ref InstanceRef) error
+	// Running tells whether the instance's process is up.
+	Running(ctx context.Context, ref InstanceRef) (bool, error)
+	// Attach hot-plugs a disk into the running instance.
+	Attach(ctx context.Context, ref InstanceRef, d Disk) error
+	// Detach hot-unplugs the disk with the given node name.
+	Detach(ctx context.Context, ref InstanceRef, node string) error
+	// CopyDisk writes a point-in-time copy of an attached disk as a new
+	// qcow2 file at target (QEMU: a sync=full backup job, whose
+	// copy-before-write keeps the content as of the job's start).
+	CopyDisk(ctx context.Context, ref InstanceRef, node, target string) error
+}
+
+// VolumeNode is the QEMU node name the lab gives the drive of a Cinder
+// volume: "vol-" and the first 20 hex digits of its id (QEMU node names are
+// limited to 31 characters).
+func VolumeNode(volumeID string) string {
+	h := strings.ReplaceAll(volumeID, "-", "")
+	if len(h) > 20 {
+		h = h[:20]
+	}
+	return "vol-" + h
+}
+
+// EphemeralNode is the QEMU node name of a server's n-th ephemeral disk.
+func EphemeralNode(n int) string { return fmt.Sprintf("eph%d", n) }
+
+// volumeSerial is the virtio serial Nova gives a volume: its id, cut to the
+// 20 characters virtio-blk allows.
+func volumeSerial(volumeID string) string {
+	if len(volumeID) > 20 {
+		return volumeID[:20]
+	}
+	return volumeID
+}
+
+// InstanceDir is where a lab server's sockets and ephemeral disks live.
+func InstanceDir(labDir string, ref InstanceRef) string {
+	return filepath.Join(labDir, "hosts", ref.Host, "instances", ref.Name)
+}
