@@ -146,6 +146,14 @@ func (r *Repository) JoinBackup(ctx context.Context, id string) (*Session, error
 	return s, nil
 }
 
+// SetConsistency sets the consistency the record will state ("app",
+// "crash"), known only after the guests were thawed.
+func (s *Session) SetConsistency(c string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.spec.Consistency = c
+}
+
 // Disks returns the disk manifests completed in this session so far.
 func (s *Session) Disks() []*DiskManifest {
 	s.mu.Lock()

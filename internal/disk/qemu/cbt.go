@@ -388,3 +388,6 @@ func Release(ctx context.Context, mon *Monitor, node, keep string) ([]string, er
 	}
 	return removed, nil
 }
+
+// Drives returns the drives of the backup, in the order of Export's sources.
+func (b *Backup) Drives() []Drive { return append([]Drive(nil), b.drives...) }

@@ -1,0 +1,185 @@
+package activities
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/raksha-backup/raksha/internal/disk/qemu"
+	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/repo"
+	"github.com/raksha-backup/raksha/internal/repo/backend/open"
+)
+
+// Error types the workflows never retry.
+const (
+	ErrInvalid      = "InvalidInput"
+	ErrNotFound     = "NotFound"
+	ErrUnauthorized = "Unauthorized"
+	ErrCorrupt      = "CorruptRepository"
+	ErrNoCheckpoint = "NoCheckpoint"
+)
+
+// NonRetryable lists the error types above, for retry policies.
+var NonRetryable = []string{ErrInvalid, ErrNotFound, ErrUnauthorized, ErrCorrupt, ErrNoCheckpoint}
+
+// RepoConfig is one entry of a worker's repository registry. Workflows carry
+// only the id; the URL and the password file stay with the workers.
+type RepoConfig struct {
+	URL          string `json:"url" yaml:"url"`
+	PasswordFile string `json:"password_file" yaml:"password_file"`
+	S3Endpoint   string `json:"s3_endpoint,omitempty" yaml:"s3_endpoint"`
+}
+
+// Discoverer finds a workload's servers and captures their metadata (the
+// OpenStack adapter implements it).
+type Discoverer interface {
+	// Discover returns the workload's VMs (Disk.Base unset) and the metadata
+	// to keep in the backup record's source.
+	Discover(ctx context.Context, sel Selector, project string) ([]VM, json.RawMessage, error)
+}
+
+// Config is what a worker's activities need.
+type Config struct {
+	// Repos maps repository ids to their location and credentials.
+	Repos map[string]RepoConfig
+	// HostDir is this host's directory of guest sockets
+	// (HostDir/instances/NAME/{qmp,qga}.sock); host role only.
+	HostDir string
+	// WorkDir holds temporary fleecing images and NBD sockets; host role only.
+	WorkDir string
+	// Discoverer is the cloud; control role only.
+	Discoverer Discoverer
+	Log        *slog.Logger
+}
+
+// Activities are Raksha's activities. One value serves every role; each
+// worker registers it and serves the queues of its roles.
+type Activities struct {
+	cfg Config
+	log *slog.Logger
+
+	mu          sync.Mutex
+	repos       map[string]*repo.Repository
+	agents      map[string]*guest.Client       // instance → agent client (holds the guest's lock)
+	freezes     map[string]*guest.FreezeHandle // instance → freeze in effect
+	monitors    map[string]*qemu.Monitor       // instance → QMP
+	checkpoints map[string]*vmCheckpoint       // backup/instance → checkpoint cycle
+}
+
+type vmCheckpoint struct {
+	mu      sync.Mutex
+	b       *qemu.Backup
+	bitmap  string
+	sources map[string]*qemu.Source // node → export
+}
+
+// New returns the activities of a worker.
+func New(cfg Config) *Activities {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Activities{cfg: cfg, log: cfg.Log, repos: map[string]*repo.Repository{},
+		agents: map[string]*guest.Client{}, freezes: map[string]*guest.FreezeHandle{},
+		monitors: map[string]*qemu.Monitor{}, checkpoints: map[string]*vmCheckpoint{}}
+}
+
+func invalid(format string, args ...any) error {
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), ErrInvalid, nil)
+}
+
+// repo opens (once) the repository with id.
+func (a *Activities) repo(ctx context.Context, id string) (*repo.Repository, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r, ok := a.repos[id]; ok {
+		return r, nil
+	}
+	rc, ok := a.cfg.Repos[id]
+	if !ok {
+		return nil, invalid("repository %q is not in this worker's registry", id)
+	}
+	pw := ""
+	if rc.PasswordFile != "" {
+		data, err := os.ReadFile(rc.PasswordFile)
+		if err != nil {
+			return nil, invalid("repository %q: password file: %v", id, err)
+		}
+		pw = strings.TrimRight(string(data), "\r\n")
+	}
+	be, err := open.Open(ctx, rc.URL, open.Options{S3Endpoint: rc.S3Endpoint, S3PathStyle: true, Log: a.log})
+	if err != nil {
+		return nil, invalid("repository %q: %v", id, err)
+	}
+	r, err := repo.Open(ctx, be, pw, repo.Options{Log: a.log})
+	if err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("repository %q: %v", id, err), ErrUnauthorized, err)
+	}
+	a.repos[id] = r
+	return r, nil
+}
+
+func (a *Activities) instanceDir(instance string) (string, error) {
+	if a.cfg.HostDir == "" {
+		return "", invalid("this worker has no host directory (not a host worker)")
+	}
+	if instance == "" || strings.ContainsAny(instance, "/\\") || instance == "." || instance == ".." {
+		return "", invalid("invalid instance name %q", instance)
+	}
+	return filepath.Join(a.cfg.HostDir, "instances", instance), nil
+}
+
+// monitor returns the QMP connection of an instance, dialing it once.
+func (a *Activities) monitor(ctx context.Context, instance string) (*qemu.Monitor, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if m, ok := a.monitors[instance]; ok {
+		return m, nil
+	}
+	dir, err := a.instanceDir(instance)
+	if err != nil {
+		return nil, err
+	}
+	m, err := qemu.DialMonitor(ctx, filepath.Join(dir, "qmp.sock"))
+	if err != nil {
+		return nil, err
+	}
+	a.monitors[instance] = m
+	return m, nil
+}
+
+// dropMonitor forgets a broken QMP connection.
+func (a *Activities) dropMonitor(instance string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if m, ok := a.monitors[instance]; ok {
+		m.Close()
+		delete(a.monitors, instance)
+	}
+}
+
+// Shutdown releases every connection and lock the activities hold; frozen
+// guests are thawed first. (A function, not a method: every exported method
+// of Activities is registered as an activity.)
+func Shutdown(ctx context.Context, a *Activities) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for inst, h := range a.freezes {
+		if _, err := h.Thaw(ctx); err != nil {
+			a.log.Error("thaw on shutdown failed", "instance", inst, "err", err)
+		}
+	}
+	for _, c := range a.agents {
+		c.Close()
+	}
+	for _, m := range a.monitors {
+		m.Close()
+	}
+}

@@ -1,0 +1,152 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/raksha-backup/raksha/internal/repo"
+)
+
+// Begin discovers the workload, finds each disk's base (the newest committed
+// backup of the workload that has the disk), and opens the repository
+// session with the captured metadata. A retry with the same backup id joins
+// the session already opened.
+func (a *Activities) Begin(ctx context.Context, in BeginInput) (*BeginResult, error) {
+	if a.cfg.Discoverer == nil {
+		return nil, invalid("this worker has no cloud (not a control worker)")
+	}
+	r, err := a.repo(ctx, in.Repository)
+	if err != nil {
+		return nil, err
+	}
+	vms, source, err := a.cfg.Discoverer.Discover(ctx, in.Selector, in.Project)
+	if err != nil {
+		return nil, fmt.Errorf("discover %s: %w", in.Workload, err)
+	}
+	if len(vms) == 0 {
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("workload %s: no server matches the selector", in.Workload), ErrNotFound, nil)
+	}
+	prev, err := r.ListBackups(ctx, repo.Filter{Labels: map[string]string{"workload": in.Workload}})
+	if err != nil {
+		return nil, fmt.Errorf("find bases: %w", err)
+	}
+	for i := range vms {
+		if !repo.ValidName(vms[i].Name) {
+			return nil, invalid("VM name %q cannot name a backup directory", vms[i].Name)
+		}
+		for j := range vms[i].Disks {
+			d := &vms[i].Disks[j]
+			if !repo.ValidName(d.Name) {
+				return nil, invalid("disk name %q of %s cannot name a backup directory", d.Name, vms[i].Name)
+			}
+			d.Base, d.BaseCheckpoint = a.findBase(ctx, r, prev, vms[i].Name, d.Name)
+		}
+	}
+	if _, err := r.JoinBackup(ctx, in.BackupID); err == nil {
+		return &BeginResult{BackupID: in.BackupID, VMs: vms}, nil
+	} else if !errors.Is(err, repo.ErrNoSession) {
+		return nil, err
+	}
+	_, err = r.StartBackup(ctx, repo.BackupSpec{ID: in.BackupID, Labels: in.Labels, Expires: in.Expires, Source: source})
+	if err != nil {
+		return nil, fmt.Errorf("open backup session: %w", err)
+	}
+	return &BeginResult{BackupID: in.BackupID, VMs: vms}, nil
+}
+
+// findBase returns the newest manifest of vm/disk in backups (oldest first)
+// and its checkpoint token.
+func (a *Activities) findBase(ctx context.Context, r *repo.Repository, backups []*repo.Backup, vm, disk string) (string, string) {
+	for i := len(backups) - 1; i >= 0; i-- {
+		for _, d := range backups[i].Disks {
+			if d.VM != vm || d.Disk != disk {
+				continue
+			}
+			m, err := r.LoadManifest(ctx, d.ID)
+			if err != nil {
+				a.log.Warn("base manifest unreadable; full read", "manifest", d.ID, "err", err)
+				return "", ""
+			}
+			if m.Checkpoint == nil {
+				return d.ID, ""
+			}
+			return d.ID, m.Checkpoint.Name
+		}
+	}
+	return "", ""
+}
+
+// Commit writes the backup record over the manifests the copies wrote.
+func (a *Activities) Commit(ctx context.Context, in CommitInput) (*CommitResult, error) {
+	r, err := a.repo(ctx, in.Repository)
+	if err != nil {
+		return nil, err
+	}
+	s, err := r.JoinBackup(ctx, in.BackupID)
+	if err != nil {
+		if b, lerr := r.LoadBackup(ctx, in.BackupID); lerr == nil {
+			return commitResult(b), nil // an earlier attempt committed it
+		}
+		return nil, fmt.Errorf("commit %s: %w", in.BackupID, err)
+	}
+	have := map[string]bool{}
+	for _, m := range s.Disks() {
+		have[m.ID] = true
+	}
+	for _, id := range in.Manifests {
+		if !have[id] {
+			return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("commit %s: manifest %s is missing", in.BackupID, id), ErrCorrupt, nil)
+		}
+	}
+	if len(have) != len(in.Manifests) {
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("commit %s: %d manifests in the session, %d expected", in.BackupID, len(have), len(in.Manifests)), ErrCorrupt, nil)
+	}
+	s.SetConsistency(in.Consistency)
+	b, err := s.Commit(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("commit %s: %w", in.BackupID, err)
+	}
+	return commitResult(b), nil
+}
+
+func commitResult(b *repo.Backup) *CommitResult {
+	return &CommitResult{BackupID: b.ID, Disks: len(b.Disks), BytesRead: b.Stats.BytesRead, BytesNew: b.Stats.BytesNew, BytesStored: b.Stats.BytesStored}
+}
+
+// Abort drops the session of a backup that will not be committed.
+func (a *Activities) Abort(ctx context.Context, in AbortInput) error {
+	r, err := a.repo(ctx, in.Repository)
+	if err != nil {
+		return err
+	}
+	s, err := r.JoinBackup(ctx, in.BackupID)
+	if errors.Is(err, repo.ErrNoSession) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return s.Abort(ctx)
+}
+
+// Prune deletes the backups the retention does not keep.
+func (a *Activities) Prune(ctx context.Context, in PruneInput) (*PruneResult, error) {
+	r, err := a.repo(ctx, in.Repository)
+	if err != nil {
+		return nil, err
+	}
+	ret := repo.Retention{Last: in.Retention.Last, Hourly: in.Retention.Hourly, Daily: in.Retention.Daily,
+		Weekly: in.Retention.Weekly, Monthly: in.Retention.Monthly, Yearly: in.Retention.Yearly}
+	dec, err := r.Prune(ctx, repo.Filter{Labels: in.Labels}, ret, time.Now(), false)
+	out := &PruneResult{}
+	for _, d := range dec {
+		if !d.Keep {
+			out.Removed = append(out.Removed, d.Backup.ID)
+		}
+	}
+	return out, err
+}

@@ -1,0 +1,437 @@
+// Package workflows holds Raksha's Temporal workflows: deterministic
+// orchestration only (no I/O, no clocks, no goroutines of their own); every
+// effect is an activity of package activities.
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/raksha-backup/raksha/activities"
+)
+
+// Search attributes that make the Web UI useful (registered by the setup).
+var (
+	SAWorkload  = temporal.NewSearchAttributeKeyKeyword("RakshaWorkload")
+	SAProject   = temporal.NewSearchAttributeKeyKeyword("RakshaProject")
+	SAOperation = temporal.NewSearchAttributeKeyKeyword("RakshaOperation")
+	SAPolicy    = temporal.NewSearchAttributeKeyKeyword("RakshaPolicy")
+)
+
+// SearchAttributeNames are the custom search attributes the workflows use.
+var SearchAttributeNames = []string{"RakshaWorkload", "RakshaProject", "RakshaOperation", "RakshaPolicy"}
+
+// BackupWorkflowID is the fixed workflow id of a workload's backup: a
+// workload never has two backups running, whether scheduled or manual.
+func BackupWorkflowID(workload string) string { return "backup/" + workload }
+
+// BackupRequest is the input of WorkloadBackup.
+type BackupRequest struct {
+	Workload   string              `json:"workload"`
+	Project    string              `json:"project,omitempty"`
+	Policy     string              `json:"policy,omitempty"`
+	Repository string              `json:"repository"`
+	Selector   activities.Selector `json:"selector"`
+	// Consistency is "app" (freeze the guests) or "crash" (no freeze).
+	Consistency string `json:"consistency"`
+	// OnAppFailure says what happens when a guest cannot be frozen or its
+	// freeze outlived the deadline: "fail" the backup, or "crash": go on and
+	// label the backup crash-consistent.
+	OnAppFailure  string               `json:"on_app_failure,omitempty"`
+	FreezeTimeout time.Duration        `json:"freeze_timeout,omitempty"`
+	PreHooks      []activities.Hook    `json:"pre_hooks,omitempty"`
+	PostHooks     []activities.Hook    `json:"post_hooks,omitempty"`
+	HookFailure   string               `json:"hook_failure,omitempty"`
+	Retention     activities.Retention `json:"retention,omitempty"`
+	Labels        map[string]string    `json:"labels,omitempty"`
+}
+
+// BackupResult is the result (and memo) of WorkloadBackup.
+type BackupResult struct {
+	BackupID    string `json:"backup_id"`
+	Consistency string `json:"consistency"`
+	// FreezeWindows per VM, and the workload's (first freeze to last thaw).
+	FreezeWindows  map[string]time.Duration `json:"freeze_windows,omitempty"`
+	WorkloadWindow time.Duration            `json:"workload_window,omitempty"`
+	VMs            int                      `json:"vms"`
+	Disks          []activities.CopyResult  `json:"disks"`
+	BytesRead      int64                    `json:"bytes_read"`
+	BytesNew       int64                    `json:"bytes_new"`
+	BytesStored    int64                    `json:"bytes_stored"`
+	Pruned         []string                 `json:"pruned,omitempty"`
+	Warnings       []string                 `json:"warnings,omitempty"`
+}
+
+// Progress is what the "progress" query returns; the CLI adds the pending
+// CopyDisk activities' heartbeat details (bytes done) to it.
+type Progress struct {
+	Phase     string            `json:"phase"`
+	BackupID  string            `json:"backup_id,omitempty"`
+	DisksDone int               `json:"disks_done"`
+	Disks     int               `json:"disks"`
+	Done      map[string]bool   `json:"done,omitempty"`
+	Windows   map[string]string `json:"freeze_windows,omitempty"`
+}
+
+// ProgressQuery is the query name for Progress.
+const ProgressQuery = "progress"
+
+// ErrNotAppConsistent is the failure type of a backup that had to be
+// application-consistent and could not be.
+const ErrNotAppConsistent = "NotApplicationConsistent"
+
+var a *activities.Activities
+
+func controlOpts(ctx workflow.Context, timeout time.Duration) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           activities.ControlQueue,
+		StartToCloseTimeout: timeout,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: time.Minute,
+			MaximumAttempts: 5, NonRetryableErrorTypes: activities.NonRetryable},
+	})
+}
+
+func hostOpts(ctx workflow.Context, host string, timeout time.Duration, attempts int32) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              activities.HostQueue(host),
+		ScheduleToStartTimeout: time.Minute, // a host worker that is not there fails fast
+		StartToCloseTimeout:    timeout,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: 30 * time.Second,
+			MaximumAttempts: attempts, NonRetryableErrorTypes: activities.NonRetryable},
+	})
+}
+
+func copyOpts(ctx workflow.Context, d activities.Disk, host string) workflow.Context {
+	queue := activities.DataQueue
+	if d.Locator.Kind() == "qemu" {
+		queue = activities.HostQueue(host)
+	}
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           queue,
+		StartToCloseTimeout: 24 * time.Hour,
+		HeartbeatTimeout:    time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: time.Minute,
+			MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable},
+	})
+}
+
+// WorkloadBackup backs up a workload: discover → freeze all VMs in parallel
+// → checkpoint all disks → thaw all → copy every disk in parallel → commit →
+// release older checkpoints → prune. Guests are thawed on every path (also on
+// failure and cancellation, through a disconnected context); a failed backup
+// commits nothing and leaves the previous checkpoints usable.
+func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, error) {
+	log := workflow.GetLogger(ctx)
+	if err := validate(req); err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "InvalidRequest", err)
+	}
+	freezeTimeout := req.FreezeTimeout
+	if freezeTimeout <= 0 {
+		freezeTimeout = 10 * time.Second
+	}
+	prog := &Progress{Phase: "discover", Done: map[string]bool{}, Windows: map[string]string{}}
+	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (*Progress, error) { return prog, nil }); err != nil {
+		return nil, err
+	}
+	_ = workflow.UpsertTypedSearchAttributes(ctx, SAOperation.ValueSet("backup"), SAWorkload.ValueSet(req.Workload))
+
+	// The backup id is fixed once, deterministically, from workflow time.
+	var backupID string
+	if err := workflow.SideEffect(ctx, func(workflow.Context) any {
+		return fmt.Sprintf("%s-%s", workflow.Now(ctx).UTC().Format("20060102-150405"), shortID(workflow.GetInfo(ctx).WorkflowExecution.RunID))
+	}).Get(&backupID); err != nil {
+		return nil, err
+	}
+	prog.BackupID = backupID
+	labels := map[string]string{"workload": req.Workload}
+	if req.Project != "" {
+		labels["project"] = req.Project
+	}
+	if req.Policy != "" {
+		labels["policy"] = req.Policy
+	}
+	for k, v := range req.Labels {
+		labels[k] = v
+	}
+	var begin activities.BeginResult
+	err := workflow.ExecuteActivity(controlOpts(ctx, 10*time.Minute), a.Begin, activities.BeginInput{
+		Repository: req.Repository, BackupID: backupID, Workload: req.Workload, Project: req.Project,
+		Policy: req.Policy, Selector: req.Selector, Labels: labels}).Get(ctx, &begin)
+	if err != nil {
+		return nil, fmt.Errorf("discover workload %s: %w", req.Workload, err)
+	}
+	res := &BackupResult{BackupID: backupID, Consistency: req.Consistency, VMs: len(begin.VMs),
+		FreezeWindows: map[string]time.Duration{}}
+	for _, vm := range begin.VMs {
+		prog.Disks += len(vm.Disks)
+	}
+
+	// From here on, every exit goes through cleanup.
+	st := &runState{frozen: map[string]bool{}, checkpointed: map[string]string{}}
+	committed := false
+	defer func() {
+		if committed {
+			return
+		}
+		dctx, _ := workflow.NewDisconnectedContext(ctx)
+		cleanupFailed(dctx, req, begin, st)
+	}()
+
+	// Freeze.
+	consistency := req.Consistency
+	if consistency == "app" {
+		prog.Phase = "freeze"
+		futures := map[string]workflow.Future{}
+		for _, vm := range begin.VMs {
+			st.frozen[vm.Instance] = true // Thaw is idempotent: a failed freeze is thawed too
+			futures[vm.Instance] = workflow.ExecuteActivity(hostOpts(ctx, vm.Host, freezeTimeout+time.Minute, 1), a.Freeze,
+				activities.FreezeInput{Instance: vm.Instance, Timeout: freezeTimeout, PreHooks: req.PreHooks,
+					PostHooks: req.PostHooks, HookFailure: req.HookFailure})
+		}
+		var freezeErr error
+		for _, vm := range begin.VMs {
+			var fr activities.FreezeResult
+			err := futures[vm.Instance].Get(ctx, &fr)
+			switch {
+			case err != nil && freezeErr == nil:
+				freezeErr = fmt.Errorf("freeze %s: %w", vm.Name, err)
+			case err == nil && fr.NoAgent:
+				msg := fmt.Sprintf("VM %s has no answering guest agent", vm.Name)
+				if req.OnAppFailure != "crash" {
+					freezeErr = temporal.NewNonRetryableApplicationError(msg, ErrNotAppConsistent, nil)
+				} else {
+					res.Warnings = append(res.Warnings, msg+": crash-consistent")
+					consistency = "crash"
+				}
+			}
+		}
+		if freezeErr != nil {
+			return nil, freezeErr
+		}
+	}
+
+	// Checkpoint every VM's disks, all inside the freeze window.
+	prog.Phase = "snapshot"
+	cpFutures := map[string]workflow.Future{}
+	for _, vm := range begin.VMs {
+		cpFutures[vm.Instance] = workflow.ExecuteActivity(hostOpts(ctx, vm.Host, freezeTimeout, 1), a.Checkpoint,
+			activities.CheckpointInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks})
+	}
+	var cpErr error
+	for _, vm := range begin.VMs {
+		var cr activities.CheckpointResult
+		if err := cpFutures[vm.Instance].Get(ctx, &cr); err != nil {
+			if cpErr == nil {
+				cpErr = fmt.Errorf("checkpoint %s: %w", vm.Name, err)
+			}
+			continue
+		}
+		st.checkpointed[vm.Instance] = cr.Bitmap
+	}
+
+	// Thaw, always, before anything else can fail.
+	if consistency == "app" || req.Consistency == "app" {
+		prog.Phase = "thaw"
+		windows, guardFired, err := thawAll(ctx, begin.VMs, st)
+		for k, w := range windows {
+			res.FreezeWindows[k] = w
+			prog.Windows[k] = w.String()
+			res.WorkloadWindow = max(res.WorkloadWindow, w)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(guardFired) > 0 && consistency == "app" {
+			msg := fmt.Sprintf("freeze deadline passed before thaw on %v", guardFired)
+			if req.OnAppFailure != "crash" {
+				return nil, temporal.NewNonRetryableApplicationError(msg, ErrNotAppConsistent, nil)
+			}
+			res.Warnings = append(res.Warnings, msg+": crash-consistent")
+			consistency = "crash"
+		}
+	}
+	if cpErr != nil {
+		return nil, cpErr
+	}
+	res.Consistency = consistency
+
+	// Copy every disk in parallel.
+	prog.Phase = "copy"
+	type pending struct {
+		vm   activities.VM
+		disk activities.Disk
+		f    workflow.Future
+	}
+	var copies []pending
+	for _, vm := range begin.VMs {
+		for _, d := range vm.Disks {
+			f := workflow.ExecuteActivity(copyOpts(ctx, d, vm.Host), a.CopyDisk, activities.CopyInput{
+				Repository: req.Repository, BackupID: backupID, VM: vm.Name, Instance: vm.Instance, Disk: d,
+				Checkpoint: st.checkpointed[vm.Instance]})
+			copies = append(copies, pending{vm: vm, disk: d, f: f})
+		}
+	}
+	var manifests []string
+	var copyErr error
+	for _, p := range copies {
+		var cr activities.CopyResult
+		if err := p.f.Get(ctx, &cr); err != nil {
+			if copyErr == nil {
+				copyErr = fmt.Errorf("copy %s/%s: %w", p.vm.Name, p.disk.Name, err)
+			}
+			continue
+		}
+		res.Disks = append(res.Disks, cr)
+		manifests = append(manifests, cr.Manifest)
+		res.BytesRead += cr.BytesRead
+		res.BytesNew += cr.BytesNew
+		res.BytesStored += cr.BytesStored
+		prog.DisksDone++
+		prog.Done[p.vm.Name+"/"+p.disk.Name] = true
+	}
+	if copyErr != nil {
+		return nil, copyErr
+	}
+
+	// The exports of each VM can go now; the new bitmaps stay.
+	prog.Phase = "commit"
+	for _, vm := range begin.VMs {
+		if err := workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 5*time.Minute, 3), a.FinishCheckpoint,
+			activities.FinishInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks, Action: activities.FinishCleanup}).Get(ctx, nil); err != nil {
+			return nil, fmt.Errorf("finish checkpoint of %s: %w", vm.Name, err)
+		}
+	}
+	var cres activities.CommitResult
+	if err := workflow.ExecuteActivity(controlOpts(ctx, 10*time.Minute), a.Commit, activities.CommitInput{
+		Repository: req.Repository, BackupID: backupID, Consistency: consistency, Manifests: manifests,
+		FreezeWindows: res.FreezeWindows}).Get(ctx, &cres); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	committed = true
+
+	// Release older checkpoints (one base per disk remains) and prune. The
+	// backup is committed: failures here are warnings, never data loss.
+	prog.Phase = "release"
+	for _, vm := range begin.VMs {
+		err := workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 5*time.Minute, 5), a.FinishCheckpoint,
+			activities.FinishInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks, Action: activities.FinishRelease}).Get(ctx, nil)
+		if err != nil {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("release older checkpoints of %s: %v", vm.Name, err))
+		}
+	}
+	if req.Retention != (activities.Retention{}) {
+		prog.Phase = "prune"
+		var pr activities.PruneResult
+		err := workflow.ExecuteActivity(controlOpts(ctx, 30*time.Minute), a.Prune, activities.PruneInput{
+			Repository: req.Repository, Labels: map[string]string{"workload": req.Workload}, Retention: req.Retention}).Get(ctx, &pr)
+		if err != nil {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("prune: %v", err))
+		}
+		res.Pruned = pr.Removed
+	}
+	prog.Phase = "done"
+	for _, w := range res.Warnings {
+		log.Warn(w)
+	}
+	_ = workflow.UpsertMemo(ctx, map[string]any{"result": summary(res)})
+	return res, nil
+}
+
+type runState struct {
+	frozen       map[string]bool   // instance → a freeze may be in effect
+	checkpointed map[string]string // instance → new bitmap
+}
+
+// thawAll thaws every VM that may be frozen, in parallel, and returns the
+// freeze window of each and the VMs whose guard had fired.
+func thawAll(ctx workflow.Context, vms []activities.VM, st *runState) (map[string]time.Duration, []string, error) {
+	windows := map[string]time.Duration{}
+	var guard []string
+	futures := map[string]workflow.Future{}
+	for _, vm := range vms {
+		if !st.frozen[vm.Instance] {
+			continue
+		}
+		futures[vm.Instance] = workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 2*time.Minute, 5), a.Thaw,
+			activities.ThawInput{Instance: vm.Instance})
+	}
+	var errs []error
+	for _, vm := range vms {
+		f, ok := futures[vm.Instance]
+		if !ok {
+			continue
+		}
+		var tr activities.ThawResult
+		if err := f.Get(ctx, &tr); err != nil {
+			errs = append(errs, fmt.Errorf("thaw %s: %w", vm.Name, err))
+			continue
+		}
+		delete(st.frozen, vm.Instance)
+		if tr.WasFrozen {
+			windows[vm.Name] = tr.Window
+		}
+		if tr.GuardThawed {
+			guard = append(guard, vm.Name)
+		}
+	}
+	sort.Strings(guard)
+	return windows, guard, errors.Join(errs...)
+}
+
+// cleanupFailed undoes a backup that will not be committed: thaw, abort
+// the checkpoints (the previous bitmaps stay complete bases), remove the
+// exports, drop the repository session.
+func cleanupFailed(ctx workflow.Context, req BackupRequest, begin activities.BeginResult, st *runState) {
+	log := workflow.GetLogger(ctx)
+	if _, _, err := thawAll(ctx, begin.VMs, st); err != nil {
+		log.Error("thaw after a failure failed; the host guards thaw at the freeze deadline", "error", err)
+	}
+	for _, vm := range begin.VMs {
+		err := workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 5*time.Minute, 5), a.FinishCheckpoint,
+			activities.FinishInput{BackupID: begin.BackupID, Instance: vm.Instance, Disks: vm.Disks, Action: activities.FinishAbort}).Get(ctx, nil)
+		if err != nil {
+			log.Error("cleanup of a failed checkpoint failed", "vm", vm.Name, "error", err)
+		}
+	}
+	err := workflow.ExecuteActivity(controlOpts(ctx, 10*time.Minute), a.Abort,
+		activities.AbortInput{Repository: req.Repository, BackupID: begin.BackupID}).Get(ctx, nil)
+	if err != nil {
+		log.Error("abort of the repository session failed; gc cleans up after it", "error", err)
+	}
+}
+
+func validate(req BackupRequest) error {
+	switch {
+	case req.Workload == "":
+		return errors.New("workload name is empty")
+	case req.Repository == "":
+		return errors.New("repository id is empty")
+	case req.Consistency != "app" && req.Consistency != "crash":
+		return fmt.Errorf("consistency %q: want app or crash", req.Consistency)
+	case req.OnAppFailure != "" && req.OnAppFailure != "fail" && req.OnAppFailure != "crash":
+		return fmt.Errorf("on_app_failure %q: want fail or crash", req.OnAppFailure)
+	}
+	return nil
+}
+
+func shortID(runID string) string {
+	out := make([]byte, 0, 6)
+	for i := 0; i < len(runID) && len(out) < 6; i++ {
+		c := runID[i]
+		if c >= '0' && c <= '9' || c >= 'a' && c <= 'f' {
+			out = append(out, c)
+		}
+	}
+	return string(out)
+}
+
+func summary(r *BackupResult) map[string]any {
+	return map[string]any{"backup_id": r.BackupID, "consistency": r.Consistency, "vms": r.VMs, "disks": len(r.Disks),
+		"bytes_read": r.BytesRead, "bytes_new": r.BytesNew, "bytes_stored": r.BytesStored,
+		"workload_freeze_window": r.WorkloadWindow.String()}
+}

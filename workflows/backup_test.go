@@ -1,0 +1,312 @@
+package workflows
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/raksha-backup/raksha/activities"
+)
+
+// recorder keeps the order in which activities ran.
+type recorder struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (r *recorder) add(s string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, s)
+}
+
+func (r *recorder) index(s string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Index(r.calls, s)
+}
+
+func (r *recorder) count(prefix string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, c := range r.calls {
+		if strings.HasPrefix(c, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+var twoVMs = activities.BeginResult{BackupID: "b1", VMs: []activities.VM{
+	{ID: "1", Name: "db", Host: "h1", Instance: "instance-1", Disks: []activities.Disk{{Name: "vda", Locator: "qemu:h1/instance-1/vda", Size: 1 << 20}}},
+	{ID: "2", Name: "web", Host: "h2", Instance: "instance-2", Disks: []activities.Disk{{Name: "vda", Locator: "qemu:h2/instance-2/vda", Size: 1 << 20}}},
+}}
+
+type fixture struct {
+	env *testsuite.TestWorkflowEnvironment
+	rec *recorder
+	// overrides, set before ExecuteWorkflow
+	freeze     func(context.Context, activities.FreezeInput) (*activities.FreezeResult, error)
+	checkpoint func(context.Context, activities.CheckpointInput) (*activities.CheckpointResult, error)
+	thaw       func(context.Context, activities.ThawInput) (*activities.ThawResult, error)
+	copyDisk   func(context.Context, activities.CopyInput) (*activities.CopyResult, error)
+	commit     func(context.Context, activities.CommitInput) (*activities.CommitResult, error)
+}
+
+// newFixture mocks every activity with a success; tests override some.
+func newFixture(t *testing.T) *fixture {
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	acts := activities.New(activities.Config{})
+	env.RegisterActivity(acts)
+	rec := &recorder{}
+	f := &fixture{env: env, rec: rec}
+	env.OnActivity(acts.Begin, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.BeginInput) (*activities.BeginResult, error) {
+		rec.add("begin")
+		r := twoVMs
+		r.BackupID = in.BackupID
+		return &r, nil
+	})
+	env.OnActivity(acts.Freeze, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.FreezeInput) (*activities.FreezeResult, error) {
+		rec.add("freeze " + in.Instance)
+		if f.freeze != nil {
+			return f.freeze(ctx, in)
+		}
+		return &activities.FreezeResult{}, nil
+	})
+	env.OnActivity(acts.Checkpoint, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.CheckpointInput) (*activities.CheckpointResult, error) {
+		rec.add("checkpoint " + in.Instance)
+		if f.checkpoint != nil {
+			return f.checkpoint(ctx, in)
+		}
+		return &activities.CheckpointResult{Bitmap: "raksha-" + in.BackupID}, nil
+	})
+	env.OnActivity(acts.Thaw, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.ThawInput) (*activities.ThawResult, error) {
+		rec.add("thaw " + in.Instance)
+		if f.thaw != nil {
+			return f.thaw(ctx, in)
+		}
+		return &activities.ThawResult{WasFrozen: true, Window: 150 * time.Millisecond}, nil
+	})
+	env.OnActivity(acts.CopyDisk, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.CopyInput) (*activities.CopyResult, error) {
+		rec.add("copy " + in.VM)
+		if f.copyDisk != nil {
+			return f.copyDisk(ctx, in)
+		}
+		return &activities.CopyResult{Manifest: in.BackupID + "/" + in.VM + "/" + in.Disk.Name, BytesRead: 100, BytesNew: 10}, nil
+	})
+	env.OnActivity(acts.FinishCheckpoint, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.FinishInput) error {
+		rec.add("finish " + in.Action + " " + in.Instance)
+		return nil
+	})
+	env.OnActivity(acts.Commit, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.CommitInput) (*activities.CommitResult, error) {
+		rec.add("commit " + in.Consistency + " " + fmt.Sprint(len(in.Manifests)))
+		if f.commit != nil {
+			return f.commit(ctx, in)
+		}
+		return &activities.CommitResult{BackupID: in.BackupID, Disks: len(in.Manifests)}, nil
+	})
+	env.OnActivity(acts.Abort, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.AbortInput) error {
+		rec.add("abort")
+		return nil
+	})
+	env.OnActivity(acts.Prune, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PruneInput) (*activities.PruneResult, error) {
+		rec.add("prune")
+		return &activities.PruneResult{Removed: []string{"old"}}, nil
+	})
+	return f
+}
+
+var appReq = BackupRequest{Workload: "shop", Repository: "main", Consistency: "app", Retention: activities.Retention{Daily: 7}}
+
+func (f *fixture) before(t *testing.T, a, b string) {
+	t.Helper()
+	ia, ib := f.rec.index(a), f.rec.index(b)
+	if ia < 0 || ib < 0 || ia > ib {
+		t.Errorf("%q (at %d) should run before %q (at %d); calls: %v", a, ia, b, ib, f.rec.calls)
+	}
+}
+
+func TestBackupSuccess(t *testing.T) {
+	f := newFixture(t)
+	f.env.ExecuteWorkflow(WorkloadBackup, appReq)
+	if err := f.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var res BackupResult
+	if err := f.env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	for _, vm := range []string{"instance-1", "instance-2"} {
+		f.before(t, "freeze "+vm, "checkpoint instance-1")
+		f.before(t, "freeze "+vm, "checkpoint instance-2")
+		f.before(t, "checkpoint "+vm, "thaw instance-1")
+		f.before(t, "checkpoint "+vm, "thaw instance-2")
+		f.before(t, "thaw "+vm, "copy db")
+		f.before(t, "thaw "+vm, "copy web")
+		f.before(t, "finish cleanup "+vm, "commit app 2")
+		f.before(t, "commit app 2", "finish release "+vm)
+	}
+	f.before(t, "commit app 2", "prune")
+	if f.rec.count("abort") != 0 || f.rec.count("finish abort") != 0 {
+		t.Errorf("a successful backup aborted something: %v", f.rec.calls)
+	}
+	if res.Consistency != "app" || len(res.Disks) != 2 || res.FreezeWindows["db"] != 150*time.Millisecond || res.BytesRead != 200 {
+		t.Errorf("result %+v", res)
+	}
+	if len(res.Pruned) != 1 {
+		t.Errorf("pruned %v", res.Pruned)
+	}
+}
+
+// failAt makes one activity fail (non-retryable) and checks the cleanup.
+func TestFailureAtEachStepThawsAndCommitsNothing(t *testing.T) {
+	for _, step := range []string{"checkpoint", "copy", "commit"} {
+		t.Run(step, func(t *testing.T) {
+			f := newFixture(t)
+			fail := temporal.NewNonRetryableApplicationError("boom at "+step, "Test", nil)
+			switch step {
+			case "checkpoint":
+				f.checkpoint = func(context.Context, activities.CheckpointInput) (*activities.CheckpointResult, error) { return nil, fail }
+			case "copy":
+				f.copyDisk = func(context.Context, activities.CopyInput) (*activities.CopyResult, error) { return nil, fail }
+			case "commit":
+				f.commit = func(context.Context, activities.CommitInput) (*activities.CommitResult, error) { return nil, fail }
+			}
+			f.env.ExecuteWorkflow(WorkloadBackup, appReq)
+			err := f.env.GetWorkflowError()
+			if err == nil || !strings.Contains(err.Error(), "boom at "+step) {
+				t.Fatalf("workflow error %v, want the %s failure", err, step)
+			}
+			if f.rec.count("thaw ") < 2 {
+				t.Errorf("guests not thawed after a %s failure: %v", step, f.rec.calls)
+			}
+			if f.rec.count("abort") != 1 || f.rec.count("finish abort") != 2 {
+				t.Errorf("no abort of the session and the checkpoints: %v", f.rec.calls)
+			}
+			if f.rec.count("finish release") != 0 || f.rec.count("prune") != 0 {
+				t.Errorf("released or pruned after a failure: %v", f.rec.calls)
+			}
+		})
+	}
+}
+
+func TestFreezeFailureThawsEveryGuest(t *testing.T) {
+	f := newFixture(t)
+	f.freeze = func(_ context.Context, in activities.FreezeInput) (*activities.FreezeResult, error) {
+		if in.Instance == "instance-2" {
+			return nil, temporal.NewNonRetryableApplicationError("agent refused", "Test", nil)
+		}
+		return &activities.FreezeResult{}, nil
+	}
+	f.env.ExecuteWorkflow(WorkloadBackup, appReq)
+	if err := f.env.GetWorkflowError(); err == nil {
+		t.Fatal("backup succeeded though a freeze failed")
+	}
+	if f.rec.index("thaw instance-1") < 0 || f.rec.index("thaw instance-2") < 0 {
+		t.Errorf("not every guest was thawed: %v", f.rec.calls)
+	}
+	if f.rec.count("copy") != 0 || f.rec.count("checkpoint") != 0 {
+		t.Errorf("copied or checkpointed after a failed freeze: %v", f.rec.calls)
+	}
+}
+
+func TestGuardFiredFailsAppOrLabelsCrash(t *testing.T) {
+	for _, mode := range []string{"fail", "crash"} {
+		t.Run(mode, func(t *testing.T) {
+			f := newFixture(t)
+			f.thaw = func(_ context.Context, in activities.ThawInput) (*activities.ThawResult, error) {
+				return &activities.ThawResult{WasFrozen: true, GuardThawed: in.Instance == "instance-1", Window: 10 * time.Second}, nil
+			}
+			req := appReq
+			req.OnAppFailure = mode
+			f.env.ExecuteWorkflow(WorkloadBackup, req)
+			err := f.env.GetWorkflowError()
+			if mode == "fail" {
+				var ae *temporal.ApplicationError
+				if !errors.As(err, &ae) || ae.Type() != ErrNotAppConsistent {
+					t.Fatalf("err %v, want %s", err, ErrNotAppConsistent)
+				}
+				if f.rec.count("commit") != 0 || f.rec.count("abort") != 1 {
+					t.Errorf("calls %v", f.rec.calls)
+				}
+				return
+			}
+			var res BackupResult
+			if err != nil || f.env.GetWorkflowResult(&res) != nil || res.Consistency != "crash" || f.rec.index("commit crash 2") < 0 {
+				t.Fatalf("err %v, result %+v, calls %v", err, res, f.rec.calls)
+			}
+		})
+	}
+}
+
+func TestNoAgentFallsBackToCrashWhenAllowed(t *testing.T) {
+	f := newFixture(t)
+	f.freeze = func(context.Context, activities.FreezeInput) (*activities.FreezeResult, error) {
+		return &activities.FreezeResult{NoAgent: true}, nil
+	}
+	req := appReq
+	req.OnAppFailure = "crash"
+	f.env.ExecuteWorkflow(WorkloadBackup, req)
+	var res BackupResult
+	if err := f.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	f.env.GetWorkflowResult(&res)
+	if res.Consistency != "crash" || len(res.Warnings) != 2 {
+		t.Errorf("result %+v", res)
+	}
+}
+
+func TestCancelDuringCopyCleansUp(t *testing.T) {
+	f := newFixture(t)
+	f.copyDisk = func(ctx context.Context, in activities.CopyInput) (*activities.CopyResult, error) {
+		f.env.CancelWorkflow()
+		return nil, temporal.NewCanceledError()
+	}
+	f.env.ExecuteWorkflow(WorkloadBackup, appReq)
+	err := f.env.GetWorkflowError()
+	if err == nil || !temporal.IsCanceledError(errors.Unwrap(err)) && !strings.Contains(err.Error(), "canceled") {
+		t.Fatalf("err %v, want cancelled", err)
+	}
+	if f.rec.count("abort") != 1 || f.rec.count("finish abort") != 2 || f.rec.count("commit") != 0 {
+		t.Errorf("cancellation did not clean up: %v", f.rec.calls)
+	}
+}
+
+func TestCancelDuringFreezeThaws(t *testing.T) {
+	f := newFixture(t)
+	f.checkpoint = func(ctx context.Context, in activities.CheckpointInput) (*activities.CheckpointResult, error) {
+		f.env.CancelWorkflow()
+		return nil, temporal.NewCanceledError()
+	}
+	f.env.ExecuteWorkflow(WorkloadBackup, appReq)
+	if f.env.GetWorkflowError() == nil {
+		t.Fatal("cancelled workflow succeeded")
+	}
+	if f.rec.index("thaw instance-1") < 0 || f.rec.index("thaw instance-2") < 0 {
+		t.Errorf("cancelled during the freeze window and not thawed: %v", f.rec.calls)
+	}
+}
+
+func TestInvalidRequest(t *testing.T) {
+	f := newFixture(t)
+	f.env.ExecuteWorkflow(WorkloadBackup, BackupRequest{Workload: "x", Repository: "r", Consistency: "maybe"})
+	err := f.env.GetWorkflowError()
+	if err == nil || !strings.Contains(err.Error(), `consistency "maybe"`) {
+		t.Fatalf("err %v", err)
+	}
+	if f.rec.count("begin") != 0 {
+		t.Error("an invalid request reached the cloud")
+	}
+}
