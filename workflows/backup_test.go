@@ -177,7 +177,9 @@ func TestFailureAtEachStepThawsAndCommitsNothing(t *testing.T) {
 			fail := temporal.NewNonRetryableApplicationError("boom at "+step, "Test", nil)
 			switch step {
 			case "checkpoint":
-				f.checkpoint = func(context.Context, activities.CheckpointInput) (*activities.CheckpointResult, error) { return nil, fail }
+				f.checkpoint = func(context.Context, activities.CheckpointInput) (*activities.CheckpointResult, error) {
+					return nil, fail
+				}
 			case "copy":
 				f.copyDisk = func(context.Context, activities.CopyInput) (*activities.CopyResult, error) { return nil, fail }
 			case "commit":
