@@ -20,14 +20,16 @@
 #   - mounts every virtio disk that holds an ext2/3/4 filesystem at
 #     /data/<label> (its filesystem label; the device name when it has none);
 #   - creates /dev/virtio-ports/<name> links (there is no udev);
+#   - starts the record writer `guestapp write` on every /data/<label>, logging
+#     to /run/raksha/guestapp.log and /dev/ttyS0, unless the kernel command line
+#     has raksha.writer=0 (raksha.interval=DURATION sets its pause, default
+#     50ms), and waits (30 s at most) until its first record is durable on
+#     every disk, so a guest whose agent answers is already writing;
 #   - starts qemu-ga on /dev/virtio-ports/org.qemu.guest_agent.0 with the
 #     fsfreeze hook /etc/qemu/fsfreeze-hook, which runs every executable in
 #     /etc/qemu/fsfreeze-hook.d/ and logs "HOOK <freeze|thaw> ..." lines with
 #     wall-clock and boot-clock times to /run/raksha/hook.log (tmpfs, never
 #     frozen) and to /dev/ttyS0;
-#   - starts the record writer `guestapp write` on every /data/<label>, logging
-#     to /run/raksha/guestapp.log and /dev/ttyS0, unless the kernel command line
-#     has raksha.writer=0 (raksha.interval=DURATION sets its pause, default 50ms);
 #   - prints "RAKSHA-READY" to /dev/ttyS0, then idles as PID 1.
 #
 # Host needs: apt-get (download only), dpkg, busybox-static, qemu-guest-agent,
@@ -43,7 +45,8 @@ QEMU_GA=${QEMU_GA:-/usr/sbin/qemu-ga}
 MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console crc16 mbcache jbd2 crc32c_generic ext4"
 
 die() { echo "build-guest: $*" >&2; exit 1; }
-[ -n "$BUSYBOX" ] && "$BUSYBOX" --list 2>/dev/null | grep -qx cpio || die "busybox (static, with cpio) not found: install busybox-static"
+BB_APPLETS=$([ -n "$BUSYBOX" ] && "$BUSYBOX" --list 2>/dev/null || true)
+grep -qx cpio <<<"$BB_APPLETS" || die "busybox (static, with cpio) not found: install busybox-static"
 [ -x "$QEMU_GA" ] || die "$QEMU_GA not found: install qemu-guest-agent"
 command -v "$GO" >/dev/null || die "go not found in PATH"
 
@@ -113,7 +116,7 @@ R="$WORK/initramfs"
 mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,data,tmp,run,var,etc/qemu/fsfreeze-hook.d,lib/modules}
 ln -s /run "$R/var/run"
 cp "$BUSYBOX" "$R/bin/busybox"
-for a in $("$BUSYBOX" --list); do
+for a in $BB_APPLETS; do
   [ "$a" = busybox ] || [ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"
 done
 
@@ -237,14 +240,17 @@ for p in /sys/class/virtio-ports/*; do
   ln -sf /dev/${p##*/} /dev/virtio-ports/$(cat $p/name)
 done
 
+# The writer first, and the agent only once the writer's first record is
+# durable on every disk: a guest whose agent answers is writing.
+if [ "$WRITER" != 0 ] && grep -q ' /data/' /proc/mounts; then
+  (guestapp write -interval "$INTERVAL" -root /data -ready /run/raksha/writer.ready 2>&1 | tee -a /run/raksha/guestapp.log > /dev/ttyS0) &
+  i=0; while [ ! -e /run/raksha/writer.ready ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+  if [ -e /run/raksha/writer.ready ]; then log "guestapp writer writing"; else log "guestapp writer NOT ready after 30s"; fi
+fi
+
 qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
   -F/etc/qemu/fsfreeze-hook -t /run -f /run/qemu-ga.pid -l /dev/ttyS0 &
 log "qemu-ga started"
-
-if [ "$WRITER" != 0 ] && grep -q ' /data/' /proc/mounts; then
-  (guestapp write -interval "$INTERVAL" -root /data 2>&1 | tee -a /run/raksha/guestapp.log > /dev/ttyS0) &
-  log "guestapp writer started"
-fi
 echo "RAKSHA-READY uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 while :; do sleep 3600; done
 EOF

@@ -115,8 +115,14 @@ func TestWriterThenCheck(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := RunWriter(ctx, WriterOptions{Dirs: dirs, Interval: time.Millisecond, Count: 25}); err != nil {
+	ready := make(chan struct{})
+	if err := RunWriter(ctx, WriterOptions{Dirs: dirs, Interval: time.Millisecond, Count: 25, Ready: func() { close(ready) }}); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-ready:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Ready not called")
 	}
 	for _, d := range dirs {
 		reps, err := CheckDir(d, CheckOptions{})

@@ -33,6 +33,8 @@ type WriterOptions struct {
 	Count uint64
 	// Logger receives start, error and stop messages (slog.Default when nil).
 	Logger *slog.Logger
+	// Ready, when set, is called once every disk's first record is durable.
+	Ready func()
 }
 
 // RunWriter appends records to a new file <dir>/raksha-writer/<run>.rec on
@@ -70,30 +72,39 @@ func RunWriter(ctx context.Context, opts WriterOptions) error {
 		}
 		log.Info("record writer started", "dir", dir, "file", files[i].Name(), "run", fmt.Sprintf("%016x", runIDs[i]), "interval", opts.Interval)
 	}
-	var wg sync.WaitGroup
+	var wg, first sync.WaitGroup
+	first.Add(len(opts.Dirs))
 	for i := range opts.Dirs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer files[i].Close()
-			writeLoop(ctx, files[i], runIDs[i], filepath.Base(opts.Dirs[i]), opts, log)
+			writeLoop(ctx, files[i], runIDs[i], filepath.Base(opts.Dirs[i]), opts, log, sync.OnceFunc(first.Done))
+		}()
+	}
+	if opts.Ready != nil {
+		go func() {
+			first.Wait()
+			opts.Ready()
 		}()
 	}
 	wg.Wait()
 	return nil
 }
 
-func writeLoop(ctx context.Context, f *os.File, runID uint64, label string, opts WriterOptions, log *slog.Logger) {
+func writeLoop(ctx context.Context, f *os.File, runID uint64, label string, opts WriterOptions, log *slog.Logger, written func()) {
+	defer written() // also when stopped before the first record
 	for seq := uint64(1); opts.Count == 0 || seq <= opts.Count; {
 		if ctx.Err() != nil {
 			return
 		}
-		rec := Record{RunID: runID, Seq: seq, Wall: time.Now(), Boot: bootTime(), Label: label}
+		rec := Record{RunID: runID, Seq: seq, Wall: time.Now(), Boot: BootTime(), Label: label}
 		if err := writeRecord(f, rec.Encode()); err != nil {
 			log.Error("record writer: write failed, retrying in 1s", "file", f.Name(), "seq", seq, "err", err)
 			sleep(ctx, time.Second)
 			continue
 		}
+		written()
 		seq++
 		sleep(ctx, opts.Interval)
 	}
@@ -147,8 +158,9 @@ func newRunID() (uint64, error) {
 	return binary.LittleEndian.Uint64(b[:]), nil
 }
 
-// bootTime returns CLOCK_BOOTTIME (0 if the clock cannot be read).
-func bootTime() time.Duration {
+// BootTime returns CLOCK_BOOTTIME, the time since boot including suspend
+// (0 if the clock cannot be read).
+func BootTime() time.Duration {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		return 0

@@ -4,9 +4,13 @@
 // /init starts `guestapp write` on every disk mounted at /data/<label> (unless
 // the kernel command line says raksha.writer=0).
 //
-//	guestapp write [-interval 50ms] [-count N] [-root /data] [DIR...]
+//	guestapp write [-interval 50ms] [-count N] [-root /data] [-ready FILE] [DIR...]
 //	    append records to DIR/raksha-writer/<run>.rec on every DIR (default:
-//	    every mount point directly below -root) until killed
+//	    every mount point directly below -root) until killed; create FILE
+//	    once the first record of every disk is durable
+//	guestapp stamp
+//	    print the wall-clock time (RFC 3339, nanoseconds) and the boot clock
+//	    (seconds since boot): the lab's fsfreeze hooks log these
 //	guestapp check [-json] [-gap 0] PATH...
 //	    check record files (a PATH may be a file, a disk's mount point or its
 //	    raksha-writer directory); exit 0 when all are intact, 1 when one is
@@ -34,7 +38,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: guestapp write|check [flags] [PATH...]")
+		fmt.Fprintln(stderr, "usage: guestapp write|check|stamp [flags] [PATH...]")
 		return 2
 	}
 	switch args[0] {
@@ -42,8 +46,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return write(args[1:], stderr)
 	case "check":
 		return check(args[1:], stdout, stderr)
+	case "stamp":
+		fmt.Fprintf(stdout, "wall=%s boot=%.6fs\n", time.Now().UTC().Format(time.RFC3339Nano), guestapp.BootTime().Seconds())
+		return 0
 	default:
-		fmt.Fprintf(stderr, "guestapp: unknown command %q (want write or check)\n", args[0])
+		fmt.Fprintf(stderr, "guestapp: unknown command %q (want write, check or stamp)\n", args[0])
 		return 2
 	}
 }
@@ -54,6 +61,7 @@ func write(args []string, stderr io.Writer) int {
 	interval := fs.Duration("interval", guestapp.DefaultInterval, "pause after each record")
 	count := fs.Uint64("count", 0, "stop after this many records per disk (0: never)")
 	root := fs.String("root", "/data", "write on every mount point directly below this directory when no DIR is given")
+	ready := fs.String("ready", "", "create this file once every disk's first record is durable")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -73,7 +81,16 @@ func write(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := guestapp.RunWriter(ctx, guestapp.WriterOptions{Dirs: dirs, Interval: *interval, Count: *count, Logger: log}); err != nil {
+	opts := guestapp.WriterOptions{Dirs: dirs, Interval: *interval, Count: *count, Logger: log}
+	if *ready != "" {
+		opts.Ready = func() {
+			if err := os.WriteFile(*ready, []byte("ready\n"), 0o644); err != nil {
+				log.Error("guestapp write: ready file", "err", err)
+			}
+			log.Info("record writer ready: first record durable on every disk", "disks", len(dirs))
+		}
+	}
+	if err := guestapp.RunWriter(ctx, opts); err != nil {
 		log.Error("guestapp write", "err", err)
 		return 2
 	}
