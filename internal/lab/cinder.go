@@ -556,10 +556,10 @@ func (l *Lab) createSnapshot(w http.ResponseWriter, r *http.Request, c *call) er
 	}
 	id, volID, src, dst := s.ID, v.ID, l.abs(v.Path), l.abs(s.Path)
 	l.async(func(ctx context.Context) {
-		var err error
-		if ref != nil {
+		err := os.MkdirAll(filepath.Dir(dst), 0o755)
+		if err == nil && ref != nil {
 			err = l.opts.Compute.CopyDisk(ctx, *ref, VolumeNode(volID), dst)
-		} else {
+		} else if err == nil {
 			err = copyQcow2(ctx, src, dst, 0)
 		}
 		l.mu.Lock()
