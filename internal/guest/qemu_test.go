@@ -187,7 +187,10 @@ func TestRealQEMU(t *testing.T) {
 			}
 			t.Logf("%s: writer stalled %v (seq %d -> %d) for a freeze window of %v",
 				r.Label, stall.Duration.Round(time.Millisecond), stall.AfterSeq, stall.AfterSeq+1, rep.Window.Round(time.Millisecond))
-			if stall.Duration < guestFrozen-100*time.Millisecond || stall.Duration > rep.Window+time.Second {
+			// The hook's stamps bracket the frozen time loosely (FIFREEZE
+			// follows the freeze hook; the thaw hook starts after FITHAW),
+			// so the stall is compared with the window with some slack.
+			if stall.Duration < rep.Window*6/10 || stall.Duration > rep.Window+time.Second {
 				t.Errorf("%s: stall %v, want about the freeze (%v frozen in the guest, window %v)", r.Label, stall.Duration, guestFrozen, rep.Window)
 			}
 		}

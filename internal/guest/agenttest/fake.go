@@ -35,6 +35,7 @@ type Fake struct {
 	conn net.Conn
 
 	frozen   bool
+	frozenN  int // filesystems frozen
 	delays   map[string]time.Duration
 	silent   bool
 	calls    map[string]int
@@ -102,7 +103,10 @@ func (f *Fake) SetSilent(silent bool) {
 func (f *Fake) SetFrozen(frozen bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.frozen = frozen
+	f.frozen, f.frozenN = frozen, 0
+	if frozen {
+		f.frozenN = f.numFS
+	}
 }
 
 // Frozen reports the frozen state.
@@ -252,16 +256,16 @@ func (f *Fake) execute(line []byte) []byte {
 			}
 		}
 		f.mu.Lock()
-		f.frozen = true
+		f.frozen, f.frozenN = true, n
 		f.mu.Unlock()
 		return reply(n)
 	case "guest-fsfreeze-thaw":
 		f.mu.Lock()
 		n := 0
 		if f.frozen {
-			n = f.numFS
+			n = f.frozenN
 		}
-		f.frozen = false
+		f.frozen, f.frozenN = false, 0
 		f.mu.Unlock()
 		return reply(n)
 	case "guest-get-fsinfo":
@@ -280,7 +284,7 @@ func (f *Fake) execute(line []byte) []byte {
 		p := f.procs[a.PID]
 		f.mu.Unlock()
 		if p == nil {
-			return replyErr("GenericError", fmt.Sprintf("Invalid parameter 'pid'"))
+			return replyErr("GenericError", "Invalid parameter 'pid'")
 		}
 		select {
 		case <-p.done:

@@ -115,4 +115,24 @@ func Run(t *testing.T, a guest.Agent) {
 			t.Fatalf("thaw of a thawed guest: %d, %v; want 0, nil", m, err)
 		}
 	})
+	t.Run("FreezeList", func(t *testing.T) {
+		fs, err := a.GetFSInfo(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := a.FsfreezeFreeze(ctx, []string{fs[0].Mountpoint})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.FsfreezeThaw(context.Background())
+		if n != 1 {
+			t.Errorf("freeze-list of %s froze %d filesystems, want 1", fs[0].Mountpoint, n)
+		}
+		if st, err := a.FsfreezeStatus(ctx); err != nil || st != guest.Frozen {
+			t.Fatalf("status: %q, %v", st, err)
+		}
+		if m, err := a.FsfreezeThaw(ctx); err != nil || m != 1 {
+			t.Fatalf("thaw: %d, %v; want 1", m, err)
+		}
+	})
 }
