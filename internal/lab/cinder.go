@@ -302,13 +302,14 @@ func (l *Lab) createVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 	if err := l.saveLocked(); err != nil {
 		return err
 	}
-	id, size, path := v.ID, v.Size, l.abs(v.Path)
+	id, size, path, label := v.ID, v.Size, l.abs(v.Path), volumeLabel(v.Name, v.ID)
+	format := l.opts.FormatDisks && v.ImageID == ""
 	l.async(func(ctx context.Context) {
 		var err error
 		if src != "" {
 			err = copyQcow2(ctx, src, path, size)
 		} else {
-			err = createQcow2(ctx, path, size)
+			err = newDisk(ctx, path, size, format, label)
 		}
 		l.mu.Lock()
 		defer l.mu.Unlock()

@@ -50,6 +50,13 @@ type Options struct {
 	Hosts []string
 	// TokenTTL is how long a Keystone token lives; default one hour.
 	TokenTTL time.Duration
+	// FormatDisks makes new ephemeral disks and blank volumes hold an empty
+	// ext4 filesystem, so that the lab guest mounts them at /data/<label>:
+	// ephemeral disks are labelled "ephemeral0" (as Nova's
+	// default_ephemeral_format does), volumes by their name (cut to 16
+	// characters) or "vol-" and the start of their id. Off, they are blank
+	// qcow2 images as in a real cloud.
+	FormatDisks bool
 	// Log receives the lab's structured log; default: discard.
 	Log *slog.Logger
 }

@@ -666,7 +666,7 @@ func (l *Lab) buildServer(ctx context.Context, id string, bdms []bdmV2) {
 	l.mu.Unlock()
 	if f.Ephemeral > 0 {
 		path := filepath.Join(InstanceDir(l.dir, ref), "disk.eph0")
-		if err := createQcow2(ctx, path, f.Ephemeral); err != nil {
+		if err := newDisk(ctx, path, f.Ephemeral, l.opts.FormatDisks, "ephemeral0"); err != nil {
 			fail(fmt.Errorf("create ephemeral disk: %w", err))
 			return
 		}
@@ -751,7 +751,7 @@ func (l *Lab) createVolumeForBDM(ctx context.Context, projectID, userID string, 
 	if src != "" {
 		err = copyQcow2(ctx, src, l.abs(v.Path), v.Size)
 	} else {
-		err = createQcow2(ctx, l.abs(v.Path), v.Size)
+		err = newDisk(ctx, l.abs(v.Path), v.Size, l.opts.FormatDisks && b.SourceType == "blank", volumeLabel(v.Name, v.ID))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+
+	"github.com/raksha-backup/raksha/internal/lab/vm"
 )
 
 // ErrNoQemuImg means qemu-img is not installed (Debian: qemu-utils).
@@ -89,4 +91,31 @@ func virtualSize(ctx context.Context, path string) (int64, error) {
 		return 0, fmt.Errorf("qemu-img info %s: %w", path, err)
 	}
 	return info.VirtualSize, nil
+}
+
+// newDisk creates a blank disk, or, with format, one holding an empty ext4
+// filesystem labelled label.
+func newDisk(ctx context.Context, path string, sizeGB int, format bool, label string) error {
+	if !format {
+		return createQcow2(ctx, path, sizeGB)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create disk %s: %w", path, err)
+	}
+	return vm.CreateDisk(ctx, path, label, int64(sizeGB)<<30)
+}
+
+// volumeLabel is the filesystem label of a formatted volume.
+func volumeLabel(name, id string) string {
+	var b []byte
+	for i := 0; i < len(name) && len(b) < 16; i++ {
+		c := name[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' {
+			b = append(b, c)
+		}
+	}
+	if len(b) == 0 {
+		return "vol-" + id[:8]
+	}
+	return string(b)
 }
