@@ -199,8 +199,9 @@ func (c *Client) Freeze(ctx context.Context, opts FreezeOptions) (*FreezeHandle,
 // Done is closed once the guest is thawed (by Thaw, the guard or Close).
 func (h *FreezeHandle) Done() <-chan struct{} { return h.done }
 
-// Thaw thaws the guest now (retrying until ctx is done while the agent fails
-// to answer), then runs the post-hooks. It is idempotent: once thawed, every
+// Thaw thaws the guest now (retrying while the agent fails to answer, until
+// ctx is done or, when ctx has no deadline, for Options.CallTimeout), then
+// runs the post-hooks. It is idempotent: once thawed, every
 // call returns the same report (and the same post-hook error), and
 // report.GuardThawed says whether the guard thawed first. When Thaw fails the
 // guard stays armed and keeps trying.
@@ -223,6 +224,11 @@ func (h *FreezeHandle) thaw(ctx context.Context, byGuard bool) (*ThawReport, err
 	if h.thawed {
 		r := *h.report
 		return &r, h.thawErr
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.c.opts.CallTimeout)
+		defer cancel()
 	}
 	var (
 		n   int
@@ -297,6 +303,10 @@ func (h *FreezeHandle) guard() {
 		_, err := h.thaw(ctx, true)
 		cancel()
 		if err == nil || errors.Is(err, ErrHookFailed) || errors.Is(err, ErrClosed) {
+			return
+		}
+		if isNoServer(err) {
+			h.c.log.Error("guard: the guest's socket is gone (QEMU stopped): nothing left to thaw", "err", err)
 			return
 		}
 		select {

@@ -159,3 +159,16 @@ func TestStartAgain(t *testing.T) {
 		t.Fatalf("serial console:\n%s\n"+"want two record files, the old one intact up to a torn tail at most:\n%s", serial, out)
 	}
 }
+
+// TestAccelAuto boots with AccelAuto: KVM when a boot within the deadline
+// proves it works, TCG otherwise. It takes up to KVMBootTimeout longer where
+// KVM is broken (nested), so it runs only with RAKSHA_TEST_KVM_AUTO=1.
+func TestAccelAuto(t *testing.T) {
+	if os.Getenv("RAKSHA_TEST_KVM_AUTO") != "1" {
+		t.Skip("set RAKSHA_TEST_KVM_AUTO=1 to try KVM with a fallback to TCG")
+	}
+	img := vmtest.Image(t)
+	v := vmtest.Boot(t, img, vmtest.Spec{LabDir: vmtest.LabDir(t), Instance: "auto", Labels: []string{"data"},
+		Configure: func(c *vm.Config) { c.Accel = vm.AccelAuto; c.KVMBootTimeout = 20 * time.Second }})
+	t.Logf("AccelAuto booted with %s in %v", v.Accel, v.BootDuration.Round(time.Millisecond))
+}
