@@ -93,6 +93,7 @@ func (a *app) root() *cobra.Command {
 	pf.StringVar(&a.progress, "progress", "auto", "progress display: auto (bar on a terminal, lines otherwise), bar, lines, none")
 
 	root.AddCommand(a.repoCmd(), a.diskCmd(), a.backupCmd())
+	root.AddCommand(a.labCmd())
 	return root
 }
 

@@ -250,3 +250,14 @@ func (l *Lab) Servers() []ServerInfo {
 	})
 	return out
 }
+
+// ReadServers lists the servers recorded in a lab directory's state without
+// starting the lab (for `raksha lab status`), like Servers.
+func ReadServers(dir string) ([]ServerInfo, error) {
+	st, err := loadState(dir)
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{st: st, dir: dir}
+	return l.Servers(), nil
+}
