@@ -12,6 +12,8 @@
 #   BENCH_TOOLS="raksha restic kopia"  which tools to run (others get "skipped" rows)
 #   BENCH_RESULTS=FILE     where the markdown report goes (default bench/RESULTS.md
 #                          at the default size, bench/work/RESULTS-<size>.md otherwise)
+#   BENCH_ROUNDS=3         rounds of the whole sequence; the report gives medians and spread
+#   BENCH_TIMEOUT=1200     seconds after which a measured command is killed (row: failed)
 #   BENCH_KEEP=0           1 = keep repositories and images of the run in bench/work/run
 #   RAKSHA_BIN=PATH        use this raksha binary (default: build ./starter into bench/work/bin)
 #   KOPIA_COMPRESSION=zstd compression policy set on the kopia repository
@@ -29,6 +31,8 @@ BENCH_BIG_SIZE=${BENCH_BIG_SIZE:-64G}
 BENCH_BIG_DATA=${BENCH_BIG_DATA:-320M}
 BENCH_TOOLS=${BENCH_TOOLS:-raksha restic kopia}
 BENCH_KEEP=${BENCH_KEEP:-0}
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-1200}
 KOPIA_COMPRESSION=${KOPIA_COMPRESSION:-zstd}
 IMAGE_VERSION=1 # bump when the image recipe changes: cached images are keyed by it
 
@@ -53,6 +57,8 @@ die() {
 
 # ---------------------------------------------------------------- prerequisites
 mkdir -p "$WORK"
+# fd 9 holds the lock; the tools are started with it closed (9>&-), so that
+# nothing they leave behind can keep holding it.
 exec 9>"$WORK/.lock"
 if command -v flock >/dev/null && ! flock -n 9; then
 	die "another bench/run.sh is running (lock $WORK/.lock)"
@@ -87,7 +93,7 @@ want_tool() { [[ " $BENCH_TOOLS " == *" $1 "* ]]; }
 
 # Chains: one repository each; a failed step marks its chain broken and the
 # later steps of that chain are recorded as skipped (nothing is dropped).
-declare -A BROKEN=() ID=()
+declare -A TOOLBAD=() BROKEN=() ID=()
 PROBLEMS=() CHANGES=()
 
 # ------------------------------------------------------------------- binaries
@@ -101,14 +107,14 @@ if want_tool restic || want_tool kopia; then
 	peers=()
 	want_tool restic && peers+=(restic)
 	want_tool kopia && peers+=(kopia)
-	bench/build-peers.sh "${peers[@]}" || true
+	bench/build-peers.sh "${peers[@]}" 9>&- || true
 fi
 for t in restic kopia; do
 	bin=$ROOT/bin/$t
 	if ! want_tool $t; then
-		BROKEN[$t]="not selected (BENCH_TOOLS)"
+		TOOLBAD[$t]="not selected (BENCH_TOOLS)"
 	elif [[ ! -x $bin ]]; then
-		BROKEN[$t]="$t did not build (see bench/work/build-$t.log)"
+		TOOLBAD[$t]="$t did not build (see bench/work/build-$t.log)"
 		PROBLEMS+=("$t did not build from the module proxy with $(go env GOVERSION); its rows are marked skipped")
 	fi
 done
@@ -119,19 +125,19 @@ RESTIC_VER="not built" KOPIA_VER="not built"
 
 RAKSHA_VER="not built"
 if ! want_tool raksha; then
-	BROKEN[raksha]="not selected (BENCH_TOOLS)"
+	TOOLBAD[raksha]="not selected (BENCH_TOOLS)"
 else
 	if [[ -z ${RAKSHA_BIN:-} ]]; then
 		log "building raksha (go build ./starter)"
 		if ! go build -o "$RAKSHA" ./starter >"$WORK/build-raksha.log" 2>&1; then
-			BROKEN[raksha]="raksha did not build: $(grep -m1 -v '^#' "$WORK/build-raksha.log" | cut -c1-150)"
-			PROBLEMS+=("${BROKEN[raksha]}")
+			TOOLBAD[raksha]="raksha did not build: $(grep -m1 -v '^#' "$WORK/build-raksha.log" | cut -c1-150)"
+			PROBLEMS+=("${TOOLBAD[raksha]}")
 			rm -f "$RAKSHA"
 		fi
 	fi
-	if [[ -z ${BROKEN[raksha]:-} ]]; then
+	if [[ -z ${TOOLBAD[raksha]:-} ]]; then
 		if [[ ! -x $RAKSHA ]]; then
-			BROKEN[raksha]="no raksha binary at $RAKSHA"
+			TOOLBAD[raksha]="no raksha binary at $RAKSHA"
 		elif ! "$RAKSHA" disk backup --help 2>&1 | grep -q -- '--changed-extents'; then
 			PROBLEMS+=("\`raksha disk backup --help\` does not list --changed-extents; running anyway")
 		fi
@@ -174,16 +180,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 rm -rf "$RUN"
-mkdir -p "$RUN/repos" "$RUN/restore" "$RUN/cache" "$RUN/home" "$LOGS"
+mkdir -p "$LOGS"
 : >"$RESULTS"
 IMG=$RUN/disk.img
-cp --sparse=always "$BASE" "$IMG"
-
-export HOME=$RUN/home XDG_CACHE_HOME=$RUN/cache XDG_CONFIG_HOME=$RUN/home/.config
 export RAKSHA_PASSWORD=bench-password RESTIC_PASSWORD=bench-password KOPIA_PASSWORD=bench-password
-export RESTIC_CACHE_DIR=$RUN/cache/restic KOPIA_CHECK_FOR_UPDATES=false
-KOPIA_CFG=$RUN/home/kopia.config
-KOPIA_ARGS=(--config-file "$KOPIA_CFG" --log-dir "$LOGS/kopia" --no-progress)
+export KOPIA_CHECK_FOR_UPDATES=false
 
 # ------------------------------------------------------------------ helpers
 # step CHAIN NAME [benchtool measure flags] -- CMD...
@@ -197,13 +198,13 @@ step() {
 			case $1 in -repo | -stdout | -time | -log) ;; *) flags+=("$1" "$2") ;; esac
 			shift 2
 		done
-		"$BT" record -results "$RESULTS" -name "$name" -status skipped -note "not run: ${BROKEN[$chain]}" "${flags[@]}"
+		"$BT" record -results "$RESULTS" -round "$ROUND" -name "$name" -status skipped -note "not run: ${BROKEN[$chain]}" "${flags[@]}"
 		printf '  %-34s skipped (%s)\n' "$name" "${BROKEN[$chain]}" >&2
 		return 1
 	fi
 	sync
 	local f=$LOGS/${name//\//_}
-	if ! "$BT" measure -results "$RESULTS" -name "$name" -log "$f.log" -stdout "$f.out" "$@"; then
+	if ! "$BT" measure -results "$RESULTS" -round "$ROUND" -name "$name" -log "$f.log" -stdout "$f.out" -timeout "${BENCH_TIMEOUT}s" "$@" 9>&-; then
 		BROKEN[$chain]="$name failed"
 		return 1
 	fi
@@ -214,7 +215,7 @@ setup() {
 	local chain=$1 what=$2
 	shift 2
 	[[ -z ${BROKEN[$chain]:-} ]] || return 1
-	if ! "$@" >"$LOGS/setup-$chain.log" 2>&1; then
+	if ! "$@" >"$LOGS/setup-$chain.log" 2>&1 9>&-; then
 		BROKEN[$chain]="$what failed: $(tail -n1 "$LOGS/setup-$chain.log" | cut -c1-150)"
 		printf '  %-34s %s\n' "$chain" "${BROKEN[$chain]}" >&2
 		return 1
@@ -244,7 +245,7 @@ raksha_backup() {
 			ID[$chain]=$id
 		else
 			ID[$chain]=""
-			"$BT" annotate -results "$RESULTS" -name "$name" -set "note=no backup id in the JSON output"
+			"$BT" annotate -results "$RESULTS" -round "$ROUND" -name "$name" -set "note=no backup id in the JSON output"
 		fi
 	fi
 }
@@ -253,7 +254,7 @@ raksha_backup() {
 raksha_chain_init() {
 	local chain=$1
 	shift
-	[[ -n ${BROKEN[raksha]:-} ]] && BROKEN[$chain]=${BROKEN[raksha]}
+	[[ -n ${TOOLBAD[raksha]:-} ]] && BROKEN[$chain]=${TOOLBAD[raksha]}
 	setup "$chain" "raksha repo init" env XDG_CACHE_HOME="$RUN/cache/$chain" \
 		"$RAKSHA" repo init --repo "file://$(raksha_repo "$chain")" "$@" || true
 }
@@ -262,14 +263,14 @@ raksha_chain_init() {
 verify() {
 	local name=$1 src=$2 out=$3
 	if [[ ! -f $out ]]; then
-		"$BT" annotate -results "$RESULTS" -name "$name" -set "verified=MISSING" -set "status=failed" -set "note=restored file not found"
+		"$BT" annotate -results "$RESULTS" -round "$ROUND" -name "$name" -set "verified=MISSING" -set "status=failed" -set "note=restored file not found"
 		log "  $name: restored file not found"
 	elif "$BT" cmp "$src" "$out" 2>"$LOGS/${name//\//_}.cmp"; then
-		"$BT" annotate -results "$RESULTS" -name "$name" -set "verified=identical"
+		"$BT" annotate -results "$RESULTS" -round "$ROUND" -name "$name" -set "verified=identical"
 	else
 		local why
 		why=$(cat "$LOGS/${name//\//_}.cmp")
-		"$BT" annotate -results "$RESULTS" -name "$name" -set "verified=DIFFERS" -set "status=failed" -set "note=$why"
+		"$BT" annotate -results "$RESULTS" -round "$ROUND" -name "$name" -set "verified=DIFFERS" -set "status=failed" -set "note=$why"
 		log "  $name: restored image DIFFERS from the source: $why"
 	fi
 	rm -rf "$out"
@@ -278,107 +279,132 @@ verify() {
 
 kopia() { "$KOPIA" "${KOPIA_ARGS[@]}" "$@"; }
 
-# ------------------------------------------------------------------ phase 1: full backups
-log "phase 1: full backups of the $BENCH_SIZE image"
-raksha_chain_init raksha-main
-raksha_backup raksha-main full/raksha full "" "" 4MiB main "$IMG" "$SIZE_BYTES" || true
-raksha_chain_init raksha-noext
-raksha_backup raksha-noext full/raksha-noext-repo full "" no-extents "" main "$IMG" "$SIZE_BYTES" || true
-for cs in $BENCH_CHUNKS; do
-	raksha_chain_init "raksha-$cs" --chunk-size "$cs"
-	raksha_backup "raksha-$cs" "full/raksha-chunk-$cs" full "" "" "$cs" chunks "$IMG" "$SIZE_BYTES" || true
-done
+# ------------------------------------------------------------------ one round
+# A round is the whole sequence (full, clustered, scattered, restore, large
+# image) in fresh repositories on a fresh copy of the image. Rounds repeat it
+# (BENCH_ROUNDS) so the report can give medians and the spread: this machine's
+# two cores are shared, and a single sample can be off by 2x.
+bench_round() {
+	BROKEN=() ID=()
+	for t in "${!TOOLBAD[@]}"; do BROKEN[$t]=${TOOLBAD[$t]}; done
+	LOGS=$RUN/logs/round-$ROUND
+	rm -rf "$RUN/repos" "$RUN/restore" "$RUN/cache" "$RUN/home" "$IMG" "$RUN/big.img"
+	mkdir -p "$RUN/repos" "$RUN/restore" "$RUN/cache" "$RUN/home" "$LOGS"
+	cp --sparse=always "$BASE" "$IMG"
+	export HOME=$RUN/home XDG_CACHE_HOME=$RUN/cache XDG_CONFIG_HOME=$RUN/home/.config
+	export RESTIC_CACHE_DIR=$RUN/cache/restic
+	KOPIA_CFG=$RUN/home/kopia.config
+	KOPIA_ARGS=(--config-file "$KOPIA_CFG" --log-dir "$LOGS/kopia" --no-progress)
 
-RESTIC_REPO=$RUN/repos/restic
-setup restic "restic init" "$RESTIC" init --repo "$RESTIC_REPO" || true
-restic_backup() {
-	warm_image "$IMG"
-	step restic "$1" -tool restic -op "$2" -pattern "$3" -image main -size "$SIZE_BYTES" -repo "$RESTIC_REPO" -- \
-		"$RESTIC" --repo "$RESTIC_REPO" backup --host bench "$IMG" || true
-}
-restic_backup full/restic full ""
-
-KOPIA_REPO=$RUN/repos/kopia
-if [[ -z ${BROKEN[kopia]:-} ]]; then
-	setup kopia "kopia repository create" kopia repository create filesystem --path "$KOPIA_REPO" &&
-		setup kopia "kopia policy set" kopia policy set --global --compression="$KOPIA_COMPRESSION" || true
-fi
-kopia_backup() {
-	warm_image "$IMG"
-	step kopia "$1" -tool kopia -op "$2" -pattern "$3" -image main -size "$SIZE_BYTES" -repo "$KOPIA_REPO" -- \
-		"$KOPIA" "${KOPIA_ARGS[@]}" snapshot create "$IMG" || true
-}
-kopia_backup full/kopia full ""
-
-# ------------------------------------------------------------------ phases 2, 3: incrementals
-for pattern in clustered scattered; do
-	ext=$RUN/extents-$pattern.json
-	change=$("$BT" mutate -pattern "$pattern" -seed "$BENCH_SEED" -extents "$ext" "$IMG")
-	log "phase: incremental backups after the $pattern change: $change"
-	CHANGES+=(-meta "$pattern change=${change#*: }")
-	raksha_backup raksha-main "incr-$pattern/raksha-extents" incr "$pattern" extents 4MiB main "$IMG" "$SIZE_BYTES" "$ext" || true
-	raksha_backup raksha-noext "incr-$pattern/raksha-no-extents" incr "$pattern" no-extents "" main "$IMG" "$SIZE_BYTES" || true
+	# ------------------------------------------------------------------ phase 1: full backups
+	log "round $ROUND/$BENCH_ROUNDS, phase 1: full backups of the $BENCH_SIZE image"
+	raksha_chain_init raksha-main
+	raksha_backup raksha-main full/raksha full "" "" 4MiB main "$IMG" "$SIZE_BYTES" || true
+	raksha_chain_init raksha-noext
+	raksha_backup raksha-noext full/raksha-noext-repo full "" no-extents "" main "$IMG" "$SIZE_BYTES" || true
 	for cs in $BENCH_CHUNKS; do
-		raksha_backup "raksha-$cs" "incr-$pattern/raksha-chunk-$cs" incr "$pattern" extents "$cs" chunks "$IMG" "$SIZE_BYTES" "$ext" || true
+		raksha_chain_init "raksha-$cs" --chunk-size "$cs"
+		raksha_backup "raksha-$cs" "full/raksha-chunk-$cs" full "" "" "$cs" chunks "$IMG" "$SIZE_BYTES" || true
 	done
-	restic_backup "incr-$pattern/restic" incr "$pattern"
-	kopia_backup "incr-$pattern/kopia" incr "$pattern"
-done
 
-# ------------------------------------------------------------------ phase 4: restores
-log "phase: restores of the latest backup (the image after both changes)"
-sync
-if [[ -z ${BROKEN[raksha-main]:-} && -z ${ID[raksha-main]:-} ]]; then
-	BROKEN[raksha-main]="no backup id to restore"
-fi
-repo=$(raksha_repo raksha-main)
-[[ -d $repo ]] && warm_dir "$repo"
-if step raksha-main restore/raksha -tool raksha -op restore -image main -size "$SIZE_BYTES" -- \
-	env XDG_CACHE_HOME="$RUN/cache/raksha-main" "$RAKSHA" disk restore --progress none -f json --repo "file://$repo" "${ID[raksha-main]:-none}" "$RUN/restore/raksha.img"; then
-	verify restore/raksha "$IMG" "$RUN/restore/raksha.img"
-fi
-rm -rf "$RUN/restore/raksha.img"
+	RESTIC_REPO=$RUN/repos/restic
+	setup restic "restic init" "$RESTIC" init --repo "$RESTIC_REPO" || true
+	restic_backup() {
+		warm_image "$IMG"
+		step restic "$1" -tool restic -op "$2" -pattern "$3" -image main -size "$SIZE_BYTES" -repo "$RESTIC_REPO" -- \
+			"$RESTIC" --repo "$RESTIC_REPO" backup --host bench "$IMG" || true
+	}
+	restic_backup full/restic full ""
 
-[[ -d $RESTIC_REPO ]] && warm_dir "$RESTIC_REPO"
-if step restic restore/restic -tool restic -op restore -image main -size "$SIZE_BYTES" -- \
-	"$RESTIC" --repo "$RESTIC_REPO" restore latest --sparse --target "$RUN/restore/restic"; then
-	verify restore/restic "$IMG" "$RUN/restore/restic/${IMG#/}"
-fi
-rm -rf "$RUN/restore/restic"
-
-kopia_snap=""
-if [[ -z ${BROKEN[kopia]:-} ]]; then
-	if kopia snapshot list --json "$IMG" >"$LOGS/kopia-snapshots.json" 2>"$LOGS/kopia-snapshots.log"; then
-		kopia_snap=$("$BT" json "$LOGS/kopia-snapshots.json" -1.id || true)
+	KOPIA_REPO=$RUN/repos/kopia
+	if [[ -z ${BROKEN[kopia]:-} ]]; then
+		setup kopia "kopia repository create" kopia repository create filesystem --path "$KOPIA_REPO" &&
+			setup kopia "kopia policy set" kopia policy set --global --compression="$KOPIA_COMPRESSION" || true
 	fi
-	[[ -n $kopia_snap ]] || BROKEN[kopia]="could not list kopia snapshots"
-fi
-[[ -d $KOPIA_REPO ]] && warm_dir "$KOPIA_REPO"
-if step kopia restore/kopia -tool kopia -op restore -image main -size "$SIZE_BYTES" -- \
-	"$KOPIA" "${KOPIA_ARGS[@]}" snapshot restore --write-sparse-files "${kopia_snap:-none}" "$RUN/restore/kopia.img"; then
-	verify restore/kopia "$IMG" "$RUN/restore/kopia.img"
-fi
-rm -rf "$RUN/restore/kopia.img"
+	kopia_backup() {
+		warm_image "$IMG"
+		step kopia "$1" -tool kopia -op "$2" -pattern "$3" -image main -size "$SIZE_BYTES" -repo "$KOPIA_REPO" -- \
+			"$KOPIA" "${KOPIA_ARGS[@]}" snapshot create "$IMG" || true
+	}
+	kopia_backup full/kopia full ""
 
-# ------------------------------------------------------------------ phase 5: large sparse image
+	# ------------------------------------------------------------------ phases 2, 3: incrementals
+	for pattern in clustered scattered; do
+		ext=$RUN/extents-$pattern.json
+		change=$("$BT" mutate -pattern "$pattern" -seed "$BENCH_SEED" -extents "$ext" "$IMG")
+		log "round $ROUND, phase: incremental backups after the $pattern change: $change"
+		((ROUND > 1)) || CHANGES+=(-meta "$pattern change=${change#*: }")
+		raksha_backup raksha-main "incr-$pattern/raksha-extents" incr "$pattern" extents 4MiB main "$IMG" "$SIZE_BYTES" "$ext" || true
+		raksha_backup raksha-noext "incr-$pattern/raksha-no-extents" incr "$pattern" no-extents "" main "$IMG" "$SIZE_BYTES" || true
+		for cs in $BENCH_CHUNKS; do
+			raksha_backup "raksha-$cs" "incr-$pattern/raksha-chunk-$cs" incr "$pattern" extents "$cs" chunks "$IMG" "$SIZE_BYTES" "$ext" || true
+		done
+		restic_backup "incr-$pattern/restic" incr "$pattern"
+		kopia_backup "incr-$pattern/kopia" incr "$pattern"
+	done
+
+	# ------------------------------------------------------------------ phase 4: restores
+	log "round $ROUND, phase: restores of the latest backup (the image after both changes)"
+	sync
+	if [[ -z ${BROKEN[raksha-main]:-} && -z ${ID[raksha-main]:-} ]]; then
+		BROKEN[raksha-main]="no backup id to restore"
+	fi
+	repo=$(raksha_repo raksha-main)
+	[[ -d $repo ]] && warm_dir "$repo"
+	if step raksha-main restore/raksha -tool raksha -op restore -image main -size "$SIZE_BYTES" -- \
+		env XDG_CACHE_HOME="$RUN/cache/raksha-main" "$RAKSHA" disk restore --progress none -f json --repo "file://$repo" "${ID[raksha-main]:-none}" "$RUN/restore/raksha.img"; then
+		verify restore/raksha "$IMG" "$RUN/restore/raksha.img"
+	fi
+	rm -rf "$RUN/restore/raksha.img"
+
+	[[ -d $RESTIC_REPO ]] && warm_dir "$RESTIC_REPO"
+	if step restic restore/restic -tool restic -op restore -image main -size "$SIZE_BYTES" -- \
+		"$RESTIC" --repo "$RESTIC_REPO" restore latest --sparse --target "$RUN/restore/restic"; then
+		verify restore/restic "$IMG" "$RUN/restore/restic/${IMG#/}"
+	fi
+	rm -rf "$RUN/restore/restic"
+
+	kopia_snap=""
+	if [[ -z ${BROKEN[kopia]:-} ]]; then
+		if kopia snapshot list --json "$IMG" >"$LOGS/kopia-snapshots.json" 2>"$LOGS/kopia-snapshots.log"; then
+			kopia_snap=$("$BT" json "$LOGS/kopia-snapshots.json" -1.id || true)
+		fi
+		[[ -n $kopia_snap ]] || BROKEN[kopia]="could not list kopia snapshots"
+	fi
+	[[ -d $KOPIA_REPO ]] && warm_dir "$KOPIA_REPO"
+	if step kopia restore/kopia -tool kopia -op restore -image main -size "$SIZE_BYTES" -- \
+		"$KOPIA" "${KOPIA_ARGS[@]}" snapshot restore --write-sparse-files "${kopia_snap:-none}" "$RUN/restore/kopia.img"; then
+		verify restore/kopia "$IMG" "$RUN/restore/kopia.img"
+	fi
+	rm -rf "$RUN/restore/kopia.img"
+
+	# ------------------------------------------------------------------ phase 5: large sparse image
+	if [[ $BENCH_BIG == 1 ]]; then
+		BIG=$RUN/big.img
+		mk=$("$BT" mkbig -size "$BENCH_BIG_SIZE" -total "$BENCH_BIG_DATA" -pieces 10 -seed "$BENCH_SEED" -from "$BASE" "$BIG")
+		BIG_DESC="$BENCH_BIG_SIZE sparse file with $BENCH_BIG_DATA of real data (from the ext4 image) in 10 pieces spread over it; Raksha default settings."
+		log "round $ROUND, phase: Raksha on a large sparse image: $mk"
+		raksha_chain_init raksha-big
+		raksha_backup raksha-big big/raksha-full full "" "" "" big "$BIG" "$BIG_BYTES" || true
+		repo=$(raksha_repo raksha-big)
+		if [[ -z ${BROKEN[raksha-big]:-} && -z ${ID[raksha-big]:-} ]]; then
+			BROKEN[raksha-big]="no backup id to restore"
+		fi
+		if step raksha-big big/raksha-restore -tool raksha -op restore -image big -size "$BIG_BYTES" -- \
+			env XDG_CACHE_HOME="$RUN/cache/raksha-big" "$RAKSHA" disk restore --progress none -f json --repo "file://$repo" "${ID[raksha-big]:-none}" "$RUN/restore/big.img"; then
+			verify big/raksha-restore "$BIG" "$RUN/restore/big.img"
+		fi
+		rm -rf "$RUN/restore/big.img" "$BIG"
+	fi
+}
+
 BIG_DESC=""
 if [[ $BENCH_BIG == 1 ]]; then
-	BIG=$RUN/big.img
-	mk=$("$BT" mkbig -size "$BENCH_BIG_SIZE" -total "$BENCH_BIG_DATA" -pieces 10 -seed "$BENCH_SEED" -from "$BASE" "$BIG")
 	BIG_DESC="$BENCH_BIG_SIZE sparse file with $BENCH_BIG_DATA of real data (from the ext4 image) in 10 pieces spread over it; Raksha default settings."
-	log "phase: Raksha on a large sparse image: $mk"
-	raksha_chain_init raksha-big
-	raksha_backup raksha-big big/raksha-full full "" "" "" big "$BIG" "$BIG_BYTES" || true
-	repo=$(raksha_repo raksha-big)
-	if [[ -z ${BROKEN[raksha-big]:-} && -z ${ID[raksha-big]:-} ]]; then
-		BROKEN[raksha-big]="no backup id to restore"
-	fi
-	if step raksha-big big/raksha-restore -tool raksha -op restore -image big -size "$BIG_BYTES" -- \
-		env XDG_CACHE_HOME="$RUN/cache/raksha-big" "$RAKSHA" disk restore --progress none -f json --repo "file://$repo" "${ID[raksha-big]:-none}" "$RUN/restore/big.img"; then
-		verify big/raksha-restore "$BIG" "$RUN/restore/big.img"
-	fi
-	rm -rf "$RUN/restore/big.img" "$BIG"
 fi
+for ((ROUND = 1; ROUND <= BENCH_ROUNDS; ROUND++)); do
+	bench_round
+done
 
 # ------------------------------------------------------------------ report
 metas=(
@@ -390,12 +416,12 @@ metas=(
 	-meta "restic=$RESTIC_VER; defaults (repository v2, compression auto); backup of the image file, restore with --sparse"
 	-meta "kopia=$KOPIA_VER; defaults except global compression policy '$KOPIA_COMPRESSION' (kopia compresses nothing by default); restore with --write-sparse-files"
 	-meta "cache=warm: the page cache is not dropped (no reliable way here); before every backup the image's data is read once, before every restore the repository's files, the same for every tool; \`sync\` runs before every measured command"
-	-meta "samples=one run of each command (a rerun of the whole bench is the way to see the spread)"
+	-meta "samples=$BENCH_ROUNDS round(s) of the whole sequence, each in fresh repositories on a fresh copy of the image; the tables give the median (wall: median, with min–max over the rounds; peak RSS: the largest)"
 	-meta "storage=repositories, images and restores on one file system (bench/work), the machine's only disk"
 )
 metas+=("${CHANGES[@]}")
 [[ -n $BIG_DESC ]] && metas+=(-meta "big image=$BIG_DESC")
 for p in "${PROBLEMS[@]}"; do metas+=(-meta "problem=$p"); done
 mkdir -p "$(dirname "$BENCH_RESULTS")"
-"$BT" report -results "$RESULTS" -md "$BENCH_RESULTS" -workdir "$WORK" "${metas[@]}"
-log "report written to ${BENCH_RESULTS#"$ROOT"/}; raw results in ${RESULTS#"$ROOT"/}, logs in ${LOGS#"$ROOT"/}"
+"$BT" report -results "$RESULTS" -md "$BENCH_RESULTS" -workdir "$WORK" -strip "$ROOT/" "${metas[@]}"
+log "report written to ${BENCH_RESULTS#"$ROOT"/}; raw results in ${RESULTS#"$ROOT"/}, logs in ${RUN#"$ROOT"/}/logs"

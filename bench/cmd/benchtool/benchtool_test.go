@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestParseSize(t *testing.T) {
@@ -90,7 +91,7 @@ func TestExecCountsReads(t *testing.T) {
 	}
 	saved := os.Stdout
 	os.Stdout, _ = os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-	res, err := runTraced([]string{"cat", f})
+	res, err := runTraced([]string{"cat", f}, 0)
 	os.Stdout.Close()
 	os.Stdout = saved
 	if err != nil {
@@ -105,5 +106,18 @@ func TestExecCountsReads(t *testing.T) {
 	}
 	if d := res.RcharReaped - res.RcharExit; d < 0 || d > 4096 {
 		t.Errorf("reaped rchar %d vs exit rchar %d", res.RcharReaped, res.RcharExit)
+	}
+}
+
+func TestExecTimeout(t *testing.T) {
+	if _, err := exec.LookPath("sleep"); err != nil {
+		t.Skip("no sleep")
+	}
+	res, err := runTraced([]string{"sleep", "30"}, 200*time.Millisecond)
+	if err != nil {
+		t.Skipf("ptrace not available here: %v", err)
+	}
+	if !res.TimedOut || res.ExitCode != -1 || res.WallNS > int64(10*time.Second) {
+		t.Fatalf("not killed on time: %+v", res)
 	}
 }

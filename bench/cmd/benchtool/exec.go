@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -32,6 +34,7 @@ type ExecResult struct {
 	WcharExit     int64 `json:"wchar_exit"`
 	ReadBytesExit int64 `json:"read_bytes_exit"` // storage-layer reads (0 on a warm cache)
 	ExitSeen      bool  `json:"exit_seen"`       // the exit stop was observed
+	TimedOut      bool  `json:"timed_out"`       // killed after -timeout
 	// Second, independent method: the kernel adds a reaped child's I/O
 	// counters to its parent's, so /proc/self/io of this wrapper grows by
 	// the child's total when it is reaped. Includes a few hundred bytes of
@@ -42,12 +45,13 @@ type ExecResult struct {
 func cmdExec(args []string) error {
 	fs := flag.NewFlagSet("exec", flag.ExitOnError)
 	out := fs.String("o", "", "write the JSON result to this file (default: stderr)")
+	timeout := fs.Duration("timeout", 0, "kill the command (SIGKILL) after this long; 0 = never")
 	fs.Parse(args)
 	argv := fs.Args()
 	if len(argv) == 0 {
 		return fmt.Errorf("usage: benchtool exec [-o FILE] -- CMD [ARGS]")
 	}
-	res, err := runTraced(argv)
+	res, err := runTraced(argv, *timeout)
 	if err != nil {
 		return err
 	}
@@ -99,7 +103,7 @@ func readProcIO(path string) (procIO, error) {
 // runTraced starts argv as a ptrace'd child (stdin/stdout/stderr inherited),
 // asks for PTRACE_O_TRACEEXIT, passes every signal through, and reads
 // /proc/PID/io when the child stops on its way out.
-func runTraced(argv []string) (*ExecResult, error) {
+func runTraced(argv []string, timeout time.Duration) (*ExecResult, error) {
 	// All ptrace requests must come from the thread that is the tracer.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -115,13 +119,32 @@ func runTraced(argv []string) (*ExecResult, error) {
 	start := time.Now()
 	proc, err := os.StartProcess(path, argv, &os.ProcAttr{
 		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
-		Sys:   &syscall.SysProcAttr{Ptrace: true},
+		// Own process group, so that a timeout or an interrupt reaches
+		// everything the command started.
+		Sys: &syscall.SysProcAttr{Ptrace: true, Setpgid: true},
 	})
 	if err != nil {
 		return nil, err
 	}
 	pid := proc.Pid
 	res := &ExecResult{Argv: argv}
+	var timedOut atomic.Bool
+	if timeout > 0 {
+		t := time.AfterFunc(timeout, func() {
+			timedOut.Store(true)
+			syscall.Kill(-pid, syscall.SIGKILL)
+		})
+		defer t.Stop()
+	}
+	// Pass interrupts on to the command's group (it is not in ours).
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		for sig := range sigs {
+			syscall.Kill(-pid, sig.(syscall.Signal))
+		}
+	}()
 
 	var ws syscall.WaitStatus
 	var ru syscall.Rusage
@@ -174,6 +197,7 @@ func runTraced(argv []string) (*ExecResult, error) {
 		syscall.PtraceCont(pid, int(sig))
 	}
 	res.WallNS = time.Since(start).Nanoseconds()
+	res.TimedOut = timedOut.Load()
 	res.MaxRSSKB = ru.Maxrss
 	res.UserNS = ru.Utime.Nano()
 	res.SysNS = ru.Stime.Nano()

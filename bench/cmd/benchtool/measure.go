@@ -43,6 +43,14 @@ type Record struct {
 	Verified      string         `json:"verified,omitempty"`     // restore compared with the source image
 	Log           string         `json:"log,omitempty"`
 	At            string         `json:"at"`
+	Round         int            `json:"round"`
+	Load1         float64        `json:"load1"` // 1-minute load average when the command started
+
+	// Set only on the aggregates the report builds over rounds.
+	Rounds   int     `json:"-"`
+	OkRounds int     `json:"-"`
+	WallMin  float64 `json:"-"`
+	WallMax  float64 `json:"-"`
 }
 
 type multiFlag []string
@@ -60,6 +68,7 @@ func recordFlags(fs *flag.FlagSet, r *Record) {
 	fs.StringVar(&r.Image, "image", "main", "image: main or big")
 	fs.StringVar(&r.Note, "note", "", "note")
 	fs.Int64Var(&r.SizeBytes, "size", 0, "logical bytes processed (image size)")
+	fs.IntVar(&r.Round, "round", 1, "round number")
 }
 
 func appendRecord(path string, r *Record) error {
@@ -122,6 +131,7 @@ func cmdAnnotate(args []string) error {
 	fs := flag.NewFlagSet("annotate", flag.ExitOnError)
 	results := fs.String("results", "", "results.jsonl")
 	name := fs.String("name", "", "record name")
+	round := fs.Int("round", 0, "round number (0: any)")
 	var sets multiFlag
 	fs.Var(&sets, "set", "KEY=VALUE (verified, note, status); repeatable")
 	fs.Parse(args)
@@ -131,7 +141,7 @@ func cmdAnnotate(args []string) error {
 	}
 	var target *Record
 	for _, r := range recs {
-		if r.Name == *name {
+		if r.Name == *name && (*round == 0 || r.Round == *round) {
 			target = r
 		}
 	}
@@ -181,6 +191,7 @@ func cmdMeasure(args []string) error {
 	stdoutPath := fs.String("stdout", "", "file for CMD's stdout (default: LOG.out)")
 	logPath := fs.String("log", "", "file for CMD's stderr")
 	timeBin := fs.String("time", "/usr/bin/time", "GNU time binary")
+	timeout := fs.Duration("timeout", 0, "kill CMD after this long (recorded as failed); 0 = never")
 	var repos multiFlag
 	fs.Var(&repos, "repo", "directory whose growth is the bytes stored; repeatable")
 	fs.Parse(args)
@@ -220,11 +231,12 @@ func cmdMeasure(args []string) error {
 		before += n
 	}
 
+	r.Load1 = loadavg1()
 	timeOut := *logPath + ".time"
 	execOut := *logPath + ".exec.json"
 	os.Remove(timeOut)
 	os.Remove(execOut)
-	full := append([]string{"-v", "-o", timeOut, self, "exec", "-o", execOut, "--"}, argv...)
+	full := append([]string{"-v", "-o", timeOut, self, "exec", "-o", execOut, "-timeout", timeout.String(), "--"}, argv...)
 	c := exec.Command(*timeBin, full...)
 	so, err := os.Create(*stdoutPath)
 	if err != nil {
@@ -265,7 +277,13 @@ func cmdMeasure(args []string) error {
 		if er.Signal != "" {
 			what = "killed by " + er.Signal
 		}
-		r.Note = joinNote(r.Note, what+": "+lastLine(*logPath))
+		if er.TimedOut {
+			what = fmt.Sprintf("timed out after %s, killed", *timeout)
+		}
+		if l := lastLine(*logPath); l != "" {
+			what += ": " + l
+		}
+		r.Note = joinNote(r.Note, what)
 	default:
 		r.Status = "ok"
 	}
@@ -393,4 +411,17 @@ func cmdDu(args []string) error {
 
 func fmtMiB(n int64) string {
 	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+}
+
+func loadavg1() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }
