@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/raksha-backup/raksha/internal/cloud"
 )
 
 // Task queues.
@@ -72,16 +74,8 @@ type VM struct {
 	Disks    []Disk `json:"disks"`
 }
 
-// Selector picks the servers of a workload; the first non-empty field wins.
-type Selector struct {
-	Metadata    map[string]string `json:"metadata,omitempty"`
-	Tag         string            `json:"tag,omitempty"`
-	Stack       string            `json:"stack,omitempty"`
-	ServerGroup string            `json:"server_group,omitempty"`
-	ServerIDs   []string          `json:"server_ids,omitempty"`
-	Include     string            `json:"include,omitempty"` // name regex
-	Exclude     string            `json:"exclude,omitempty"` // name regex
-}
+// Selector picks the servers of a workload (the cloud adapter's selector).
+type Selector = cloud.Selector
 
 // Hook is a guest command run before the freeze or after the thaw.
 type Hook struct {

@@ -419,9 +419,11 @@ func validate(req BackupRequest) error {
 	return nil
 }
 
+// shortID takes 6 hex digits from the end of a run id (run ids are UUIDv7:
+// their start is a timestamp, their end random).
 func shortID(runID string) string {
 	out := make([]byte, 0, 6)
-	for i := 0; i < len(runID) && len(out) < 6; i++ {
+	for i := len(runID) - 1; i >= 0 && len(out) < 6; i-- {
 		c := runID[i]
 		if c >= '0' && c <= '9' || c >= 'a' && c <= 'f' {
 			out = append(out, c)

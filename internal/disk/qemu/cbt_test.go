@@ -1,4 +1,4 @@
-package qemu
+package qemu_test
 
 import (
 	"bytes"
@@ -8,100 +8,21 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/raksha-backup/raksha/internal/disk"
+	"github.com/raksha-backup/raksha/internal/disk/qemu"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/mem"
+	"github.com/raksha-backup/raksha/internal/testenv/blockvm"
 )
 
 const (
 	mib  = 1 << 20
 	size = 64 * mib
 )
-
-func requireQEMU(t *testing.T) {
-	t.Helper()
-	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			msg := fmt.Sprintf("%s not found (Debian packages qemu-system-x86, qemu-utils; run `make test-deps`)", tool)
-			if os.Getenv("CI") != "" {
-				t.Fatal(msg)
-			}
-			t.Skip("SKIPPED: " + msg)
-		}
-	}
-}
-
-// vm is a QEMU process with one qcow2 drive and no guest: the block layer,
-// QMP and NBD are all real; writes come through HMP qemu-io, and a model of
-// the disk says what each checkpoint must read as.
-type vm struct {
-	t     *testing.T
-	dir   string
-	img   string
-	cmd   *exec.Cmd
-	mon   *Monitor
-	model []byte
-}
-
-func startVM(t *testing.T, dir, img string, model []byte) *vm {
-	t.Helper()
-	sock := filepath.Join(dir, "qmp.sock")
-	os.Remove(sock)
-	cmd := exec.Command("qemu-system-x86_64", "-machine", "none", "-accel", "tcg", "-nodefaults", "-display", "none",
-		"-qmp", "unix:"+sock+",server=on,wait=off",
-		"-drive", "if=none,id=drv0,node-name=data0,format=qcow2,file="+img)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	v := &vm{t: t, dir: dir, img: img, cmd: cmd, model: model}
-	t.Cleanup(v.kill)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for {
-		mon, err := DialMonitor(ctx, sock)
-		if err == nil {
-			v.mon = mon
-			return v
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("QMP did not come up: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (v *vm) kill() {
-	if v.cmd.ProcessState == nil {
-		v.cmd.Process.Kill()
-		v.cmd.Wait()
-	}
-}
-
-func (v *vm) quit() {
-	v.t.Helper()
-	v.mon.Run(context.Background(), "quit", nil, nil)
-	v.cmd.Wait()
-}
-
-// write writes pattern byte p at off, n bytes, in QEMU and in the model.
-func (v *vm) write(p byte, off, n int64) {
-	v.t.Helper()
-	out, err := v.mon.HMP(context.Background(), fmt.Sprintf(`qemu-io drv0 "write -P 0x%02x %d %d"`, p, off, n))
-	if err != nil || strings.Contains(out, "error") {
-		v.t.Fatalf("qemu-io write: %v %s", err, out)
-	}
-	for i := off; i < off+n; i++ {
-		v.model[i] = p
-	}
-}
 
 func readAll(t *testing.T, src disk.Source) []byte {
 	t.Helper()
@@ -144,29 +65,29 @@ func restoreBytes(t *testing.T, r *repo.Repository, m *repo.DiskManifest) []byte
 	return w.b
 }
 
-func nodeNames(t *testing.T, mon *Monitor) []string {
-	nodes, err := mon.nodes(context.Background())
-	if err != nil {
+func nodeNames(t *testing.T, mon *qemu.Monitor) []string {
+	var nodes []struct {
+		Name string `json:"node-name"`
+	}
+	if err := mon.Run(context.Background(), "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
 		t.Fatal(err)
 	}
 	var out []string
-	for n := range nodes {
-		out = append(out, n)
+	for _, n := range nodes {
+		out = append(out, n.Name)
 	}
 	return out
 }
 
 func TestCheckpointExportIncrementalAbortRelease(t *testing.T) {
-	requireQEMU(t)
+	blockvm.Require(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, fmt.Sprint(size)).CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	v := startVM(t, dir, img, make([]byte, size))
-	v.write(0x11, 0, 2*mib)
-	v.write(0x22, 10*mib, mib)
+	blockvm.CreateImage(t, img, size)
+	v := blockvm.Start(t, img, filepath.Join(dir, "qmp.sock"), make([]byte, size))
+	v.Write(0x11, 0, 2*mib)
+	v.Write(0x22, 10*mib, mib)
 
 	r, err := repo.Init(ctx, mem.New(), repo.InitOptions{ChunkSize: mib, Password: "pw", KDF: repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}}, repo.Options{Log: quiet()})
 	if err != nil {
@@ -174,21 +95,21 @@ func TestCheckpointExportIncrementalAbortRelease(t *testing.T) {
 	}
 
 	// Backup 1: no previous bitmap, a full read of the point in time.
-	b1, err := Prepare(ctx, v.mon, dir, "b1", []Drive{{Node: "data0"}}, quiet())
+	b1, err := qemu.Prepare(ctx, v.Mon, dir, "b1", []qemu.Drive{{Node: "data0"}}, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := b1.Checkpoint(ctx, "raksha-b1"); err != nil {
 		t.Fatal(err)
 	}
-	atCheckpoint1 := bytes.Clone(v.model)
-	v.write(0x99, 0, mib) // after the checkpoint: must not show in backup 1
+	atCheckpoint1 := bytes.Clone(v.Model)
+	v.Write(0x99, 0, mib) // after the checkpoint: must not show in backup 1
 	srcs, err := b1.Export(ctx, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := srcs[0].Changed(); !errors.Is(err, ErrNoBitmap) {
-		t.Errorf("first backup Changed: %v, want ErrNoBitmap", err)
+	if _, err := srcs[0].Changed(); !errors.Is(err, qemu.ErrNoBitmap) {
+		t.Errorf("first backup Changed: %v, want qemu.ErrNoBitmap", err)
 	}
 	if got := readAll(t, srcs[0]); sha256.Sum256(got) != sha256.Sum256(atCheckpoint1) {
 		t.Fatal("export does not read as the disk at the checkpoint (a write after it shows through)")
@@ -200,7 +121,7 @@ func TestCheckpointExportIncrementalAbortRelease(t *testing.T) {
 	if err := b1.Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range nodeNames(t, v.mon) {
+	for _, n := range nodeNames(t, v.Mon) {
 		if strings.HasPrefix(n, "fleece") {
 			t.Errorf("node %s left behind", n)
 		}
@@ -210,16 +131,16 @@ func TestCheckpointExportIncrementalAbortRelease(t *testing.T) {
 	}
 
 	// Backup 2: incremental against raksha-b1.
-	v.write(0x77, 30*mib, 4096)
-	b2, err := Prepare(ctx, v.mon, dir, "b2", []Drive{{Node: "data0", Prev: "raksha-b1"}}, quiet())
+	v.Write(0x77, 30*mib, 4096)
+	b2, err := qemu.Prepare(ctx, v.Mon, dir, "b2", []qemu.Drive{{Node: "data0", Prev: "raksha-b1"}}, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := b2.Checkpoint(ctx, "raksha-b2"); err != nil {
 		t.Fatal(err)
 	}
-	atCheckpoint2 := bytes.Clone(v.model)
-	v.write(0x55, 40*mib, mib) // after checkpoint 2
+	atCheckpoint2 := bytes.Clone(v.Model)
+	v.Write(0x55, 40*mib, mib) // after checkpoint 2
 	srcs, err = b2.Export(ctx, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -246,39 +167,39 @@ func TestCheckpointExportIncrementalAbortRelease(t *testing.T) {
 	if got := restoreBytes(t, r, m1); sha256.Sum256(got) != sha256.Sum256(atCheckpoint1) {
 		t.Fatal("restored full backup differs from the disk at checkpoint 1")
 	}
-	removed, err := Release(ctx, v.mon, "data0", "raksha-b2")
+	removed, err := qemu.Release(ctx, v.Mon, "data0", "raksha-b2")
 	if err != nil || fmt.Sprint(removed) != "[raksha-b1]" {
 		t.Fatalf("release: %v %v", removed, err)
 	}
 
 	// Backup 3 fails after its checkpoint: Abort keeps raksha-b2 a complete base.
-	b3, err := Prepare(ctx, v.mon, dir, "b3", []Drive{{Node: "data0", Prev: "raksha-b2"}}, quiet())
+	b3, err := qemu.Prepare(ctx, v.Mon, dir, "b3", []qemu.Drive{{Node: "data0", Prev: "raksha-b2"}}, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := b3.Checkpoint(ctx, "raksha-b3"); err != nil {
 		t.Fatal(err)
 	}
-	v.write(0x66, 50*mib, 4096) // after the failed checkpoint
+	v.Write(0x66, 50*mib, 4096) // after the failed checkpoint
 	if err := b3.Abort(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := b3.Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	bms, _ := v.mon.Bitmaps(ctx, "data0")
+	bms, _ := v.Mon.Bitmaps(ctx, "data0")
 	if len(bms) != 1 || bms[0].Name != "raksha-b2" || !bms[0].Recording {
 		t.Fatalf("after abort: bitmaps %+v, want only raksha-b2, recording", bms)
 	}
 
 	// The bitmap survives a QEMU restart.
-	v.quit()
-	v = startVM(t, dir, img, v.model)
-	bms, _ = v.mon.Bitmaps(ctx, "data0")
+	v.Quit()
+	v = blockvm.Start(t, img, filepath.Join(dir, "qmp.sock"), v.Model)
+	bms, _ = v.Mon.Bitmaps(ctx, "data0")
 	if len(bms) != 1 || bms[0].Name != "raksha-b2" || !bms[0].Persistent {
 		t.Fatalf("after restart: bitmaps %+v, want persistent raksha-b2", bms)
 	}
-	b4, err := Prepare(ctx, v.mon, dir, "b4", []Drive{{Node: "data0", Prev: "raksha-b2"}}, quiet())
+	b4, err := qemu.Prepare(ctx, v.Mon, dir, "b4", []qemu.Drive{{Node: "data0", Prev: "raksha-b2"}}, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,12 +220,12 @@ func TestCheckpointExportIncrementalAbortRelease(t *testing.T) {
 	if err := b4.Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := restoreBytes(t, r, m4); sha256.Sum256(got) != sha256.Sum256(v.model) {
+	if got := restoreBytes(t, r, m4); sha256.Sum256(got) != sha256.Sum256(v.Model) {
 		t.Fatal("restored backup 4 differs from the disk")
 	}
 
 	// A lost bitmap: no changed extents, never an incomplete backup.
-	b5, err := Prepare(ctx, v.mon, dir, "b5", []Drive{{Node: "data0", Prev: "raksha-gone"}}, quiet())
+	b5, err := qemu.Prepare(ctx, v.Mon, dir, "b5", []qemu.Drive{{Node: "data0", Prev: "raksha-gone"}}, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +238,7 @@ func TestCheckpointExportIncrementalAbortRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srcs[0].Close()
-	if _, err := srcs[0].Changed(); !errors.Is(err, ErrNoBitmap) {
-		t.Errorf("lost bitmap: %v, want ErrNoBitmap", err)
+	if _, err := srcs[0].Changed(); !errors.Is(err, qemu.ErrNoBitmap) {
+		t.Errorf("lost bitmap: %v, want qemu.ErrNoBitmap", err)
 	}
 }

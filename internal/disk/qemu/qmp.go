@@ -38,7 +38,22 @@ func DialMonitor(ctx context.Context, socket string) (*Monitor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qmp dial %s: %w", socket, err)
 	}
-	if err := mon.Connect(); err != nil {
+	// QEMU greets one client per monitor at a time; a second client waits
+	// silently, and go-qemu's Connect has no deadline of its own.
+	done := make(chan error, 1)
+	go func() { done <- mon.Connect() }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		mon.Disconnect()
+		return nil, fmt.Errorf("qmp handshake on %s: %w (is another client holding the monitor?)", socket, ctx.Err())
+	case <-t.C:
+		mon.Disconnect()
+		return nil, fmt.Errorf("qmp handshake on %s: no greeting within %v (is another client holding the monitor?)", socket, timeout)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("qmp handshake on %s: %w", socket, err)
 	}
 	return &Monitor{mon: mon}, nil

@@ -1,0 +1,65 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/raksha-backup/raksha/workflows"
+)
+
+// repoRoot finds the module root (for ./bin/temporal).
+func repoRoot(t testing.TB) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// require fails under CI and skips loudly elsewhere when a component is missing.
+func require(t testing.TB, what, path string) {
+	t.Helper()
+	if _, err := os.Stat(path); err == nil {
+		return
+	}
+	if _, err := exec.LookPath(path); err == nil {
+		return
+	}
+	msg := fmt.Sprintf("%s not found at %s: run `make test` (it installs it)", what, path)
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip("SKIPPED: " + msg)
+}
+
+// startTemporal starts a real Temporal dev server (the temporal CLI built by
+// the Makefile) with Raksha's search attributes, for the test's duration.
+func startTemporal(t *testing.T) (client.Client, string) {
+	t.Helper()
+	bin := filepath.Join(repoRoot(t), "bin", "temporal")
+	require(t, "the temporal CLI", bin)
+	sa := temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet(""), workflows.SAProject.ValueSet(""),
+		workflows.SAOperation.ValueSet(""), workflows.SAPolicy.ValueSet(""))
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := testsuite.StartDevServer(ctx, testsuite.DevServerOptions{
+		ExistingPath:     bin,
+		LogLevel:         "error",
+		SearchAttributes: sa,
+		ClientOptions:    &client.Options{Namespace: "default"},
+	})
+	if err != nil {
+		t.Fatalf("start the Temporal dev server: %v", err)
+	}
+	t.Cleanup(func() { srv.Stop() })
+	t.Logf("Temporal dev server at %s up in %v", srv.FrontendHostPort(), time.Since(start).Round(time.Millisecond))
+	return srv.Client(), srv.FrontendHostPort()
+}

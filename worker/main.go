@@ -1,0 +1,188 @@
+// Command raksha-worker runs Raksha's Temporal workers for one or more roles:
+// control (workflows and cloud/repository activities on raksha-control), data
+// (disk copies on raksha-data) and host (freeze, thaw, checkpoints and local
+// copies on raksha-host-<host>).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+	"gopkg.in/yaml.v3"
+
+	"github.com/raksha-backup/raksha/activities"
+	"github.com/raksha-backup/raksha/internal/cloud"
+	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/workflows"
+)
+
+// Config is the worker's configuration file (YAML); flags override it.
+type Config struct {
+	Temporal struct {
+		Address   string `yaml:"address"`
+		Namespace string `yaml:"namespace"`
+	} `yaml:"temporal"`
+	Roles   []string `yaml:"roles"`
+	Host    string   `yaml:"host"`
+	HostDir string   `yaml:"host_dir"`
+	WorkDir string   `yaml:"work_dir"`
+	// Cloud names a clouds.yaml entry; empty: OS_* variables.
+	Cloud string `yaml:"cloud"`
+	// Repositories is the registry: id → URL and password file.
+	Repositories map[string]activities.RepoConfig `yaml:"repositories"`
+	// MaxCopies caps concurrent disk copies on this worker (default 4).
+	MaxCopies int `yaml:"max_copies"`
+}
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if err := run(log, os.Args[1:], os.Getenv); err != nil {
+		log.Error("raksha-worker failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(log *slog.Logger, args []string, getenv func(string) string) error {
+	fs := flag.NewFlagSet("raksha-worker", flag.ContinueOnError)
+	cfgFile := fs.String("config", getenv("RAKSHA_WORKER_CONFIG"), "YAML configuration file")
+	roles := fs.String("roles", "", "comma-separated roles: control, data, host")
+	host := fs.String("host", "", "compute host name this host worker serves (host role)")
+	hostDir := fs.String("host-dir", "", "directory with instances/NAME/{qmp,qga}.sock (host role)")
+	workDir := fs.String("work-dir", "", "directory for temporary fleecing images (host role)")
+	address := fs.String("temporal", "", "Temporal frontend HOST:PORT (default 127.0.0.1:7233)")
+	namespace := fs.String("namespace", "", "Temporal namespace (default \"default\")")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var cfg Config
+	if *cfgFile != "" {
+		data, err := os.ReadFile(*cfgFile)
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(data)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil {
+			return fmt.Errorf("config %s: %w", *cfgFile, err)
+		}
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	if *roles != "" {
+		cfg.Roles = strings.Split(*roles, ",")
+	}
+	set(&cfg.Host, *host)
+	set(&cfg.HostDir, *hostDir)
+	set(&cfg.WorkDir, *workDir)
+	set(&cfg.Temporal.Address, *address)
+	set(&cfg.Temporal.Namespace, *namespace)
+	if cfg.Temporal.Address == "" {
+		cfg.Temporal.Address = "127.0.0.1:7233"
+	}
+	if cfg.Temporal.Namespace == "" {
+		cfg.Temporal.Namespace = "default"
+	}
+	if cfg.MaxCopies <= 0 {
+		cfg.MaxCopies = 4
+	}
+	if len(cfg.Roles) == 0 {
+		return errors.New("no roles: give --roles control,data,host or roles: in the config")
+	}
+	has := map[string]bool{}
+	for _, r := range cfg.Roles {
+		r = strings.TrimSpace(r)
+		if r != "control" && r != "data" && r != "host" {
+			return fmt.Errorf("unknown role %q (control, data, host)", r)
+		}
+		has[r] = true
+	}
+	if has["host"] && (cfg.Host == "" || cfg.HostDir == "") {
+		return errors.New("the host role needs --host and --host-dir")
+	}
+	if cfg.WorkDir == "" {
+		cfg.WorkDir = os.TempDir()
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, Log: log}
+	if has["control"] {
+		ccfg := cloud.ConfigFromEnv(getenv)
+		if cfg.Cloud != "" {
+			ccfg.Cloud = cfg.Cloud
+		}
+		ccfg.Log = log
+		cl, err := cloud.Connect(ctx, ccfg)
+		if err != nil {
+			return fmt.Errorf("connect to the cloud: %w", err)
+		}
+		acfg.Discoverer = &activities.CloudDiscoverer{Client: cl}
+	}
+	if has["host"] {
+		// A guest left frozen by a dead worker stays frozen forever: thaw it now.
+		res, err := guest.ThawOrphans(ctx, cfg.HostDir, guest.OrphanOptions{Logger: log})
+		if err != nil {
+			log.Warn("thawing orphaned freezes", "err", err)
+		}
+		for _, r := range res {
+			log.Info("orphan check", "result", fmt.Sprintf("%+v", r))
+		}
+	}
+	acts := activities.New(acfg)
+	defer activities.Shutdown(context.Background(), acts)
+
+	c, err := client.Dial(client.Options{HostPort: cfg.Temporal.Address, Namespace: cfg.Temporal.Namespace, Logger: newTemporalLogger(log)})
+	if err != nil {
+		return fmt.Errorf("connect to Temporal at %s: %w", cfg.Temporal.Address, err)
+	}
+	defer c.Close()
+
+	opts := worker.Options{WorkerStopTimeout: 30 * time.Second}
+	var workers []worker.Worker
+	if has["control"] {
+		w := worker.New(c, activities.ControlQueue, opts)
+		w.RegisterWorkflow(workflows.WorkloadBackup)
+		w.RegisterActivity(acts)
+		workers = append(workers, w)
+	}
+	if has["data"] {
+		o := opts
+		o.MaxConcurrentActivityExecutionSize = cfg.MaxCopies
+		w := worker.New(c, activities.DataQueue, o)
+		w.RegisterActivity(acts)
+		workers = append(workers, w)
+	}
+	if has["host"] {
+		o := opts
+		o.MaxConcurrentActivityExecutionSize = cfg.MaxCopies + 16 // freezes and thaws must not queue behind copies
+		w := worker.New(c, activities.HostQueue(cfg.Host), o)
+		w.RegisterActivity(acts)
+		workers = append(workers, w)
+	}
+	for _, w := range workers {
+		if err := w.Start(); err != nil {
+			return fmt.Errorf("start worker: %w", err)
+		}
+	}
+	log.Info("raksha-worker running", "roles", cfg.Roles, "host", cfg.Host, "temporal", cfg.Temporal.Address)
+	<-ctx.Done()
+	log.Info("stopping: draining running activities")
+	for _, w := range workers {
+		w.Stop()
+	}
+	return nil
+}
