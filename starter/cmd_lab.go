@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -19,8 +18,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/lab"
+	"github.com/raksha-backup/raksha/internal/lab/demo"
 	"github.com/raksha-backup/raksha/internal/lab/vm"
 )
 
@@ -32,9 +31,9 @@ const (
 	labLogFile    = "lab.log"
 	labCloudsFile = "clouds.yaml"
 	// Cloud names in the lab's clouds.yaml.
-	labAdminCloud = "raksha-lab"
-	labDemoCloud  = "raksha-lab-demo"
-	labDemoUser   = "demo"
+	labAdminCloud = demo.AdminCloud
+	labDemoCloud  = demo.DemoCloud
+	labDemoUser   = demo.DemoUser
 )
 
 func defaultLabDir() string { return filepath.Join(os.TempDir(), "raksha-lab") }
@@ -307,7 +306,7 @@ func randomPassword() string {
 	return hex.EncodeToString(b[:])
 }
 
-func (a *app) serveLab(ctx context.Context, dir, addr string, accel vm.Accel, demo bool) error {
+func (a *app) serveLab(ctx context.Context, dir, addr string, accel vm.Accel, withDemo bool) error {
 	if host, _, err := net.SplitHostPort(addr); err != nil || (host != "127.0.0.1" && host != "localhost") {
 		return usagef("--addr %q: the lab listens on 127.0.0.1 only", addr)
 	}
@@ -355,15 +354,15 @@ func (a *app) serveLab(ctx context.Context, dir, addr string, accel vm.Accel, de
 		return fmt.Errorf("lab serve: %w", err)
 	}
 	clouds := filepath.Join(dir, labCloudsFile)
-	if err := writeLabClouds(clouds, l.AuthURL(), adminPW, demoPW); err != nil {
+	if err := demo.WriteClouds(clouds, l.AuthURL(), adminPW, demoPW); err != nil {
 		return fmt.Errorf("lab serve: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, labURLFile), []byte(l.URL()+"\n"), 0o600); err != nil {
 		return fmt.Errorf("lab serve: %w", err)
 	}
-	if demo {
+	if withDemo {
 		start := time.Now()
-		if err := ensureDemo(ctx, clouds, log); err != nil {
+		if err := demo.Ensure(ctx, clouds, log); err != nil {
 			return fmt.Errorf("lab serve: demo workload: %w", err)
 		}
 		log.Info("demo workload ready", "took", time.Since(start).Round(time.Millisecond))
@@ -374,87 +373,5 @@ func (a *app) serveLab(ctx context.Context, dir, addr string, accel vm.Accel, de
 	log.Info("lab ready", "url", l.URL(), "clouds", clouds)
 	<-ctx.Done()
 	log.Info("lab stopping")
-	return nil
-}
-
-// writeLabClouds writes clouds.yaml (mode 0600: it holds the passwords).
-func writeLabClouds(path, authURL, adminPW, demoPW string) error {
-	entry := func(name, user, pw, project string) string {
-		return fmt.Sprintf(`  %s:
-    auth:
-      auth_url: %s
-      username: %s
-      password: %s
-      project_name: %s
-      user_domain_name: Default
-      project_domain_name: Default
-    region_name: RegionOne
-    interface: public
-    identity_api_version: 3
-`, name, authURL, user, pw, project)
-	}
-	body := "# Written by `raksha lab up`; holds the lab's passwords.\nclouds:\n" +
-		entry(labAdminCloud, lab.AdminUser, adminPW, lab.AdminProject) + entry(labDemoCloud, labDemoUser, demoPW, "demo")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return os.Rename(tmp, path)
-}
-
-// ensureDemo creates, as the demo user through the OpenStack API, the demo
-// workload if it does not exist yet: two servers with an attached volume.
-func ensureDemo(ctx context.Context, clouds string, log *slog.Logger) error {
-	c, err := cloud.Connect(ctx, cloud.Config{Cloud: labDemoCloud, CloudsFile: clouds, Log: log})
-	if err != nil {
-		return err
-	}
-	existing, err := c.Discover(ctx, cloud.Selector{Workload: "demo"})
-	if err != nil {
-		return err
-	}
-	have := map[string]bool{}
-	for _, s := range existing {
-		have[s.Name] = true
-	}
-	type made struct{ server, volume string }
-	var todo []made
-	for _, name := range []string{"demo-1", "demo-2"} {
-		if have[name] {
-			continue
-		}
-		meta := &cloud.ServerMeta{
-			Name:           name,
-			Metadata:       map[string]string{cloud.WorkloadKey: "demo"},
-			Tags:           []string{cloud.WorkloadKey + "=demo"},
-			Flavor:         cloud.FlavorMeta{Name: lab.Flavor},
-			Image:          &cloud.ImageMeta{Name: lab.GuestImage},
-			Ports:          []cloud.PortMeta{{NetworkName: lab.Network}},
-			SecurityGroups: []cloud.SecurityGroupMeta{{Name: "default"}},
-		}
-		id, err := c.CreateServer(ctx, meta, nil, cloud.Remap{})
-		if err != nil {
-			return err
-		}
-		vol, err := c.CreateVolume(ctx, cloud.VolumeOpts{Name: name + "-data", SizeGB: 1, Metadata: map[string]string{cloud.WorkloadKey: "demo"}})
-		if err != nil {
-			return err
-		}
-		todo = append(todo, made{id, vol})
-	}
-	for _, m := range todo {
-		if err := c.WaitServer(ctx, m.server, "ACTIVE", 5*time.Minute); err != nil {
-			return err
-		}
-		if _, err := c.WaitVolume(ctx, m.volume, "available", 2*time.Minute); err != nil {
-			return err
-		}
-		if _, err := c.AttachVolume(ctx, m.server, m.volume); err != nil {
-			return err
-		}
-		if _, err := c.WaitVolume(ctx, m.volume, "in-use", 2*time.Minute); err != nil {
-			return err
-		}
-	}
 	return nil
 }

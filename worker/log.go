@@ -7,4 +7,6 @@ import (
 )
 
 // newTemporalLogger adapts slog for the Temporal SDK, one level quieter.
-func newTemporalLogger(l *slog.Logger) log.Logger { return log.NewStructuredLogger(l.With("component", "temporal")) }
+func newTemporalLogger(l *slog.Logger) log.Logger {
+	return log.NewStructuredLogger(l.With("component", "temporal"))
+}

@@ -187,7 +187,7 @@ func (q *QEMUCompute) session(ctx context.Context, g *qemuGuest, what string) (*
 	if err != nil {
 		return nil, nil, err
 	}
-	mon, err := qemu.DialMonitor(lctx, g.vm.QMPSocket)
+	mon, err := qemu.DialMonitor(lctx, g.vm.LabQMPSocket)
 	if err != nil {
 		ag.Close()
 		return nil, nil, err

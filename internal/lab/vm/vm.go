@@ -115,8 +115,10 @@ type VM struct {
 	// Instance is the instance name; Dir the instance directory.
 	Instance, Dir string
 	// QMPSocket is the QMP monitor reserved for Raksha; AgentSocket the guest
-	// agent's socket (the host side of its virtio-serial port).
-	QMPSocket, AgentSocket string
+	// agent's socket (the host side of its virtio-serial port). LabQMPSocket
+	// is a second monitor for the lab's own work (hot-plug, quit), so that a
+	// host worker may keep Raksha's monitor open.
+	QMPSocket, AgentSocket, LabQMPSocket string
 	// SerialLog is the file the guest's serial console is written to (the
 	// init and fsfreeze-hook messages land there); QEMULog QEMU's own output.
 	SerialLog, QEMULog string
@@ -162,15 +164,16 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	}
 	dir := guest.InstanceDir(guest.HostDir(cfg.LabDir, cfg.Host), cfg.Instance)
 	v := &VM{
-		Instance:    cfg.Instance,
-		Dir:         dir,
-		QMPSocket:   filepath.Join(dir, guest.QMPSocketName),
-		AgentSocket: filepath.Join(dir, guest.AgentSocketName),
-		SerialLog:   filepath.Join(dir, "serial.log"),
-		QEMULog:     filepath.Join(dir, "qemu.log"),
-		log:         cfg.Logger.With("instance", cfg.Instance),
+		Instance:     cfg.Instance,
+		Dir:          dir,
+		QMPSocket:    filepath.Join(dir, guest.QMPSocketName),
+		AgentSocket:  filepath.Join(dir, guest.AgentSocketName),
+		LabQMPSocket: filepath.Join(dir, "lab-qmp.sock"),
+		SerialLog:    filepath.Join(dir, "serial.log"),
+		QEMULog:      filepath.Join(dir, "qemu.log"),
+		log:          cfg.Logger.With("instance", cfg.Instance),
 	}
-	if len(v.QMPSocket) > maxSocketPath || len(v.AgentSocket) > maxSocketPath {
+	if len(v.QMPSocket) > maxSocketPath || len(v.AgentSocket) > maxSocketPath || len(v.LabQMPSocket) > maxSocketPath {
 		return nil, fmt.Errorf("start guest %s: socket path %s is longer than %d bytes: use a shorter lab directory", cfg.Instance, v.AgentSocket, maxSocketPath)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -218,7 +221,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 // boot starts QEMU with accel and waits for the agent; on failure the
 // process is killed.
 func (v *VM) boot(ctx context.Context, cfg Config, accel Accel, timeout time.Duration) error {
-	for _, p := range []string{v.QMPSocket, v.AgentSocket} {
+	for _, p := range []string{v.QMPSocket, v.AgentSocket, v.LabQMPSocket} {
 		_ = os.Remove(p)
 	}
 	args := v.args(cfg, accel)
@@ -299,6 +302,8 @@ func (v *VM) args(cfg Config, accel Accel) []string {
 		"-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
 		"-chardev", fmt.Sprintf("socket,path=%s,server=on,wait=off,id=qmp0", optEscape(v.QMPSocket)),
 		"-mon", "chardev=qmp0,mode=control",
+		"-chardev", fmt.Sprintf("socket,path=%s,server=on,wait=off,id=qmp1", optEscape(v.LabQMPSocket)),
+		"-mon", "chardev=qmp1,mode=control",
 	)
 	return a
 }
@@ -376,7 +381,7 @@ func (v *VM) quit(ctx context.Context) error {
 	if ok {
 		to = time.Until(dl)
 	}
-	mon, err := qmp.NewSocketMonitor("unix", v.QMPSocket, to)
+	mon, err := qmp.NewSocketMonitor("unix", v.LabQMPSocket, to)
 	if err != nil {
 		return fmt.Errorf("QMP connect: %w", err)
 	}
@@ -406,7 +411,7 @@ func (v *VM) kill() {
 }
 
 func (v *VM) cleanup() {
-	for _, p := range []string{v.QMPSocket, v.AgentSocket, filepath.Join(v.Dir, "qemu.pid")} {
+	for _, p := range []string{v.QMPSocket, v.AgentSocket, v.LabQMPSocket, filepath.Join(v.Dir, "qemu.pid")} {
 		_ = os.Remove(p)
 	}
 }

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/raksha-backup/raksha/activities"
+	"github.com/raksha-backup/raksha/internal/repo"
+	"github.com/raksha-backup/raksha/workflows"
+)
+
+// temporalFlags are the flags of commands that talk to Temporal.
+type temporalFlags struct {
+	address, namespace string
+}
+
+func (f *temporalFlags) add(c *cobra.Command) {
+	c.Flags().StringVar(&f.address, "temporal", "", "Temporal frontend HOST:PORT (env RAKSHA_TEMPORAL, default 127.0.0.1:7233)")
+	c.Flags().StringVar(&f.namespace, "namespace", "", "Temporal namespace (env RAKSHA_NAMESPACE, default \"default\")")
+}
+
+func (a *app) temporalClient(f temporalFlags) (client.Client, error) {
+	addr, ns := f.address, f.namespace
+	if addr == "" {
+		addr = a.getenv("RAKSHA_TEMPORAL")
+	}
+	if addr == "" {
+		addr = "127.0.0.1:7233"
+	}
+	if ns == "" {
+		ns = a.getenv("RAKSHA_NAMESPACE")
+	}
+	if ns == "" {
+		ns = "default"
+	}
+	c, err := client.Dial(client.Options{HostPort: addr, Namespace: ns, Logger: quietTemporalLogger{}})
+	if err != nil {
+		return nil, fmt.Errorf("connect to Temporal at %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+func (a *app) backupStartCmd() *cobra.Command {
+	var tf temporalFlags
+	var req workflows.BackupRequest
+	var wait bool
+	c := &cobra.Command{
+		Use:   "start --workload W --repository ID [--consistency app|crash] [--wait]",
+		Short: "Start a workload backup (a Temporal workflow); --wait shows its progress",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if req.Workload == "" || req.Repository == "" {
+				return usagef("--workload and --repository are required")
+			}
+			if req.Consistency != "app" && req.Consistency != "crash" {
+				return usagef("--consistency %q: app or crash", req.Consistency)
+			}
+			sel := req.Selector
+			if sel.Workload == "" && sel.Tag == "" && sel.Stack == "" && sel.ServerGroup == "" && len(sel.ServerIDs) == 0 {
+				req.Selector.Workload = req.Workload
+			}
+			c, err := a.temporalClient(tf)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			sa := temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet(req.Workload), workflows.SAOperation.ValueSet("backup"),
+				workflows.SAProject.ValueSet(req.Project), workflows.SAPolicy.ValueSet(req.Policy))
+			run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+				ID: workflows.BackupWorkflowID(req.Workload), TaskQueue: activities.ControlQueue,
+				WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+				WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+				TypedSearchAttributes:    sa,
+			}, workflows.WorkloadBackup, req)
+			if err != nil {
+				var started *serviceerror.WorkflowExecutionAlreadyStarted
+				if errors.As(err, &started) {
+					return fmt.Errorf("a backup of workload %s is already running (workflow %s)", req.Workload, workflows.BackupWorkflowID(req.Workload))
+				}
+				return fmt.Errorf("start backup: %w", err)
+			}
+			fmt.Fprintf(a.stderr, "started workflow %s (run %s)\n", run.GetID(), run.GetRunID())
+			if !wait {
+				if a.format == "json" {
+					return a.printJSON(map[string]string{"workflow_id": run.GetID(), "run_id": run.GetRunID()})
+				}
+				return nil
+			}
+			res, err := a.follow(ctx, c, run)
+			if err != nil {
+				return err
+			}
+			if a.format == "json" {
+				return a.printJSON(res)
+			}
+			fmt.Fprintf(a.stdout, "backup %s (%s): %d VMs, %d disks; read %s, new %s, stored %s\n", res.BackupID, res.Consistency,
+				res.VMs, len(res.Disks), humanBytes(res.BytesRead), humanBytes(res.BytesNew), humanBytes(res.BytesStored))
+			for vm, w := range res.FreezeWindows {
+				fmt.Fprintf(a.stdout, "  freeze window %s: %v\n", vm, w.Round(time.Millisecond))
+			}
+			for _, w := range res.Warnings {
+				fmt.Fprintf(a.stdout, "  warning: %s\n", w)
+			}
+			return nil
+		},
+	}
+	tf.add(c)
+	f := c.Flags()
+	f.StringVar(&req.Workload, "workload", "", "workload name (servers with metadata raksha.workload=NAME unless another selector is given)")
+	f.StringVar(&req.Repository, "repository", "", "repository id (from the workers' registry)")
+	f.StringVar(&req.Project, "project", "", "project of the workload")
+	f.StringVar(&req.Policy, "policy", "", "policy name to label the backup with")
+	f.StringVar(&req.Consistency, "consistency", "app", "app (freeze the guests) or crash")
+	f.StringVar(&req.OnAppFailure, "on-app-failure", "fail", "when a guest cannot be frozen: fail, or crash (go on crash-consistent)")
+	f.DurationVar(&req.FreezeTimeout, "freeze-timeout", 10*time.Second, "longest a guest may stay frozen")
+	f.StringVar(&req.Selector.Tag, "tag", "", "select servers by Nova tag")
+	f.StringVar(&req.Selector.Stack, "stack", "", "select the servers of a Heat stack")
+	f.StringVar(&req.Selector.ServerGroup, "server-group", "", "select the members of a server group")
+	f.StringSliceVar(&req.Selector.ServerIDs, "server", nil, "select servers by id (repeatable)")
+	f.StringVar(&req.Selector.Include, "include", "", "keep only servers whose name matches this regex")
+	f.StringVar(&req.Selector.Exclude, "exclude", "", "drop servers whose name matches this regex")
+	f.BoolVar(&wait, "wait", false, "wait for the backup and show its progress")
+	return c
+}
+
+// follow shows a running backup's progress — the workflow's phase (query)
+// and the pending copies' heartbeats (describe) — until it ends.
+func (a *app) follow(ctx context.Context, c client.Client, run client.WorkflowRun) (*workflows.BackupResult, error) {
+	done := make(chan error, 1)
+	var res workflows.BackupResult
+	go func() { done <- run.Get(ctx, &res) }()
+	var bar *progressReporter
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	lastPhase := ""
+	for {
+		select {
+		case err := <-done:
+			if bar != nil {
+				bar.finish()
+			}
+			if err != nil {
+				return nil, fmt.Errorf("backup failed: %w", err)
+			}
+			return &res, nil
+		case <-tick.C:
+			var p workflows.Progress
+			if v, err := c.QueryWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.ProgressQuery); err == nil {
+				_ = v.Get(&p)
+			}
+			if p.Phase != lastPhase && p.Phase != "" {
+				fmt.Fprintf(a.stderr, "phase: %s\n", p.Phase)
+				lastPhase = p.Phase
+			}
+			if p.Phase != "copy" {
+				continue
+			}
+			desc, err := c.DescribeWorkflowExecution(ctx, run.GetID(), run.GetRunID())
+			if err != nil {
+				continue
+			}
+			var doneBytes, total int64
+			for _, pa := range desc.GetPendingActivities() {
+				if pa.GetActivityType().GetName() != "CopyDisk" || pa.GetHeartbeatDetails() == nil {
+					continue
+				}
+				var cp activities.CopyProgress
+				if err := converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &cp); err == nil {
+					doneBytes += cp.Done
+					total += cp.Total
+				}
+			}
+			if total > 0 {
+				if bar == nil {
+					bar = a.newProgress("copy", total)
+				}
+				bar.update(repo.Progress{Done: doneBytes, Total: total})
+			}
+		}
+	}
+}
+
+// quietTemporalLogger drops the SDK's logs: the CLI reports what matters.
+type quietTemporalLogger struct{}
+
+func (quietTemporalLogger) Debug(string, ...any) {}
+func (quietTemporalLogger) Info(string, ...any)  {}
+func (quietTemporalLogger) Warn(string, ...any)  {}
+func (quietTemporalLogger) Error(string, ...any) {}
