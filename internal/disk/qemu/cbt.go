@@ -180,9 +180,10 @@ func prevUsable(bms []Bitmap, name string, log *slog.Logger, node string) bool {
 
 // Checkpoint runs the one transaction that fixes the point in time for all
 // drives and starts tracking the next changes in bitmap newBitmap. Call it
-// inside the freeze window.
-func (b *Backup) Checkpoint(ctx context.Context, newBitmap string) error {
-	var acts []Action
+// inside the freeze window. extra actions join the same transaction (tests
+// start a reference copy of the same instant this way).
+func (b *Backup) Checkpoint(ctx context.Context, newBitmap string, extra ...Action) error {
+	acts := append([]Action(nil), extra...)
 	for i, d := range b.drives {
 		acts = append(acts, Action{Type: "block-dirty-bitmap-add", Data: map[string]any{
 			"node": d.Node, "name": newBitmap, "persistent": true}})
