@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -59,18 +60,21 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 	var st RestoreStats
 	var done int64
 	lastProgress := time.Time{}
-	report := func(n int64, hole bool, fetched int64) {
+	// report counts a chunk of n bytes: a hole, or fetched and written
+	// (written < n when zero blocks were skipped).
+	report := func(n int64, hole bool, written int64) {
 		mu.Lock()
 		defer mu.Unlock()
 		done += n
 		if hole {
 			st.Holes++
+			if o.ZeroHoles {
+				st.BytesWritten += n
+			}
 		} else {
 			st.Chunks++
-			st.BytesFetched += fetched
-		}
-		if !hole || o.ZeroHoles {
-			st.BytesWritten += n
+			st.BytesFetched += n
+			st.BytesWritten += written
 		}
 		if o.Progress != nil && time.Since(lastProgress) > 200*time.Millisecond {
 			lastProgress = time.Now()
@@ -96,11 +100,18 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 					cancel(fmt.Errorf("chunk %d (%s): %w: %d bytes, want %d", j.i, j.id, ErrCorrupt, len(plain), chunkLen(j.i)))
 					continue
 				}
-				if _, err := w.WriteAt(plain, j.i*cs); err != nil {
-					cancel(fmt.Errorf("write at offset %d: %w", j.i*cs, err))
+				var werr error
+				written := int64(len(plain))
+				if o.ZeroHoles {
+					_, werr = w.WriteAt(plain, j.i*cs)
+				} else {
+					written, werr = writeSparse(w, plain, j.i*cs)
+				}
+				if werr != nil {
+					cancel(fmt.Errorf("write at offset %d: %w", j.i*cs, werr))
 					continue
 				}
-				report(int64(len(plain)), false, int64(len(plain)))
+				report(int64(len(plain)), false, written)
 			}
 		}()
 	}
@@ -133,4 +144,38 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 		o.Progress(Progress{Done: m.Size, Total: m.Size})
 	}
 	return st, nil
+}
+
+// sparseBlock is the granularity at which restores into a fresh file skip
+// zeros: the file system block size of common file systems.
+const sparseBlock = 4096
+
+// writeSparse writes the non-zero blocks of p at off and skips the all-zero
+// ones, which a new sparse file already reads as zeros. It returns the bytes
+// written.
+func writeSparse(w io.WriterAt, p []byte, off int64) (int64, error) {
+	var written int64
+	start := -1 // start of the current run of non-zero blocks
+	flush := func(end int) error {
+		if start < 0 {
+			return nil
+		}
+		n, err := w.WriteAt(p[start:end], off+int64(start))
+		written += int64(n)
+		start = -1
+		return err
+	}
+	for b := 0; b < len(p); b += sparseBlock {
+		e := min(b+sparseBlock, len(p))
+		if bytes.Equal(p[b:e], zeroChunk[:e-b]) {
+			if err := flush(b); err != nil {
+				return written, err
+			}
+			continue
+		}
+		if start < 0 {
+			start = b
+		}
+	}
+	return written, flush(len(p))
 }
