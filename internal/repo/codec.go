@@ -61,7 +61,7 @@ func (c *codec) seal(plain, aad, buf []byte) []byte {
 		container = append(container, magicPlain...)
 	}
 	hdr := len(container)
-	if c.compress {
+	if c.compress && !c.incompressible(plain) {
 		container = append(container, flagZstd)
 		container = c.enc.EncodeAll(plain, container)
 		if len(container)-hdr-1 >= len(plain) {
@@ -84,6 +84,21 @@ func (c *codec) seal(plain, aad, buf []byte) []byte {
 	// Seal in place: the ciphertext overwrites the container.
 	out := c.aead.Seal(container[:hdr], nonce, container[hdr:], aad)
 	return out
+}
+
+// sampleSize is how much of a large object incompressible looks at.
+const sampleSize = 64 << 10
+
+// incompressible guesses from a sample whether plain would not shrink by at
+// least 3 %: random or already compressed data, which is stored raw without
+// spending a full compression on it.
+func (c *codec) incompressible(plain []byte) bool {
+	if len(plain) < 4*sampleSize {
+		return false // small objects: just try
+	}
+	sample := plain[len(plain)/2 : len(plain)/2+sampleSize]
+	out := c.enc.EncodeAll(sample, make([]byte, 0, sampleSize+1024))
+	return len(out) > sampleSize*97/100
 }
 
 // open decodes a stored object. It decrypts in place: data is overwritten
