@@ -61,7 +61,7 @@ $(BIN)/staticcheck:
 $(BIN)/temporal:
 	GOBIN=$(BIN) $(GO) install -ldflags "-s -w" github.com/temporalio/cli/cmd/temporal@$(TEMPORAL_CLI_VERSION)
 
-demo: demo-deps build
+demo: demo-deps build $(BIN)/temporal
 	scripts/demo.sh
 
 test: test-deps
@@ -71,7 +71,8 @@ test: test-deps
 	@scripts/phase.sh "go test (unit; S3, Swift and RBD on a throwaway Ceph; QEMU guests)" $(GO) test $(CEPH_TAGS) -count=1 -timeout 20m $$($(GO) list ./... | grep -v /integration)
 	@scripts/phase.sh "integration (Temporal dev server, QEMU, lab cloud; one package at a time)" $(GO) test $(CEPH_TAGS) -count=1 -p 1 -timeout 20m ./integration/...
 	@scripts/phase.sh "fuzz smoke (manifest decoding)" $(MAKE) --no-print-directory fuzz FUZZTIME=10s
-	@scripts/phase.sh "CLI end to end (demo script)" scripts/demo.sh --quiet
+	@scripts/phase.sh "CLI end to end (disk-image demo)" scripts/demo-disk.sh --quiet
+	@scripts/phase.sh "make demo (Temporal, lab cloud, workers; DEMO_EXIT=1)" env DEMO_EXIT=1 DEMO_TEMPORAL_PORT=17233 DEMO_UI_PORT=18233 $(MAKE) --no-print-directory demo
 
 .PHONY: build-all
 build-all:

@@ -1,84 +1,97 @@
 #!/bin/bash
-# The Raksha demo, on what exists today: a disk image (an ext4 file system with
-# real files) is backed up, changed, backed up incrementally (with and without
-# a changed-extent list), restored and verified byte for byte, and old backups
-# are deleted and garbage-collected. Run through `make demo`.
-#   --quiet   print only the summary (used by `make test`)
-#   DEMO_DIR  where to work (default: a new temporary directory, removed after)
+# `make demo`: the real thing, on one machine. It starts the Temporal dev
+# server with its Web UI, the lab cloud with its demo workload (two QEMU guests,
+# each with an ephemeral disk and a volume, an application writing records on
+# both), and Raksha's workers (control + one host worker per lab host); then
+# backs the workload up application-consistently, lets the application write
+# more, backs it up again incrementally, restores a volume and checks it, and
+# prints the backups with their freeze windows and the Web UI's address.
+# Everything it started stops on Ctrl-C; DEMO_EXIT=1 stops and exits at the end
+# (CI). DEMO_DIR sets the working directory (default: a new temporary one).
 set -euo pipefail
-QUIET=0; [ "${1:-}" = --quiet ] && QUIET=1
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-RAKSHA=${RAKSHA:-$ROOT/bin/raksha}
-[ -x "$RAKSHA" ] || (cd "$ROOT" && go build -o "$RAKSHA" ./starter)
-if [ -n "${DEMO_DIR:-}" ]; then W=$DEMO_DIR; mkdir -p "$W"; else W=$(mktemp -d); trap 'rm -rf "$W"' EXIT; fi
-export RAKSHA_PASSWORD=${RAKSHA_PASSWORD:-demo-password}
-export RAKSHA_REPO="file://$W/repo"
-say()  { [ $QUIET = 1 ] || printf '\n\033[1m# %s\033[0m\n' "$*"; }
-run()  { [ $QUIET = 1 ] || echo "\$ raksha $*"; "$RAKSHA" --progress none "$@"; }
+BIN=$ROOT/bin
+RAKSHA=$BIN/raksha
+W=${DEMO_DIR:-$(mktemp -d /tmp/rkdemo.XXXX)}
+mkdir -p "$W"
+TPORT=${DEMO_TEMPORAL_PORT:-7233}
+UIPORT=${DEMO_UI_PORT:-8233}
+PIDS=()
+say()  { printf '\n\033[1m# %s\033[0m\n' "$*"; }
 fail() { echo "DEMO FAILED: $*" >&2; exit 1; }
-sha()  { sha256sum "$1" | cut -d' ' -f1; }
+cleanup() {
+	set +e
+	say "stopping what the demo started"
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	"$RAKSHA" lab down --dir "$W/lab" >/dev/null 2>&1
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+	[ -n "${DEMO_DIR:-}" ] || rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-say "1. A 256 MiB disk image: ext4 with real files from this machine (no mount needed)"
-mkdir -p "$W/files"
-cp -r /usr/share/doc "$W/files/doc" 2>/dev/null || true
-cp -r /usr/share/common-licenses "$W/files/licenses" 2>/dev/null || true
-head -c 20M /dev/urandom > "$W/files/database.bin"
-mkfs.ext4 -q -F -L data -d "$W/files" "$W/disk.img" 256M
-[ $QUIET = 1 ] || echo "disk.img: $(du -h --apparent-size "$W/disk.img" | cut -f1) apparent, $(du -h "$W/disk.img" | cut -f1) allocated"
+for b in raksha raksha-worker temporal; do [ -x "$BIN/$b" ] || fail "$BIN/$b missing: run make demo"; done
 
-say "2. An encrypted repository (AES-256-GCM, zstd, 1 MiB chunks)"
-run repo init --chunk-size 1MiB
+say "1. Temporal dev server with the Web UI (search attributes registered)"
+"$BIN/temporal" server start-dev --ip 127.0.0.1 --port "$TPORT" --ui-port "$UIPORT" --db-filename "$W/temporal.db" \
+	--log-level error --search-attribute RakshaWorkload=Keyword --search-attribute RakshaProject=Keyword \
+	--search-attribute RakshaOperation=Keyword --search-attribute RakshaPolicy=Keyword >"$W/temporal.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$TPORT") 2>/dev/null && break; sleep 0.2; done
+(echo >/dev/tcp/127.0.0.1/"$TPORT") 2>/dev/null || fail "Temporal did not start (see $W/temporal.log)"
+echo "Temporal on 127.0.0.1:$TPORT, Web UI http://127.0.0.1:$UIPORT"
 
-say "3. Full backup"
-run disk backup --label vm=demo --label disk=data -f json "$W/disk.img" > "$W/b1.json"
-[ $QUIET = 1 ] || cat "$W/b1.json"
-B1=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["id"])' "$W/b1.json" 2>/dev/null || grep -o '"id": *"[^"]*"' "$W/b1.json" | head -1 | cut -d'"' -f4)
-SHA1=$(sha "$W/disk.img")
+say "2. The lab cloud and its demo workload (2 guests booting under TCG: about half a minute)"
+"$RAKSHA" lab up --dir "$W/lab"
+export OS_CLIENT_CONFIG_FILE=$W/lab/clouds.yaml OS_CLOUD=raksha-lab
 
-say "4. The application rewrites 4 MiB of its database file in place (we know which bytes changed)"
-OFF=$(( 100 * 1024 * 1024 ))
-dd if=/dev/urandom of="$W/disk.img" bs=1M count=4 seek=100 conv=notrunc status=none
-echo "[{\"offset\": $OFF, \"length\": 4194304}]" > "$W/changed.json"
-[ $QUIET = 1 ] || cat "$W/changed.json"
-
-say "5. Incremental backup with the changed-extent list: only the touched chunks are read"
-run disk backup --label vm=demo --label disk=data --changed-extents "$W/changed.json" -f json "$W/disk.img" > "$W/b2.json"
-[ $QUIET = 1 ] || cat "$W/b2.json"
-grep -q '"bytes_read": 4194304,' "$W/b2.json" || fail "incremental with extents should read exactly 4 MiB"
-B2=$(grep -o '"id": *"[^"]*"' "$W/b2.json" | head -1 | cut -d'"' -f4)
-SHA2=$(sha "$W/disk.img")
-
-say "6. Another change, this time without an extent list: every allocated chunk is read, only changed ones uploaded"
-dd if=/dev/urandom of="$W/disk.img" bs=4k count=1 seek=10000 conv=notrunc status=none
-run disk backup --label vm=demo --label disk=data -f json "$W/disk.img" > "$W/b3.json"
-[ $QUIET = 1 ] || cat "$W/b3.json"
-grep -q '"chunks_new": 1,' "$W/b3.json" || fail "incremental without extents should upload exactly one chunk"
-B3=$(grep -o '"id": *"[^"]*"' "$W/b3.json" | head -1 | cut -d'"' -f4)
-SHA3=$(sha "$W/disk.img")
-
-say "7. The backups"
-[ $QUIET = 1 ] || run backup list
-
-say "8. Restore every backup and compare sha256 with the image at that time"
-for pair in "$B1:$SHA1" "$B2:$SHA2" "$B3:$SHA3"; do
-  id=${pair%%:*}; want=${pair##*:}
-  run disk restore "$id" "$W/restored-$id.img"
-  got=$(sha "$W/restored-$id.img")
-  [ "$got" = "$want" ] || fail "restore of $id: sha256 $got, want $want"
-  [ $QUIET = 1 ] || echo "  $id: sha256 $got matches"
-  rm -f "$W/restored-$id.img"
+say "3. An encrypted repository, and the workers (control, and a host worker per lab host)"
+head -c 24 /dev/urandom | base64 > "$W/repo.pw"
+RAKSHA_PASSWORD=$(cat "$W/repo.pw") "$RAKSHA" repo init --repo "file://$W/repo" --chunk-size 1MiB
+cat > "$W/worker.yaml" <<YAML
+temporal: {address: "127.0.0.1:$TPORT", namespace: default}
+work_dir: $W/work
+repositories:
+  main: {url: "file://$W/repo", password_file: "$W/repo.pw"}
+YAML
+"$BIN/raksha-worker" --config "$W/worker.yaml" --roles control,data >"$W/worker-control.log" 2>&1 &
+PIDS+=($!)
+for h in lab-host-1 lab-host-2; do
+	"$BIN/raksha-worker" --config "$W/worker.yaml" --roles host --host "$h" --host-dir "$W/lab/hosts/$h" >"$W/worker-$h.log" 2>&1 &
+	PIDS+=($!)
 done
+sleep 2
+export RAKSHA_TEMPORAL=127.0.0.1:$TPORT
 
-say "9. Verify re-reads and checks every chunk"
-run repo verify
+say "4. Application-consistent backup of workload demo (freeze both guests, checkpoint, thaw, copy)"
+"$RAKSHA" --progress lines backup start --workload demo --project demo --repository main --freeze-timeout 30s --wait | tee "$W/b1.txt"
 
-say "10. Delete the first two backups; gc moves their chunks to the trash, a second gc purges them"
-run backup delete "$B1" "$B2"
-run repo gc --grace 0s
-sleep 1
-run repo gc --grace 0s
-run repo check
-run disk restore "$B3" "$W/final.img"
-[ "$(sha "$W/final.img")" = "$SHA3" ] || fail "the surviving backup no longer restores identically"
+say "5. The application writes more for 5 s; then an incremental backup (dirty bitmaps: only changed chunks are read)"
+sleep 5
+"$RAKSHA" --progress lines backup start --workload demo --project demo --repository main --freeze-timeout 30s --wait | tee "$W/b2.txt"
+B2=$(awk '/^backup /{print $2; exit}' "$W/b2.txt")
+[ -n "$B2" ] || fail "no backup id in the second backup's output"
 
-echo "demo: 3 backups made, restored and verified byte-identical; gc freed the deleted backups' chunks; all checks passed"
+say "6. The backups in the repository"
+export RAKSHA_PASSWORD_FILE_DEMO=$W/repo.pw
+"$RAKSHA" backup list --repo "file://$W/repo" --password-file "$W/repo.pw"
+
+say "7. Restore the volume of demo-1 from the incremental backup and check its file system"
+DISK=$("$RAKSHA" backup show "$B2" --repo "file://$W/repo" --password-file "$W/repo.pw" -f json |
+	python3 -c 'import json,sys; d=json.load(sys.stdin); print([x["vm"]+"/"+x["disk"] for x in d["backup"]["disks"] if x["vm"]=="demo-1" and x["disk"].startswith("vol-")][0])')
+"$RAKSHA" disk restore "$B2" "$W/restored.raw" --disk "$DISK" --repo "file://$W/repo" --password-file "$W/repo.pw"
+e2fsck -fn "$W/restored.raw" >"$W/e2fsck.log" 2>&1 || { cat "$W/e2fsck.log"; fail "restored file system is not clean"; }
+echo "e2fsck -fn: clean ($(tail -1 "$W/e2fsck.log"))"
+"$RAKSHA" repo verify --repo "file://$W/repo" --password-file "$W/repo.pw"
+
+say "8. Temporal Web UI"
+echo "workflows:      http://127.0.0.1:$UIPORT/namespaces/default/workflows?query=RakshaWorkload%3D%22demo%22"
+echo "latest backup:  http://127.0.0.1:$UIPORT/namespaces/default/workflows/backup%2Fdemo"
+echo "worker logs:    $W/worker-*.log"
+
+if [ "${DEMO_EXIT:-0}" = 1 ]; then
+	echo "demo: 2 app-consistent backups of a 2-VM workload made, a volume restored and checked"
+	exit 0
+fi
+say "Everything keeps running: Ctrl-C stops it all"
+while true; do sleep 3600; done
