@@ -58,12 +58,25 @@ func (l *Lab) seedDefaults() {
 	}
 	if len(st.Networks) == 0 {
 		for i, name := range []string{Network, Network2} {
-			n := &network{ID: newID(), Name: name, Shared: true, MTU: 1450}
+			n := &network{ID: newID(), Name: name, Shared: true, MTU: 1450, Created: now}
 			st.Networks[n.ID] = n
 			base := fmt.Sprintf("10.%d.0", 20+10*i)
-			s := &subnet{ID: newID(), Name: name + "-subnet", NetworkID: n.ID, CIDR: base + ".0/24", GatewayIP: base + ".1", IPVersion: 4, NextIP: 9}
+			s := &subnet{ID: newID(), Name: name + "-subnet", NetworkID: n.ID, CIDR: base + ".0/24", GatewayIP: base + ".1", IPVersion: 4, NextIP: 9, Created: now}
 			st.Subnets[s.ID] = s
 		}
+	}
+	// Labs made before Neutron's timestamps were kept get them now.
+	for _, n := range st.Networks {
+		setIfZero(&n.Created, now)
+	}
+	for _, s := range st.Subnets {
+		setIfZero(&s.Created, now)
+	}
+	for _, g := range st.SecGroups {
+		setIfZero(&g.Created, now)
+	}
+	for _, r := range st.SecGroupRules {
+		setIfZero(&r.Created, now)
 	}
 	if _, err := l.ensureProjectLocked(AdminProject); err != nil {
 		l.log.Error("seed lab", "err", err)
@@ -85,6 +98,12 @@ func (l *Lab) seedDefaults() {
 				st.Images[id] = &image{ID: id, Name: GuestImage, Owner: p.ID, Visibility: "public", DiskFormat: "raw", MinDisk: 1, MinRAM: 256, Created: now}
 			}
 		}
+	}
+}
+
+func setIfZero(t *time.Time, v time.Time) {
+	if t.IsZero() {
+		*t = v
 	}
 }
 
@@ -111,11 +130,12 @@ func (l *Lab) ensureProjectLocked(name string) (string, error) {
 	}
 	p := &project{ID: hexID(), Name: name, Quota: defaultQuota()}
 	l.st.Projects[p.ID] = p
-	sg := &secGroup{ID: newID(), Name: "default", Description: "Default security group", ProjectID: p.ID}
+	now := time.Now()
+	sg := &secGroup{ID: newID(), Name: "default", Description: "Default security group", ProjectID: p.ID, Created: now}
 	l.st.SecGroups[sg.ID] = sg
 	for _, et := range []string{"IPv4", "IPv6"} {
-		in := &secRule{ID: newID(), GroupID: sg.ID, Direction: "ingress", EtherType: et, RemoteGroupID: sg.ID, ProjectID: p.ID}
-		out := &secRule{ID: newID(), GroupID: sg.ID, Direction: "egress", EtherType: et, ProjectID: p.ID}
+		in := &secRule{ID: newID(), GroupID: sg.ID, Direction: "ingress", EtherType: et, RemoteGroupID: sg.ID, ProjectID: p.ID, Created: now}
+		out := &secRule{ID: newID(), GroupID: sg.ID, Direction: "egress", EtherType: et, ProjectID: p.ID, Created: now}
 		l.st.SecGroupRules[in.ID], l.st.SecGroupRules[out.ID] = in, out
 	}
 	return p.ID, nil

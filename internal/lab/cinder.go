@@ -15,7 +15,7 @@ import (
 
 var cinderSvc = &service{
 	name: "volume", mvHeader: "volume", legacyMV: "X-OpenStack-Volume-API-Version",
-	major: 3, minMinor: 0, maxMinor: 70, errBody: novaStyleError,
+	major: 3, minMinor: 0, maxMinor: 70, errBody: novaStyleError, computeReqID: true,
 }
 
 func (l *Lab) cinderRoutes(mux *http.ServeMux) {
@@ -78,6 +78,9 @@ func (l *Lab) volumeView(v *volume, c *call) map[string]any {
 		if s != nil {
 			host = s.Host
 		}
+		if !c.admin() {
+			host = "" // Cinder shows the attached host to admins only
+		}
 		atts = append(atts, map[string]any{
 			"id": v.ID, "attachment_id": v.AttachmentID, "volume_id": v.ID, "server_id": v.ServerID,
 			"host_name": nullIfEmpty(host), "device": v.Device, "attached_at": cinderTime(v.AttachedAt),
@@ -94,13 +97,15 @@ func (l *Lab) volumeView(v *volume, c *call) map[string]any {
 		"volume_type": typeName, "snapshot_id": nullIfEmpty(v.SnapshotID), "source_volid": nullIfEmpty(v.SourceVolID),
 		"metadata": nonNilMap(v.Metadata), "multiattach": false, "user_id": v.UserID,
 		"os-vol-tenant-attr:tenant_id": v.ProjectID, "replication_status": nil, "consistencygroup_id": nil,
-		"migration_status": nil, "backup_id": nil,
 		"links": []any{map[string]any{"rel": "self", "href": self}, map[string]any{"rel": "bookmark", "href": self}},
 	}
 	if v.ImageID != "" {
 		out["volume_image_metadata"] = map[string]string{"image_id": v.ImageID}
 	}
+	// As Cinder's v3 volume view: some fields for admins only, others
+	// from a microversion on.
 	if c.admin() {
+		out["migration_status"] = nil
 		out["os-vol-host-attr:host"] = "lab@lab-qcow2#lab-qcow2"
 		out["os-vol-mig-status-attr:migstat"] = nil
 		out["os-vol-mig-status-attr:name_id"] = nil
@@ -108,12 +113,15 @@ func (l *Lab) volumeView(v *volume, c *call) map[string]any {
 	if c.mv >= 13 {
 		out["group_id"] = nil
 	}
-	if c.mv >= 21 {
+	if c.mv >= 21 && c.admin() {
 		out["provider_id"] = nil
 	}
 	if c.mv >= 48 {
 		out["service_uuid"] = "00000000-0000-4000-8000-00000000c1de"
 		out["shared_targets"] = false
+	}
+	if c.mv >= 61 && c.admin() {
+		out["cluster_name"] = nil
 	}
 	if c.mv >= 63 {
 		out["volume_type_id"] = v.TypeID
@@ -402,13 +410,15 @@ func (l *Lab) volumeMetadata(w http.ResponseWriter, r *http.Request, c *call) er
 	return nil
 }
 
-func (l *Lab) snapshotView(s *snapshot, c *call) map[string]any {
+// snapshotView renders a snapshot; extended adds what Cinder's extended
+// snapshot attributes extension adds to show and list (not to create).
+func (l *Lab) snapshotView(s *snapshot, c *call, extended bool) map[string]any {
 	out := map[string]any{
 		"id": s.ID, "name": s.Name, "description": nullIfEmpty(s.Description), "status": s.Status, "size": s.Size,
 		"volume_id": s.VolumeID, "created_at": cinderTime(s.Created), "updated_at": cinderTime(s.Updated),
 		"metadata": nonNilMap(s.Metadata),
 	}
-	if c.admin() || s.ProjectID == c.tok.ProjectID {
+	if extended && (c.admin() || s.ProjectID == c.tok.ProjectID) {
 		progress := "0%"
 		if s.Status == "available" {
 			progress = "100%"
@@ -460,7 +470,7 @@ func (l *Lab) listSnapshots(w http.ResponseWriter, r *http.Request, c *call) err
 	sort.Slice(ss, func(i, j int) bool { return ss[i].Created.After(ss[j].Created) })
 	out := []any{}
 	for _, s := range ss {
-		out = append(out, l.snapshotView(s, c))
+		out = append(out, l.snapshotView(s, c, strings.HasSuffix(r.URL.Path, "/detail")))
 	}
 	l.writeJSON(w, http.StatusOK, map[string]any{"snapshots": out})
 	return nil
@@ -473,7 +483,7 @@ func (l *Lab) showSnapshot(w http.ResponseWriter, r *http.Request, c *call) erro
 	if err != nil {
 		return err
 	}
-	l.writeJSON(w, http.StatusOK, map[string]any{"snapshot": l.snapshotView(s, c)})
+	l.writeJSON(w, http.StatusOK, map[string]any{"snapshot": l.snapshotView(s, c, true)})
 	return nil
 }
 
@@ -574,7 +584,7 @@ func (l *Lab) createSnapshot(w http.ResponseWriter, r *http.Request, c *call) er
 			_ = l.saveLocked()
 		}
 	})
-	l.writeJSON(w, http.StatusAccepted, map[string]any{"snapshot": l.snapshotView(s, c)})
+	l.writeJSON(w, http.StatusAccepted, map[string]any{"snapshot": l.snapshotView(s, c, false)})
 	return nil
 }
 

@@ -1,8 +1,11 @@
 package lab
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -224,11 +227,11 @@ func (l *Lab) catalog(projectID string) []any {
 		var eps []any
 		for _, iface := range []string{"public", "internal", "admin"} {
 			eps = append(eps, map[string]any{
-				"id": name + "-" + iface, "interface": iface, "region": l.st.RegionName,
+				"id": stableID("endpoint", name, iface), "interface": iface, "region": l.st.RegionName,
 				"region_id": l.st.RegionName, "url": url,
 			})
 		}
-		return map[string]any{"id": name, "type": typ, "name": name, "endpoints": eps}
+		return map[string]any{"id": stableID("service", name), "type": typ, "name": name, "endpoints": eps}
 	}
 	return []any{
 		entry("identity", "keystone", l.AuthURL()),
@@ -239,6 +242,14 @@ func (l *Lab) catalog(projectID string) []any {
 		entry("network", "neutron", l.base+"/network"),
 		entry("orchestration", "heat", l.base+"/orchestration/v1/"+projectID),
 	}
+}
+
+// stableID is a Keystone-style id (32 hex digits) derived from names, so
+// that catalog entries keep their ids across restarts of the lab as they do
+// in Keystone's database.
+func stableID(parts ...string) string {
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return hex.EncodeToString(sum[:16])
 }
 
 func (l *Lab) checkToken(w http.ResponseWriter, r *http.Request, c *call) error {

@@ -275,6 +275,8 @@ type service struct {
 	maxMinor int
 	minMinor int
 	errBody  func(status int, kind, msg string) any
+	// computeReqID: the service also sends X-Compute-Request-Id.
+	computeReqID bool
 }
 
 var statusKinds = map[int]string{
@@ -292,7 +294,9 @@ func novaStyleError(status int, kind, msg string) any {
 
 func (l *Lab) writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Openstack-Request-Id", "req-"+newID())
+	if w.Header().Get("X-Openstack-Request-Id") == "" {
+		w.Header().Set("X-Openstack-Request-Id", "req-"+newID())
+	}
 	w.WriteHeader(status)
 	if v != nil && status != http.StatusNoContent {
 		if err := json.NewEncoder(w).Encode(v); err != nil {
@@ -335,6 +339,15 @@ func (l *Lab) takeFault(svc string) int {
 // microversion negotiation and error rendering.
 func (l *Lab) handler(svc *service, fn func(w http.ResponseWriter, r *http.Request, c *call) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		// Every answer carries its request id, empty ones (202, 204)
+		// included; Nova and Cinder repeat it as X-Compute-Request-Id,
+		// which is where novaclient and cinderclient read it for their
+		// error messages.
+		reqID := "req-" + newID()
+		w.Header().Set("X-Openstack-Request-Id", reqID)
+		if svc.computeReqID {
+			w.Header().Set("X-Compute-Request-Id", reqID)
+		}
 		if st := l.takeFault(svc.name); st != 0 {
 			l.writeError(w, svc, &apiError{st, statusKinds[st], http.StatusText(st) + " (injected by the lab)"})
 			return

@@ -18,7 +18,7 @@ import (
 
 var novaSvc = &service{
 	name: "compute", mvHeader: "compute", legacyMV: "X-OpenStack-Nova-API-Version",
-	major: 2, minMinor: 1, maxMinor: 93, errBody: novaStyleError,
+	major: 2, minMinor: 1, maxMinor: 93, errBody: novaStyleError, computeReqID: true,
 }
 
 func (l *Lab) novaRoutes(mux *http.ServeMux) {
@@ -204,6 +204,10 @@ func (l *Lab) serverView(s *server, c *call, detail bool) map[string]any {
 	} else if c.mv >= 90 {
 		v["OS-EXT-SRV-ATTR:hostname"] = hostname(s.Name)
 	}
+	if c.admin() && c.mv >= 16 {
+		// The compute service of the server's host: the lab's are up.
+		v["host_status"] = map[bool]string{true: "UP", false: ""}[s.Host != ""]
+	}
 	if c.mv >= 9 {
 		v["locked"] = false
 	}
@@ -212,6 +216,9 @@ func (l *Lab) serverView(s *server, c *call, detail bool) map[string]any {
 	}
 	if c.mv >= 26 {
 		v["tags"] = nonNilSlice(s.Tags)
+	}
+	if c.mv >= 63 {
+		v["trusted_image_certificates"] = nil
 	}
 	if c.mv >= 73 {
 		v["locked_reason"] = nil

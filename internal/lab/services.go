@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -29,12 +30,20 @@ func (l *Lab) glanceRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /image/v2/images/{id}", l.handler(glanceSvc, l.showImage))
 }
 
+// Digests of the lab's images, which hold no data (the lab guest boots from
+// its own kernel and initramfs): Glance's md5 checksum and sha512 multihash
+// of zero bytes, as an active image of size 0 has them.
+const (
+	emptyMD5    = "d41d8cd98f00b204e9800998ecf8427e"
+	emptySHA512 = "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e"
+)
+
 func imageView(im *image) map[string]any {
 	return map[string]any{
 		"id": im.ID, "name": im.Name, "status": "active", "visibility": im.Visibility, "owner": im.Owner,
 		"disk_format": im.DiskFormat, "container_format": "bare", "size": im.Size, "virtual_size": nil,
 		"min_disk": im.MinDisk, "min_ram": im.MinRAM, "protected": false, "os_hidden": false,
-		"checksum": nil, "os_hash_algo": nil, "os_hash_value": nil, "tags": []string{},
+		"checksum": emptyMD5, "os_hash_algo": "sha512", "os_hash_value": emptySHA512, "tags": []string{},
 		"created_at": timeStr(im.Created), "updated_at": timeStr(im.Created),
 		"self": "/v2/images/" + im.ID, "file": "/v2/images/" + im.ID + "/file", "schema": "/v2/schemas/image",
 	}
@@ -134,6 +143,8 @@ func match(r *http.Request, field, value string) bool {
 	return false
 }
 
+// neutronTimes are created_at and updated_at as Neutron's timestamp
+// extension writes them (whole seconds, "Z").
 func neutronTimes(t time.Time) (string, string) { return timeStr(t), timeStr(t) }
 
 func (l *Lab) networkView(n *network) map[string]any {
@@ -144,11 +155,18 @@ func (l *Lab) networkView(n *network) map[string]any {
 		}
 	}
 	sort.Strings(subnets)
+	created, updated := neutronTimes(n.Created)
+	// With the extensions of an ML2 deployment (availability zones, DNS,
+	// QoS, address scopes, l2 adjacency, VLAN transparency and QinQ,
+	// private VLANs).
 	return map[string]any{
 		"id": n.ID, "name": n.Name, "tenant_id": n.ProjectID, "project_id": n.ProjectID, "shared": n.Shared,
 		"router:external": n.External, "mtu": n.MTU, "status": "ACTIVE", "admin_state_up": true,
-		"subnets": nonNilSlice(subnets), "availability_zones": []string{"nova"}, "description": "", "tags": []string{},
-		"port_security_enabled": true, "revision_number": 1,
+		"subnets": nonNilSlice(subnets), "availability_zones": []string{"nova"}, "availability_zone_hints": []string{},
+		"description": "", "tags": []string{}, "port_security_enabled": true, "revision_number": 1,
+		"created_at": created, "updated_at": updated, "dns_domain": "", "qos_policy_id": nil,
+		"ipv4_address_scope": nil, "ipv6_address_scope": nil, "l2_adjacency": true, "is_default": false,
+		"vlan_transparent": false, "qinq": false, "pvlan": "false",
 	}
 }
 
@@ -186,11 +204,14 @@ func (l *Lab) showNetwork(w http.ResponseWriter, r *http.Request, c *call) error
 }
 
 func subnetView(s *subnet) map[string]any {
+	created, updated := neutronTimes(s.Created)
 	return map[string]any{
 		"id": s.ID, "name": s.Name, "network_id": s.NetworkID, "tenant_id": s.ProjectID, "project_id": s.ProjectID,
 		"cidr": s.CIDR, "gateway_ip": s.GatewayIP, "ip_version": s.IPVersion, "enable_dhcp": true,
 		"allocation_pools": []any{map[string]any{"start": s.CIDR[:len(s.CIDR)-4] + "2", "end": s.CIDR[:len(s.CIDR)-4] + "254"}},
 		"dns_nameservers":  []string{}, "host_routes": []any{}, "description": "", "tags": []string{}, "revision_number": 0,
+		"created_at": created, "updated_at": updated, "segment_id": nil, "subnetpool_id": nil, "service_types": []string{},
+		"ipv6_address_mode": nil, "ipv6_ra_mode": nil, "dns_publish_fixed_ip": false, "router:external": false,
 	}
 }
 
@@ -229,9 +250,13 @@ func (l *Lab) showSubnet(w http.ResponseWriter, r *http.Request, c *call) error 
 }
 
 func portView(p *port) map[string]any {
-	ips := []any{}
+	ips, dns := []any{}, []any{}
 	for _, ip := range p.FixedIPs {
 		ips = append(ips, map[string]any{"subnet_id": ip.SubnetID, "ip_address": ip.IPAddress})
+		// Neutron's DNS integration names a port without dns_name after
+		// its address, in the default domain.
+		host := "host-" + strings.ReplaceAll(ip.IPAddress, ".", "-")
+		dns = append(dns, map[string]any{"hostname": host, "ip_address": ip.IPAddress, "fqdn": host + ".openstacklocal."})
 	}
 	created, updated := neutronTimes(p.Created)
 	return map[string]any{
@@ -241,6 +266,9 @@ func portView(p *port) map[string]any {
 		"admin_state_up": true, "allowed_address_pairs": []any{}, "extra_dhcp_opts": []any{}, "description": "",
 		"port_security_enabled": true, "binding:vnic_type": "normal", "tags": []string{},
 		"created_at": created, "updated_at": updated, "revision_number": 1,
+		"dns_name": "", "dns_domain": "", "dns_assignment": dns, "ip_allocation": "immediate",
+		"data_plane_status": nil, "propagate_uplink_status": false, "qos_policy_id": nil, "qos_network_policy_id": nil,
+		"hardware_offload_type": "", "pvlan_type": "", "pvlan_community": "",
 	}
 }
 
@@ -349,8 +377,10 @@ func (l *Lab) deletePort(w http.ResponseWriter, r *http.Request, c *call) error 
 	return l.saveLocked()
 }
 
-func secRuleView(r *secRule) map[string]any {
+func secRuleView(r *secRule, inDefault bool) map[string]any {
+	created, updated := neutronTimes(r.Created)
 	v := map[string]any{
+		"created_at": created, "updated_at": updated, "tags": []string{}, "belongs_to_default_sg": inDefault,
 		"id": r.ID, "security_group_id": r.GroupID, "direction": r.Direction, "ethertype": r.EtherType,
 		"protocol": nullIfEmpty(r.Protocol), "port_range_min": nil, "port_range_max": nil,
 		"remote_ip_prefix": nullIfEmpty(r.RemoteIP), "remote_group_id": nullIfEmpty(r.RemoteGroupID),
@@ -369,11 +399,13 @@ func secRuleView(r *secRule) map[string]any {
 func (l *Lab) secGroupView(g *secGroup) map[string]any {
 	rules := []any{}
 	for _, r := range l.sortedRules(g.ID) {
-		rules = append(rules, secRuleView(r))
+		rules = append(rules, secRuleView(r, g.Name == "default"))
 	}
+	created, updated := neutronTimes(g.Created)
 	return map[string]any{
 		"id": g.ID, "name": g.Name, "description": g.Description, "tenant_id": g.ProjectID, "project_id": g.ProjectID,
 		"security_group_rules": rules, "stateful": true, "shared": false, "tags": []string{}, "revision_number": 1,
+		"created_at": created, "updated_at": updated,
 	}
 }
 
@@ -430,7 +462,8 @@ func (l *Lab) listSecRules(w http.ResponseWriter, r *http.Request, c *call) erro
 	sort.Slice(rs, func(i, j int) bool { return rs[i].ID < rs[j].ID })
 	out := []any{}
 	for _, sr := range rs {
-		out = append(out, secRuleView(sr))
+		g := l.st.SecGroups[sr.GroupID]
+		out = append(out, secRuleView(sr, g != nil && g.Name == "default"))
 	}
 	l.writeJSON(w, http.StatusOK, map[string]any{"security_group_rules": out})
 	return nil

@@ -198,23 +198,25 @@ type volumeType struct {
 }
 
 type network struct {
-	ID        string `json:"id"`
-	Name      string `json:"name"`
-	ProjectID string `json:"project_id"`
-	Shared    bool   `json:"shared"`
-	External  bool   `json:"external"`
-	MTU       int    `json:"mtu"`
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	ProjectID string    `json:"project_id"`
+	Shared    bool      `json:"shared"`
+	External  bool      `json:"external"`
+	MTU       int       `json:"mtu"`
+	Created   time.Time `json:"created"`
 }
 
 type subnet struct {
-	ID        string `json:"id"`
-	Name      string `json:"name"`
-	NetworkID string `json:"network_id"`
-	ProjectID string `json:"project_id"`
-	CIDR      string `json:"cidr"`
-	GatewayIP string `json:"gateway_ip"`
-	IPVersion int    `json:"ip_version"`
-	NextIP    int    `json:"next_ip"` // last octet handed out
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	NetworkID string    `json:"network_id"`
+	ProjectID string    `json:"project_id"`
+	CIDR      string    `json:"cidr"`
+	GatewayIP string    `json:"gateway_ip"`
+	IPVersion int       `json:"ip_version"`
+	NextIP    int       `json:"next_ip"` // last octet handed out
+	Created   time.Time `json:"created"`
 }
 
 type fixedIP struct {
@@ -237,23 +239,25 @@ type port struct {
 }
 
 type secGroup struct {
-	ID          string `json:"id"`
-	Name        string `json:"name"`
-	Description string `json:"description"`
-	ProjectID   string `json:"project_id"`
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	Description string    `json:"description"`
+	ProjectID   string    `json:"project_id"`
+	Created     time.Time `json:"created"`
 }
 
 type secRule struct {
-	ID            string `json:"id"`
-	GroupID       string `json:"security_group_id"`
-	Direction     string `json:"direction"`
-	EtherType     string `json:"ethertype"`
-	Protocol      string `json:"protocol,omitempty"`
-	PortMin       *int   `json:"port_range_min,omitempty"`
-	PortMax       *int   `json:"port_range_max,omitempty"`
-	RemoteIP      string `json:"remote_ip_prefix,omitempty"`
-	RemoteGroupID string `json:"remote_group_id,omitempty"`
-	ProjectID     string `json:"project_id"`
+	ID            string    `json:"id"`
+	GroupID       string    `json:"security_group_id"`
+	Direction     string    `json:"direction"`
+	EtherType     string    `json:"ethertype"`
+	Protocol      string    `json:"protocol,omitempty"`
+	PortMin       *int      `json:"port_range_min,omitempty"`
+	PortMax       *int      `json:"port_range_max,omitempty"`
+	RemoteIP      string    `json:"remote_ip_prefix,omitempty"`
+	RemoteGroupID string    `json:"remote_group_id,omitempty"`
+	ProjectID     string    `json:"project_id"`
+	Created       time.Time `json:"created"`
 }
 
 type stackResource struct {
