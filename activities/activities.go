@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/raksha-backup/raksha/internal/disk/qemu"
@@ -58,6 +59,10 @@ type Config struct {
 	// Discoverer is the cloud; control role only.
 	Discoverer Discoverer
 	Log        *slog.Logger
+	// Temporal is the worker's client, for the semaphore activities
+	// (AcquirePermits, ClosedRuns); control role. Nil: AcquirePermits
+	// grants everything at once (unit tests and test workers).
+	Temporal client.Client
 }
 
 // Activities are Raksha's activities. One value serves every role; each

@@ -196,6 +196,7 @@ func (a *Activities) CopyDisk(ctx context.Context, in CopyInput) (*CopyResult, e
 	}
 	defer release()
 	var last CopyProgress
+	var resumedFrom int64
 	m, err := s.BackupDisk(ctx, in.VM, in.Disk.Name, src, repo.DiskOptions{
 		Name: string(in.Disk.Locator), Base: in.Disk.Base, Changed: changed, ChangedKnown: known,
 		Checkpoint: &repo.Checkpoint{Kind: in.Disk.Locator.Kind() + "-checkpoint", Name: in.Checkpoint},
@@ -205,6 +206,7 @@ func (a *Activities) CopyDisk(ctx context.Context, in CopyInput) (*CopyResult, e
 			activity.RecordHeartbeat(ctx, last)
 		},
 		OnCheckpoint: func(done int64) { last.Resume = done; activity.RecordHeartbeat(ctx, last) },
+		OnResume:     func(from int64) { resumedFrom = from },
 	})
 	if err != nil {
 		if errors.Is(err, repo.ErrCorrupt) {
@@ -214,7 +216,7 @@ func (a *Activities) CopyDisk(ctx context.Context, in CopyInput) (*CopyResult, e
 	}
 	return &CopyResult{Manifest: m.ID, Size: m.Size, BytesRead: m.Stats.BytesRead, BytesNew: m.Stats.BytesNew,
 		BytesReused: m.Stats.BytesReused, BytesStored: m.Stats.BytesStored, Incremental: m.Base != "",
-		Seconds: m.Stats.Seconds}, nil
+		Seconds: m.Stats.Seconds, ResumedFrom: resumedFrom}, nil
 }
 
 // openSource returns the disk as it was at the checkpoint, with its changed
@@ -226,12 +228,9 @@ func (a *Activities) openSource(ctx context.Context, in CopyInput) (disk.Source,
 		if err != nil {
 			return nil, nil, false, nil, invalid("%v", err)
 		}
-		a.mu.Lock()
-		cp := a.checkpoints[cpKey(in.BackupID, inst)]
-		a.mu.Unlock()
-		if cp == nil {
-			return nil, nil, false, nil, temporal.NewNonRetryableApplicationError(
-				fmt.Sprintf("no checkpoint of %s for backup %s on this worker (it restarted?)", inst, in.BackupID), ErrNoCheckpoint, nil)
+		cp, err := a.checkpointFor(ctx, in.BackupID, inst, in.VMDisks)
+		if err != nil {
+			return nil, nil, false, nil, err
 		}
 		cp.mu.Lock()
 		defer cp.mu.Unlock()
@@ -259,15 +258,61 @@ func (a *Activities) openSource(ctx context.Context, in CopyInput) (disk.Source,
 	}
 }
 
+// checkpointFor returns the checkpoint cycle of a VM for a backup: the one
+// this worker made, or — after a restart — the one QEMU still holds.
+func (a *Activities) checkpointFor(ctx context.Context, backupID, instance string, disks []Disk) (*vmCheckpoint, error) {
+	key := cpKey(backupID, instance)
+	a.mu.Lock()
+	cp := a.checkpoints[key]
+	a.mu.Unlock()
+	if cp != nil {
+		return cp, nil
+	}
+	var drives []qemu.Drive
+	for _, d := range disks {
+		if d.Locator.Kind() != "qemu" {
+			continue
+		}
+		_, _, node, err := d.Locator.QEMU()
+		if err != nil {
+			return nil, invalid("%v", err)
+		}
+		drives = append(drives, qemu.Drive{Node: node, Prev: d.BaseCheckpoint})
+	}
+	if len(drives) == 0 {
+		return nil, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("no checkpoint of %s for backup %s on this worker, and no disks to find it by", instance, backupID), ErrNoCheckpoint, nil)
+	}
+	mon, err := a.monitor(ctx, instance)
+	if err != nil {
+		return nil, err
+	}
+	b, err := qemu.Attach(ctx, mon, filepath.Join(a.cfg.WorkDir, instance), shortHash(backupID), drives, NewBitmapName(backupID), a.log)
+	if err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(err.Error(), ErrNoCheckpoint, err)
+	}
+	a.log.Info("found the checkpoint of an earlier worker in QEMU", "instance", instance, "backup", backupID)
+	cp = &vmCheckpoint{b: b, bitmap: NewBitmapName(backupID), sources: map[string]*qemu.Source{}}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if have := a.checkpoints[key]; have != nil {
+		return have, nil
+	}
+	a.checkpoints[key] = cp
+	return cp, nil
+}
+
 // FinishCheckpoint ends a VM's checkpoint cycle: cleanup (exports and
 // temporary nodes go), release (after the commit: older bitmaps go, one base
 // remains) or abort (the backup failed: the previous bitmap absorbs the new
 // one and stays the base). Idempotent.
 func (a *Activities) FinishCheckpoint(ctx context.Context, in FinishInput) error {
 	key := cpKey(in.BackupID, in.Instance)
-	a.mu.Lock()
-	cp := a.checkpoints[key]
-	a.mu.Unlock()
+	cp, cerr := a.checkpointFor(ctx, in.BackupID, in.Instance, in.Disks)
+	if cerr != nil {
+		a.log.Info("no checkpoint to finish (none was made, or it is gone)", "instance", in.Instance, "err", cerr)
+		cp = nil
+	}
 	if cp != nil {
 		cp.mu.Lock()
 		for n, s := range cp.sources {

@@ -154,6 +154,9 @@ type CopyInput struct {
 	Disk       Disk   `json:"disk"`
 	// Checkpoint is the token the copy is taken at (bitmap or RBD snapshot).
 	Checkpoint string `json:"checkpoint"`
+	// VMDisks are all disks of the VM, so that a host worker that restarted
+	// can find the VM's checkpoint again.
+	VMDisks []Disk `json:"vm_disks,omitempty"`
 }
 
 // CopyProgress is the heartbeat detail of CopyDisk.
@@ -177,6 +180,9 @@ type CopyResult struct {
 	BytesStored int64   `json:"bytes_stored"`
 	Incremental bool    `json:"incremental"`
 	Seconds     float64 `json:"seconds"`
+	// ResumedFrom is the byte offset a retried copy continued from (0: the
+	// last attempt did the whole copy).
+	ResumedFrom int64 `json:"resumed_from,omitempty"`
 }
 
 // What FinishCheckpoint does.

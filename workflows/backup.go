@@ -47,6 +47,9 @@ type BackupRequest struct {
 	PreHooks      []activities.Hook    `json:"pre_hooks,omitempty"`
 	PostHooks     []activities.Hook    `json:"post_hooks,omitempty"`
 	HookFailure   string               `json:"hook_failure,omitempty"`
+	// CopyHeartbeatTimeout is how soon a copy whose worker died is retried
+	// elsewhere (default 1 minute).
+	CopyHeartbeatTimeout time.Duration `json:"copy_heartbeat_timeout,omitempty"`
 	Retention     activities.Retention `json:"retention,omitempty"`
 	Labels        map[string]string    `json:"labels,omitempty"`
 }
@@ -106,7 +109,10 @@ func hostOpts(ctx workflow.Context, host string, timeout time.Duration, attempts
 	})
 }
 
-func copyOpts(ctx workflow.Context, d activities.Disk, host string) workflow.Context {
+func copyOpts(ctx workflow.Context, d activities.Disk, host string, heartbeat time.Duration) workflow.Context {
+	if heartbeat <= 0 {
+		heartbeat = time.Minute
+	}
 	queue := activities.DataQueue
 	if d.Locator.Kind() == "qemu" {
 		queue = activities.HostQueue(host)
@@ -114,7 +120,7 @@ func copyOpts(ctx workflow.Context, d activities.Disk, host string) workflow.Con
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:           queue,
 		StartToCloseTimeout: 24 * time.Hour,
-		HeartbeatTimeout:    time.Minute,
+		HeartbeatTimeout:    heartbeat,
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: time.Minute,
 			MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable},
 	})
@@ -270,9 +276,9 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	var copies []pending
 	for _, vm := range begin.VMs {
 		for _, d := range vm.Disks {
-			f := workflow.ExecuteActivity(copyOpts(ctx, d, vm.Host), a.CopyDisk, activities.CopyInput{
+			f := workflow.ExecuteActivity(copyOpts(ctx, d, vm.Host, req.CopyHeartbeatTimeout), a.CopyDisk, activities.CopyInput{
 				Repository: req.Repository, BackupID: backupID, VM: vm.Name, Instance: vm.Instance, Disk: d,
-				Checkpoint: st.checkpointed[vm.Instance]})
+				Checkpoint: st.checkpointed[vm.Instance], VMDisks: vm.Disks})
 			copies = append(copies, pending{vm: vm, disk: d, f: f})
 		}
 	}

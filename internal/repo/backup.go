@@ -41,6 +41,9 @@ type DiskOptions struct {
 	// OnCheckpoint, if set, is called after each saved checkpoint with the
 	// number of bytes covered (for heartbeats).
 	OnCheckpoint func(done int64)
+	// OnResume, if set, is called when the copy continues an earlier
+	// attempt, with the number of bytes that attempt had covered.
+	OnResume func(from int64)
 }
 
 // partialManifest is the saved position of a resumable copy
@@ -219,6 +222,9 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 			start = resumed.Next
 			m.Stats = resumed.Stats
 			r.log.Info("resuming an interrupted copy", "disk", diskID, "chunk", start, "of", nchunks)
+			if o.OnResume != nil {
+				o.OnResume(min(start*cs, size))
+			}
 		}
 	}
 	every := o.CheckpointEvery

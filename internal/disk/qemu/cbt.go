@@ -211,16 +211,43 @@ func (b *Backup) Export(ctx context.Context, conns int) ([]*Source, error) {
 		return nil, fmt.Errorf("export %s: no checkpoint yet", b.id)
 	}
 	b.sock = filepath.Join(b.dir, "nbd-"+b.id+".sock")
-	err := b.mon.Run(ctx, "nbd-server-start", map[string]any{
-		"addr": map[string]any{"type": "unix", "data": map[string]any{"path": b.sock}}}, nil)
+	exported, err := b.mon.exports(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("export %s: %w", b.id, err)
 	}
-	b.server = true
+	if !b.server {
+		err := b.mon.Run(ctx, "nbd-server-start", map[string]any{
+			"addr": map[string]any{"type": "unix", "data": map[string]any{"path": b.sock}}}, nil)
+		var qe *QMPError
+		if err != nil && !(errors.As(err, &qe) && strings.Contains(qe.Desc, "already running")) {
+			return nil, fmt.Errorf("export %s: %w", b.id, err)
+		}
+		b.server = true
+	}
 	var out []*Source
 	for i, d := range b.drives {
 		fl := b.fleece[d.Node]
 		args := map[string]any{"type": "nbd", "id": fl, "node-name": fl, "name": fl, "writable": false}
+		if exported[fl] {
+			// A worker that died after exporting: the export and its bitmap
+			// copy are still there.
+			b.exports = append(b.exports, fl)
+			contexts := []string{"base:allocation"}
+			if b.usable[d.Node] {
+				b.tmpBmps[d.Node] = "export-" + d.Prev
+				contexts = append(contexts, "qemu:dirty-bitmap:export-"+d.Prev)
+			}
+			src, err := openSource(ctx, b.sock, fl, contexts, conns)
+			if err != nil {
+				closeAll(out)
+				return nil, fmt.Errorf("export %s drive %d: %w", b.id, i, err)
+			}
+			if b.usable[d.Node] {
+				src.bitmap = "qemu:dirty-bitmap:export-" + d.Prev
+			}
+			out = append(out, src)
+			continue
+		}
 		if b.usable[d.Node] {
 			// A disabled copy of the previous bitmap on the fleecing node: the
 			// export can only publish bitmaps of the exported node.
@@ -388,6 +415,74 @@ func Release(ctx context.Context, mon *Monitor, node, keep string) ([]string, er
 		removed = append(removed, bm.Name)
 	}
 	return removed, nil
+}
+
+func (m *Monitor) exports(ctx context.Context) (map[string]bool, error) {
+	var list []struct {
+		ID string `json:"id"`
+	}
+	if err := m.Run(ctx, "query-block-exports", nil, &list); err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, e := range list {
+		out[e.ID] = true
+	}
+	return out, nil
+}
+
+// Attach finds in QEMU the checkpoint cycle that Prepare and Checkpoint (with
+// the same dir, id and drives, in the same order) set up in a process that
+// has since died: its fleecing nodes and jobs are still there, the point in
+// time still holds. Export and Cleanup then work as in the original process.
+// It fails when the fleecing nodes or their jobs are gone.
+func Attach(ctx context.Context, mon *Monitor, dir, id string, drives []Drive, newBitmap string, log *slog.Logger) (*Backup, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	b := &Backup{mon: mon, dir: dir, id: id, drives: drives, log: log, fleece: map[string]string{},
+		tmpBmps: map[string]string{}, usable: map[string]bool{}, newName: newBitmap, checked: true}
+	nodes, err := mon.nodes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", id, err)
+	}
+	var jobs []struct {
+		ID string `json:"id"`
+	}
+	if err := mon.Run(ctx, "query-jobs", nil, &jobs); err != nil {
+		return nil, fmt.Errorf("attach %s: %w", id, err)
+	}
+	running := map[string]bool{}
+	for _, j := range jobs {
+		running[j.ID] = true
+	}
+	for i, d := range drives {
+		fl := fmt.Sprintf("fleece-%s-%d", id, i)
+		job := fmt.Sprintf("fleece-job-%s-%d", id, i)
+		if _, ok := nodes[fl]; !ok || !running[job] {
+			return nil, fmt.Errorf("attach %s: the point-in-time view of %s is gone (node %s present %v, job running %v)", id, d.Node, fl, ok, running[job])
+		}
+		b.fleece[d.Node] = fl
+		b.jobs = append(b.jobs, job)
+		b.files = append(b.files, filepath.Join(dir, fmt.Sprintf("fleece-%s-%d.qcow2", id, i)))
+		if d.Prev != "" {
+			for _, bm := range nodes[d.Node].Bitmaps {
+				// disabled by the checkpoint, so not recording
+				if bm.Name == d.Prev && bm.Persistent && !bm.Inconsistent {
+					b.usable[d.Node] = true
+				}
+			}
+		}
+	}
+	exported, err := mon.exports(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", id, err)
+	}
+	for _, fl := range b.fleece {
+		b.server = b.server || exported[fl]
+	}
+	b.sock = filepath.Join(dir, "nbd-"+id+".sock")
+	return b, nil
 }
 
 // Drives returns the drives of the backup, in the order of Export's sources.

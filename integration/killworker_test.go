@@ -1,0 +1,157 @@
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/raksha-backup/raksha/activities"
+	"github.com/raksha-backup/raksha/internal/repo"
+	"github.com/raksha-backup/raksha/internal/repo/backend/local"
+	"github.com/raksha-backup/raksha/internal/testenv/blockvm"
+	"github.com/raksha-backup/raksha/workflows"
+)
+
+// hostWorker runs raksha-worker --roles host as a separate process.
+type hostWorker struct {
+	t   *testing.T
+	cmd *exec.Cmd
+}
+
+func startHostWorker(t *testing.T, bin, cfg, hostDir, addr, logFile string) *hostWorker {
+	t.Helper()
+	lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--config", cfg, "--roles", "host", "--host", "h1", "--host-dir", hostDir, "--temporal", addr)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w := &hostWorker{t: t, cmd: cmd}
+	t.Cleanup(func() { w.kill(); lf.Close() })
+	return w
+}
+
+func (w *hostWorker) kill() {
+	if w.cmd.ProcessState == nil {
+		syscall.Kill(-w.cmd.Process.Pid, syscall.SIGKILL)
+		w.cmd.Wait()
+	}
+}
+
+// TestHostWorkerKilledMidCopyResumes SIGKILLs the host worker while it copies
+// a disk, starts a new one, and checks that the backup completes from the
+// saved position (not from the start) with a byte-identical restore.
+func TestHostWorkerKilledMidCopyResumes(t *testing.T) {
+	blockvm.Require(t)
+	c, addr := startTemporal(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "raksha-worker")
+	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(repoRoot(t), "worker")).CombinedOutput(); err != nil {
+		t.Fatalf("build raksha-worker: %v\n%s", err, out)
+	}
+	const size = 1 << 30
+	raw := filepath.Join(dir, "random.raw")
+	data := make([]byte, size)
+	rand.Read(data)
+	os.WriteFile(raw, data, 0o600)
+	img := filepath.Join(dir, "vda.qcow2")
+	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, img).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	os.Remove(raw)
+	hostDir := filepath.Join(dir, "hosts", "h1")
+	blockvm.Start(t, img, filepath.Join(hostDir, "instances", "instance-1", "qmp.sock"), data)
+
+	pwFile := filepath.Join(dir, "pw")
+	os.WriteFile(pwFile, []byte("secret"), 0o600)
+	repoDir := filepath.Join(dir, "repo")
+	be, _ := local.Open(repoDir)
+	if _, err := repo.Init(ctx, be, repo.InitOptions{ChunkSize: 1 << 20, Password: "secret", Compression: "none"}, repo.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "worker.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("work_dir: %s\nrepositories:\n  main: {url: \"file://%s\", password_file: \"%s\"}\n",
+		filepath.Join(dir, "work"), repoDir, pwFile)), 0o600)
+
+	// control role in this process (the test's stand-in cloud), host role in a child
+	acts := activities.New(activities.Config{
+		Repos: map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
+		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Discoverer: staticDiscoverer{vms: []activities.VM{{ID: "srv-1", Name: "db", Host: "h1", Instance: "instance-1",
+			Disks: []activities.Disk{{Name: "vda", Locator: "qemu:h1/instance-1/data0", Size: size}}}}},
+	})
+	w := worker.New(c, activities.ControlQueue, worker.Options{})
+	w.RegisterWorkflow(workflows.WorkloadBackup)
+	w.RegisterActivity(acts)
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	logFile := filepath.Join(dir, "host-worker.log")
+	first := startHostWorker(t, bin, cfg, hostDir, addr, logFile)
+
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("big"), TaskQueue: activities.ControlQueue},
+		workflows.WorkloadBackup, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "crash", CopyHeartbeatTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the copy has saved a position in the repository (its
+	// partial manifest), then kill its worker.
+	var resume int64 = 256 << 20 // CopyDisk saves its position every 256 chunks
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if time.Now().After(deadline) {
+			out, _ := os.ReadFile(logFile)
+			t.Fatalf("the copy saved no position in time; worker log:\n%s", out)
+		}
+		if m, _ := filepath.Glob(filepath.Join(repoDir, "manifests", "*", "db", "vda", "partial")); len(m) > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	first.kill()
+	t.Logf("host worker SIGKILLed after the copy saved its position at %d MiB", resume>>20)
+	startHostWorker(t, bin, cfg, hostDir, addr, logFile)
+
+	var res workflows.BackupResult
+	if err := run.Get(ctx, &res); err != nil {
+		out, _ := os.ReadFile(logFile)
+		t.Fatalf("%v\nworker log:\n%s", err, out)
+	}
+	d := res.Disks[0]
+	if d.ResumedFrom < resume {
+		t.Errorf("the retried copy resumed from %d, want at least the saved %d", d.ResumedFrom, resume)
+	}
+	t.Logf("backup %s completed after the kill; the retry resumed at %d MiB of %d MiB", res.BackupID, d.ResumedFrom>>20, int64(size)>>20)
+	r, err := repo.Open(ctx, be, "secret", repo.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &memWriter{b: make([]byte, size)}
+	if _, err := r.RestoreDisk(ctx, d.Manifest, out, repo.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if sha256.Sum256(out.b) != sha256.Sum256(data) {
+		t.Fatal("restore after the kill differs from the disk")
+	}
+	if _, err := r.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
