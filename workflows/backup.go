@@ -42,16 +42,16 @@ type BackupRequest struct {
 	// OnAppFailure says what happens when a guest cannot be frozen or its
 	// freeze outlived the deadline: "fail" the backup, or "crash": go on and
 	// label the backup crash-consistent.
-	OnAppFailure  string               `json:"on_app_failure,omitempty"`
-	FreezeTimeout time.Duration        `json:"freeze_timeout,omitempty"`
-	PreHooks      []activities.Hook    `json:"pre_hooks,omitempty"`
-	PostHooks     []activities.Hook    `json:"post_hooks,omitempty"`
-	HookFailure   string               `json:"hook_failure,omitempty"`
+	OnAppFailure  string            `json:"on_app_failure,omitempty"`
+	FreezeTimeout time.Duration     `json:"freeze_timeout,omitempty"`
+	PreHooks      []activities.Hook `json:"pre_hooks,omitempty"`
+	PostHooks     []activities.Hook `json:"post_hooks,omitempty"`
+	HookFailure   string            `json:"hook_failure,omitempty"`
 	// CopyHeartbeatTimeout is how soon a copy whose worker died is retried
 	// elsewhere (default 1 minute).
-	CopyHeartbeatTimeout time.Duration `json:"copy_heartbeat_timeout,omitempty"`
-	Retention     activities.Retention `json:"retention,omitempty"`
-	Labels        map[string]string    `json:"labels,omitempty"`
+	CopyHeartbeatTimeout time.Duration        `json:"copy_heartbeat_timeout,omitempty"`
+	Retention            activities.Retention `json:"retention,omitempty"`
+	Labels               map[string]string    `json:"labels,omitempty"`
 }
 
 // BackupResult is the result (and memo) of WorkloadBackup.
