@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
@@ -24,6 +25,15 @@ import (
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 	"github.com/raksha-backup/raksha/workflows"
 )
+
+func mustRepo(t *testing.T, be *local.Backend) *repo.Repository {
+	t.Helper()
+	r, err := repo.Open(context.Background(), be, "secret", repo.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
 
 type testWriter struct{ t *testing.T }
 
@@ -133,6 +143,35 @@ func TestAppConsistentBackupOfLabWorkload(t *testing.T) {
 		t.Errorf("the incremental read %d of %d bytes: more than 5%%", second.BytesRead, size)
 	}
 
+	// Cancel a third backup as soon as the guests are frozen.
+	cancelled, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("demo"),
+		TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iter := c.GetWorkflowHistory(ctx, cancelled.GetID(), cancelled.GetRunID(), true, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	frozen := 0
+	for frozen < 2 && iter.HasNext() {
+		ev, err := iter.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := ev.GetActivityTaskCompletedEventAttributes(); a != nil {
+			frozen++ // Begin, then the freezes
+		}
+	}
+	if err := c.CancelWorkflow(ctx, cancelled.GetID(), cancelled.GetRunID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := cancelled.Get(ctx, nil); err == nil {
+		t.Fatal("the cancelled backup succeeded")
+	} else {
+		t.Logf("backup cancelled in its freeze window: %v", err)
+	}
+	if list, err := mustRepo(t, be).ListBackups(ctx, repo.Filter{}); err != nil || len(list) != 2 {
+		t.Errorf("after a cancelled backup: %d backups (%v), want the 2 committed ones", len(list), err)
+	}
+
 	// No guest is left frozen.
 	for _, s := range l.Servers() {
 		ag, err := guest.Dial(ctx, filepath.Join(guest.InstanceDir(hostDir, s.InstanceRef.Name), guest.AgentSocketName), guest.Options{Owner: "test"})
@@ -147,10 +186,7 @@ func TestAppConsistentBackupOfLabWorkload(t *testing.T) {
 	}
 
 	// Every restored disk: file system clean, records intact up to the backup.
-	r, err := repo.Open(ctx, be, "secret", repo.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := mustRepo(t, be)
 	for _, d := range second.Disks {
 		out := filepath.Join(dir, "restored.raw")
 		f, err := os.Create(out)
