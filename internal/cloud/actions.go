@@ -76,7 +76,8 @@ func (c *Client) WaitSnapshot(ctx context.Context, id string, timeout time.Durat
 		case "available":
 			return true, nil
 		case "error", "error_deleting":
-			return false, &Error{Op: op, Kind: ErrFailed, Msg: fmt.Sprintf("snapshot %s of volume %s is in status %q", id, s.VolumeID, s.Status)}
+			return false, &Error{Op: op, Kind: ErrFailed, Msg: fmt.Sprintf(
+				"snapshot %s of volume %s ended in status %q: the block storage backend failed to take it (delete it and take another)", id, s.VolumeID, s.Status)}
 		}
 		return false, nil
 	})

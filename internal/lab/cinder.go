@@ -312,9 +312,12 @@ func (l *Lab) createVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 	}
 	id, size, path, label := v.ID, v.Size, l.abs(v.Path), volumeLabel(v.Name, v.ID)
 	format := l.opts.FormatDisks && v.ImageID == ""
+	fail := l.takeBackendFaultLocked(VolumeCreate)
 	l.async(func(ctx context.Context) {
 		var err error
-		if src != "" {
+		if fail {
+			err = errInjected
+		} else if src != "" {
 			err = copyQcow2(ctx, src, path, size)
 		} else {
 			err = newDisk(ctx, path, size, format, label)
@@ -566,9 +569,12 @@ func (l *Lab) createSnapshot(w http.ResponseWriter, r *http.Request, c *call) er
 		return err
 	}
 	id, volID, src, dst := s.ID, v.ID, l.abs(v.Path), l.abs(s.Path)
+	fail := l.takeBackendFaultLocked(SnapshotCreate)
 	l.async(func(ctx context.Context) {
 		err := os.MkdirAll(filepath.Dir(dst), 0o755)
-		if err == nil && ref != nil {
+		if fail {
+			err = errInjected
+		} else if err == nil && ref != nil {
 			err = l.opts.Compute.CopyDisk(ctx, *ref, VolumeNode(volID), dst)
 		} else if err == nil {
 			err = copyQcow2(ctx, src, dst, 0)

@@ -71,6 +71,9 @@ type Lab struct {
 	st     *state
 	tokens map[string]*token
 	faults map[string][]int
+	// backendFaults counts the operations of the storage backend still to
+	// fail (FailNextBackend).
+	backendFaults map[BackendOp]int
 
 	ln   net.Listener
 	srv  *http.Server
@@ -140,7 +143,7 @@ func Start(ctx context.Context, opts Options) (*Lab, error) {
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	l := &Lab{
 		opts: opts, log: opts.Log, dir: dir, st: st,
-		tokens: map[string]*token{}, faults: map[string][]int{},
+		tokens: map[string]*token{}, faults: map[string][]int{}, backendFaults: map[BackendOp]int{},
 		ln: ln, base: "http://" + ln.Addr().String(),
 		ctx: lctx, cancel: cancel,
 	}
@@ -214,6 +217,43 @@ func (l *Lab) FailNext(service string, status, n int) {
 		l.faults[service] = append(l.faults[service], status)
 	}
 }
+
+// BackendOp is an asynchronous operation of the lab's storage backend,
+// which the API has accepted before it runs.
+type BackendOp string
+
+// The backend operations FailNextBackend can make fail.
+const (
+	// SnapshotCreate copies a volume into a new Cinder snapshot; failed,
+	// the snapshot goes from "creating" to "error".
+	SnapshotCreate BackendOp = "snapshot-create"
+	// VolumeCreate makes the disk file of a new Cinder volume; failed, the
+	// volume goes from "creating" to "error".
+	VolumeCreate BackendOp = "volume-create"
+)
+
+// FailNextBackend makes the next n operations op of the storage backend
+// fail after the API accepted them, as a failing Cinder backend does: the
+// request is answered 202 and the resource ends in status "error". A fault
+// injector for testing how clients wait for and report such failures.
+func (l *Lab) FailNextBackend(op BackendOp, n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.backendFaults[op] += n
+}
+
+// takeBackendFaultLocked reports whether this op is to fail, consuming one
+// injected fault; l.mu must be held.
+func (l *Lab) takeBackendFaultLocked(op BackendOp) bool {
+	if l.backendFaults[op] <= 0 {
+		return false
+	}
+	l.backendFaults[op]--
+	return true
+}
+
+// errInjected is the error of a backend operation failed by FailNextBackend.
+var errInjected = errors.New("failure injected by the lab (FailNextBackend)")
 
 // async runs fn in the background, tracked so that Close and Wait can wait
 // for it.
