@@ -197,3 +197,31 @@ func (quietTemporalLogger) Debug(string, ...any) {}
 func (quietTemporalLogger) Info(string, ...any)  {}
 func (quietTemporalLogger) Warn(string, ...any)  {}
 func (quietTemporalLogger) Error(string, ...any) {}
+
+func (a *app) backupCancelCmd() *cobra.Command {
+	var tf temporalFlags
+	c := &cobra.Command{
+		Use:   "cancel WORKLOAD",
+		Short: "Cancel the running backup of a workload (guests are thawed, nothing is committed)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.temporalClient(tf)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			id := workflows.BackupWorkflowID(args[0])
+			if err := c.CancelWorkflow(cmd.Context(), id, ""); err != nil {
+				var nf *serviceerror.NotFound
+				if errors.As(err, &nf) {
+					return fmt.Errorf("no backup of workload %s is running", args[0])
+				}
+				return fmt.Errorf("cancel %s: %w", id, err)
+			}
+			fmt.Fprintf(a.stdout, "cancel requested for %s\n", id)
+			return nil
+		},
+	}
+	tf.add(c)
+	return c
+}

@@ -312,3 +312,29 @@ func TestInvalidRequest(t *testing.T) {
 		t.Error("an invalid request reached the cloud")
 	}
 }
+
+func TestTransientCopyErrorIsRetried(t *testing.T) {
+	f := newFixture(t)
+	attempts := map[string]int{}
+	var mu sync.Mutex
+	f.copyDisk = func(_ context.Context, in activities.CopyInput) (*activities.CopyResult, error) {
+		mu.Lock()
+		attempts[in.VM]++
+		n := attempts[in.VM]
+		mu.Unlock()
+		if n == 1 {
+			return nil, errors.New("connection reset by peer") // retryable
+		}
+		return &activities.CopyResult{Manifest: in.BackupID + "/" + in.VM + "/" + in.Disk.Name}, nil
+	}
+	f.env.ExecuteWorkflow(WorkloadBackup, appReq)
+	if err := f.env.GetWorkflowError(); err != nil {
+		t.Fatalf("a transient copy error failed the backup: %v", err)
+	}
+	if attempts["db"] != 2 || attempts["web"] != 2 {
+		t.Errorf("copy attempts %v, want 2 each", attempts)
+	}
+	if f.rec.count("abort") != 0 {
+		t.Errorf("aborted after a retried error: %v", f.rec.calls)
+	}
+}
