@@ -23,7 +23,7 @@ TEMPORAL_CLI_VERSION := v1.5.1
 # with the guest agent and busybox for the lab guests, GNU time for peak-RSS
 # figures, e2fsprogs for ext4 images.
 APT_QEMU := qemu-system-x86 qemu-utils qemu-guest-agent busybox-static e2fsprogs
-APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev uuid-runtime time curl $(APT_QEMU)
+APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev uuid-runtime time curl python3-openstackclient $(APT_QEMU)
 APT_DEMO := $(APT_QEMU)
 
 # Build with Ceph support when librbd is there (test-deps installs it; '=' so

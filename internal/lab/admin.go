@@ -234,7 +234,7 @@ func (l *Lab) CreateStack(projectID, name, parentID string, resources []StackRes
 	}
 	s := &stack{ID: newID(), Name: name, ProjectID: projectID, Status: "CREATE_COMPLETE", ParentID: parentID, Created: time.Now()}
 	for _, r := range resources {
-		s.Resources = append(s.Resources, stackResource{Name: r.Name, Type: r.Type, PhysicalID: r.PhysicalID})
+		s.Resources = append(s.Resources, stackResource(r))
 	}
 	l.st.Stacks[s.ID] = s
 	return s.ID, l.saveLocked()

@@ -36,7 +36,7 @@ func cmdStage(args []string) error {
 		return err
 	}
 	if *dest == "" || fs_.NArg() == 0 {
-		return fmt.Errorf("usage: benchtool stage -budget N -dest DIR SRC...")
+		return fmt.Errorf("usage: benchtool stage -budget N -dest DIR SRC [SRC]")
 	}
 	var total, files int64
 	buf := make([]byte, 1<<20)

@@ -197,7 +197,7 @@ func cmdMeasure(args []string) error {
 	fs.Parse(args)
 	argv := fs.Args()
 	if *results == "" || r.Name == "" || *logPath == "" || len(argv) == 0 {
-		return fmt.Errorf("usage: benchtool measure -results F -name N -log F [flags] -- CMD...")
+		return fmt.Errorf("usage: benchtool measure -results F -name N -log F [flags] -- CMD [ARG]")
 	}
 	if *stdoutPath == "" {
 		*stdoutPath = *logPath + ".out"
