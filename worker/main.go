@@ -142,20 +142,21 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 			log.Info("orphan check", "result", fmt.Sprintf("%+v", r))
 		}
 	}
-	acts := activities.New(acfg)
-	defer activities.Shutdown(context.Background(), acts)
-
 	c, err := client.Dial(client.Options{HostPort: cfg.Temporal.Address, Namespace: cfg.Temporal.Namespace, Logger: newTemporalLogger(log)})
 	if err != nil {
 		return fmt.Errorf("connect to Temporal at %s: %w", cfg.Temporal.Address, err)
 	}
 	defer c.Close()
+	acfg.Temporal = c
+	acts := activities.New(acfg)
+	defer activities.Shutdown(context.Background(), acts)
 
 	opts := worker.Options{WorkerStopTimeout: 30 * time.Second}
 	var workers []worker.Worker
 	if has["control"] {
 		w := worker.New(c, activities.ControlQueue, opts)
 		w.RegisterWorkflow(workflows.WorkloadBackup)
+		w.RegisterWorkflow(workflows.Semaphore)
 		w.RegisterActivity(acts)
 		workers = append(workers, w)
 	}

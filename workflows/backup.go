@@ -266,39 +266,86 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	}
 	res.Consistency = consistency
 
-	// Copy every disk in parallel.
+	// Copy every disk in parallel, each under a permit of the global copy
+	// semaphore: across all workers at most its size of copies run at once.
+	// A permit goes back as soon as its copy ends; after a failed copy no
+	// further copy starts (the backup fails anyway).
 	prog.Phase = "copy"
 	type pending struct {
 		vm   activities.VM
 		disk activities.Disk
-		f    workflow.Future
+		res  *activities.CopyResult
+		err  error
+		// skipped: never started because another copy failed first
+		skipped bool
 	}
-	var copies []pending
+	var copies []*pending
+	byKey := map[string]*pending{}
+	var keys []string
 	for _, vm := range begin.VMs {
 		for _, d := range vm.Disks {
-			f := workflow.ExecuteActivity(copyOpts(ctx, d, vm.Host, req.CopyHeartbeatTimeout), a.CopyDisk, activities.CopyInput{
-				Repository: req.Repository, BackupID: backupID, VM: vm.Name, Instance: vm.Instance, Disk: d,
-				Checkpoint: st.checkpointed[vm.Instance], VMDisks: vm.Disks})
-			copies = append(copies, pending{vm: vm, disk: d, f: f})
+			p := &pending{vm: vm, disk: d}
+			key := backupID + "/" + vm.Name + "/" + d.Name
+			copies = append(copies, p)
+			byKey[key] = p
+			keys = append(keys, key)
 		}
 	}
+	left, failed := len(copies), false
+	sel := workflow.NewSelector(ctx)
+	permits := RequestPermits(ctx, CopySemaphoreID, DefaultCopyPermits, keys...)
+	permits.Watch(ctx, sel, func(key string, err error) {
+		p := byKey[key]
+		switch {
+		case err != nil:
+			p.err = fmt.Errorf("copy %s/%s: waiting for a copy permit: %w", p.vm.Name, p.disk.Name, err)
+			failed = true
+			left--
+			return
+		case failed:
+			p.err, p.skipped = fmt.Errorf("copy %s/%s: not started after another copy failed", p.vm.Name, p.disk.Name), true
+			permits.Release(ctx, key)
+			left--
+			return
+		}
+		f := workflow.ExecuteActivity(copyOpts(ctx, p.disk, p.vm.Host, req.CopyHeartbeatTimeout), a.CopyDisk, activities.CopyInput{
+			Repository: req.Repository, BackupID: backupID, VM: p.vm.Name, Instance: p.vm.Instance, Disk: p.disk,
+			Checkpoint: st.checkpointed[p.vm.Instance], VMDisks: p.vm.Disks})
+		sel.AddFuture(f, func(f workflow.Future) {
+			var cr activities.CopyResult
+			if err := f.Get(ctx, &cr); err != nil {
+				p.err = fmt.Errorf("copy %s/%s: %w", p.vm.Name, p.disk.Name, err)
+				failed = true
+			} else {
+				p.res = &cr
+				prog.DisksDone++
+				prog.Done[p.vm.Name+"/"+p.disk.Name] = true
+			}
+			permits.Release(ctx, key)
+			left--
+		})
+	})
+	for left > 0 {
+		sel.Select(ctx)
+	}
+	permits.Close(ctx)
 	var manifests []string
 	var copyErr error
 	for _, p := range copies {
-		var cr activities.CopyResult
-		if err := p.f.Get(ctx, &cr); err != nil {
-			if copyErr == nil {
-				copyErr = fmt.Errorf("copy %s/%s: %w", p.vm.Name, p.disk.Name, err)
-			}
+		if p.err != nil && !p.skipped && copyErr == nil {
+			copyErr = p.err
+		}
+	}
+	for _, p := range copies {
+		if p.err != nil {
 			continue
 		}
+		cr := *p.res
 		res.Disks = append(res.Disks, cr)
 		manifests = append(manifests, cr.Manifest)
 		res.BytesRead += cr.BytesRead
 		res.BytesNew += cr.BytesNew
 		res.BytesStored += cr.BytesStored
-		prog.DisksDone++
-		prog.Done[p.vm.Name+"/"+p.disk.Name] = true
 	}
 	if copyErr != nil {
 		return nil, copyErr
