@@ -251,7 +251,7 @@ func describeSpec(s *client.ScheduleSpec) string {
 	}
 	// The server returns cron expressions as calendars.
 	for _, c := range s.Calendars {
-		parts = append(parts, "calendar "+calendarString(c))
+		parts = append(parts, "cron "+calendarString(c))
 	}
 	for _, iv := range s.Intervals {
 		w := "every " + fmtDuration(iv.Every)
@@ -274,9 +274,10 @@ func calendarString(c client.ScheduleCalendarSpec) string {
 	if c.Comment != "" {
 		return c.Comment
 	}
-	f := func(rs []client.ScheduleRange, all string) string {
-		if len(rs) == 0 {
-			return all
+	// A field that covers its whole range is "*" (the server expands "*").
+	f := func(rs []client.ScheduleRange, lo, hi int) string {
+		if len(rs) == 0 || len(rs) == 1 && rs[0].Start <= lo && rs[0].End >= hi && rs[0].Step <= 1 {
+			return "*"
 		}
 		var out []string
 		for _, r := range rs {
@@ -291,7 +292,7 @@ func calendarString(c client.ScheduleCalendarSpec) string {
 		}
 		return strings.Join(out, ",")
 	}
-	return strings.Join([]string{f(c.Minute, "*"), f(c.Hour, "*"), f(c.DayOfMonth, "*"), f(c.Month, "*"), f(c.DayOfWeek, "*")}, " ")
+	return strings.Join([]string{f(c.Minute, 0, 59), f(c.Hour, 0, 23), f(c.DayOfMonth, 1, 31), f(c.Month, 1, 12), f(c.DayOfWeek, 0, 6)}, " ")
 }
 
 // Show describes the schedule of the named policy; ErrNotFound when there

@@ -94,6 +94,7 @@ func (a *app) root() *cobra.Command {
 
 	root.AddCommand(a.repoCmd(), a.diskCmd(), a.backupCmd())
 	root.AddCommand(a.labCmd())
+	root.AddCommand(a.policyCmd())
 	return root
 }
 
