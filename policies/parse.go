@@ -379,11 +379,11 @@ func (d *decoder) duration(n *yaml.Node, field string, lo, hi time.Duration, dst
 		return
 	}
 	if v < lo {
-		d.errf(n, field, "%s is too short: at least %s", n.Value, fmtDuration(lo))
+		d.errf(n, field, "%s is too short: at least %s", n.Value, FormatDuration(lo))
 		return
 	}
 	if hi > 0 && v > hi {
-		d.errf(n, field, "%s is too long: at most %s", n.Value, fmtDuration(hi))
+		d.errf(n, field, "%s is too long: at most %s", n.Value, FormatDuration(hi))
 		return
 	}
 	*dst = v
@@ -419,11 +419,21 @@ func ParseDuration(s string) (time.Duration, error) {
 	return total + v, nil
 }
 
-func fmtDuration(d time.Duration) string {
-	if d >= 24*time.Hour && d%(24*time.Hour) == 0 {
-		return fmt.Sprintf("%dd", d/(24*time.Hour))
+// FormatDuration writes a duration the way policies spell them: 400d,
+// 6h, 1h30m, 90s.
+func FormatDuration(d time.Duration) string {
+	const day = 24 * time.Hour
+	if d >= day && d%day == 0 {
+		return fmt.Sprintf("%dd", d/day)
 	}
-	return d.String()
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // strings reads a list of strings, or a single string as a list of one.

@@ -94,7 +94,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad consistency mode", base + "consistency:\n  mode: fuzzy\n",
 			[]string{`p.yaml:10:9: consistency.mode: "fuzzy": want app or crash`}},
 		{"freeze timeout too long", base + "consistency:\n  freeze_timeout: 1h\n",
-			[]string{"p.yaml:10:19: consistency.freeze_timeout: 1h is too long: at most 10m0s"}},
+			[]string{"p.yaml:10:19: consistency.freeze_timeout: 1h is too long: at most 10m"}},
 		{"app options with crash", base + "consistency:\n  mode: crash\n  on_app_failure: crash\n",
 			[]string{"p.yaml:11:3: consistency.on_app_failure: applies to mode app only (mode crash does not freeze)"}},
 		{"hooks with crash", base + "consistency:\n  mode: crash\nhooks:\n  pre:\n    - path: /bin/sync\n",
@@ -114,7 +114,7 @@ func TestParseErrors(t *testing.T) {
 				`p.yaml:11:11: retention.weekly: want a whole number, got "four"`,
 			}},
 		{"expiry too short", base + "retention:\n  expire_after: 10m\n",
-			[]string{"p.yaml:10:17: retention.expire_after: 10m is too short: at least 1h0m0s"}},
+			[]string{"p.yaml:10:17: retention.expire_after: 10m is too short: at least 1h"}},
 		{"paused not a bool", base + "paused: maybe\n",
 			[]string{`p.yaml:9:9: paused: want true or false, got "maybe"`}},
 		{"section not a mapping", strings.Replace(base, "schedule:\n  cron: \"0 2 * * *\"\n", "schedule: daily\n", 1),
@@ -229,7 +229,7 @@ func TestExamples(t *testing.T) {
 	act := o.Action.(*client.ScheduleWorkflowAction)
 	if o.ID != "policy/demo-daily" || o.Overlap != enumspb.SCHEDULE_OVERLAP_POLICY_SKIP || o.CatchupWindow != 2*time.Hour ||
 		o.Spec.Jitter != 10*time.Minute || o.Spec.TimeZoneName != "UTC" || !reflect.DeepEqual(o.Spec.CronExpressions, []string{"0 2 * * *"}) ||
-		o.Paused || act.ID != "backup/demo" || act.TaskQueue != activities.ControlQueue || act.Memo[MemoExpireAfter] != "9600h0m0s" {
+		o.Paused || act.ID != "backup/demo" || act.TaskQueue != activities.ControlQueue || act.Memo[MemoExpireAfter] != "400d" {
 		t.Errorf("schedule options %+v, action %+v", o, act)
 	}
 	for _, sa := range []struct {

@@ -62,7 +62,7 @@ func (p *Policy) spec() client.ScheduleSpec {
 func (p *Policy) action() *client.ScheduleWorkflowAction {
 	memo := map[string]any{MemoPolicy: p.Name, MemoDigest: p.Digest()}
 	if p.Retention.ExpireAfter > 0 {
-		memo[MemoExpireAfter] = p.Retention.ExpireAfter.String()
+		memo[MemoExpireAfter] = FormatDuration(p.Retention.ExpireAfter)
 	}
 	return &client.ScheduleWorkflowAction{
 		// The server appends the nominal start time to this id
@@ -254,9 +254,9 @@ func describeSpec(s *client.ScheduleSpec) string {
 		parts = append(parts, "cron "+calendarString(c))
 	}
 	for _, iv := range s.Intervals {
-		w := "every " + fmtDuration(iv.Every)
+		w := "every " + FormatDuration(iv.Every)
 		if iv.Offset > 0 {
-			w += " offset " + fmtDuration(iv.Offset)
+			w += " offset " + FormatDuration(iv.Offset)
 		}
 		parts = append(parts, w)
 	}
@@ -265,7 +265,7 @@ func describeSpec(s *client.ScheduleSpec) string {
 		out += " (" + s.TimeZoneName + ")"
 	}
 	if s.Jitter > 0 {
-		out += " jitter " + fmtDuration(s.Jitter)
+		out += " jitter " + FormatDuration(s.Jitter)
 	}
 	return out
 }

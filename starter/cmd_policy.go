@@ -101,27 +101,15 @@ func when(p *policies.Policy) string {
 		}
 		out = fmt.Sprintf("cron %q (%s)", s.Cron, tz)
 	} else {
-		out = "every " + shortDuration(s.Every)
+		out = "every " + policies.FormatDuration(s.Every)
 		if s.Offset > 0 {
-			out += " offset " + shortDuration(s.Offset)
+			out += " offset " + policies.FormatDuration(s.Offset)
 		}
 	}
 	if s.Jitter > 0 {
-		out += " jitter " + shortDuration(s.Jitter)
+		out += " jitter " + policies.FormatDuration(s.Jitter)
 	}
 	return out
-}
-
-// shortDuration writes 6h, not 6h0m0s.
-func shortDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
 }
 
 func (a *app) policyApplyCmd() *cobra.Command {
@@ -154,8 +142,8 @@ a re-apply).`,
 					return err
 				}
 				if p.Retention.ExpireAfter > 0 {
-					fmt.Fprintf(a.stderr, "warning: policy %s: retention.expire_after (%v) is kept in each backup's memo, but backups do not get an expiry date yet (WorkloadBackup has no expiry input)\n",
-						p.Name, p.Retention.ExpireAfter)
+					fmt.Fprintf(a.stderr, "warning: policy %s: retention.expire_after (%s) is kept in each backup's memo, but backups do not get an expiry date yet (WorkloadBackup has no expiry input)\n",
+						p.Name, policies.FormatDuration(p.Retention.ExpireAfter))
 				}
 				results = append(results, r)
 				if a.format != "json" {
@@ -276,14 +264,14 @@ func (a *app) policyShowCmd() *cobra.Command {
 				}
 				fmt.Fprintf(w, "\nrepository  %s\nconsistency %s", r.Repository, r.Consistency)
 				if r.Consistency == "app" {
-					fmt.Fprintf(w, " (freeze timeout %v, on failure %s)", r.FreezeTimeout, r.OnAppFailure)
+					fmt.Fprintf(w, " (freeze timeout %s, on failure %s)", policies.FormatDuration(r.FreezeTimeout), r.OnAppFailure)
 				}
 				fmt.Fprintln(w)
 				for _, h := range r.PreHooks {
-					fmt.Fprintf(w, "pre-hook    %s %s (timeout %v, on failure %s)\n", h.Path, strings.Join(h.Args, " "), h.Timeout, r.HookFailure)
+					fmt.Fprintf(w, "pre-hook    %s (timeout %s, on failure %s)\n", strings.Join(append([]string{h.Path}, h.Args...), " "), policies.FormatDuration(h.Timeout), r.HookFailure)
 				}
 				for _, h := range r.PostHooks {
-					fmt.Fprintf(w, "post-hook   %s %s (timeout %v, on failure %s)\n", h.Path, strings.Join(h.Args, " "), h.Timeout, r.HookFailure)
+					fmt.Fprintf(w, "post-hook   %s (timeout %s, on failure %s)\n", strings.Join(append([]string{h.Path}, h.Args...), " "), policies.FormatDuration(h.Timeout), r.HookFailure)
 				}
 				fmt.Fprintf(w, "retention   %s", retentionString(r))
 				if st.ExpireAfter != "" {
