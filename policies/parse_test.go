@@ -220,7 +220,8 @@ func TestExamples(t *testing.T) {
 		Workload: "demo", Project: "demo", Policy: "demo-daily", Repository: "main",
 		Selector:    activities.Selector{Workload: "demo"},
 		Consistency: "app", OnAppFailure: "fail", FreezeTimeout: 10 * time.Second,
-		Retention: activities.Retention{Last: 3, Daily: 7, Weekly: 4, Monthly: 6},
+		Retention:   activities.Retention{Last: 3, Daily: 7, Weekly: 4, Monthly: 6},
+		ExpireAfter: 400 * 24 * time.Hour,
 	}
 	if got := demo.BackupRequest(); !reflect.DeepEqual(got, want) {
 		t.Errorf("demo request\n got %+v\nwant %+v", got, want)

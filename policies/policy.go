@@ -160,6 +160,7 @@ func (p *Policy) BackupRequest() workflows.BackupRequest {
 		OnAppFailure:  p.Consistency.OnAppFailure,
 		FreezeTimeout: p.Consistency.FreezeTimeout,
 		HookFailure:   p.Hooks.OnFailure,
+		ExpireAfter:   p.Retention.ExpireAfter,
 		Retention: activities.Retention{Last: p.Retention.Last, Hourly: p.Retention.Hourly, Daily: p.Retention.Daily,
 			Weekly: p.Retention.Weekly, Monthly: p.Retention.Monthly, Yearly: p.Retention.Yearly},
 	}

@@ -141,10 +141,6 @@ a re-apply).`,
 				if err != nil {
 					return err
 				}
-				if p.Retention.ExpireAfter > 0 {
-					fmt.Fprintf(a.stderr, "warning: policy %s: retention.expire_after (%s) is kept in each backup's memo, but backups do not get an expiry date yet (WorkloadBackup has no expiry input)\n",
-						p.Name, policies.FormatDuration(p.Retention.ExpireAfter))
-				}
 				results = append(results, r)
 				if a.format != "json" {
 					fmt.Fprintf(a.stdout, "%s: %s (schedule %s, workload %s, %s)\n", p.Name, r.Action, r.ScheduleID, p.Workload, when(p))

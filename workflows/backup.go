@@ -26,6 +26,10 @@ var (
 // SearchAttributeNames are the custom search attributes the workflows use.
 var SearchAttributeNames = []string{"RakshaWorkload", "RakshaProject", "RakshaOperation", "RakshaPolicy"}
 
+// WorkloadLockID is the semaphore (one permit) that keeps two backups of a
+// workload from running at once.
+func WorkloadLockID(workload string) string { return "raksha-workload-lock/" + workload }
+
 // BackupWorkflowID is the fixed workflow id of a workload's backup: a
 // workload never has two backups running, whether scheduled or manual.
 func BackupWorkflowID(workload string) string { return "backup/" + workload }
@@ -47,6 +51,9 @@ type BackupRequest struct {
 	PreHooks      []activities.Hook `json:"pre_hooks,omitempty"`
 	PostHooks     []activities.Hook `json:"post_hooks,omitempty"`
 	HookFailure   string            `json:"hook_failure,omitempty"`
+	// ExpireAfter gives the backup an expiry date this long after it starts
+	// (0: none); prune removes expired backups that are not protected.
+	ExpireAfter time.Duration `json:"expire_after,omitempty"`
 	// CopyHeartbeatTimeout is how soon a copy whose worker died is retried
 	// elsewhere (default 1 minute).
 	CopyHeartbeatTimeout time.Duration        `json:"copy_heartbeat_timeout,omitempty"`
@@ -154,6 +161,20 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 		return nil, err
 	}
 	prog.BackupID = backupID
+
+	// One backup of a workload at a time, whoever started it: a schedule's
+	// overlap policy only covers its own runs, and its workflow ids carry the
+	// scheduled time. A second backup waits here for the first to end.
+	prog.Phase = "waiting for the workload's other backup"
+	lock := RequestPermits(ctx, WorkloadLockID(req.Workload), 1, "backup")
+	if _, err := lock.Next(ctx); err != nil {
+		return nil, fmt.Errorf("wait for workload %s's other backup: %w", req.Workload, err)
+	}
+	defer func() {
+		dctx, _ := workflow.NewDisconnectedContext(ctx)
+		lock.Close(dctx)
+	}()
+	prog.Phase = "discover"
 	labels := map[string]string{"workload": req.Workload}
 	if req.Project != "" {
 		labels["project"] = req.Project
@@ -164,10 +185,15 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	for k, v := range req.Labels {
 		labels[k] = v
 	}
+	var expires *time.Time
+	if req.ExpireAfter > 0 {
+		t := workflow.Now(ctx).Add(req.ExpireAfter).UTC()
+		expires = &t
+	}
 	var begin activities.BeginResult
 	err := workflow.ExecuteActivity(controlOpts(ctx, 10*time.Minute), a.Begin, activities.BeginInput{
 		Repository: req.Repository, BackupID: backupID, Workload: req.Workload, Project: req.Project,
-		Policy: req.Policy, Selector: req.Selector, Labels: labels}).Get(ctx, &begin)
+		Policy: req.Policy, Selector: req.Selector, Labels: labels, Expires: expires}).Get(ctx, &begin)
 	if err != nil {
 		return nil, fmt.Errorf("discover workload %s: %w", req.Workload, err)
 	}

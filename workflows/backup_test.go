@@ -61,6 +61,8 @@ type fixture struct {
 	thaw       func(context.Context, activities.ThawInput) (*activities.ThawResult, error)
 	copyDisk   func(context.Context, activities.CopyInput) (*activities.CopyResult, error)
 	commit     func(context.Context, activities.CommitInput) (*activities.CommitResult, error)
+	// beginIn is what Begin was called with.
+	beginIn activities.BeginInput
 }
 
 // newFixture mocks every activity with a success; tests override some.
@@ -73,6 +75,7 @@ func newFixture(t *testing.T) *fixture {
 	f := &fixture{env: env, rec: rec}
 	env.OnActivity(acts.Begin, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.BeginInput) (*activities.BeginResult, error) {
 		rec.add("begin")
+		f.beginIn = in
 		r := twoVMs
 		r.BackupID = in.BackupID
 		return &r, nil
@@ -336,5 +339,20 @@ func TestTransientCopyErrorIsRetried(t *testing.T) {
 	}
 	if f.rec.count("abort") != 0 {
 		t.Errorf("aborted after a retried error: %v", f.rec.calls)
+	}
+}
+
+func TestExpiryReachesTheBackup(t *testing.T) {
+	f := newFixture(t)
+	req := appReq
+	req.ExpireAfter = 30 * 24 * time.Hour
+	start := f.env.Now()
+	f.env.ExecuteWorkflow(WorkloadBackup, req)
+	if err := f.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	got := f.beginIn.Expires
+	if got == nil || got.Sub(start) < 30*24*time.Hour-time.Minute || got.Sub(start) > 30*24*time.Hour+time.Minute {
+		t.Errorf("expiry %v, want 30 days after %v", got, start)
 	}
 }
