@@ -63,6 +63,10 @@ done
 sleep 2
 export RAKSHA_TEMPORAL=127.0.0.1:$TPORT
 
+say "3b. The example policy as a Temporal Schedule (daily at 02:00, keep 3 last / 7 daily / 4 weekly / 6 monthly)"
+"$RAKSHA" policy apply -f "$ROOT/policies/examples/demo-daily.yaml"
+"$RAKSHA" policy list
+
 say "4. Application-consistent backup of workload demo (freeze both guests, checkpoint, thaw, copy)"
 "$RAKSHA" --progress lines backup start --workload demo --project demo --repository main --freeze-timeout 30s --wait | tee "$W/b1.txt"
 
