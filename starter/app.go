@@ -92,7 +92,7 @@ func (a *app) root() *cobra.Command {
 	pf.StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	pf.StringVar(&a.progress, "progress", "auto", "progress display: auto (bar on a terminal, lines otherwise), bar, lines, none")
 
-	root.AddCommand(a.repoCmd(), a.diskCmd(), a.backupCmd())
+	root.AddCommand(a.repoCmd(), a.diskCmd(), a.backupCmd(), a.temporalSetupCmd())
 	root.AddCommand(a.labCmd())
 	root.AddCommand(a.policyCmd())
 	return root

@@ -15,17 +15,23 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/repo"
+	"github.com/raksha-backup/raksha/internal/temporalx"
 	"github.com/raksha-backup/raksha/workflows"
 )
 
 // temporalFlags are the flags of commands that talk to Temporal.
 type temporalFlags struct {
 	address, namespace string
+	tls                temporalx.TLS
 }
 
 func (f *temporalFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.address, "temporal", "", "Temporal frontend HOST:PORT (env RAKSHA_TEMPORAL, default 127.0.0.1:7233)")
 	c.Flags().StringVar(&f.namespace, "namespace", "", "Temporal namespace (env RAKSHA_NAMESPACE, default \"default\")")
+	c.Flags().StringVar(&f.tls.CertFile, "tls-cert", "", "client certificate for mutual TLS to Temporal")
+	c.Flags().StringVar(&f.tls.KeyFile, "tls-key", "", "key of the client certificate")
+	c.Flags().StringVar(&f.tls.CAFile, "tls-ca", "", "CA certificate of Temporal's server certificate")
+	c.Flags().StringVar(&f.tls.ServerName, "tls-server-name", "", "name to check in Temporal's server certificate")
 }
 
 func (a *app) temporalClient(f temporalFlags) (client.Client, error) {
@@ -42,7 +48,12 @@ func (a *app) temporalClient(f temporalFlags) (client.Client, error) {
 	if ns == "" {
 		ns = "default"
 	}
-	c, err := client.Dial(client.Options{HostPort: addr, Namespace: ns, Logger: quietTemporalLogger{}})
+	tlsCfg, err := f.tls.Config()
+	if err != nil {
+		return nil, usageError{err}
+	}
+	c, err := client.Dial(client.Options{HostPort: addr, Namespace: ns, Logger: quietTemporalLogger{},
+		ConnectionOptions: client.ConnectionOptions{TLS: tlsCfg}})
 	if err != nil {
 		return nil, fmt.Errorf("connect to Temporal at %s: %w", addr, err)
 	}
@@ -219,6 +230,41 @@ func (a *app) backupCancelCmd() *cobra.Command {
 				return fmt.Errorf("cancel %s: %w", id, err)
 			}
 			fmt.Fprintf(a.stdout, "cancel requested for %s\n", id)
+			return nil
+		},
+	}
+	tf.add(c)
+	return c
+}
+
+func (a *app) temporalSetupCmd() *cobra.Command {
+	var tf temporalFlags
+	c := &cobra.Command{
+		Use:   "temporal-setup",
+		Short: "Register Raksha's search attributes (RakshaWorkload, RakshaProject, RakshaOperation, RakshaPolicy) in the namespace",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.temporalClient(tf)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ns := tf.namespace
+			if ns == "" {
+				ns = a.getenv("RAKSHA_NAMESPACE")
+			}
+			if ns == "" {
+				ns = "default"
+			}
+			added, err := temporalx.EnsureSearchAttributes(cmd.Context(), c, ns)
+			if err != nil {
+				return err
+			}
+			if len(added) == 0 {
+				fmt.Fprintf(a.stdout, "namespace %s already has Raksha's search attributes\n", ns)
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "registered in namespace %s: %v\n", ns, added)
 			return nil
 		},
 	}

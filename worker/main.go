@@ -23,14 +23,16 @@ import (
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/temporalx"
 	"github.com/raksha-backup/raksha/workflows"
 )
 
 // Config is the worker's configuration file (YAML); flags override it.
 type Config struct {
 	Temporal struct {
-		Address   string `yaml:"address"`
-		Namespace string `yaml:"namespace"`
+		Address   string        `yaml:"address"`
+		Namespace string        `yaml:"namespace"`
+		TLS       temporalx.TLS `yaml:"tls"`
 	} `yaml:"temporal"`
 	Roles   []string `yaml:"roles"`
 	Host    string   `yaml:"host"`
@@ -61,6 +63,10 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	workDir := fs.String("work-dir", "", "directory for temporary fleecing images (host role)")
 	address := fs.String("temporal", "", "Temporal frontend HOST:PORT (default 127.0.0.1:7233)")
 	namespace := fs.String("namespace", "", "Temporal namespace (default \"default\")")
+	tlsCert := fs.String("tls-cert", "", "client certificate for mutual TLS to Temporal")
+	tlsKey := fs.String("tls-key", "", "key of the client certificate")
+	tlsCA := fs.String("tls-ca", "", "CA certificate that signs Temporal's server certificate")
+	tlsName := fs.String("tls-server-name", "", "name to check in Temporal's server certificate")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -89,6 +95,10 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	set(&cfg.WorkDir, *workDir)
 	set(&cfg.Temporal.Address, *address)
 	set(&cfg.Temporal.Namespace, *namespace)
+	set(&cfg.Temporal.TLS.CertFile, *tlsCert)
+	set(&cfg.Temporal.TLS.KeyFile, *tlsKey)
+	set(&cfg.Temporal.TLS.CAFile, *tlsCA)
+	set(&cfg.Temporal.TLS.ServerName, *tlsName)
 	if cfg.Temporal.Address == "" {
 		cfg.Temporal.Address = "127.0.0.1:7233"
 	}
@@ -142,7 +152,12 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 			log.Info("orphan check", "result", fmt.Sprintf("%+v", r))
 		}
 	}
-	c, err := client.Dial(client.Options{HostPort: cfg.Temporal.Address, Namespace: cfg.Temporal.Namespace, Logger: newTemporalLogger(log)})
+	tlsCfg, err := cfg.Temporal.TLS.Config()
+	if err != nil {
+		return err
+	}
+	c, err := client.Dial(client.Options{HostPort: cfg.Temporal.Address, Namespace: cfg.Temporal.Namespace, Logger: newTemporalLogger(log),
+		ConnectionOptions: client.ConnectionOptions{TLS: tlsCfg}})
 	if err != nil {
 		return fmt.Errorf("connect to Temporal at %s: %w", cfg.Temporal.Address, err)
 	}
