@@ -102,8 +102,22 @@ func rawHash(t *testing.T, img string) [32]byte {
 func TestIncrementalOfARunningGuestEqualsReferenceCopy(t *testing.T) {
 	img := vmtest.Image(t)
 	lab := vmtest.LabDir(t)
-	v := vmtest.Boot(t, img, vmtest.Spec{LabDir: lab, Instance: "cbt-1", Labels: []string{"data"}})
 	ctx := context.Background()
+	// Started, not Booted: the guest is stopped (and its slot freed) before the
+	// checker's guest boots, so this test never holds two of the machine's
+	// guest slots at once.
+	bctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	v, stopGuest, err := vmtest.Start(bctx, img, vmtest.Spec{LabDir: lab, Instance: "cbt-1", Labels: []string{"data"}})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			stopGuest()
+		}
+	}()
 	mon, err := qemu.DialMonitor(ctx, v.QMPSocket)
 	if err != nil {
 		t.Fatal(err)
@@ -206,6 +220,12 @@ func TestIncrementalOfARunningGuestEqualsReferenceCopy(t *testing.T) {
 
 	// The in-guest checker, in a fresh guest with the restored disk attached
 	// (its own writer off, so it checks only what the backup holds).
+	mon.Close()
+	ag.Close()
+	if err := stopGuest(); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
 	fresh := vmtest.Boot(t, img, vmtest.Spec{LabDir: lab, Instance: "cbt-check", Configure: func(c *vm.Config) {
 		c.Disks = append(c.Disks, vm.Disk{Path: last, Format: "raw"})
 		c.NoWriter = true
