@@ -104,51 +104,58 @@ func (c *codec) incompressible(plain []byte) bool {
 // open decodes a stored object. It decrypts in place: data is overwritten
 // and the result may alias it, so callers pass a buffer they own.
 func (c *codec) open(data, aad []byte) ([]byte, error) {
+	plain, _, err := c.openInto(data, aad, nil)
+	return plain, err
+}
+
+// openInto is open decompressing into dst's storage when it is large enough.
+// decoded says whether plain is decompressed output (not part of data).
+func (c *codec) openInto(data, aad, dst []byte) (plain []byte, decoded bool, err error) {
 	if len(data) < 4 {
-		return nil, fmt.Errorf("%w: %d bytes, too short for a header", ErrCorrupt, len(data))
+		return nil, false, fmt.Errorf("%w: %d bytes, too short for a header", ErrCorrupt, len(data))
 	}
 	var container []byte
 	switch string(data[:4]) {
 	case magicEncrypted:
 		if c.aead == nil {
-			return nil, fmt.Errorf("%w: object is encrypted but the repository is not", ErrCorrupt)
+			return nil, false, fmt.Errorf("%w: object is encrypted but the repository is not", ErrCorrupt)
 		}
 		ns := c.aead.NonceSize()
 		if len(data) < 4+ns+c.aead.Overhead()+1 {
-			return nil, fmt.Errorf("%w: encrypted object truncated (%d bytes)", ErrCorrupt, len(data))
+			return nil, false, fmt.Errorf("%w: encrypted object truncated (%d bytes)", ErrCorrupt, len(data))
 		}
 		var err error
 		container, err = c.aead.Open(data[4+ns:4+ns], data[4:4+ns], data[4+ns:], aad)
 		if err != nil {
-			return nil, fmt.Errorf("%w: authentication failed (damaged, truncated or not this object)", ErrCorrupt)
+			return nil, false, fmt.Errorf("%w: authentication failed (damaged, truncated or not this object)", ErrCorrupt)
 		}
 	case magicPlain:
 		if c.aead != nil {
-			return nil, fmt.Errorf("%w: object is not encrypted but the repository is", ErrCorrupt)
+			return nil, false, fmt.Errorf("%w: object is not encrypted but the repository is", ErrCorrupt)
 		}
 		if len(data) < 4+1+sha256.Size {
-			return nil, fmt.Errorf("%w: object truncated (%d bytes)", ErrCorrupt, len(data))
+			return nil, false, fmt.Errorf("%w: object truncated (%d bytes)", ErrCorrupt, len(data))
 		}
 		container = data[4 : len(data)-sha256.Size]
 		h := sha256.New()
 		h.Write(aad)
 		h.Write(container)
 		if !bytes.Equal(h.Sum(nil), data[len(data)-sha256.Size:]) {
-			return nil, fmt.Errorf("%w: checksum mismatch (damaged, truncated or not this object)", ErrCorrupt)
+			return nil, false, fmt.Errorf("%w: checksum mismatch (damaged, truncated or not this object)", ErrCorrupt)
 		}
 	default:
-		return nil, fmt.Errorf("%w: unknown header %q", ErrCorrupt, data[:4])
+		return nil, false, fmt.Errorf("%w: unknown header %q", ErrCorrupt, data[:4])
 	}
 	switch container[0] {
 	case flagRaw:
-		return container[1:], nil
+		return container[1:], false, nil
 	case flagZstd:
-		out, err := c.dec.DecodeAll(container[1:], nil)
+		out, err := c.dec.DecodeAll(container[1:], dst[:0])
 		if err != nil {
-			return nil, fmt.Errorf("%w: decompress: %v", ErrCorrupt, err)
+			return nil, false, fmt.Errorf("%w: decompress: %v", ErrCorrupt, err)
 		}
-		return out, nil
+		return out, true, nil
 	default:
-		return nil, fmt.Errorf("%w: unknown compression flag %d", ErrCorrupt, container[0])
+		return nil, false, fmt.Errorf("%w: unknown compression flag %d", ErrCorrupt, container[0])
 	}
 }

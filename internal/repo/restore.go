@@ -87,11 +87,12 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			bufs := &chunkBuffers{}
 			for j := range jobs {
 				if ctx.Err() != nil {
 					continue
 				}
-				plain, err := r.loadChunk(ctx, j.id, false)
+				plain, err := r.loadChunkInto(ctx, j.id, false, bufs)
 				if err != nil {
 					cancel(fmt.Errorf("chunk %d (offset %d): %w", j.i, j.i*cs, err))
 					continue

@@ -313,7 +313,19 @@ func (r *Repository) haveChunk(ctx context.Context, id ChunkID) (bool, error) {
 // rehash it also checks that the content hashes to id (verify does; a restore
 // relies on the codec's authentication, which binds the content to id).
 func (r *Repository) loadChunk(ctx context.Context, id ChunkID, rehash bool) ([]byte, error) {
-	data, err := r.be.Load(ctx, chunkName(id))
+	return r.loadChunkInto(ctx, id, rehash, nil)
+}
+
+// chunkBuffers are a reader's reusable buffers: the stored object and the
+// decompressed chunk. The chunk loadChunkInto returns lives in one of them
+// until the next call.
+type chunkBuffers struct{ stored, plain []byte }
+
+func (r *Repository) loadChunkInto(ctx context.Context, id ChunkID, rehash bool, bufs *chunkBuffers) ([]byte, error) {
+	if bufs == nil {
+		bufs = &chunkBuffers{}
+	}
+	data, err := backend.LoadInto(ctx, r.be, chunkName(id), bufs.stored)
 	if backend.IsNotFound(err) {
 		var terr error
 		data, terr = r.be.Load(ctx, trashName(id))
@@ -324,7 +336,13 @@ func (r *Repository) loadChunk(ctx context.Context, id ChunkID, rehash bool) ([]
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", id, err)
 	}
-	plain, err := r.codec.open(data, chunkAAD(id))
+	if cap(data) > cap(bufs.stored) {
+		bufs.stored = data[:0]
+	}
+	plain, decoded, err := r.codec.openInto(data, chunkAAD(id), bufs.plain)
+	if decoded && cap(plain) > cap(bufs.plain) {
+		bufs.plain = plain[:0]
+	}
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", id, err)
 	}

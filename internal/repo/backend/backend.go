@@ -120,3 +120,20 @@ func Flush(ctx context.Context, be Backend) error {
 	}
 	return nil
 }
+
+// IntoLoader is implemented by backends that can load an object into a
+// buffer the caller reuses, sparing an allocation per object (restores load
+// many large chunks).
+type IntoLoader interface {
+	// LoadInto returns the object's bytes in buf[:n] when buf is large
+	// enough, else in a new slice. Errors are those of Load.
+	LoadInto(ctx context.Context, name string, buf []byte) ([]byte, error)
+}
+
+// LoadInto loads name into buf if be can, else through Load.
+func LoadInto(ctx context.Context, be Backend, name string, buf []byte) ([]byte, error) {
+	if l, ok := be.(IntoLoader); ok {
+		return l.LoadInto(ctx, name, buf)
+	}
+	return be.Load(ctx, name)
+}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -110,6 +111,34 @@ func (b *Backend) Load(ctx context.Context, name string) ([]byte, error) {
 		return nil, wrap("load", name, err)
 	}
 	return data, nil
+}
+
+// LoadInto implements backend.IntoLoader.
+func (b *Backend) LoadInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p, err := b.path(name)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, wrap("load", name, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, wrap("load", name, err)
+	}
+	if int64(cap(buf)) < fi.Size() {
+		buf = make([]byte, fi.Size())
+	}
+	buf = buf[:fi.Size()]
+	if _, err := io.ReadFull(f, buf); err != nil {
+		return nil, wrap("load", name, err)
+	}
+	return buf, nil
 }
 
 // Stat implements backend.Backend.

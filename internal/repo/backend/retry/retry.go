@@ -90,6 +90,15 @@ func (b *Backend) Load(ctx context.Context, name string) (data []byte, err error
 	return data, err
 }
 
+// LoadInto loads into buf through the wrapped backend, with retries.
+func (b *Backend) LoadInto(ctx context.Context, name string, buf []byte) (data []byte, err error) {
+	err = b.do(ctx, "load", name, func() error {
+		data, err = backend.LoadInto(ctx, b.Backend, name, buf)
+		return err
+	})
+	return data, err
+}
+
 // Stat implements backend.Backend with retries.
 func (b *Backend) Stat(ctx context.Context, name string) (in backend.Info, err error) {
 	err = b.do(ctx, "stat", name, func() error {
