@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 )
 
@@ -20,11 +21,21 @@ func main() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(memoryLimit)
 	}
+	// RAKSHA_CPUPROFILE=FILE writes a CPU profile of the command (for
+	// performance work: go tool pprof FILE).
+	if path := os.Getenv("RAKSHA_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if err := pprof.StartCPUProfile(f); err == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app := newApp(os.Stdout, os.Stderr, os.Getenv)
 	if err := app.root().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "raksha:", err)
+		pprof.StopCPUProfile()
 		os.Exit(exitCode(err))
 	}
 }

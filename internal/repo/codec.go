@@ -38,7 +38,7 @@ type codec struct {
 
 func newCodec(aead cipher.AEAD, compress bool, maxPlain int) (*codec, error) {
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
-		zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return nil, err
 	}
