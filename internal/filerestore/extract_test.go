@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -14,6 +16,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/raksha-backup/raksha/internal/disk/file"
+	"github.com/raksha-backup/raksha/internal/repo"
+	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 )
 
 // stamp is the modification time given to every staged entry.
@@ -374,5 +380,68 @@ func TestExtractCraftedNames(t *testing.T) {
 	want := []string{".", "x", "x/y", "x/y/out", "x/y/out/d", "x/y/out/d/evil", "x/y/out/d/ok"}
 	if fmt.Sprint(found) != fmt.Sprint(want) {
 		t.Fatalf("files under the test dir: %q, want %q", found, want)
+	}
+}
+
+// TestExtractFromBackup backs up a 256 MiB ext4 image with 1 MiB chunks and
+// pulls a 1 MiB file and a directory out of it through a repo.DiskReader,
+// fetching only a few chunks.
+func TestExtractFromBackup(t *testing.T) {
+	staging := stage(t)
+	img := mkfs(t, staging, "256M", false)
+	ctx := context.Background()
+	be, err := local.Open(filepath.Join(t.TempDir(), "repo"))
+	must(t, err)
+	kdf := repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}
+	opts := repo.Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), KDF: kdf}
+	r, err := repo.Init(ctx, be, repo.InitOptions{ChunkSize: 1 << 20, Password: "pw", KDF: kdf}, opts)
+	must(t, err)
+	src, err := file.Open(img)
+	must(t, err)
+	defer src.Close()
+	s, err := r.StartBackup(ctx, repo.BackupSpec{})
+	must(t, err)
+	m, err := s.BackupDisk(ctx, "local", "fs", src, repo.DiskOptions{})
+	must(t, err)
+	_, err = s.Commit(ctx)
+	must(t, err)
+	if m.Chunks != 256 {
+		t.Fatalf("%d chunks, want 256", m.Chunks)
+	}
+
+	d, err := r.OpenDisk(ctx, m.ID, repo.ReaderOptions{})
+	must(t, err)
+	dest := t.TempDir()
+	st, err := Extract(ctx, d, d.Size(), "/data/one.bin", dest)
+	must(t, err)
+	if st.Files != 1 || st.Bytes != 1<<20 {
+		t.Fatalf("stats %+v", st)
+	}
+	if hashFile(t, filepath.Join(dest, "one.bin")) != hashFile(t, filepath.Join(staging, "data/one.bin")) {
+		t.Fatal("one.bin differs")
+	}
+	fi, err := os.Stat(filepath.Join(dest, "one.bin"))
+	must(t, err)
+	if fi.Mode().Perm() != 0o644 || !fi.ModTime().Equal(stamp) {
+		t.Fatalf("one.bin: mode %v, mtime %v", fi.Mode(), fi.ModTime())
+	}
+	rs := d.Stats()
+	t.Logf("1 MiB file from a 256 MiB disk: fetched %d of %d chunks (%d bytes), %d cache hits, %d hole reads",
+		rs.ChunksFetched, m.Chunks, rs.BytesFetched, rs.CacheHits, rs.HoleReads)
+	// superblock and group descriptors, inode table, directories, and the
+	// file's data (at most 2 chunks when it straddles a boundary)
+	if rs.ChunksFetched > 6 {
+		t.Fatalf("fetched %d of %d chunks for a 1 MiB file", rs.ChunksFetched, m.Chunks)
+	}
+
+	// a directory tree, through a fresh reader
+	d2, err := r.OpenDisk(ctx, m.ID, repo.ReaderOptions{})
+	must(t, err)
+	st, err = Extract(ctx, d2, d2.Size(), "/data/nested", dest)
+	must(t, err)
+	sameTreeSmall(t, filepath.Join(staging, "data/nested"), filepath.Join(dest, "nested"))
+	t.Logf("directory /data/nested (%d files): fetched %d of %d chunks", st.Files, d2.Stats().ChunksFetched, m.Chunks)
+	if n := d2.Stats().ChunksFetched; n > 6 {
+		t.Fatalf("fetched %d of %d chunks for a small directory", n, m.Chunks)
 	}
 }
