@@ -95,6 +95,7 @@ func (a *app) root() *cobra.Command {
 	root.AddCommand(a.repoCmd(), a.diskCmd(), a.backupCmd(), a.temporalSetupCmd())
 	root.AddCommand(a.labCmd())
 	root.AddCommand(a.policyCmd())
+	root.AddCommand(a.restoreCmd())
 	return root
 }
 
