@@ -245,7 +245,8 @@ func (f *fsys) extents(in *inode) ([]extent, error) {
 		return nil, fmt.Errorf("inode %d: %w: inline data", in.ino, ErrUnsupported)
 	case in.flags&flagExtents != 0:
 		var out []extent
-		if err := f.walkExtents(in, in.block[:], -1, &out); err != nil {
+		seen := map[uint64]bool{}
+		if err := f.walkExtents(in, in.block[:], -1, seen, &out); err != nil {
 			return nil, err
 		}
 		return out, nil
@@ -255,8 +256,9 @@ func (f *fsys) extents(in *inode) ([]extent, error) {
 }
 
 // walkExtents appends the extents of the tree node in b; depth is the depth
-// the node must have (-1 for the root, which sets it).
-func (f *fsys) walkExtents(in *inode, b []byte, depth int, out *[]extent) error {
+// the node must have (-1 for the root, which sets it). seen holds the tree
+// blocks read so far: a block met twice means a corrupt, looping tree.
+func (f *fsys) walkExtents(in *inode, b []byte, depth int, seen map[uint64]bool, out *[]extent) error {
 	le := binary.LittleEndian
 	if len(b) < 12 || le.Uint16(b[0:]) != 0xF30A {
 		return fmt.Errorf("inode %d: %w: bad extent header", in.ino, ErrCorruptFS)
@@ -287,14 +289,15 @@ func (f *fsys) walkExtents(in *inode, b []byte, depth int, out *[]extent) error 
 			continue
 		}
 		child := uint64(le.Uint16(e[8:]))<<32 | uint64(le.Uint32(e[4:]))
-		if child == 0 || child >= f.blocks {
+		if child == 0 || child >= f.blocks || seen[child] {
 			return fmt.Errorf("inode %d: %w: extent index points at block %d", in.ino, ErrCorruptFS, child)
 		}
+		seen[child] = true
 		blk := make([]byte, f.bs)
 		if err := f.readAt(blk, int64(child)*f.bs, fmt.Sprintf("inode %d extent block %d", in.ino, child)); err != nil {
 			return err
 		}
-		if err := f.walkExtents(in, blk, d-1, out); err != nil {
+		if err := f.walkExtents(in, blk, d-1, seen, out); err != nil {
 			return err
 		}
 	}
@@ -308,6 +311,7 @@ func (f *fsys) blockMap(in *inode) ([]extent, error) {
 	nblocks := uint64((in.size + f.bs - 1) / f.bs)
 	per := uint64(f.bs / 4)
 	var out []extent
+	seen := map[uint64]bool{}
 	add := func(l, p uint64) error {
 		if p == 0 {
 			return nil // a hole
@@ -327,9 +331,10 @@ func (f *fsys) blockMap(in *inode) ([]extent, error) {
 		if blk == 0 || base >= nblocks {
 			return nil
 		}
-		if blk >= f.blocks {
-			return fmt.Errorf("inode %d: %w: indirect block %d beyond %d blocks", in.ino, ErrCorruptFS, blk, f.blocks)
+		if blk >= f.blocks || seen[blk] {
+			return fmt.Errorf("inode %d: %w: indirect block %d beyond %d blocks or used twice", in.ino, ErrCorruptFS, blk, f.blocks)
 		}
+		seen[blk] = true
 		buf := make([]byte, f.bs)
 		if err := f.readAt(buf, int64(blk)*f.bs, fmt.Sprintf("inode %d indirect block %d", in.ino, blk)); err != nil {
 			return err
@@ -411,30 +416,47 @@ func (f *fsys) readDir(in *inode, fn func(dirent) error) error {
 	if err != nil {
 		return err
 	}
-	le := binary.LittleEndian
 	blk := make([]byte, f.bs)
-	for off := int64(0); off < in.size; off += f.bs {
-		if err := f.readData(in, exts, blk, off); err != nil {
-			return err
+	for _, e := range exts {
+		for k := uint64(0); k < e.len; k++ {
+			off := int64(e.lblk+k) * f.bs
+			if off >= in.size {
+				return nil
+			}
+			if e.unwritten {
+				continue
+			}
+			if err := f.readAt(blk, int64(e.pblk+k)*f.bs, fmt.Sprintf("directory inode %d block at offset %d", in.ino, off)); err != nil {
+				return err
+			}
+			if err := f.dirBlock(in, blk, off, fn); err != nil {
+				return err
+			}
 		}
-		for pos := 0; pos+8 <= len(blk); {
-			ino := le.Uint32(blk[pos:])
-			rec := int(le.Uint16(blk[pos+4:]))
-			nameLen := int(blk[pos+6])
-			if !f.fileType {
-				nameLen |= int(blk[pos+7]) << 8
-			}
-			if rec < 8 || rec%4 != 0 || pos+rec > len(blk) || 8+nameLen > rec {
-				return fmt.Errorf("directory inode %d block at offset %d: %w: entry at %d has length %d, name length %d",
-					in.ino, off, ErrCorruptFS, pos, rec, nameLen)
-			}
-			if ino != 0 && nameLen > 0 {
-				if err := fn(dirent{name: string(blk[pos+8 : pos+8+nameLen]), ino: ino}); err != nil {
-					return err
-				}
-			}
-			pos += rec
+	}
+	return nil
+}
+
+// dirBlock parses the entries of one directory block.
+func (f *fsys) dirBlock(in *inode, blk []byte, off int64, fn func(dirent) error) error {
+	le := binary.LittleEndian
+	for pos := 0; pos+8 <= len(blk); {
+		ino := le.Uint32(blk[pos:])
+		rec := int(le.Uint16(blk[pos+4:]))
+		nameLen := int(blk[pos+6])
+		if !f.fileType {
+			nameLen |= int(blk[pos+7]) << 8
 		}
+		if rec < 8 || rec%4 != 0 || pos+rec > len(blk) || 8+nameLen > rec {
+			return fmt.Errorf("directory inode %d block at offset %d: %w: entry at %d has length %d, name length %d",
+				in.ino, off, ErrCorruptFS, pos, rec, nameLen)
+		}
+		if ino != 0 && nameLen > 0 {
+			if err := fn(dirent{name: string(blk[pos+8 : pos+8+nameLen]), ino: ino}); err != nil {
+				return err
+			}
+		}
+		pos += rec
 	}
 	return nil
 }

@@ -445,3 +445,88 @@ func TestExtractFromBackup(t *testing.T) {
 		t.Fatalf("fetched %d of %d chunks for a small directory", n, m.Chunks)
 	}
 }
+
+// TestExtractExt2BlockMaps reads an ext2 file system: 1 KiB blocks, 128-byte
+// inodes, files mapped by direct, indirect and double-indirect blocks.
+func TestExtractExt2BlockMaps(t *testing.T) {
+	staging := stage(t)
+	if _, err := exec.LookPath("mkfs.ext2"); err != nil {
+		t.Skip("mkfs.ext2 not installed")
+	}
+	img := filepath.Join(t.TempDir(), "fs.img")
+	if out, err := exec.Command("mkfs.ext2", "-q", "-F", "-b", "1024", "-I", "128", "-d", staging, img, "48M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext2: %v\n%s", err, out)
+	}
+	r, size := openImage(t, img)
+	f, err := openExt4(r, size)
+	must(t, err)
+	if f.bs != 1024 || f.inodeSize != 128 {
+		t.Fatalf("block size %d, inode size %d", f.bs, f.inodeSize)
+	}
+	dest := filepath.Join(t.TempDir(), "out")
+	if _, err := Extract(context.Background(), r, size, "/", dest); err != nil {
+		t.Fatal(err)
+	}
+	must(t, os.Remove(filepath.Join(dest, "lost+found")))
+	sameTree(t, staging, dest)
+}
+
+// patched reads base with a few bytes changed.
+type patched struct {
+	base    []byte
+	patches map[int64]byte
+}
+
+func (p patched) ReadAt(b []byte, off int64) (int, error) {
+	n, err := bytes.NewReader(p.base).ReadAt(b, off)
+	for k, v := range p.patches {
+		if k >= off && k < off+int64(n) {
+			b[k-off] = v
+		}
+	}
+	return n, err
+}
+
+// TestExtractCorruptImages flips random metadata bytes of a small image: the
+// reader may fail, but must not panic, hang or write outside the target.
+func TestExtractCorruptImages(t *testing.T) {
+	staging := filepath.Join(t.TempDir(), "staging")
+	must(t, os.MkdirAll(filepath.Join(staging, "a/b"), 0o755))
+	must(t, os.WriteFile(filepath.Join(staging, "a/b/f"), randomBytes(9, 70000), 0o644))
+	must(t, os.WriteFile(filepath.Join(staging, "a/g"), []byte("g"), 0o644))
+	must(t, os.Symlink("b/f", filepath.Join(staging, "a/l")))
+	img := mkfs(t, staging, "8M", false)
+	data, err := os.ReadFile(img)
+	must(t, err)
+	// only the blocks in use: metadata and the few data blocks
+	var used []int64
+	for blk := int64(0); blk < int64(len(data))/4096; blk++ {
+		if !bytes.Equal(data[blk*4096:(blk+1)*4096], make([]byte, 4096)) {
+			used = append(used, blk)
+		}
+	}
+	rng := rand.New(rand.NewPCG(42, 43))
+	top := t.TempDir()
+	errs := 0
+	for i := range 300 {
+		p := patched{base: data, patches: map[int64]byte{}}
+		for range 1 + rng.IntN(8) {
+			off := used[rng.IntN(len(used))]*4096 + int64(rng.IntN(4096))
+			p.patches[off] = byte(rng.Uint32())
+		}
+		dest := filepath.Join(top, fmt.Sprint(i), "out")
+		if _, err := Extract(context.Background(), p, int64(len(data)), "/", dest); err != nil {
+			errs++
+		}
+	}
+	t.Logf("%d of 300 corrupted images failed cleanly", errs)
+	entries, err := os.ReadDir(top)
+	must(t, err)
+	for _, e := range entries {
+		sub, err := os.ReadDir(filepath.Join(top, e.Name()))
+		must(t, err)
+		if len(sub) > 1 || len(sub) == 1 && sub[0].Name() != "out" {
+			t.Fatalf("something was written next to the target in %s: %v", e.Name(), sub)
+		}
+	}
+}
