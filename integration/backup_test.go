@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/worker"
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/repo"
@@ -66,17 +65,7 @@ func TestCrashConsistentBackupThroughTemporal(t *testing.T) {
 			Disks: []activities.Disk{{Name: "vda", Locator: "qemu:h1/instance-1/data0", Size: size}}}}},
 	})
 	defer activities.Shutdown(ctx, acts)
-	for _, q := range []string{activities.ControlQueue, activities.HostQueue("h1")} {
-		w := worker.New(c, q, worker.Options{})
-		if q == activities.ControlQueue {
-			w.RegisterWorkflow(workflows.WorkloadBackup)
-		}
-		w.RegisterActivity(acts)
-		if err := w.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer w.Stop()
-	}
+	startWorkers(t, c, acts, activities.ControlQueue, activities.HostQueue("h1"))
 	req := workflows.BackupRequest{Workload: "shop", Repository: "main", Consistency: "crash"}
 	run := func() (*workflows.BackupResult, []byte) {
 		t.Helper()

@@ -13,7 +13,9 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/worker"
 
+	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/workflows"
 )
 
@@ -62,4 +64,21 @@ func startTemporal(t *testing.T) (client.Client, string) {
 	t.Cleanup(func() { srv.Stop() })
 	t.Logf("Temporal dev server at %s up in %v", srv.FrontendHostPort(), time.Since(start).Round(time.Millisecond))
 	return srv.Client(), srv.FrontendHostPort()
+}
+
+// startWorkers runs in-process workers of acts on the queues until the test
+// ends; the control queue also runs WorkloadBackup.
+func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, queues ...string) {
+	t.Helper()
+	for _, q := range queues {
+		w := worker.New(c, q, worker.Options{})
+		if q == activities.ControlQueue {
+			w.RegisterWorkflow(workflows.WorkloadBackup)
+		}
+		w.RegisterActivity(acts)
+		if err := w.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(w.Stop)
+	}
 }

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/worker"
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/repo"
@@ -97,13 +96,7 @@ func TestHostWorkerKilledMidCopyResumes(t *testing.T) {
 		Discoverer: staticDiscoverer{vms: []activities.VM{{ID: "srv-1", Name: "db", Host: "h1", Instance: "instance-1",
 			Disks: []activities.Disk{{Name: "vda", Locator: "qemu:h1/instance-1/data0", Size: size}}}}},
 	})
-	w := worker.New(c, activities.ControlQueue, worker.Options{})
-	w.RegisterWorkflow(workflows.WorkloadBackup)
-	w.RegisterActivity(acts)
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer w.Stop()
+	startWorkers(t, c, acts, activities.ControlQueue)
 	logFile := filepath.Join(dir, "host-worker.log")
 	first := startHostWorker(t, bin, cfg, hostDir, addr, logFile)
 

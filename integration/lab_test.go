@@ -12,7 +12,6 @@ import (
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/worker"
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
@@ -96,17 +95,7 @@ func TestAppConsistentBackupOfLabWorkload(t *testing.T) {
 		Discoverer: &activities.CloudDiscoverer{Client: admin},
 	})
 	defer activities.Shutdown(ctx, acts)
-	for _, q := range []string{activities.ControlQueue, activities.HostQueue("h1")} {
-		w := worker.New(c, q, worker.Options{})
-		if q == activities.ControlQueue {
-			w.RegisterWorkflow(workflows.WorkloadBackup)
-		}
-		w.RegisterActivity(acts)
-		if err := w.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer w.Stop()
-	}
+	startWorkers(t, c, acts, activities.ControlQueue, activities.HostQueue("h1"))
 	req := workflows.BackupRequest{Workload: "demo", Project: "demo", Repository: "main", Consistency: "app",
 		Selector: cloud.Selector{Workload: "demo"}, FreezeTimeout: 20 * time.Second}
 	run := func() *workflows.BackupResult {
