@@ -70,7 +70,6 @@ type fsys struct {
 	groups     uint32
 	fileType   bool // directory entries carry a file type byte
 	is64       bool
-	extraIsize bool
 }
 
 // openExt4 reads the superblock of the file system on r.

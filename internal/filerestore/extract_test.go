@@ -351,7 +351,7 @@ func TestExtractCraftedNames(t *testing.T) {
 		// the names sit in directory entries: 8 bytes of header, then the name
 		needle := []byte(from)
 		k := bytes.Index(data, needle)
-		if k < 8 || int(data[k-2]) != len(from) || bytes.Index(data[k+1:], needle) >= 0 {
+		if k < 8 || int(data[k-2]) != len(from) || bytes.Contains(data[k+1:], needle) {
 			t.Fatalf("directory entry %q not found exactly once", from)
 		}
 		copy(data[k:], to)
