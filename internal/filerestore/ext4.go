@@ -58,18 +58,18 @@ const incompatKnown = incompatFiletype | incompatRecover | incompatExtents | inc
 	incompatInlineData | incompatEncrypt | incompatCasefold
 
 type fsys struct {
-	r          io.ReaderAt
-	size       int64
-	bs         int64 // block size
-	blocks     uint64
-	ipg        uint32 // inodes per group
-	inodes     uint32
-	inodeSize  int64
-	descSize   int64
-	gdtOff     int64 // byte offset of the group descriptor table
-	groups     uint32
-	fileType   bool // directory entries carry a file type byte
-	is64       bool
+	r         io.ReaderAt
+	size      int64
+	bs        int64 // block size
+	blocks    uint64
+	ipg       uint32 // inodes per group
+	inodes    uint32
+	inodeSize int64
+	descSize  int64
+	gdtOff    int64 // byte offset of the group descriptor table
+	groups    uint32
+	fileType  bool // directory entries carry a file type byte
+	is64      bool
 }
 
 // openExt4 reads the superblock of the file system on r.
