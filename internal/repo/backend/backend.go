@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -136,4 +137,17 @@ func LoadInto(ctx context.Context, be Backend, name string, buf []byte) ([]byte,
 		return l.LoadInto(ctx, name, buf)
 	}
 	return be.Load(ctx, name)
+}
+
+// ObjectKey maps an object name to its key under prefix in an object store
+// (S3, Swift). Names that are empty, absolute, end in "/" or hold "//" are
+// refused: they would alias other keys.
+func ObjectKey(prefix, name string) (string, error) {
+	if name == "" || strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/") || strings.Contains(name, "//") {
+		return "", Permanent(fmt.Errorf("invalid object name %q", name))
+	}
+	if prefix == "" {
+		return name, nil
+	}
+	return prefix + "/" + name, nil
 }

@@ -247,13 +247,11 @@ func (b *Backend) Location() string { return b.location }
 
 // key maps an object name to its S3 key.
 func (b *Backend) key(name string) (string, error) {
-	if name == "" || strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/") || strings.Contains(name, "//") {
-		return "", backend.Permanent(fmt.Errorf("s3 %s: invalid object name %q", b.location, name))
+	key, err := backend.ObjectKey(b.prefix, name)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", "s3", b.location, err)
 	}
-	if b.prefix == "" {
-		return name, nil
-	}
-	return b.prefix + "/" + name, nil
+	return key, nil
 }
 
 // Save implements backend.Backend with one PutObject. The body is a

@@ -337,13 +337,11 @@ func (b *Backend) Location() string { return b.location }
 
 // key maps an object name to its Swift object name.
 func (b *Backend) key(name string) (string, error) {
-	if name == "" || strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/") || strings.Contains(name, "//") {
-		return "", backend.Permanent(fmt.Errorf("swift %s: invalid object name %q", b.location, name))
+	key, err := backend.ObjectKey(b.prefix, name)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", "swift", b.location, err)
 	}
-	if b.prefix == "" {
-		return name, nil
-	}
-	return b.prefix + "/" + name, nil
+	return key, nil
 }
 
 // Save implements backend.Backend with one PUT. Its ETag (MD5) lets Swift
