@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/raksha-backup/raksha/internal/disk/qemu"
+	"github.com/raksha-backup/raksha/internal/disk/rbd"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/open"
@@ -58,6 +59,8 @@ type Config struct {
 	WorkDir string
 	// Discoverer is the cloud; control role only.
 	Discoverer Discoverer
+	// CephConf is the ceph.conf of the cluster holding rbd: disks; data role.
+	CephConf string
 	Log        *slog.Logger
 	// Temporal is the worker's client, for the semaphore activities
 	// (AcquirePermits, ClosedRuns); control role. Nil: AcquirePermits
@@ -77,6 +80,7 @@ type Activities struct {
 	freezes     map[string]*guest.FreezeHandle // instance → freeze in effect
 	monitors    map[string]*qemu.Monitor       // instance → QMP
 	checkpoints map[string]*vmCheckpoint       // backup/instance → checkpoint cycle
+	rbdConn     *rbd.Conn
 }
 
 type vmCheckpoint struct {
@@ -186,5 +190,8 @@ func Shutdown(ctx context.Context, a *Activities) {
 	}
 	for _, m := range a.monitors {
 		m.Close()
+	}
+	if a.rbdConn != nil {
+		a.rbdConn.Close()
 	}
 }

@@ -199,7 +199,7 @@ func (a *Activities) CopyDisk(ctx context.Context, in CopyInput) (*CopyResult, e
 	var resumedFrom int64
 	m, err := s.BackupDisk(ctx, in.VM, in.Disk.Name, src, repo.DiskOptions{
 		Name: string(in.Disk.Locator), Base: in.Disk.Base, Changed: changed, ChangedKnown: known,
-		Checkpoint: &repo.Checkpoint{Kind: in.Disk.Locator.Kind() + "-checkpoint", Name: in.Checkpoint},
+		Checkpoint: copyCheckpoint(in),
 		Resumable:  true,
 		Progress: func(p repo.Progress) {
 			last.Done, last.Total, last.BytesRead, last.BytesNew = p.Done, p.Total, p.BytesRead, p.BytesNew
@@ -253,6 +253,8 @@ func (a *Activities) openSource(ctx context.Context, in CopyInput) (disk.Source,
 			return nil, nil, false, nil, err
 		}
 		return src, changed, known, func() {}, nil
+	case "rbd":
+		return a.openRBD(ctx, in)
 	default:
 		return nil, nil, false, nil, invalid("disk %s: locator kind %q is not supported by this worker", in.Disk.Name, in.Disk.Locator.Kind())
 	}
@@ -359,4 +361,13 @@ func (a *Activities) FinishCheckpoint(ctx context.Context, in FinishInput) error
 		}
 	}
 	return nil
+}
+
+// copyCheckpoint is the CBT token a copy records: the VM's new bitmap for a
+// qemu: disk, the backup's snapshot for an rbd: disk.
+func copyCheckpoint(in CopyInput) *repo.Checkpoint {
+	if in.Disk.Locator.Kind() == "rbd" {
+		return &repo.Checkpoint{Kind: "rbd-snapshot", Name: RBDSnapshotName(in.BackupID)}
+	}
+	return &repo.Checkpoint{Kind: "qemu-bitmap", Name: in.Checkpoint}
 }

@@ -251,13 +251,30 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	prog.Phase = "snapshot"
 	cpFutures := map[string]workflow.Future{}
 	for _, vm := range begin.VMs {
+		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
+			continue // no host-local disk: nothing for the host worker to fix
+		}
 		cpFutures[vm.Instance] = workflow.ExecuteActivity(hostOpts(ctx, vm.Host, freezeTimeout, 1), a.Checkpoint,
 			activities.CheckpointInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks})
 	}
+	var rbdFuture workflow.Future
+	if rbdDisks := disksOfKind(begin.VMs, "rbd"); len(rbdDisks) > 0 {
+		rbdFuture = workflow.ExecuteActivity(dataOpts(ctx, freezeTimeout), a.SnapshotRBD,
+			activities.RBDSnapshotInput{BackupID: backupID, Disks: rbdDisks})
+	}
 	var cpErr error
+	if rbdFuture != nil {
+		if err := rbdFuture.Get(ctx, nil); err != nil {
+			cpErr = fmt.Errorf("snapshot RBD disks: %w", err)
+		}
+	}
 	for _, vm := range begin.VMs {
+		f, ok := cpFutures[vm.Instance]
+		if !ok {
+			continue
+		}
 		var cr activities.CheckpointResult
-		if err := cpFutures[vm.Instance].Get(ctx, &cr); err != nil {
+		if err := f.Get(ctx, &cr); err != nil {
 			if cpErr == nil {
 				cpErr = fmt.Errorf("checkpoint %s: %w", vm.Name, err)
 			}
@@ -380,6 +397,9 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	// The exports of each VM can go now; the new bitmaps stay.
 	prog.Phase = "commit"
 	for _, vm := range begin.VMs {
+		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
+			continue
+		}
 		if err := workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 5*time.Minute, 3), a.FinishCheckpoint,
 			activities.FinishInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks, Action: activities.FinishCleanup}).Get(ctx, nil); err != nil {
 			return nil, fmt.Errorf("finish checkpoint of %s: %w", vm.Name, err)
@@ -396,7 +416,17 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	// Release older checkpoints (one base per disk remains) and prune. The
 	// backup is committed: failures here are warnings, never data loss.
 	prog.Phase = "release"
+	if rbdDisks := disksOfKind(begin.VMs, "rbd"); len(rbdDisks) > 0 {
+		err := workflow.ExecuteActivity(dataOpts(ctx, 5*time.Minute), a.FinishRBD,
+			activities.RBDFinishInput{BackupID: backupID, Disks: rbdDisks, Committed: true}).Get(ctx, nil)
+		if err != nil {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("release older RBD snapshots: %v", err))
+		}
+	}
 	for _, vm := range begin.VMs {
+		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
+			continue
+		}
 		err := workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 5*time.Minute, 5), a.FinishCheckpoint,
 			activities.FinishInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks, Action: activities.FinishRelease}).Get(ctx, nil)
 		if err != nil {
@@ -471,10 +501,20 @@ func cleanupFailed(ctx workflow.Context, req BackupRequest, begin activities.Beg
 		log.Error("thaw after a failure failed; the host guards thaw at the freeze deadline", "error", err)
 	}
 	for _, vm := range begin.VMs {
+		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
+			continue
+		}
 		err := workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 5*time.Minute, 5), a.FinishCheckpoint,
 			activities.FinishInput{BackupID: begin.BackupID, Instance: vm.Instance, Disks: vm.Disks, Action: activities.FinishAbort}).Get(ctx, nil)
 		if err != nil {
 			log.Error("cleanup of a failed checkpoint failed", "vm", vm.Name, "error", err)
+		}
+	}
+	if rbdDisks := disksOfKind(begin.VMs, "rbd"); len(rbdDisks) > 0 {
+		err := workflow.ExecuteActivity(dataOpts(ctx, 5*time.Minute), a.FinishRBD,
+			activities.RBDFinishInput{BackupID: begin.BackupID, Disks: rbdDisks}).Get(ctx, nil)
+		if err != nil {
+			log.Error("dropping the RBD snapshots of a failed backup failed", "error", err)
 		}
 	}
 	err := workflow.ExecuteActivity(controlOpts(ctx, 10*time.Minute), a.Abort,
@@ -482,6 +522,30 @@ func cleanupFailed(ctx workflow.Context, req BackupRequest, begin activities.Beg
 	if err != nil {
 		log.Error("abort of the repository session failed; gc cleans up after it", "error", err)
 	}
+}
+
+// disksOfKind lists the disks of every VM whose locator is of kind.
+func disksOfKind(vms []activities.VM, kind string) []activities.Disk {
+	var out []activities.Disk
+	for _, vm := range vms {
+		for _, d := range vm.Disks {
+			if d.Locator.Kind() == kind {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
+
+// dataOpts runs an activity on the data workers (Ceph access).
+func dataOpts(ctx workflow.Context, timeout time.Duration) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              activities.DataQueue,
+		ScheduleToStartTimeout: time.Minute,
+		StartToCloseTimeout:    timeout,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: 30 * time.Second,
+			MaximumAttempts: 5, NonRetryableErrorTypes: activities.NonRetryable},
+	})
 }
 
 func validate(req BackupRequest) error {

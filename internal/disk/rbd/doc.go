@@ -33,3 +33,10 @@ type Config struct {
 	// Keyring overrides the keyring path from ceph.conf.
 	Keyring string
 }
+
+// SnapInfo describes a snapshot of an image.
+type SnapInfo struct {
+	ID   uint64
+	Name string
+	Size uint64
+}

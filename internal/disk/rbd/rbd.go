@@ -91,7 +91,7 @@ func (c *Conn) ioctx(pool string) (*rados.IOContext, error) {
 }
 
 // Snapshots lists an image's snapshots, oldest first.
-func (c *Conn) Snapshots(ctx context.Context, pool, image string) ([]rbd.SnapInfo, error) {
+func (c *Conn) Snapshots(ctx context.Context, pool, image string) ([]SnapInfo, error) {
 	io, err := c.ioctx(pool)
 	if err != nil {
 		return nil, err
@@ -106,7 +106,11 @@ func (c *Conn) Snapshots(ctx context.Context, pool, image string) ([]rbd.SnapInf
 		return nil, fmt.Errorf("list snapshots of %s/%s: %w", pool, image, err)
 	}
 	sort.Slice(snaps, func(i, j int) bool { return snaps[i].Id < snaps[j].Id })
-	return snaps, nil
+	out := make([]SnapInfo, len(snaps))
+	for i, s := range snaps {
+		out[i] = SnapInfo{ID: s.Id, Name: s.Name, Size: s.Size}
+	}
+	return out, nil
 }
 
 // CreateSnapshot snapshots image as name.

@@ -4,6 +4,7 @@ package rbd
 
 import (
 	"context"
+	"errors"
 
 	"github.com/raksha-backup/raksha/internal/disk"
 )
@@ -24,3 +25,29 @@ type Source struct{ disk.Source }
 func (c *Conn) OpenSnapshot(ctx context.Context, pool, image, snap string) (*Source, error) {
 	return nil, ErrUnavailable
 }
+
+// Snapshots reports ErrUnavailable.
+func (c *Conn) Snapshots(ctx context.Context, pool, image string) ([]SnapInfo, error) {
+	return nil, ErrUnavailable
+}
+
+// CreateSnapshot reports ErrUnavailable.
+func (c *Conn) CreateSnapshot(ctx context.Context, pool, image, name string) error {
+	return ErrUnavailable
+}
+
+// DeleteSnapshot reports ErrUnavailable.
+func (c *Conn) DeleteSnapshot(ctx context.Context, pool, image, name string) error {
+	return ErrUnavailable
+}
+
+// ReleaseSnapshots reports ErrUnavailable.
+func (c *Conn) ReleaseSnapshots(ctx context.Context, pool, image, keep string) ([]string, error) {
+	return nil, ErrUnavailable
+}
+
+// Changed reports ErrUnavailable.
+func (s *Source) Changed(base string) ([]disk.Extent, error) { return nil, ErrUnavailable }
+
+// ErrNoBase means the base snapshot cannot serve as a diff base.
+var ErrNoBase = errors.New("base snapshot unusable")
