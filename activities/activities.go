@@ -61,7 +61,7 @@ type Config struct {
 	Discoverer Discoverer
 	// CephConf is the ceph.conf of the cluster holding rbd: disks; data role.
 	CephConf string
-	Log        *slog.Logger
+	Log      *slog.Logger
 	// Temporal is the worker's client, for the semaphore activities
 	// (AcquirePermits, ClosedRuns); control role. Nil: AcquirePermits
 	// grants everything at once (unit tests and test workers).
