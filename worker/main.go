@@ -42,6 +42,8 @@ type Config struct {
 	Cloud string `yaml:"cloud"`
 	// Repositories is the registry: id → URL and password file.
 	Repositories map[string]activities.RepoConfig `yaml:"repositories"`
+	// CephConf is the ceph.conf of the cluster holding rbd: disks (data role).
+	CephConf string `yaml:"ceph_conf"`
 	// MaxCopies caps concurrent disk copies on this worker (default 4).
 	MaxCopies int `yaml:"max_copies"`
 }
@@ -129,7 +131,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, Log: log}
+	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, CephConf: cfg.CephConf, Log: log}
 	if has["control"] {
 		ccfg := cloud.ConfigFromEnv(getenv)
 		if cfg.Cloud != "" {
