@@ -425,3 +425,9 @@ for p in "${PROBLEMS[@]}"; do metas+=(-meta "problem=$p"); done
 mkdir -p "$(dirname "$BENCH_RESULTS")"
 "$BT" report -results "$RESULTS" -md "$BENCH_RESULTS" -workdir "$WORK" -strip "$ROOT/" "${metas[@]}"
 log "report written to ${BENCH_RESULTS#"$ROOT"/}; raw results in ${RESULTS#"$ROOT"/}, logs in ${RUN#"$ROOT"/}/logs"
+
+# BENCH_RBD=1: also the RBD comparison (Raksha vs rbd export/export-diff and
+# restic on stdin, on a throwaway Ceph), written to bench/RESULTS-rbd.md.
+if [[ ${BENCH_RBD:-0} == 1 ]]; then
+	"$ROOT/bench/rbd.sh"
+fi
