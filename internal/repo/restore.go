@@ -151,16 +151,18 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 // zeros: the file system block size of common file systems.
 const sparseBlock = 4096
 
-// writeSparse writes the non-zero blocks of p at off and skips the all-zero
-// ones, which a new sparse file already reads as zeros. It returns the bytes
-// written.
+// minSparseGap is the shortest run of zeros a restore leaves as a hole;
+// shorter gaps are written with the data around them, so the file gets
+// fewer, larger writes and extents.
+const minSparseGap = 64 << 10
+
+// writeSparse writes the non-zero blocks of p at off, skipping runs of zero
+// blocks of minSparseGap or more, which a new sparse file already reads as
+// zeros. It returns the bytes written.
 func writeSparse(w io.WriterAt, p []byte, off int64) (int64, error) {
 	var written int64
-	start := -1 // start of the current run of non-zero blocks
-	flush := func(end int) error {
-		if start < 0 {
-			return nil
-		}
+	start, end := -1, -1 // the run to write: [start, end)
+	flush := func() error {
 		n, err := w.WriteAt(p[start:end], off+int64(start))
 		written += int64(n)
 		start = -1
@@ -169,14 +171,20 @@ func writeSparse(w io.WriterAt, p []byte, off int64) (int64, error) {
 	for b := 0; b < len(p); b += sparseBlock {
 		e := min(b+sparseBlock, len(p))
 		if bytes.Equal(p[b:e], zeroChunk[:e-b]) {
-			if err := flush(b); err != nil {
+			continue
+		}
+		if start >= 0 && b-end >= minSparseGap {
+			if err := flush(); err != nil {
 				return written, err
 			}
-			continue
 		}
 		if start < 0 {
 			start = b
 		}
+		end = e
 	}
-	return written, flush(len(p))
+	if start >= 0 {
+		return written, flush()
+	}
+	return written, nil
 }
