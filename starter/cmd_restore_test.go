@@ -15,7 +15,10 @@ import (
 func ext4Image(t *testing.T) (string, string) {
 	t.Helper()
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 (e2fsprogs) not installed")
+		if os.Getenv("CI") != "" {
+			t.Fatal("mkfs.ext4 missing in CI: run make test-deps (Debian package e2fsprogs)")
+		}
+		t.Skip("SKIPPED: mkfs.ext4 (e2fsprogs) not installed: run make test-deps")
 	}
 	staging := filepath.Join(t.TempDir(), "staging")
 	app := filepath.Join(staging, "etc", "app")

@@ -266,6 +266,9 @@ func qemuWrite(t *testing.T, path string, pattern int) {
 func TestStateSurvivesRestartAndSnapshotIsPointInTime(t *testing.T) {
 	needQemuImg(t)
 	if _, err := exec.LookPath("qemu-io"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("qemu-io missing in CI: run make test-deps (Debian package qemu-utils)")
+		}
 		t.Skip("SKIP: qemu-io not installed — run `make test-deps` (Debian package qemu-utils)")
 	}
 	dir := t.TempDir()
