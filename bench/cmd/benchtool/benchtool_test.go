@@ -81,6 +81,7 @@ func TestMutateReproducibleAndExact(t *testing.T) {
 
 // The traced wrapper must see every byte a child reads, by both methods.
 func TestExecCountsReads(t *testing.T) {
+	t.Setenv("BENCH_PTRACE", "1") // this test is of the traced mode
 	if _, err := exec.LookPath("cat"); err != nil {
 		t.Skip("no cat")
 	}
