@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -150,4 +151,14 @@ func ObjectKey(prefix, name string) (string, error) {
 		return name, nil
 	}
 	return prefix + "/" + name, nil
+}
+
+// EscapedPath is bucket/key with every path segment URL-escaped, as S3's
+// CopySource and Swift's COPY Destination want it.
+func EscapedPath(bucket, key string) string {
+	segs := strings.Split(bucket+"/"+key, "/")
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
+	}
+	return strings.Join(segs, "/")
 }

@@ -390,14 +390,10 @@ func (b *Backend) Copy(ctx context.Context, from, to string) error {
 	if err != nil {
 		return err
 	}
-	segs := strings.Split(b.bucket+"/"+src, "/")
-	for i, s := range segs {
-		segs[i] = url.PathEscape(s)
-	}
 	_, err = b.client.CopyObject(ctx, &s3.CopyObjectInput{
 		Bucket:     aws.String(b.bucket),
 		Key:        aws.String(dst),
-		CopySource: aws.String(strings.Join(segs, "/")),
+		CopySource: aws.String(backend.EscapedPath(b.bucket, src)),
 	})
 	if err != nil {
 		return b.classify(ctx, "copy", from+" to "+to, err)

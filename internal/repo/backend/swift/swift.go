@@ -484,11 +484,7 @@ func (b *Backend) Copy(ctx context.Context, from, to string) error {
 	if err != nil {
 		return err
 	}
-	segs := strings.Split(b.container+"/"+dst, "/")
-	for i, s := range segs {
-		segs[i] = url.PathEscape(s)
-	}
-	err = objects.Copy(ctx, b.client, b.container, src, objects.CopyOpts{Destination: "/" + strings.Join(segs, "/")}).Err
+	err = objects.Copy(ctx, b.client, b.container, src, objects.CopyOpts{Destination: "/" + backend.EscapedPath(b.container, dst)}).Err
 	if err != nil {
 		return b.classify(ctx, "copy", from+" to "+to, err)
 	}
