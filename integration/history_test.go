@@ -1,0 +1,176 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/raksha-backup/raksha/activities"
+	"github.com/raksha-backup/raksha/workflows"
+)
+
+// fakeActs stands in for activities.Activities under the same activity
+// names: WorkloadBackup runs on a real Temporal server with no cloud, guest
+// or repository, so that its histories can be measured and recorded.
+type fakeActs struct {
+	vms []activities.VM
+
+	mu     sync.Mutex
+	copier map[string]string // disk manifest → workflow id that ran its copy
+}
+
+func (f *fakeActs) Begin(_ context.Context, in activities.BeginInput) (*activities.BeginResult, error) {
+	return &activities.BeginResult{BackupID: in.BackupID, VMs: f.vms}, nil
+}
+
+func (f *fakeActs) AcquirePermits(context.Context, activities.SemaphoreRequest) (*activities.AcquireResult, error) {
+	return &activities.AcquireResult{Bypass: true}, nil
+}
+
+func (f *fakeActs) Freeze(context.Context, activities.FreezeInput) (*activities.FreezeResult, error) {
+	return &activities.FreezeResult{}, nil
+}
+
+func (f *fakeActs) Checkpoint(_ context.Context, in activities.CheckpointInput) (*activities.CheckpointResult, error) {
+	return &activities.CheckpointResult{Bitmap: activities.NewBitmapName(in.BackupID)}, nil
+}
+
+func (f *fakeActs) Thaw(context.Context, activities.ThawInput) (*activities.ThawResult, error) {
+	return &activities.ThawResult{WasFrozen: true, Window: 120 * time.Millisecond}, nil
+}
+
+func (f *fakeActs) CopyDisk(ctx context.Context, in activities.CopyInput) (*activities.CopyResult, error) {
+	m := in.BackupID + "/" + in.VM + "/" + in.Disk.Name
+	f.mu.Lock()
+	if f.copier == nil {
+		f.copier = map[string]string{}
+	}
+	f.copier[m] = activity.GetInfo(ctx).WorkflowExecution.ID
+	f.mu.Unlock()
+	return &activities.CopyResult{Manifest: m, Size: in.Disk.Size, BytesRead: in.Disk.Size, BytesNew: in.Disk.Size / 2,
+		BytesReused: in.Disk.Size / 2, BytesStored: in.Disk.Size / 3}, nil
+}
+
+func (f *fakeActs) FinishCheckpoint(context.Context, activities.FinishInput) error { return nil }
+
+func (f *fakeActs) Commit(_ context.Context, in activities.CommitInput) (*activities.CommitResult, error) {
+	return &activities.CommitResult{BackupID: in.BackupID, Disks: len(in.Manifests)}, nil
+}
+
+func (f *fakeActs) Abort(context.Context, activities.AbortInput) error { return nil }
+
+func (f *fakeActs) Prune(context.Context, activities.PruneInput) (*activities.PruneResult, error) {
+	return &activities.PruneResult{}, nil
+}
+
+// fakeWorkload is vms VMs of disks qemu: disks each, on host h1.
+func fakeWorkload(vms, disks int) []activities.VM {
+	var out []activities.VM
+	for i := range vms {
+		vm := activities.VM{ID: fmt.Sprint(i), Name: fmt.Sprintf("vm%02d", i), Host: "h1", Instance: fmt.Sprintf("instance-%d", i)}
+		for j := range disks {
+			vm.Disks = append(vm.Disks, activities.Disk{Name: fmt.Sprintf("vd%c", 'a'+j), Size: 1 << 30,
+				Locator: activities.Locator(fmt.Sprintf("qemu:h1/instance-%d/drive%d", i, j))})
+		}
+		out = append(out, vm)
+	}
+	return out
+}
+
+// startFakeWorkers runs the workflows with fakeActs on the control queue
+// and the queue of host h1.
+func startFakeWorkers(t *testing.T, c client.Client, f *fakeActs) {
+	t.Helper()
+	for _, q := range []string{activities.ControlQueue, activities.HostQueue("h1")} {
+		w := worker.New(c, q, worker.Options{})
+		if q == activities.ControlQueue {
+			registerBackupWorkflows(w)
+		}
+		w.RegisterActivity(f)
+		if err := w.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(w.Stop)
+	}
+}
+
+// history reads a workflow run's whole history.
+func history(t *testing.T, c client.Client, id, runID string) *historypb.History {
+	t.Helper()
+	h := &historypb.History{}
+	it := c.GetWorkflowHistory(context.Background(), id, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Events = append(h.Events, ev)
+	}
+	return h
+}
+
+// runFakeBackup runs one WorkloadBackup of f's workload and returns its
+// result and history.
+func runFakeBackup(t *testing.T, c client.Client, id string, req workflows.BackupRequest) (*workflows.BackupResult, *historypb.History, string) {
+	t.Helper()
+	ctx := context.Background()
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res workflows.BackupResult
+	if err := run.Get(ctx, &res); err != nil {
+		t.Fatal(err)
+	}
+	return &res, history(t, c, id, run.GetRunID()), run.GetRunID()
+}
+
+// TestRecordBackupHistories records WorkloadBackup histories for the replay
+// tests of package workflows (workflows/testdata/history-*.json) when
+// RAKSHA_RECORD_HISTORIES names the directory to write them to; the
+// recorded files are the code of the commit that wrote them.
+func TestRecordBackupHistories(t *testing.T) {
+	dir := os.Getenv("RAKSHA_RECORD_HISTORIES")
+	if dir == "" {
+		t.Skip("RAKSHA_RECORD_HISTORIES not set: nothing to record")
+	}
+	c, _ := startTemporal(t)
+	f := &fakeActs{}
+	startFakeWorkers(t, c, f)
+	for _, tc := range []struct {
+		name       string
+		vms, disks int
+		req        workflows.BackupRequest
+	}{
+		{"2vms", 2, 2, workflows.BackupRequest{Workload: "shop", Repository: "main", Consistency: "app", Retention: activities.Retention{Daily: 7}}},
+		{"40disks", 4, 10, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "crash"}},
+	} {
+		f.vms = fakeWorkload(tc.vms, tc.disks)
+		_, h, _ := runFakeBackup(t, c, "backup/"+tc.req.Workload, tc.req)
+		b, err := protojson.MarshalOptions{Indent: "  "}.Marshal(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, "history-"+tc.name+".json")
+		if err := os.WriteFile(out, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %d events", out, len(h.Events))
+	}
+}
+
+// registerBackupWorkflows registers WorkloadBackup and what it starts.
+func registerBackupWorkflows(w worker.Worker) {
+	w.RegisterWorkflow(workflows.WorkloadBackup)
+}
