@@ -41,8 +41,16 @@ const (
 	infoExport = 0
 
 	cmdRead        = 0
+	cmdWrite       = 1
 	cmdDisc        = 2
+	cmdFlush       = 3
+	cmdWriteZeroes = 6
 	cmdBlockStatus = 7
+
+	// transmission flags of an export
+	tflagReadOnly    = 1 << 1
+	tflagSendFlush   = 1 << 2
+	tflagWriteZeroes = 1 << 6
 
 	replyFlagDone     = 1 << 0
 	replyNone         = 0
@@ -94,6 +102,7 @@ type Conn struct {
 	mu       sync.Mutex
 	c        net.Conn
 	size     int64
+	tflags   uint16
 	contexts map[string]uint32 // name → id
 	handle   uint64
 	broken   error
@@ -196,6 +205,7 @@ func (c *Conn) handshake(export string, contexts []string) error {
 		}
 		if typ == repInfo && len(data) >= 12 && binary.BigEndian.Uint16(data) == infoExport {
 			c.size = int64(binary.BigEndian.Uint64(data[2:]))
+			c.tflags = binary.BigEndian.Uint16(data[10:])
 			gotSize = true
 		}
 	}
@@ -248,14 +258,24 @@ func (c *Conn) HasContext(name string) bool {
 	return ok
 }
 
+// ReadOnly reports whether the server exports the disk read-only.
+func (c *Conn) ReadOnly() bool { return c.tflags&tflagReadOnly != 0 }
+
 func (c *Conn) request(typ uint16, flags uint16, off int64, length uint32) (uint64, error) {
+	return c.requestData(typ, flags, off, length, nil)
+}
+
+// requestData sends one request header followed by its payload (a write's
+// data) in one write.
+func (c *Conn) requestData(typ uint16, flags uint16, off int64, length uint32, data []byte) (uint64, error) {
 	c.handle++
-	buf := binary.BigEndian.AppendUint32(make([]byte, 0, 28), requestMagic)
+	buf := binary.BigEndian.AppendUint32(make([]byte, 0, 28+len(data)), requestMagic)
 	buf = binary.BigEndian.AppendUint16(buf, flags)
 	buf = binary.BigEndian.AppendUint16(buf, typ)
 	buf = binary.BigEndian.AppendUint64(buf, c.handle)
 	buf = binary.BigEndian.AppendUint64(buf, uint64(off))
 	buf = binary.BigEndian.AppendUint32(buf, length)
+	buf = append(buf, data...)
 	_, err := c.c.Write(buf)
 	return c.handle, err
 }
@@ -390,6 +410,93 @@ func (c *Conn) read(p []byte, off int64) error {
 		}
 		return nil
 	})
+}
+
+// ErrReadOnly means a write was asked of a read-only export.
+var ErrReadOnly = errors.New("the NBD export is read-only")
+
+// WriteAt writes p at off and returns once the server acknowledged it (the
+// data is in the server's cache; Flush makes it durable). It implements
+// io.WriterAt.
+func (c *Conn) WriteAt(p []byte, off int64) (int, error) {
+	if c.ReadOnly() {
+		return 0, fmt.Errorf("nbd write at %d: %w", off, ErrReadOnly)
+	}
+	if off < 0 || off+int64(len(p)) > c.size {
+		return 0, fmt.Errorf("nbd write %d bytes at %d: outside the export (%d bytes)", len(p), off, c.size)
+	}
+	done := 0
+	for done < len(p) {
+		n := min(len(p)-done, maxRequestLength)
+		if err := c.simple("write", cmdWrite, off+int64(done), uint32(n), p[done:done+n]); err != nil {
+			return done, fmt.Errorf("nbd write %d bytes at %d: %w", n, off+int64(done), err)
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// WriteZeroes makes [off, off+length) read as zeros without sending them,
+// letting the server deallocate the range. Servers without the command get
+// zeros written.
+func (c *Conn) WriteZeroes(off, length int64) error {
+	if c.ReadOnly() {
+		return fmt.Errorf("nbd write zeroes at %d: %w", off, ErrReadOnly)
+	}
+	if off < 0 || off+length > c.size {
+		return fmt.Errorf("nbd write zeroes %d bytes at %d: outside the export (%d bytes)", length, off, c.size)
+	}
+	if c.tflags&tflagWriteZeroes == 0 {
+		zero := make([]byte, min(length, 1<<20))
+		for length > 0 {
+			n := min(length, int64(len(zero)))
+			if _, err := c.WriteAt(zero[:n], off); err != nil {
+				return err
+			}
+			off, length = off+n, length-n
+		}
+		return nil
+	}
+	const step = 1 << 30
+	for length > 0 {
+		n := min(length, step)
+		if err := c.simple("write zeroes", cmdWriteZeroes, off, uint32(n), nil); err != nil {
+			return fmt.Errorf("nbd write zeroes %d bytes at %d: %w", n, off, err)
+		}
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+// Flush asks the server to make every acknowledged write durable.
+func (c *Conn) Flush() error {
+	if c.tflags&tflagSendFlush == 0 {
+		return nil // the server writes through
+	}
+	if err := c.simple("flush", cmdFlush, 0, 0, nil); err != nil {
+		return fmt.Errorf("nbd flush: %w", err)
+	}
+	return nil
+}
+
+// simple sends a request that carries no data back and waits for its reply.
+func (c *Conn) simple(op string, typ uint16, off int64, length uint32, data []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken != nil {
+		return c.broken
+	}
+	h, err := c.requestData(typ, 0, off, length, data)
+	if err == nil {
+		err = c.replies(op, h, nil, func(uint16, []byte) error { return fmt.Errorf("unexpected data in the reply to a %s", op) })
+	}
+	if err != nil {
+		var se *ServerError
+		if !errors.As(err, &se) {
+			c.broken = fmt.Errorf("nbd connection unusable after: %w", err)
+		}
+	}
+	return err
 }
 
 // BlockStatus returns the extents of [off, off+length) in metadata context
