@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -70,6 +71,11 @@ type fsys struct {
 	groups    uint32
 	fileType  bool // directory entries carry a file type byte
 	is64      bool
+
+	// for statfs and messages
+	freeBlocks uint64
+	freeInodes uint32
+	label      string
 }
 
 // openExt4 reads the superblock of the file system on r.
@@ -136,6 +142,12 @@ func openExt4(r io.ReaderAt, size int64) (*fsys, error) {
 	}
 	f.groups = uint32((f.blocks - first + uint64(bpg) - 1) / uint64(bpg))
 	f.gdtOff = int64(first+1) * f.bs
+	f.freeBlocks = uint64(le.Uint32(sb[0xC:]))
+	if f.is64 {
+		f.freeBlocks |= uint64(le.Uint32(sb[0x158:])) << 32
+	}
+	f.freeInodes = le.Uint32(sb[0x10:])
+	f.label = strings.TrimRight(string(sb[0x78:0x88]), "\x00")
 	return f, nil
 }
 
@@ -148,9 +160,15 @@ func sniff(r io.ReaderAt) string {
 	case len(b) >= 4 && string(b[:4]) == "XFSB":
 		return "an XFS file system (not supported yet)"
 	case len(b) >= 1024 && string(b[512:520]) == "EFI PART":
-		return "a GPT partition table (file systems inside partitions are not supported yet)"
+		return "a GPT partition table (open one of its partitions: OpenVolume)"
 	case len(b) >= 512 && b[510] == 0x55 && b[511] == 0xAA:
-		return "an MBR partition table or boot sector (file systems inside partitions are not supported yet)"
+		return "an MBR partition table or boot sector (open one of its partitions: OpenVolume)"
+	case len(b) >= 1024 && string(b[0x3F6:0x400]) == "SWAPSPACE2":
+		return "Linux swap"
+	case len(b) >= 4 && string(b[:4]) == "LUKS":
+		return "a LUKS encrypted volume"
+	case len(b) >= 1024 && string(b[512+24:512+32]) == "LVM2 001":
+		return "an LVM physical volume"
 	}
 	return ""
 }
@@ -169,12 +187,14 @@ func (f *fsys) readAt(p []byte, off int64, what string) error {
 var ErrCorruptFS = errors.New("corrupt file system")
 
 type inode struct {
-	ino   uint32
-	mode  uint16
-	flags uint32
-	size  int64
-	mtime time.Time
-	block [60]byte
+	ino                 uint32
+	mode                uint16
+	flags               uint32
+	size                int64
+	uid, gid            uint32
+	links               uint16
+	atime, mtime, ctime time.Time
+	block               [60]byte
 }
 
 func (in *inode) isDir() bool  { return in.mode&modeFmt == modeDir }
@@ -212,19 +232,34 @@ func (f *fsys) inode(ino uint32) (*inode, error) {
 		return nil, fmt.Errorf("inode %d: %w: size %d", ino, ErrCorruptFS, in.size)
 	}
 	copy(in.block[:], raw[0x28:0x28+60])
-	sec := int64(int32(le.Uint32(raw[0x10:])))
-	var nsec int64
+	in.uid = uint32(le.Uint16(raw[0x2:])) | uint32(le.Uint16(raw[0x78:]))<<16
+	in.gid = uint32(le.Uint16(raw[0x18:])) | uint32(le.Uint16(raw[0x7A:]))<<16
+	in.links = le.Uint16(raw[0x1A:])
+	var extra int64
 	if f.inodeSize > 128 {
-		if extra := int64(le.Uint16(raw[0x80:])); extra >= 12 && 128+extra <= f.inodeSize {
-			x := le.Uint32(raw[0x88:])
+		extra = int64(le.Uint16(raw[0x80:]))
+		if 128+extra > f.inodeSize {
+			extra = 0
+		}
+	}
+	// a timestamp: 32 signed bits of seconds, and in large inodes an extra
+	// word with 2 more bits of seconds and 30 of nanoseconds
+	stamp := func(at, extraAt int) time.Time {
+		sec := int64(int32(le.Uint32(raw[at:])))
+		var nsec int64
+		if extra >= int64(extraAt-128+4) {
+			x := le.Uint32(raw[extraAt:])
 			sec += int64(x&3) << 32
 			nsec = int64(x >> 2)
 			if nsec > 999999999 {
 				nsec = 0
 			}
 		}
+		return time.Unix(sec, nsec)
 	}
-	in.mtime = time.Unix(sec, nsec)
+	in.ctime = stamp(0xC, 0x84)
+	in.mtime = stamp(0x10, 0x88)
+	in.atime = stamp(0x8, 0x8C)
 	return in, nil
 }
 
@@ -403,8 +438,9 @@ func (f *fsys) readData(in *inode, exts []extent, p []byte, off int64) error {
 
 // dirent is one directory entry.
 type dirent struct {
-	name string
-	ino  uint32
+	name  string
+	ino   uint32
+	ftype byte // 0 when the file system records no type in its entries
 }
 
 // readDir calls fn for every entry of directory in ("." and ".." included),
@@ -451,7 +487,11 @@ func (f *fsys) dirBlock(in *inode, blk []byte, off int64, fn func(dirent) error)
 				in.ino, off, ErrCorruptFS, pos, rec, nameLen)
 		}
 		if ino != 0 && nameLen > 0 {
-			if err := fn(dirent{name: string(blk[pos+8 : pos+8+nameLen]), ino: ino}); err != nil {
+			var ft byte
+			if f.fileType {
+				ft = blk[pos+7]
+			}
+			if err := fn(dirent{name: string(blk[pos+8 : pos+8+nameLen]), ino: ino, ftype: ft}); err != nil {
 				return err
 			}
 		}
