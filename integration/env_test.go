@@ -74,6 +74,7 @@ func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, qu
 		w := worker.New(c, q, worker.Options{})
 		if q == activities.ControlQueue {
 			w.RegisterWorkflow(workflows.WorkloadBackup)
+			w.RegisterWorkflow(workflows.CopyDisks)
 		}
 		w.RegisterActivity(acts)
 		if err := w.Start(); err != nil {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -138,8 +140,9 @@ func runFakeBackup(t *testing.T, c client.Client, id string, req workflows.Backu
 
 // TestRecordBackupHistories records WorkloadBackup histories for the replay
 // tests of package workflows (workflows/testdata/history-*.json) when
-// RAKSHA_RECORD_HISTORIES names the directory to write them to; the
-// recorded files are the code of the commit that wrote them.
+// RAKSHA_RECORD_HISTORIES names the directory to write them to. Files that
+// exist are kept: each is the code of the commit that recorded it (the
+// 2vms and 40disks ones predate the child copy workflows).
 func TestRecordBackupHistories(t *testing.T) {
 	dir := os.Getenv("RAKSHA_RECORD_HISTORIES")
 	if dir == "" {
@@ -155,14 +158,19 @@ func TestRecordBackupHistories(t *testing.T) {
 	}{
 		{"2vms", 2, 2, workflows.BackupRequest{Workload: "shop", Repository: "main", Consistency: "app", Retention: activities.Retention{Daily: 7}}},
 		{"40disks", 4, 10, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "crash"}},
+		{"40disks-children", 4, 10, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "app", CopyBatchSize: 16}},
 	} {
+		out := filepath.Join(dir, "history-"+tc.name+".json")
+		if _, err := os.Stat(out); err == nil {
+			t.Logf("%s exists: kept", out)
+			continue
+		}
 		f.vms = fakeWorkload(tc.vms, tc.disks)
 		_, h, _ := runFakeBackup(t, c, "backup/"+tc.req.Workload, tc.req)
 		b, err := protojson.MarshalOptions{Indent: "  "}.Marshal(h)
 		if err != nil {
 			t.Fatal(err)
 		}
-		out := filepath.Join(dir, "history-"+tc.name+".json")
 		if err := os.WriteFile(out, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -173,4 +181,99 @@ func TestRecordBackupHistories(t *testing.T) {
 // registerBackupWorkflows registers WorkloadBackup and what it starts.
 func registerBackupWorkflows(w worker.Worker) {
 	w.RegisterWorkflow(workflows.WorkloadBackup)
+	w.RegisterWorkflow(workflows.CopyDisks)
+}
+
+// TestLargeWorkloadHistoryBounded runs WorkloadBackup of a 100-disk workload
+// (10 VMs of 10 disks; fake activities) on a real Temporal server: the
+// copies run in ceil(100/32) = 4 CopyDisks children, the backup's own
+// history holds none of them and stays under a bound that does not grow
+// with the disks, each child's under one that grows with its batch only;
+// the flat path (threshold off) writes every copy into the backup's
+// history; both give the same result.
+func TestLargeWorkloadHistoryBounded(t *testing.T) {
+	c, _ := startTemporal(t)
+	const vms, disks = 10, 10
+	f := &fakeActs{vms: fakeWorkload(vms, disks)}
+	startFakeWorkers(t, c, f)
+	req := workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "app"}
+
+	start := time.Now()
+	res, h, _ := runFakeBackup(t, c, "backup/big", req)
+	took := time.Since(start)
+	var children []string
+	for _, ev := range h.Events {
+		if a := ev.GetStartChildWorkflowExecutionInitiatedEventAttributes(); a != nil {
+			children = append(children, a.GetWorkflowId())
+			if a.GetParentClosePolicy() != enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL {
+				t.Errorf("child %s: parent close policy %v", a.GetWorkflowId(), a.GetParentClosePolicy())
+			}
+		}
+		if a := ev.GetActivityTaskScheduledEventAttributes(); a != nil && a.GetActivityType().GetName() == "CopyDisk" {
+			t.Fatalf("the backup itself scheduled a copy (event %d)", ev.GetEventId())
+		}
+	}
+	if len(children) != 4 {
+		t.Fatalf("%d child workflows %v, want 4", len(children), children)
+	}
+	maxChild := 0
+	for _, id := range children {
+		ch := history(t, c, id, "")
+		maxChild = max(maxChild, len(ch.Events))
+		if last := ch.Events[len(ch.Events)-1]; last.GetWorkflowExecutionCompletedEventAttributes() == nil {
+			t.Errorf("child %s ended with %v", id, last.GetEventType())
+		}
+	}
+	f.mu.Lock()
+	for m, wf := range f.copier {
+		if !strings.HasPrefix(wf, "backup/big/copy/"+res.BackupID+"/") {
+			t.Errorf("%s copied by %s", m, wf)
+		}
+	}
+	copied := len(f.copier)
+	f.copier = nil
+	f.mu.Unlock()
+	if copied != vms*disks || len(res.Disks) != vms*disks {
+		t.Fatalf("copied %d, result has %d disks; want %d", copied, len(res.Disks), vms*disks)
+	}
+
+	flatReq := req
+	flatReq.ChildCopyThreshold = -1
+	start = time.Now()
+	flat, fh, _ := runFakeBackup(t, c, "backup/big", flatReq)
+	flatTook := time.Since(start)
+	t.Logf("100 disks, 10 VMs: with 4 child workflows the backup's history has %d events (largest child %d) in %v; flat, %d events in %v",
+		len(h.Events), maxChild, took.Round(time.Millisecond), len(fh.Events), flatTook.Round(time.Millisecond))
+	// The parent's events: a fixed part, the per-VM freeze, checkpoint,
+	// thaw and checkpoint finishes, and a few per child; nothing per disk.
+	if bound := 60 + 26*vms + 8*len(children); len(h.Events) > bound {
+		t.Errorf("the backup's history has %d events, more than %d", len(h.Events), bound)
+	}
+	// Twice the disks on the same VMs: only the children's events are more.
+	f.vms = fakeWorkload(vms, 2*disks)
+	res2, h2, _ := runFakeBackup(t, c, "backup/big", req)
+	children2 := 0
+	for _, ev := range h2.Events {
+		if ev.GetStartChildWorkflowExecutionInitiatedEventAttributes() != nil {
+			children2++
+		}
+	}
+	t.Logf("200 disks, 10 VMs: %d child workflows, the backup's history has %d events", children2, len(h2.Events))
+	if len(res2.Disks) != 2*vms*disks || children2 != 7 || len(h2.Events)-len(h.Events) > 8*(children2-len(children)) {
+		t.Errorf("200 disks: %d disks, %d children (want 7), %d events (100 disks: %d)", len(res2.Disks), children2, len(h2.Events), len(h.Events))
+	}
+	f.vms = fakeWorkload(vms, disks)
+	if bound := 30 + 8*workflows.DefaultCopyBatchSize; maxChild > bound {
+		t.Errorf("a child's history has %d events, more than %d", maxChild, bound)
+	}
+	if len(fh.Events) < len(h.Events)+3*vms*disks {
+		t.Errorf("flat history %d events, children's parent %d: the flat path should hold 3 events per copy more", len(fh.Events), len(h.Events))
+	}
+	flat.BackupID = res.BackupID
+	for i := range flat.Disks {
+		flat.Disks[i].Manifest = strings.Replace(flat.Disks[i].Manifest, flat.Disks[i].Manifest[:strings.Index(flat.Disks[i].Manifest, "/")], res.BackupID, 1)
+	}
+	if !reflect.DeepEqual(res, flat) {
+		t.Errorf("results differ:\nchildren %+v\nflat     %+v", res, flat)
+	}
 }

@@ -173,6 +173,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	if has["control"] {
 		w := worker.New(c, activities.ControlQueue, opts)
 		w.RegisterWorkflow(workflows.WorkloadBackup)
+		w.RegisterWorkflow(workflows.CopyDisks)
 		w.RegisterWorkflow(workflows.Semaphore)
 		w.RegisterActivity(acts)
 		workers = append(workers, w)

@@ -56,9 +56,18 @@ type BackupRequest struct {
 	ExpireAfter time.Duration `json:"expire_after,omitempty"`
 	// CopyHeartbeatTimeout is how soon a copy whose worker died is retried
 	// elsewhere (default 1 minute).
-	CopyHeartbeatTimeout time.Duration        `json:"copy_heartbeat_timeout,omitempty"`
-	Retention            activities.Retention `json:"retention,omitempty"`
-	Labels               map[string]string    `json:"labels,omitempty"`
+	CopyHeartbeatTimeout time.Duration `json:"copy_heartbeat_timeout,omitempty"`
+	// ChildCopyThreshold: a workload with more disks than this copies them
+	// in CopyDisks child workflows of CopyBatchSize disks each, so that the
+	// backup's history stays bounded (0: DefaultChildCopyThreshold;
+	// negative: never). Freeze, checkpoints, thaw and commit stay in the
+	// backup's own workflow.
+	ChildCopyThreshold int `json:"child_copy_threshold,omitempty"`
+	// CopyBatchSize is the number of disks per child workflow (0:
+	// DefaultCopyBatchSize).
+	CopyBatchSize int                  `json:"copy_batch_size,omitempty"`
+	Retention     activities.Retention `json:"retention,omitempty"`
+	Labels        map[string]string    `json:"labels,omitempty"`
 }
 
 // BackupResult is the result (and memo) of WorkloadBackup.
@@ -86,6 +95,9 @@ type Progress struct {
 	Disks     int               `json:"disks"`
 	Done      map[string]bool   `json:"done,omitempty"`
 	Windows   map[string]string `json:"freeze_windows,omitempty"`
+	// CopyWorkflows are the CopyDisks child workflows of a large workload
+	// (their pending CopyDisk activities carry the bytes done).
+	CopyWorkflows []string `json:"copy_workflows,omitempty"`
 }
 
 // ProgressQuery is the query name for Progress.
@@ -310,88 +322,37 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	res.Consistency = consistency
 
 	// Copy every disk in parallel, each under a permit of the global copy
-	// semaphore: across all workers at most its size of copies run at once.
-	// A permit goes back as soon as its copy ends; after a failed copy no
-	// further copy starts (the backup fails anyway).
+	// semaphore (runCopies). A large workload copies in child workflows,
+	// one per batch of disks, so that this history stays bounded; histories
+	// from before that change (no version marker) replay on the flat path.
 	prog.Phase = "copy"
-	type pending struct {
-		vm   activities.VM
-		disk activities.Disk
-		res  *activities.CopyResult
-		err  error
-		// skipped: never started because another copy failed first
-		skipped bool
-	}
-	var copies []*pending
-	byKey := map[string]*pending{}
-	var keys []string
-	for _, vm := range begin.VMs {
-		for _, d := range vm.Disks {
-			p := &pending{vm: vm, disk: d}
-			key := backupID + "/" + vm.Name + "/" + d.Name
-			copies = append(copies, p)
-			byKey[key] = p
-			keys = append(keys, key)
-		}
-	}
-	left, failed := len(copies), false
-	sel := workflow.NewSelector(ctx)
-	permits := RequestPermits(ctx, CopySemaphoreID, DefaultCopyPermits, keys...)
-	permits.Watch(ctx, sel, func(key string, err error) {
-		p := byKey[key]
-		switch {
-		case err != nil:
-			p.err = fmt.Errorf("copy %s/%s: waiting for a copy permit: %w", p.vm.Name, p.disk.Name, err)
-			failed = true
-			left--
-			return
-		case failed:
-			p.err, p.skipped = fmt.Errorf("copy %s/%s: not started after another copy failed", p.vm.Name, p.disk.Name), true
-			permits.Release(ctx, key)
-			left--
-			return
-		}
-		f := workflow.ExecuteActivity(copyOpts(ctx, p.disk, p.vm.Host, req.CopyHeartbeatTimeout), a.CopyDisk, activities.CopyInput{
-			Repository: req.Repository, BackupID: backupID, VM: p.vm.Name, Instance: p.vm.Instance, Disk: p.disk,
-			Checkpoint: st.checkpointed[p.vm.Instance], VMDisks: p.vm.Disks})
-		sel.AddFuture(f, func(f workflow.Future) {
-			var cr activities.CopyResult
-			if err := f.Get(ctx, &cr); err != nil {
-				p.err = fmt.Errorf("copy %s/%s: %w", p.vm.Name, p.disk.Name, err)
-				failed = true
-			} else {
-				p.res = &cr
-				prog.DisksDone++
-				prog.Done[p.vm.Name+"/"+p.disk.Name] = true
-			}
-			permits.Release(ctx, key)
-			left--
-		})
-	})
-	for left > 0 {
-		sel.Select(ctx)
-	}
-	permits.Close(ctx)
-	var manifests []string
+	var copied []activities.CopyResult
 	var copyErr error
-	for _, p := range copies {
-		if p.err != nil && !p.skipped && copyErr == nil {
-			copyErr = p.err
-		}
+	threshold, batchSize := req.ChildCopyThreshold, req.CopyBatchSize
+	if threshold == 0 {
+		threshold = DefaultChildCopyThreshold
 	}
-	for _, p := range copies {
-		if p.err != nil {
-			continue
-		}
-		cr := *p.res
+	if batchSize <= 0 {
+		batchSize = DefaultCopyBatchSize
+	}
+	if v := workflow.GetVersion(ctx, childCopyChange, workflow.DefaultVersion, 1); v >= 1 && threshold > 0 && prog.Disks > threshold {
+		copied, copyErr = copyInChildren(ctx, req, batches(req, backupID, begin.VMs, st, batchSize), prog)
+	} else {
+		copied, copyErr = runCopies(ctx, backupJobs(req, backupID, begin.VMs, st), req.CopyHeartbeatTimeout, func(j copyJob) {
+			prog.DisksDone++
+			prog.Done[j.name()] = true
+		})
+	}
+	if copyErr != nil {
+		return nil, copyErr
+	}
+	var manifests []string
+	for _, cr := range copied {
 		res.Disks = append(res.Disks, cr)
 		manifests = append(manifests, cr.Manifest)
 		res.BytesRead += cr.BytesRead
 		res.BytesNew += cr.BytesNew
 		res.BytesStored += cr.BytesStored
-	}
-	if copyErr != nil {
-		return nil, copyErr
 	}
 
 	// The exports of each VM can go now; the new bitmaps stay.

@@ -63,6 +63,8 @@ type fixture struct {
 	commit     func(context.Context, activities.CommitInput) (*activities.CommitResult, error)
 	// beginIn is what Begin was called with.
 	beginIn activities.BeginInput
+	// vms, if set, is the workload Begin discovers (default twoVMs).
+	vms []activities.VM
 }
 
 // newFixture mocks every activity with a success; tests override some.
@@ -71,6 +73,7 @@ func newFixture(t *testing.T) *fixture {
 	env := s.NewTestWorkflowEnvironment()
 	acts := activities.New(activities.Config{})
 	env.RegisterActivity(acts)
+	env.RegisterWorkflow(CopyDisks)
 	rec := &recorder{}
 	f := &fixture{env: env, rec: rec}
 	env.OnActivity(acts.Begin, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.BeginInput) (*activities.BeginResult, error) {
@@ -78,6 +81,9 @@ func newFixture(t *testing.T) *fixture {
 		f.beginIn = in
 		r := twoVMs
 		r.BackupID = in.BackupID
+		if f.vms != nil {
+			r.VMs = f.vms
+		}
 		return &r, nil
 	})
 	env.OnActivity(acts.Freeze, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.FreezeInput) (*activities.FreezeResult, error) {

@@ -1,30 +1,59 @@
 package workflows
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
 )
 
-// TestReplayRecordedHistories replays WorkloadBackup histories recorded on
-// a real Temporal server (integration.TestRecordBackupHistories) with
-// today's code: a change that would break a running backup's replay (a
-// new command without a workflow.GetVersion gate) fails here.
-//   - history-2vms.json, history-40disks.json: recorded before the copy of
-//     large workloads moved into child workflows (copies in the parent's
-//     history, no version marker); the 40-disk one is above the child
-//     threshold and must replay on the flat path.
+// recordedHistories are WorkloadBackup histories recorded on a real
+// Temporal server with fake activities (integration.TestRecordBackupHistories),
+// with the workflow id each ran under (child workflow ids derive from it;
+// a history does not hold its own workflow id).
+var recordedHistories = map[string]string{
+	// Recorded before the copies of large workloads moved into child
+	// workflows: copies in the backup's history, no version marker. The
+	// 40-disk one is above the child threshold and must replay on the
+	// flat path.
+	"history-2vms.json":    "backup/shop",
+	"history-40disks.json": "backup/big",
+	// 40 disks in batches of 16: 3 CopyDisks children.
+	"history-40disks-children.json": "backup/big",
+}
+
+// TestReplayRecordedHistories replays the recorded histories with today's
+// code: a change that would break a running backup's replay (a new command
+// without a workflow.GetVersion gate) fails here.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("testdata", "history-*.json"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no recorded histories: %v", err)
+	if err != nil || len(files) != len(recordedHistories) {
+		t.Fatalf("recorded histories %v (%v), want %d", files, err, len(recordedHistories))
 	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			r := worker.NewWorkflowReplayer()
-			r.RegisterWorkflow(WorkloadBackup)
-			if err := r.ReplayWorkflowHistoryFromJSONFile(nil, f); err != nil {
+			id, ok := recordedHistories[filepath.Base(f)]
+			if !ok {
+				t.Fatalf("%s: not in recordedHistories", f)
+			}
+			r, err := os.Open(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			h, err := client.HistoryFromJSON(r, client.HistoryJSONOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			runID := h.Events[0].GetWorkflowExecutionStartedEventAttributes().GetOriginalExecutionRunId()
+			rp := worker.NewWorkflowReplayer()
+			rp.RegisterWorkflow(WorkloadBackup)
+			rp.RegisterWorkflow(CopyDisks)
+			if err := rp.ReplayWorkflowHistoryWithOptions(nil, h, worker.ReplayWorkflowHistoryOptions{
+				OriginalExecution: workflow.Execution{ID: id, RunID: runID}}); err != nil {
 				t.Fatal(err)
 			}
 		})
