@@ -13,6 +13,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/disk/qemu"
 	"github.com/raksha-backup/raksha/internal/disk/rbd"
 	"github.com/raksha-backup/raksha/internal/guest"
@@ -59,6 +60,9 @@ type Config struct {
 	WorkDir string
 	// Discoverer is the cloud; control role only.
 	Discoverer Discoverer
+	// Cloud is the cloud client restores and clones use (control role);
+	// nil: the CloudDiscoverer's client.
+	Cloud *cloud.Client
 	// CephConf is the ceph.conf of the cluster holding rbd: disks; data role.
 	CephConf string
 	Log      *slog.Logger
@@ -81,6 +85,7 @@ type Activities struct {
 	monitors    map[string]*qemu.Monitor       // instance → QMP
 	checkpoints map[string]*vmCheckpoint       // backup/instance → checkpoint cycle
 	rbdConn     *rbd.Conn
+	projects    map[string]*cloud.Client // project → client scoped to it
 }
 
 type vmCheckpoint struct {
@@ -97,7 +102,8 @@ func New(cfg Config) *Activities {
 	}
 	return &Activities{cfg: cfg, log: cfg.Log, repos: map[string]*repo.Repository{},
 		agents: map[string]*guest.Client{}, freezes: map[string]*guest.FreezeHandle{},
-		monitors: map[string]*qemu.Monitor{}, checkpoints: map[string]*vmCheckpoint{}}
+		monitors: map[string]*qemu.Monitor{}, checkpoints: map[string]*vmCheckpoint{},
+		projects: map[string]*cloud.Client{}}
 }
 
 func invalid(format string, args ...any) error {

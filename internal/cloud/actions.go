@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/snapshots"
@@ -196,6 +197,66 @@ func (c *Client) DeleteVolume(ctx context.Context, id string) error {
 		return err
 	}
 	return nil
+}
+
+// Connection is how a volume's bytes are reached (Cinder's connection_info,
+// the subset Raksha writes through). Type "local": Path is a disk image file
+// of Format ("qcow2", "raw") valid on Hosts. Type "rbd": Pool/Image.
+type Connection struct {
+	Type   string   `json:"type"`
+	Path   string   `json:"path,omitempty"`
+	Format string   `json:"format,omitempty"`
+	Hosts  []string `json:"hosts,omitempty"`
+	Pool   string   `json:"pool,omitempty"`
+	Image  string   `json:"image,omitempty"`
+}
+
+// ConnectVolume asks Cinder to export the volume to host (os-initialize_
+// connection, as os-brick does) and returns where its bytes are. Types other
+// than local and rbd are ErrBadRequest: Raksha cannot write them yet.
+func (c *Client) ConnectVolume(ctx context.Context, id, host string) (*Connection, error) {
+	op := "connect volume " + id
+	info, err := volumes.InitializeConnection(ctx, c.volume, id, volumes.InitializeConnectionOpts{Host: host, Platform: "x86_64", OSType: "linux2"}).Extract()
+	if err != nil {
+		return nil, classify(op, err)
+	}
+	typ, _ := info["driver_volume_type"].(string)
+	data, _ := info["data"].(map[string]any)
+	str := func(k string) string { v, _ := data[k].(string); return v }
+	switch typ {
+	case "local":
+		conn := &Connection{Type: typ, Path: str("device_path"), Format: str("format")}
+		if hs, ok := data["hosts"].([]any); ok {
+			for _, h := range hs {
+				if s, ok := h.(string); ok {
+					conn.Hosts = append(conn.Hosts, s)
+				}
+			}
+		}
+		if conn.Path == "" {
+			return nil, &Error{Op: op, Kind: ErrBadRequest, Msg: "local connection without a device_path"}
+		}
+		if conn.Format == "" {
+			conn.Format = "raw"
+		}
+		return conn, nil
+	case "rbd":
+		pool, image, ok := strings.Cut(str("name"), "/")
+		if !ok {
+			return nil, &Error{Op: op, Kind: ErrBadRequest, Msg: fmt.Sprintf("rbd connection with name %q (want POOL/IMAGE)", str("name"))}
+		}
+		return &Connection{Type: typ, Pool: pool, Image: image}, nil
+	}
+	return nil, &Error{Op: op, Kind: ErrBadRequest, Msg: fmt.Sprintf("volume connection type %q is not supported (Raksha writes local and rbd volumes)", typ)}
+}
+
+// DisconnectVolume ends an export made by ConnectVolume.
+func (c *Client) DisconnectVolume(ctx context.Context, id, host string) error {
+	err := volumes.TerminateConnection(ctx, c.volume, id, volumes.TerminateConnectionOpts{Host: host, Platform: "x86_64", OSType: "linux2"}).ExtractErr()
+	if err = classify("disconnect volume "+id, err); errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
 }
 
 // ---- Nova servers ----
@@ -457,4 +518,33 @@ func (c *Client) poll(ctx context.Context, op string, timeout time.Duration, che
 		case <-time.After(interval):
 		}
 	}
+}
+
+// FindByMetadata lists the ids of this project's servers and volumes whose
+// metadata has key=value (a restore's or clone's resources). It filters on
+// the client: Nova's list has no metadata filter.
+func (c *Client) FindByMetadata(ctx context.Context, key, value string) (serverIDs, volumeIDs []string, err error) {
+	list, err := c.listServers(ctx, servers.ListOpts{})
+	if err != nil {
+		return nil, nil, classify("list servers", err)
+	}
+	for _, s := range list {
+		if v, ok := s.Metadata[key]; ok && v == value {
+			serverIDs = append(serverIDs, s.ID)
+		}
+	}
+	pages, err := volumes.List(c.volume, volumes.ListOpts{}).AllPages(ctx)
+	if err != nil {
+		return nil, nil, classify("list volumes", err)
+	}
+	vols, err := volumes.ExtractVolumes(pages)
+	if err != nil {
+		return nil, nil, classify("list volumes", err)
+	}
+	for _, v := range vols {
+		if m, ok := v.Metadata[key]; ok && m == value {
+			volumeIDs = append(volumeIDs, v.ID)
+		}
+	}
+	return serverIDs, volumeIDs, nil
 }

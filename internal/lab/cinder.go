@@ -45,6 +45,7 @@ func (l *Lab) cinderRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+p+"/volumes", h(l.createVolume))
 	mux.HandleFunc("GET "+p+"/volumes/{id}", h(l.showVolume))
 	mux.HandleFunc("DELETE "+p+"/volumes/{id}", h(l.deleteVolume))
+	mux.HandleFunc("POST "+p+"/volumes/{id}/action", h(l.volumeAction))
 	mux.HandleFunc("GET "+p+"/volumes/{id}/metadata", h(l.volumeMetadata))
 	mux.HandleFunc("POST "+p+"/volumes/{id}/metadata", h(l.volumeMetadata))
 	mux.HandleFunc("PUT "+p+"/volumes/{id}/metadata", h(l.volumeMetadata))
@@ -379,6 +380,56 @@ func (l *Lab) deleteVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 	})
 	w.WriteHeader(http.StatusAccepted)
 	return nil
+}
+
+// volumeAction serves Cinder's os-initialize_connection and
+// os-terminate_connection, the calls os-brick and cinder-backup make to reach
+// a volume's bytes. The lab's volumes are qcow2 files every lab host can
+// read, so the connection is os-brick's "local" type: data.device_path is
+// the file, data.format its format, and data.hosts (a lab addition, as an
+// NFS export names the hosts that mount it) the compute hosts where the
+// path is valid.
+func (l *Lab) volumeAction(w http.ResponseWriter, r *http.Request, c *call) error {
+	var body map[string]json.RawMessage
+	if err := decodeBody(r, &body); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v, err := l.visibleVolume(c, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	switch {
+	case body["os-initialize_connection"] != nil:
+		var a struct {
+			Connector map[string]any `json:"connector"`
+		}
+		if err := json.Unmarshal(body["os-initialize_connection"], &a); err != nil || a.Connector == nil {
+			return errBadRequest("Invalid input for field/attribute connector. Value: None. None is not of type 'object'")
+		}
+		switch v.Status {
+		case "available", "in-use", "reserved", "attaching", "maintenance":
+		default:
+			return errBadRequest("Invalid volume: Volume status must be available or in-use, but current status is: %s.", v.Status)
+		}
+		l.writeJSON(w, http.StatusOK, map[string]any{"connection_info": map[string]any{
+			"driver_volume_type": "local",
+			"data": map[string]any{
+				"device_path": l.abs(v.Path), "format": "qcow2", "volume_id": v.ID, "name": "volume-" + v.ID,
+				"access_mode": "rw", "encrypted": false, "hosts": l.opts.Hosts,
+			},
+		}})
+		return nil
+	case body["os-terminate_connection"] != nil:
+		w.WriteHeader(http.StatusAccepted)
+		return nil
+	}
+	keys := make([]string, 0, len(body))
+	for k := range body {
+		keys = append(keys, k)
+	}
+	return errBadRequest("There is no such action: %v", keys)
 }
 
 func (l *Lab) volumeMetadata(w http.ResponseWriter, r *http.Request, c *call) error {

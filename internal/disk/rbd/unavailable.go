@@ -51,3 +51,20 @@ func (s *Source) Changed(base string) ([]disk.Extent, error) { return nil, ErrUn
 
 // ErrNoBase means the base snapshot cannot serve as a diff base.
 var ErrNoBase = errors.New("base snapshot unusable")
+
+// Target is an RBD image open for writing; in this build none can be opened.
+type Target struct{}
+
+// OpenTarget reports ErrUnavailable.
+func (c *Conn) OpenTarget(ctx context.Context, pool, image string) (*Target, error) {
+	return nil, ErrUnavailable
+}
+
+// WriteAt reports ErrUnavailable.
+func (t *Target) WriteAt(p []byte, off int64) (int, error) { return 0, ErrUnavailable }
+
+// Size is 0.
+func (t *Target) Size() int64 { return 0 }
+
+// Close does nothing.
+func (t *Target) Close() error { return nil }
