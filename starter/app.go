@@ -96,6 +96,7 @@ func (a *app) root() *cobra.Command {
 	root.AddCommand(a.labCmd())
 	root.AddCommand(a.policyCmd())
 	root.AddCommand(a.restoreCmd())
+	root.AddCommand(a.mountCmd(), a.umountCmd())
 	return root
 }
 

@@ -22,6 +22,8 @@ type restoreFilesResult struct {
 	Disk   string `json:"disk"`
 	Path   string `json:"path"`
 	To     string `json:"to"`
+	// Partition is the partition read, when the disk has a partition table.
+	Partition *filerestore.Partition `json:"partition,omitempty"`
 	filerestore.Stats
 	// Fetch counts what was read from the repository.
 	Fetch      repo.ReaderStats `json:"fetch"`
@@ -32,8 +34,9 @@ type restoreFilesResult struct {
 
 func (a *app) restoreFilesCmd() *cobra.Command {
 	var vm, diskSel, path, to string
+	var partition int
 	c := &cobra.Command{
-		Use:   "files --repo URL BACKUP --vm VM --disk DISK --path PATH --to DIR",
+		Use:   "files --repo URL BACKUP --vm VM --disk DISK [--partition N] --path PATH --to DIR",
 		Short: "Copy files or a directory tree out of a backed-up ext4 disk, fetching only the chunks needed",
 		Long: `Copy a file, symlink or directory tree out of an ext2/3/4 file system on a
 backed-up disk into DIR, without restoring the disk. Only the chunks the
@@ -43,14 +46,18 @@ PATH /etc/app lands as DIR/app; PATH / copies the whole file system into DIR.
 Permission bits and modification times are kept; symlinks are written as
 symlinks and never followed; nothing is written outside DIR, and entries with
 unsafe names are skipped and listed. Existing files are not overwritten.
-Disks of 'raksha disk backup' have VM "local". The file system must fill the
-disk (no partition table).`,
+Disks of 'raksha disk backup' have VM "local". On a disk with a GPT or MBR
+partition table the only Linux file-system partition is read, or the one
+--partition N names (1-based, as Linux numbers them).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			id := args[0]
 			if path == "" || to == "" {
 				return usagef("give --path (in the backup) and --to (a local directory)")
+			}
+			if partition < 0 {
+				return usagef("--partition %d: partitions are numbered from 1", partition)
 			}
 			r, err := a.openRepo(ctx)
 			if err != nil {
@@ -68,13 +75,22 @@ disk (no partition table).`,
 			if err != nil {
 				return err
 			}
-			st, err := filerestore.Extract(ctx, d, d.Size(), path, to)
+			res := restoreFilesResult{Backup: id, Disk: ref.ID, Path: path, To: to}
+			where := fmt.Sprintf("backup %s vm %s disk %s", id, ref.VM, ref.Disk)
+			vol, err := openVolume(d, d.Size(), partition, "restore files from "+where)
 			if err != nil {
-				return fmt.Errorf("restore files from backup %s vm %s disk %s: %w", id, ref.VM, ref.Disk, err)
+				return err
+			}
+			if vol.Partition != nil {
+				where += fmt.Sprintf(" partition %d", vol.Partition.Number)
+				res.Partition = vol.Partition
+			}
+			st, err := filerestore.Extract(ctx, vol, vol.Size, path, to)
+			if err != nil {
+				return fmt.Errorf("restore files from %s: %w", where, err)
 			}
 			m := d.Manifest()
-			res := restoreFilesResult{Backup: id, Disk: ref.ID, Path: path, To: to, Stats: st,
-				Fetch: d.Stats(), DiskChunks: m.Chunks, DiskSize: m.Size, ChunkSize: m.ChunkSize}
+			res.Stats, res.Fetch, res.DiskChunks, res.DiskSize, res.ChunkSize = st, d.Stats(), m.Chunks, m.Size, m.ChunkSize
 			if a.format == "json" {
 				return a.printJSON(res)
 			}
@@ -94,6 +110,7 @@ disk (no partition table).`,
 	f := c.Flags()
 	f.StringVar(&vm, "vm", "", `VM name in the backup ("local" for 'raksha disk backup'); optional when one disk matches`)
 	f.StringVar(&diskSel, "disk", "", "disk name (or VM/DISK); optional when the backup has one disk")
+	f.IntVar(&partition, "partition", 0, "partition number (1-based); default: the only Linux file-system partition, or the whole disk")
 	f.StringVar(&path, "path", "", "file or directory in the backed-up file system, e.g. /etc/app/")
 	f.StringVar(&to, "to", "", "local directory to write into (created if missing)")
 	return c

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/raksha-backup/raksha/internal/filerestore"
+	"github.com/raksha-backup/raksha/internal/mountfs"
+	"github.com/raksha-backup/raksha/internal/repo"
+	"github.com/raksha-backup/raksha/internal/repo/backend"
+)
+
+// mountResult is what 'raksha mount' prints with -f json once unmounted.
+type mountResult struct {
+	Backup    string                 `json:"backup"`
+	Disk      string                 `json:"disk"`
+	Partition *filerestore.Partition `json:"partition,omitempty"`
+	Raw       bool                   `json:"raw"`
+	Dir       string                 `json:"dir"`
+	// MountSeconds is the time from the command's start to the mount
+	// being served; ServedSeconds how long it was mounted.
+	MountSeconds  float64 `json:"mount_seconds"`
+	ServedSeconds float64 `json:"served_seconds"`
+	// Fetch counts what was read from the repository.
+	Fetch      repo.ReaderStats `json:"fetch"`
+	DiskChunks int64            `json:"disk_chunks"`
+	DiskSize   int64            `json:"disk_size"`
+	ChunkSize  int              `json:"chunk_size"`
+}
+
+func (a *app) mountCmd() *cobra.Command {
+	var vm, diskSel string
+	var partition, cacheChunks int
+	var raw bool
+	c := &cobra.Command{
+		Use:   "mount --repo URL BACKUP [--vm VM] [--disk DISK] [--partition N] [--raw] DIR",
+		Short: "Mount a backed-up disk's files read-only at DIR (FUSE), fetching chunks as they are read",
+		Long: `Serve the ext2/3/4 file system of a backed-up disk read-only at DIR until
+it is unmounted: with Ctrl-C (or SIGTERM), 'raksha umount DIR' or
+'fusermount3 -u DIR'. Only the chunks that reads touch are fetched.
+
+A disk with a GPT or MBR partition table: the only Linux file-system
+partition is mounted, or the one --partition N names (1-based, as Linux
+numbers them; logical MBR partitions start at 5).
+
+--raw serves the disk image itself instead, as DIR/disk.img, and each
+partition as DIR/partN.img: for file systems this reader does not know (xfs,
+LVM), loop-mount them yourself, e.g. mount -o ro,loop DIR/part1.img /mnt.
+
+Files keep their owners, modes and times; every user of the mount may read
+every file (no permission checks), so mount it where only you can reach it.
+Writes fail with "read-only file system". Needs /dev/fuse and fusermount3
+(Debian package fuse3). The command stays in the foreground while mounted.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			start := time.Now()
+			id, dir := args[0], args[1]
+			if raw && partition != 0 {
+				return usagef("--raw serves the whole disk and every partition (as partN.img): leave out --partition")
+			}
+			if partition < 0 {
+				return usagef("--partition %d: partitions are numbered from 1", partition)
+			}
+			if fi, err := os.Stat(dir); err != nil {
+				return usagef("mount point: %v", err)
+			} else if !fi.IsDir() {
+				return usagef("mount point %s: not a directory", dir)
+			}
+			if err := mountfs.Check(); err != nil {
+				return err
+			}
+			// SIGINT and SIGTERM are caught from before the mount exists, so
+			// that none kills the process with the file system mounted
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			r, err := a.openRepo(ctx)
+			if err != nil {
+				return err
+			}
+			b, err := r.LoadBackup(ctx, id)
+			if backend.IsNotFound(err) {
+				return fmt.Errorf("%w in the repository: %s (see 'raksha backup list'): %w", repo.ErrNoBackup, id, err)
+			}
+			if err != nil {
+				return err
+			}
+			ref, err := pickDisk(b, vm, diskSel)
+			if err != nil {
+				return err
+			}
+			// reads go on after an interrupt while the mount point is busy:
+			// the mount ends when it is unmounted, not when ctx ends
+			d, err := r.OpenDisk(context.WithoutCancel(ctx), ref.ID, repo.ReaderOptions{CacheChunks: cacheChunks})
+			if err != nil {
+				return err
+			}
+			where := fmt.Sprintf("backup %s vm %s disk %s", id, ref.VM, ref.Disk)
+			opts := mountfs.Options{Source: "raksha:" + ref.ID, Log: a.log}
+			res := mountResult{Backup: id, Disk: ref.ID, Raw: raw, Dir: dir}
+			var m *mountfs.Mount
+			var what string
+			if raw {
+				tbl, err := filerestore.ReadTable(d, d.Size())
+				if err != nil {
+					return fmt.Errorf("mount %s: %w", where, err)
+				}
+				files := []mountfs.RawFile{{Name: "disk.img", R: d, Size: d.Size()}}
+				what = fmt.Sprintf("disk.img (%s)", humanBytes(d.Size()))
+				if tbl != nil {
+					for _, p := range tbl.Partitions {
+						if p.Start+p.Size > d.Size() {
+							continue // OpenVolume names the damage; the image is still there
+						}
+						files = append(files, mountfs.RawFile{Name: fmt.Sprintf("part%d.img", p.Number), R: io.NewSectionReader(d, p.Start, p.Size), Size: p.Size})
+					}
+					what += fmt.Sprintf(" and %d partitions as partN.img; %s", len(files)-1, tbl)
+				}
+				m, err = mountfs.MountRaw(dir, files, opts)
+				if err != nil {
+					return fmt.Errorf("mount %s: %w", where, err)
+				}
+			} else {
+				vol, err := openVolume(d, d.Size(), partition, where)
+				if err != nil {
+					return err
+				}
+				if vol.Partition != nil {
+					where += fmt.Sprintf(" partition %d", vol.Partition.Number)
+					res.Partition = vol.Partition
+				}
+				x, err := filerestore.Open(vol, vol.Size)
+				if err != nil {
+					return fmt.Errorf("mount %s: %w", where, err)
+				}
+				st := x.Statfs()
+				what = fmt.Sprintf("ext file system (%s", humanBytes(int64(st.Blocks)*st.BlockSize))
+				if st.Label != "" {
+					what += fmt.Sprintf(", label %q", st.Label)
+				}
+				what += ")"
+				m, err = mountfs.MountExt4(dir, x, opts)
+				if err != nil {
+					return fmt.Errorf("mount %s: %w", where, err)
+				}
+			}
+			return a.waitMount(ctx, sigs, m, start, d, res, where, what)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&vm, "vm", "", `VM name in the backup ("local" for 'raksha disk backup'); optional when one disk matches`)
+	f.StringVar(&diskSel, "disk", "", "disk name (or VM/DISK); optional when the backup has one disk")
+	f.IntVar(&partition, "partition", 0, "partition number (1-based); default: the only Linux file-system partition, or the whole disk")
+	f.BoolVar(&raw, "raw", false, "serve the raw disk image (disk.img) and its partitions (partN.img) instead of the files")
+	f.IntVar(&cacheChunks, "cache-chunks", 0, fmt.Sprintf("decoded chunks kept in memory (default %d)", repo.DefaultReaderCacheChunks))
+	return c
+}
+
+// openVolume picks the file system of a disk: the whole disk, the only
+// Linux partition, or partition n; errors name the disk and list its
+// partitions, and a partition number that does not fit is a usage error.
+func openVolume(d *repo.DiskReader, size int64, n int, where string) (*filerestore.Volume, error) {
+	vol, err := filerestore.OpenVolume(d, size, n)
+	var pe *filerestore.PartitionError
+	switch {
+	case err == nil:
+		return vol, nil
+	case errors.As(err, &pe) && errors.Is(err, filerestore.ErrChoosePartition):
+		return nil, usageError{fmt.Errorf("%s: %w; give --partition N", where, err)}
+	case errors.As(err, &pe):
+		return nil, usageError{fmt.Errorf("%s: --partition %d: %w", where, n, err)}
+	default:
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+}
+
+// waitMount serves m until it is unmounted: from outside ('raksha umount',
+// fusermount3 -u), or here on SIGINT, SIGTERM or the end of ctx. A busy
+// mount point stays mounted and says so; the next signal tries again.
+func (a *app) waitMount(ctx context.Context, sigs <-chan os.Signal, m *mountfs.Mount, start time.Time, d *repo.DiskReader, res mountResult, where, what string) error {
+	mounted := time.Now()
+	res.MountSeconds = mounted.Sub(start).Seconds()
+	if a.format != "json" {
+		fmt.Fprintf(a.stdout, "mounted %s read-only at %s: %s\n", where, m.Dir, what)
+		fmt.Fprintf(a.stdout, "unmount with Ctrl-C, 'raksha umount %s' or 'fusermount3 -u %s'\n", m.Dir, m.Dir)
+	}
+	a.log.Info("mounted", "where", where, "dir", m.Dir, "took", time.Since(start))
+	try := func(why string) {
+		a.log.Info("unmounting", "dir", m.Dir, "on", why)
+		if err := m.Unmount(); err != nil {
+			hint := ""
+			if errors.Is(err, syscall.EBUSY) {
+				hint = fmt.Sprintf("; close what uses it and press Ctrl-C again, or run 'raksha umount --lazy %s'", m.Dir)
+			}
+			fmt.Fprintf(a.stderr, "raksha: still mounted: %v%s\n", err, hint)
+		}
+	}
+	ctxDone := ctx.Done()
+	sawSignal := false
+	for done := false; !done; {
+		select {
+		case <-m.Done():
+			done = true
+		case s := <-sigs:
+			sawSignal = true
+			try(s.String())
+		case <-ctxDone:
+			ctxDone = nil
+			if sawSignal {
+				continue // main's context ends on the signal handled above
+			}
+			// one Ctrl-C reaches both main's context and sigs: one try
+			select {
+			case <-sigs:
+				sawSignal = true
+			case <-time.After(100 * time.Millisecond):
+			}
+			try("cancel")
+		}
+	}
+	res.ServedSeconds = time.Since(mounted).Seconds()
+	res.Fetch = d.Stats()
+	man := d.Manifest()
+	res.DiskChunks, res.DiskSize, res.ChunkSize = man.Chunks, man.Size, man.ChunkSize
+	if a.format == "json" {
+		return a.printJSON(res)
+	}
+	fmt.Fprintf(a.stdout, "unmounted %s after %s: fetched %d of %d chunks (%s of a %s disk)\n",
+		m.Dir, time.Duration(res.ServedSeconds*float64(time.Second)).Round(time.Millisecond),
+		res.Fetch.ChunksFetched, man.Chunks, humanBytes(res.Fetch.BytesFetched), humanBytes(man.Size))
+	return nil
+}
+
+func (a *app) umountCmd() *cobra.Command {
+	var lazy bool
+	c := &cobra.Command{
+		Use:   "umount [--lazy] DIR",
+		Short: "Unmount a 'raksha mount' (the mount command then exits)",
+		Long: `Unmount the raksha mount at DIR with fusermount3 -u. A busy mount point (a
+process has a file open or its working directory there) stays mounted unless
+--lazy detaches it now and lets it go when the last user is done. DIR must
+be a raksha mount: other mounts are refused.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			err := mountfs.Unmount(cmd.Context(), args[0], lazy)
+			if errors.Is(err, mountfs.ErrNotMounted) {
+				return usageError{err}
+			}
+			if err != nil {
+				return err
+			}
+			if a.format != "json" {
+				fmt.Fprintf(a.stdout, "unmounted %s\n", args[0])
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&lazy, "lazy", false, "detach now even if busy; the file system goes when the last user is done")
+	return c
+}
