@@ -1,0 +1,201 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/raksha-backup/raksha/activities"
+	"github.com/raksha-backup/raksha/internal/cloud"
+	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/lab"
+	"github.com/raksha-backup/raksha/internal/lab/demo"
+	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
+	"github.com/raksha-backup/raksha/internal/repo"
+	"github.com/raksha-backup/raksha/internal/repo/backend/local"
+	"github.com/raksha-backup/raksha/policies"
+	"github.com/raksha-backup/raksha/workflows"
+)
+
+// labDemo is the lab cloud with its demo workload (two real QEMU guests
+// running the in-guest writer, an ephemeral disk and a volume each), a
+// repository "main", and the activities of a control + host worker.
+type labDemo struct {
+	lab     *lab.Lab
+	dir     string
+	hostDir string
+	be      *local.Backend
+	acts    *activities.Activities
+}
+
+// startLabDemo brings up the lab and the demo workload for the test's
+// duration (the same set-up as TestAppConsistentBackupOfLabWorkload).
+func startLabDemo(t *testing.T) *labDemo {
+	t.Helper()
+	img := vmtest.Image(t)
+	ctx := context.Background()
+	dir := vmtest.LabDir(t)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	comp := lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
+		Log: quiet, StartVM: vmtest.StartConfig})
+	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, Log: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	t.Cleanup(func() { comp.StopAll(context.Background()) })
+	for _, u := range []struct{ user, project, role string }{{lab.AdminUser, lab.AdminProject, "admin"}, {demo.DemoUser, "demo", "member"}, {lab.AdminUser, "demo", "admin"}} {
+		if _, err := l.EnsureProject(u.project); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.EnsureUser(u.user, "pw-"+u.user, u.project, u.role); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clouds := filepath.Join(dir, "clouds.yaml")
+	if err := demo.WriteClouds(clouds, l.AuthURL(), "pw-"+lab.AdminUser, "pw-"+demo.DemoUser); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := demo.Ensure(ctx, clouds, quiet); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lab with the demo workload (2 guests, 2 disks each) up in %v", time.Since(start).Round(time.Millisecond))
+	admin, err := cloud.Connect(ctx, cloud.Config{Cloud: demo.AdminCloud, CloudsFile: clouds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repoDir := filepath.Join(dir, "repo")
+	pwFile := filepath.Join(dir, "repo-pw")
+	if err := os.WriteFile(pwFile, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	be, err := local.Open(repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Init(ctx, be, repo.InitOptions{Password: "secret"}, repo.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	hostDir := guest.HostDir(dir, "h1")
+	acts := activities.New(activities.Config{
+		Repos:   map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
+		HostDir: hostDir, WorkDir: filepath.Join(dir, "work"),
+		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Discoverer: &activities.CloudDiscoverer{Client: admin},
+	})
+	t.Cleanup(func() { activities.Shutdown(context.Background(), acts) })
+	return &labDemo{lab: l, dir: dir, hostDir: hostDir, be: be, acts: acts}
+}
+
+// assertThawed fails the test if a guest of the lab is frozen.
+func (d *labDemo) assertThawed(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	for _, s := range d.lab.Servers() {
+		ag, err := guest.Dial(ctx, filepath.Join(guest.InstanceDir(d.hostDir, s.InstanceRef.Name), guest.AgentSocketName), guest.Options{Owner: "test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := ag.FsfreezeStatus(ctx)
+		ag.Close()
+		if err != nil || st != "thawed" {
+			t.Errorf("guest %s: freeze status %q, %v", s.Name, st, err)
+		}
+	}
+}
+
+// TestPolicyScheduleRunsRealBackup is a policy's schedule end to end: the
+// demo example policy, applied as a Temporal Schedule on a real dev
+// server, is triggered (paused, so it runs exactly once); the
+// WorkloadBackup it starts freezes and backs up the lab's two real QEMU
+// guests; the backup lands in the repository with the policy's labels and
+// expiry; the schedule is deleted.
+func TestPolicyScheduleRunsRealBackup(t *testing.T) {
+	begin := time.Now()
+	d := startLabDemo(t)
+	c, _ := startTemporal(t)
+	ctx := context.Background()
+	startWorkers(t, c, d.acts, activities.ControlQueue, activities.HostQueue("h1"))
+	sc := c.ScheduleClient()
+
+	p := loadDemoPolicy(t)
+	paused := true
+	p.Paused = &paused                             // nothing but the trigger starts a run
+	p.Consistency.FreezeTimeout = 20 * time.Second // guests under TCG, as in the other lab tests
+	if res, err := policies.Apply(ctx, sc, p); err != nil || res.Action != policies.Created {
+		t.Fatalf("apply: %+v, %v", res, err)
+	}
+	t.Cleanup(func() { policies.Delete(context.Background(), sc, p.Name) })
+	if err := policies.Trigger(ctx, sc, p.Name); err != nil {
+		t.Fatal(err)
+	}
+	triggered := time.Now()
+	var run policies.Run
+	eventually(t, 20*time.Second, "the triggered schedule started no backup", func() bool {
+		st, err := policies.Show(ctx, sc, p.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range st.Recent {
+			if r.WorkflowID != "" {
+				run = r
+				return true
+			}
+		}
+		return false
+	})
+	var res workflows.BackupResult
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := c.GetWorkflow(wctx, run.WorkflowID, run.RunID).Get(wctx, &res); err != nil {
+		t.Fatalf("the scheduled backup %s failed: %v", run.WorkflowID, err)
+	}
+	t.Logf("scheduled backup %s (workflow %s) done %v after the trigger: %d VMs, %d disks, read %d MiB, new %d MiB; freeze windows %v",
+		res.BackupID, run.WorkflowID, time.Since(triggered).Round(time.Millisecond), res.VMs, len(res.Disks),
+		res.BytesRead>>20, res.BytesNew>>20, res.FreezeWindows)
+	if res.Consistency != "app" || res.VMs != 2 || len(res.Disks) != 4 || len(res.FreezeWindows) != 2 {
+		t.Errorf("result %+v", res)
+	}
+
+	r := mustRepo(t, d.be)
+	b, err := r.LoadBackup(ctx, res.BackupID)
+	if err != nil {
+		t.Fatalf("the scheduled backup is not in the repository: %v", err)
+	}
+	for k, want := range map[string]string{"policy": "demo-daily", "workload": "demo", "project": "demo"} {
+		if b.Labels[k] != want {
+			t.Errorf("record label %s = %q, want %q (labels %v)", k, b.Labels[k], want, b.Labels)
+		}
+	}
+	if b.Consistency != "app" || len(b.Disks) != 4 || b.Expires == nil || b.Expires.Sub(b.Created) < 399*24*time.Hour {
+		t.Errorf("record: consistency %q, %d disks, expires %v (created %v)", b.Consistency, len(b.Disks), b.Expires, b.Created)
+	}
+	if list, err := r.ListBackups(ctx, repo.Filter{Labels: map[string]string{"policy": "demo-daily"}}); err != nil || len(list) != 1 {
+		t.Errorf("backups labelled policy=demo-daily: %d (%v), want 1", len(list), err)
+	}
+	desc, err := c.DescribeWorkflow(ctx, run.WorkflowID, run.RunID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := desc.TypedSearchAttributes.GetKeyword(workflows.SAPolicy); got != "demo-daily" {
+		t.Errorf("search attribute RakshaPolicy %q", got)
+	}
+	d.assertThawed(t)
+
+	if err := policies.Delete(ctx, sc, p.Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := policies.Show(ctx, sc, p.Name); !errors.Is(err, policies.ErrNotFound) {
+		t.Fatalf("schedule after delete: %v", err)
+	}
+	if _, err := c.DescribeWorkflowExecution(ctx, run.WorkflowID, run.RunID); err != nil {
+		t.Errorf("the backup's workflow after the schedule's delete: %v", err)
+	}
+	t.Logf("whole test %v", time.Since(begin).Round(time.Millisecond))
+}
