@@ -106,7 +106,7 @@ func MountRaw(dir string, files []RawFile, opts Options) (*Mount, error) {
 
 func logger(opts Options) *slog.Logger {
 	if opts.Log != nil {
-		return opts.Log
+		return opts.Log.With("mount", opts.Source)
 	}
 	return slog.New(slog.DiscardHandler)
 }
@@ -453,7 +453,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		return nil, 0, errno(n.log, fmt.Sprintf("open inode %d", n.ino), err)
 	}
 	// the data never changes: the page cache may keep it across opens
-	return &handle{r: f, log: n.log, what: fmt.Sprintf("inode %d", n.ino)}, fuse.FOPEN_KEEP_CACHE, 0
+	return &handle{r: f, log: n.log, what: fmt.Sprintf("/%s (inode %d)", n.Path(nil), n.ino)}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {

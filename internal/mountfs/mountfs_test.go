@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -122,9 +123,14 @@ func backedUp(t *testing.T, staging, size string) (*repo.Repository, string, str
 
 func backUp(t *testing.T, img string) (*repo.Repository, string, string) {
 	t.Helper()
+	return backUpTo(t, img, filepath.Join(t.TempDir(), "repo"))
+}
+
+func backUpTo(t *testing.T, img, repoDir string) (*repo.Repository, string, string) {
+	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
-	be, err := open.Open(ctx, "file://"+filepath.Join(t.TempDir(), "repo"), open.Options{Log: log})
+	be, err := open.Open(ctx, "file://"+repoDir, open.Options{Log: log})
 	must(t, err)
 	kdf := repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}
 	r, err := repo.Init(ctx, be, repo.InitOptions{ChunkSize: 1 << 20, Password: "pw", KDF: kdf}, repo.Options{Log: log, KDF: kdf})
@@ -443,4 +449,107 @@ func TestMountRaw(t *testing.T) {
 	must(t, pf.Close())
 	must(t, m.Unmount())
 	assertClean(t, dir)
+}
+
+// TestMountConcurrentReaders reads every file from 8 goroutines at once.
+func TestMountConcurrentReaders(t *testing.T) {
+	needFUSE(t)
+	staging := stage(t)
+	r, diskID, _ := backedUp(t, staging, "64M")
+	d, err := r.OpenDisk(context.Background(), diskID, repo.ReaderOptions{CacheChunks: 2})
+	must(t, err)
+	x, err := filerestore.Open(d, d.Size())
+	must(t, err)
+	dir := t.TempDir()
+	m, err := MountExt4(dir, x, Options{})
+	must(t, err)
+	t.Cleanup(func() { _ = m.Unmount() })
+	var files []string
+	must(t, filepath.WalkDir(staging, func(p string, de fs.DirEntry, err error) error {
+		if err == nil && de.Type().IsRegular() {
+			rel, _ := filepath.Rel(staging, p)
+			files = append(files, rel)
+		}
+		return err
+	}))
+	errs := make(chan error, 8)
+	for g := range 8 {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			for range 60 {
+				rel := files[rng.IntN(len(files))]
+				want, err := os.ReadFile(filepath.Join(staging, rel))
+				if err != nil {
+					errs <- err
+					return
+				}
+				got, err := os.ReadFile(filepath.Join(dir, rel))
+				if err != nil || string(got) != string(want) {
+					errs <- fmt.Errorf("%s: %d bytes, %v", rel, len(got), err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		must(t, <-errs)
+	}
+	must(t, m.Unmount())
+	assertClean(t, dir)
+}
+
+// TestMountMissingChunk: a chunk gone from the repository reads as EIO,
+// and the log says which disk offset and why; the mount stays usable.
+func TestMountMissingChunk(t *testing.T) {
+	needFUSE(t)
+	staging := stage(t)
+	need(t, "mkfs.ext4", "e2fsprogs")
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", staging, img, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	r, diskID, _ := backUpTo(t, img, repoDir)
+	d, err := r.OpenDisk(context.Background(), diskID, repo.ReaderOptions{CacheChunks: 1})
+	must(t, err)
+	x, err := filerestore.Open(d, d.Size())
+	must(t, err)
+	var logs syncBuf
+	dir := t.TempDir()
+	m, err := MountExt4(dir, x, Options{Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	must(t, err)
+	t.Cleanup(func() { _ = m.Unmount() })
+	// metadata first, then every chunk goes
+	if _, err := os.Stat(filepath.Join(dir, "data/big.bin")); err != nil {
+		t.Fatal(err)
+	}
+	must(t, os.RemoveAll(filepath.Join(repoDir, "chunks")))
+	_, err = os.ReadFile(filepath.Join(dir, "data/big.bin"))
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read with the chunks gone: %v, want EIO", err)
+	}
+	if l := logs.String(); !strings.Contains(l, "read from the backup failed") || !strings.Contains(l, "not found") || !strings.Contains(l, "/data/big.bin (inode") {
+		t.Fatalf("log: %s", l)
+	}
+	t.Logf("log: %s", strings.TrimSpace(logs.String()))
+	must(t, m.Unmount())
+	assertClean(t, dir)
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
