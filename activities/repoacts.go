@@ -89,7 +89,9 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (*CommitResult,
 	s, err := r.JoinBackup(ctx, in.BackupID)
 	if err != nil {
 		if b, lerr := r.LoadBackup(ctx, in.BackupID); lerr == nil {
-			return commitResult(b), nil // an earlier attempt committed it
+			// An earlier attempt committed it (and may have stopped before
+			// recording the freeze windows).
+			return commitResult(a.recordFreezeWindows(ctx, r, b, in.FreezeWindows)), nil
 		}
 		return nil, fmt.Errorf("commit %s: %w", in.BackupID, err)
 	}
@@ -110,7 +112,21 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (*CommitResult,
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", in.BackupID, err)
 	}
-	return commitResult(b), nil
+	return commitResult(a.recordFreezeWindows(ctx, r, b, in.FreezeWindows)), nil
+}
+
+// recordFreezeWindows adds the guests' freeze windows to a committed
+// backup's record (informational: a failure is logged, the backup stands).
+func (a *Activities) recordFreezeWindows(ctx context.Context, r *repo.Repository, b *repo.Backup, w map[string]time.Duration) *repo.Backup {
+	if len(w) == 0 || len(b.FreezeWindows) > 0 {
+		return b
+	}
+	nb, err := r.UpdateBackup(ctx, b.ID, func(b *repo.Backup) error { b.FreezeWindows = w; return nil })
+	if err != nil {
+		a.log.Warn("the backup is committed; recording its freeze windows failed", "backup", b.ID, "err", err)
+		return b
+	}
+	return nb
 }
 
 func commitResult(b *repo.Backup) *CommitResult {

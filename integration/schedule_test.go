@@ -173,6 +173,9 @@ func TestPolicyScheduleRunsRealBackup(t *testing.T) {
 			t.Errorf("record label %s = %q, want %q (labels %v)", k, b.Labels[k], want, b.Labels)
 		}
 	}
+	if len(b.FreezeWindows) != 2 || b.FreezeWindows["demo-1"] != res.FreezeWindows["demo-1"] {
+		t.Errorf("record's freeze windows %v, the workflow's %v", b.FreezeWindows, res.FreezeWindows)
+	}
 	if b.Consistency != "app" || len(b.Disks) != 4 || b.Expires == nil || b.Expires.Sub(b.Created) < 399*24*time.Hour {
 		t.Errorf("record: consistency %q, %d disks, expires %v (created %v)", b.Consistency, len(b.Disks), b.Expires, b.Created)
 	}

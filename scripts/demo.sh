@@ -76,9 +76,13 @@ sleep 5
 B2=$(awk '/^backup /{print $2; exit}' "$W/b2.txt")
 [ -n "$B2" ] || fail "no backup id in the second backup's output"
 
-say "6. The backups in the repository"
+say "6. The backups in the repository: size, bytes read / new / reused from earlier backups / stored (compressed, encrypted), consistency, each guest's freeze window"
 export RAKSHA_PASSWORD_FILE_DEMO=$W/repo.pw
 "$RAKSHA" backup list --repo "file://$W/repo" --password-file "$W/repo.pw"
+"$RAKSHA" backup list --repo "file://$W/repo" --password-file "$W/repo.pw" -f json | python3 -c '
+import json, sys
+bad = [b["id"] for b in json.load(sys.stdin) if b.get("consistency") != "app" or len(b.get("freeze_windows") or {}) != 2]
+sys.exit("not app-consistent with a freeze window per guest: %s" % bad if bad else 0)' || fail "a backup lacks its freeze windows"
 
 say "7. Restore the volume of demo-1 from the incremental backup and check its file system"
 DISK=$("$RAKSHA" backup show "$B2" --repo "file://$W/repo" --password-file "$W/repo.pw" -f json |

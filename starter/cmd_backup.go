@@ -32,6 +32,23 @@ func labelString(l map[string]string) string {
 	return strings.Join(parts, ",")
 }
 
+// freezeString shows the freeze window of each VM, by name, or "-".
+func freezeString(w map[string]time.Duration) string {
+	if len(w) == 0 {
+		return "-"
+	}
+	vms := make([]string, 0, len(w))
+	for vm := range w {
+		vms = append(vms, vm)
+	}
+	sort.Strings(vms)
+	parts := make([]string, len(vms))
+	for i, vm := range vms {
+		parts[i] = fmt.Sprintf("%s %.2fs", vm, w[vm].Seconds())
+	}
+	return strings.Join(parts, ", ")
+}
+
 func backupSize(b *repo.Backup) int64 {
 	var n int64
 	for _, d := range b.Disks {
@@ -66,7 +83,7 @@ func (a *app) backupListCmd() *cobra.Command {
 				return a.printJSON(list)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tCREATED\tSIZE\tDISKS\tNEW DATA\tSTATUS\tEXPIRES\tLABELS\tTAGS")
+			fmt.Fprintln(tw, "ID\tCREATED\tSIZE\tDISKS\tREAD\tNEW DATA\tREUSED\tSTORED\tCONSISTENCY\tFREEZE WINDOWS\tSTATUS\tEXPIRES\tLABELS\tTAGS")
 			for _, b := range list {
 				status := "available"
 				if b.Protected {
@@ -76,9 +93,14 @@ func (a *app) backupListCmd() *cobra.Command {
 				if b.Expires != nil {
 					exp = b.Expires.Local().Format("2006-01-02 15:04")
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Created.Local().Format("2006-01-02 15:04:05"),
-					humanBytes(backupSize(b)), len(b.Disks), humanBytes(b.Stats.BytesNew), status, exp,
-					labelString(b.Labels), strings.Join(b.Tags, ","))
+				consistency := b.Consistency
+				if consistency == "" {
+					consistency = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Created.Local().Format("2006-01-02 15:04:05"),
+					humanBytes(backupSize(b)), len(b.Disks), humanBytes(b.Stats.BytesRead), humanBytes(b.Stats.BytesNew),
+					humanBytes(b.Stats.BytesReused), humanBytes(b.Stats.BytesStored), consistency, freezeString(b.FreezeWindows),
+					status, exp, labelString(b.Labels), strings.Join(b.Tags, ","))
 			}
 			return tw.Flush()
 		},
@@ -122,6 +144,11 @@ func (a *app) backupShowCmd() *cobra.Command {
 			if b.Consistency != "" {
 				fmt.Fprintf(a.stdout, "consistency %s\n", b.Consistency)
 			}
+			if len(b.FreezeWindows) > 0 {
+				fmt.Fprintf(a.stdout, "frozen      %s\n", freezeString(b.FreezeWindows))
+			}
+			fmt.Fprintf(a.stdout, "data        read %s, new %s (stored %s), reused %s\n", humanBytes(b.Stats.BytesRead),
+				humanBytes(b.Stats.BytesNew), humanBytes(b.Stats.BytesStored), humanBytes(b.Stats.BytesReused))
 			fmt.Fprintf(a.stdout, "labels      %s\ntags        %s\n", labelString(b.Labels), strings.Join(b.Tags, ","))
 			for _, m := range ms {
 				st := m.Stats

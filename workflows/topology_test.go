@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -158,6 +159,10 @@ func TestTopologyChangeBetweenRuns(t *testing.T) {
 	}
 
 	first, c1, _ := run(1, topoVM("db", "vda"), topoVM("web", "vda"))
+	if b, err := r.LoadBackup(ctx, first.BackupID); err != nil || b.Consistency != "app" ||
+		!maps.Equal(b.FreezeWindows, map[string]time.Duration{"db": time.Second, "web": time.Second}) {
+		t.Errorf("run 1's record: consistency %q, freeze windows %v (%v)", b.Consistency, b.FreezeWindows, err)
+	}
 	for k, c := range c1 {
 		if c != (copied{}) {
 			t.Errorf("run 1: %s had a base %+v", k, c)

@@ -33,9 +33,12 @@ type Backup struct {
 	// metadata of each VM for workload backups).
 	Source json.RawMessage `json:"source,omitempty"`
 	// Consistency is "app", "crash" or "" (unknown, e.g. a plain image file).
-	Consistency string    `json:"consistency,omitempty"`
-	Disks       []DiskRef `json:"disks"`
-	Stats       DiskStats `json:"stats"`
+	Consistency string `json:"consistency,omitempty"`
+	// FreezeWindows is how long each VM's guest was frozen (by VM name), for
+	// an application-consistent workload backup.
+	FreezeWindows map[string]time.Duration `json:"freeze_windows,omitempty"`
+	Disks         []DiskRef                `json:"disks"`
+	Stats         DiskStats                `json:"stats"`
 }
 
 // DiskRef points from a backup record to one of its disk manifests.
