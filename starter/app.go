@@ -33,10 +33,17 @@ type app struct {
 	logLevel     string
 	progress     string
 	log          *slog.Logger
+	started      time.Time // when the command started, for phase timings
 }
 
 func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
-	return &app{stdout: stdout, stderr: stderr, getenv: getenv}
+	return &app{stdout: stdout, stderr: stderr, getenv: getenv, started: time.Now()}
+}
+
+// phase logs at debug level how long the command has run when it reaches a
+// step (--log-level debug shows where the time of a command goes).
+func (a *app) phase(step string, args ...any) {
+	a.log.Debug(step, append([]any{"elapsed", time.Since(a.started).Round(10 * time.Microsecond)}, args...)...)
 }
 
 // errUsage marks errors in the command line (exit code 2).

@@ -200,10 +200,12 @@ incomplete backup.`,
 			if err != nil {
 				return err
 			}
+			a.phase("repository opened")
 			base, err := a.findBase(ctx, r, baseID, lbl, diskName, abs)
 			if err != nil {
 				return err
 			}
+			a.phase("base found", "base", base)
 			if rsrc != nil && baseSnap != "" {
 				changed, changedKnown, err = a.rbdChanged(ctx, r, rsrc, base, rbdLocator{Pool: loc.Pool, Image: loc.Image, Snap: baseSnap})
 				if err != nil {
@@ -224,6 +226,7 @@ incomplete backup.`,
 				}
 				return err
 			}
+			a.phase("disk copied")
 			b, err := s.Commit(ctx)
 			if err != nil {
 				if aerr := s.Abort(context.WithoutCancel(ctx)); aerr != nil {
@@ -231,6 +234,7 @@ incomplete backup.`,
 				}
 				return err
 			}
+			a.phase("committed")
 			res := diskBackupResult{ID: b.ID, Disk: m.ID, Base: m.Base, Labels: lbl, Stats: m.Stats}
 			if a.format == "json" {
 				return a.printJSON(res)
@@ -419,8 +423,12 @@ func (a *app) diskRestoreCmd() *cobra.Command {
 				}
 			}
 			pr := a.newProgress("restore "+ref.Disk, ref.Size)
-			st, err := r.RestoreDisk(ctx, ref.ID, f, repo.RestoreOptions{ZeroHoles: isDev, Progress: pr.update})
+			dw := repo.NewDirectWriter(f)
+			st, err := r.RestoreDisk(ctx, ref.ID, dw, repo.RestoreOptions{ZeroHoles: isDev, Progress: pr.update})
 			pr.finish()
+			if cerr := dw.Close(); err == nil && cerr != nil {
+				err = fmt.Errorf("restore target %s: %w", path, cerr)
+			}
 			if cerr := f.Close(); err == nil && cerr != nil {
 				err = fmt.Errorf("restore target %s: %w", path, cerr)
 			}

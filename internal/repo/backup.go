@@ -506,7 +506,7 @@ func (s *Session) processChunk(ctx context.Context, src disk.Source, j chunkJob,
 		return reused()
 	}
 	sp := sealedPool.Get().(*[]byte)
-	*sp = r.codec.seal(buf, chunkAAD(id), (*sp)[:0])
+	*sp = r.codec.sealChunk(buf, chunkAAD(id), (*sp)[:0])
 	res.stats.BytesNew, res.stats.ChunksNew = int64(j.n), 1
 	return res, &uploadJob{i: j.i, id: id, sealed: sp, stats: res.stats}, nil
 }

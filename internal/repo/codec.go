@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/cipher"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -14,16 +16,33 @@ import (
 //
 //	encrypted:   "RK1E" | nonce(12) | AES-256-GCM(container, aad)
 //	unencrypted: "RK1P" | container | SHA-256(aad | container)
-//	container:   flag(1: 0 raw, 1 zstd) | payload
+//	container:   flag(1: 0 raw, 1 zstd, 2 sparse) | payload
+//	sparse:      uvarint(plain length) | zero map | flag(1: 0 raw, 1 zstd) | payload
 //
 // The aad binds an object to its logical identity (a chunk to its id, a page
 // to its manifest and number), so a swapped or truncated object fails to open.
+//
+// A sparse container (chunks with at least sparseMinZeroBlocks all-zero 4 KiB
+// blocks) stores only the non-zero blocks, in order, raw or as one zstd
+// frame; its zero map has one bit per 4 KiB block of the plaintext (bit i of
+// byte i/8 set: block i is all zeros). Disk images are full of such blocks,
+// and while zstd stores zero runs compactly, it decodes them a byte at a
+// time (a match at distance 1); the map makes a restore's decoding and hole
+// detection proportional to the data.
 const (
 	magicEncrypted = "RK1E"
 	magicPlain     = "RK1P"
 	flagRaw        = 0
 	flagZstd       = 1
+	flagSparse     = 2
 )
+
+// zeroBlock is the granularity of a sparse container's zero map.
+const zeroBlock = 4096
+
+// sparseMinZeroBlocks is how many all-zero blocks a chunk needs before it is
+// stored as a sparse container (fewer: zstd's own handling is fine).
+const sparseMinZeroBlocks = 16
 
 // ErrCorrupt is wrapped by every error about an object whose bytes are damaged.
 var ErrCorrupt = errors.New("corrupt object")
@@ -34,11 +53,15 @@ type codec struct {
 	enc      *zstd.Encoder
 	dec      *zstd.Decoder
 	maxPlain int
+	gather   sync.Pool // *[]byte: sealChunk's non-zero blocks
 }
 
-func newCodec(aead cipher.AEAD, compress bool, maxPlain int) (*codec, error) {
+// newCodec returns a codec whose EncodeAll calls run on up to encoders
+// goroutines at once (each encoder keeps its own window; one encoder would
+// make the backup workers take turns at compressing).
+func newCodec(aead cipher.AEAD, compress bool, maxPlain, encoders int) (*codec, error) {
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
-		zstd.WithEncoderConcurrency(1))
+		zstd.WithEncoderConcurrency(max(encoders, 1)))
 	if err != nil {
 		return nil, err
 	}
@@ -47,31 +70,92 @@ func newCodec(aead cipher.AEAD, compress bool, maxPlain int) (*codec, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &codec{aead: aead, compress: compress, enc: enc, dec: dec, maxPlain: maxPlain}, nil
+	c := &codec{aead: aead, compress: compress, enc: enc, dec: dec, maxPlain: maxPlain}
+	c.gather.New = func() any { b := []byte(nil); return &b }
+	return c, nil
 }
 
 // seal encodes plain for storage. buf is scratch space that may be reused for
 // the result; the result may alias buf.
 func (c *codec) seal(plain, aad, buf []byte) []byte {
-	container := buf[:0]
-	if c.aead != nil {
-		// leave room for magic and nonce in front of the container
-		container = append(container, make([]byte, len(magicEncrypted)+c.aead.NonceSize())...)
-	} else {
-		container = append(container, magicPlain...)
-	}
+	container := c.header(buf)
 	hdr := len(container)
+	container = c.appendPayload(container, plain)
+	return c.finish(container, hdr, aad)
+}
+
+// appendPayload appends flag and payload for plain: zstd, or raw when
+// compression is off or does not pay.
+func (c *codec) appendPayload(container, plain []byte) []byte {
+	start := len(container)
 	if c.compress && !c.incompressible(plain) {
 		container = append(container, flagZstd)
 		container = c.enc.EncodeAll(plain, container)
-		if len(container)-hdr-1 >= len(plain) {
-			container = append(container[:hdr], flagRaw)
-			container = append(container, plain...)
+		if len(container)-start-1 < len(plain) {
+			return container
 		}
-	} else {
-		container = append(container, flagRaw)
-		container = append(container, plain...)
+		container = container[:start]
 	}
+	container = append(container, flagRaw)
+	return append(container, plain...)
+}
+
+// sealChunk is seal for disk chunks: a chunk with enough all-zero blocks is
+// stored as a sparse container.
+func (c *codec) sealChunk(plain, aad, buf []byte) []byte {
+	nblocks := (len(plain) + zeroBlock - 1) / zeroBlock
+	if nblocks < sparseMinZeroBlocks {
+		return c.seal(plain, aad, buf)
+	}
+	zmap := make([]byte, (nblocks+7)/8)
+	zeros := 0
+	for b := range nblocks {
+		blk := plain[b*zeroBlock : min((b+1)*zeroBlock, len(plain))]
+		if bytes.Equal(blk, zeroChunk[:len(blk)]) {
+			zmap[b/8] |= 1 << (b % 8)
+			zeros++
+		}
+	}
+	if zeros < sparseMinZeroBlocks || zeros == nblocks {
+		return c.seal(plain, aad, buf)
+	}
+	// Gather the non-zero blocks.
+	gp := c.gather.Get().(*[]byte)
+	defer c.gather.Put(gp)
+	data := (*gp)[:0]
+	for b := 0; b < nblocks; {
+		if zmap[b/8]&(1<<(b%8)) != 0 {
+			b++
+			continue
+		}
+		e := b
+		for e < nblocks && zmap[e/8]&(1<<(e%8)) == 0 {
+			e++
+		}
+		data = append(data, plain[b*zeroBlock:min(e*zeroBlock, len(plain))]...)
+		b = e
+	}
+	*gp = data
+	container := c.header(buf)
+	hdr := len(container)
+	container = append(container, flagSparse)
+	container = binary.AppendUvarint(container, uint64(len(plain)))
+	container = append(container, zmap...)
+	container = c.appendPayload(container, data)
+	return c.finish(container, hdr, aad)
+}
+
+// header starts an object in buf: magic, and room for the nonce.
+func (c *codec) header(buf []byte) []byte {
+	container := buf[:0]
+	if c.aead != nil {
+		return append(container, make([]byte, len(magicEncrypted)+c.aead.NonceSize())...)
+	}
+	return append(container, magicPlain...)
+}
+
+// finish seals container[hdr:] (flag and payload) behind the header.
+func (c *codec) finish(container []byte, hdr int, aad []byte) []byte {
 	if c.aead == nil {
 		h := sha256.New()
 		h.Write(aad)
@@ -146,6 +230,15 @@ func (c *codec) openInto(data, aad, dst []byte) (plain []byte, decoded bool, err
 	default:
 		return nil, false, fmt.Errorf("%w: unknown header %q", ErrCorrupt, data[:4])
 	}
+	if container[0] == flagSparse {
+		plain, err := c.openSparse(container[1:], dst)
+		return plain, true, err
+	}
+	return c.decodePayload(container, dst)
+}
+
+// decodePayload decodes flag and payload (raw or zstd).
+func (c *codec) decodePayload(container, dst []byte) (plain []byte, decoded bool, err error) {
 	switch container[0] {
 	case flagRaw:
 		return container[1:], false, nil
@@ -158,4 +251,76 @@ func (c *codec) openInto(data, aad, dst []byte) (plain []byte, decoded bool, err
 	default:
 		return nil, false, fmt.Errorf("%w: unknown compression flag %d", ErrCorrupt, container[0])
 	}
+}
+
+// openSparse decodes a sparse container (after its flag) into dst's storage
+// when it is large enough.
+func (c *codec) openSparse(p, dst []byte) ([]byte, error) {
+	size, n := binary.Uvarint(p)
+	if n <= 0 || size == 0 || size > uint64(c.maxPlain) {
+		return nil, fmt.Errorf("%w: sparse object with a bad length", ErrCorrupt)
+	}
+	p = p[n:]
+	nblocks := (int(size) + zeroBlock - 1) / zeroBlock
+	mapLen := (nblocks + 7) / 8
+	if len(p) < mapLen+1 {
+		return nil, fmt.Errorf("%w: sparse object truncated", ErrCorrupt)
+	}
+	zmap, inner := p[:mapLen], p[mapLen:]
+	if nblocks%8 != 0 && zmap[mapLen-1]>>(nblocks%8) != 0 {
+		return nil, fmt.Errorf("%w: sparse object's zero map has bits past its end", ErrCorrupt)
+	}
+	isZero := func(b int) bool { return zmap[b/8]&(1<<(b%8)) != 0 }
+	want := int(size)
+	for b := range nblocks {
+		if isZero(b) {
+			want -= min(zeroBlock, int(size)-b*zeroBlock)
+		}
+	}
+	if inner[0] != flagRaw && inner[0] != flagZstd {
+		return nil, fmt.Errorf("%w: unknown compression flag %d in a sparse object", ErrCorrupt, inner[0])
+	}
+	var out []byte
+	if cap(dst) >= int(size) {
+		out = dst[:size]
+	} else {
+		out = make([]byte, size)
+	}
+	// The non-zero blocks, packed at the front of out (or still in inner
+	// when stored raw).
+	var packed []byte
+	if inner[0] == flagRaw {
+		packed = inner[1:]
+	} else {
+		var err error
+		packed, err = c.dec.DecodeAll(inner[1:], out[:0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: decompress: %v", ErrCorrupt, err)
+		}
+		// packed is normally out's own storage (then the spreading below
+		// works in place); if DecodeAll had to grow it, it is a buffer of
+		// its own, which works as well.
+	}
+	if len(packed) != want {
+		return nil, fmt.Errorf("%w: sparse object holds %d bytes of data, its zero map says %d", ErrCorrupt, len(packed), want)
+	}
+	// Spread the packed blocks to their places, last first: a block never
+	// moves to a lower position, so nothing is overwritten before it moved.
+	pos := want
+	for e := nblocks; e > 0; {
+		b := e - 1
+		zero := isZero(b)
+		for b > 0 && isZero(b-1) == zero {
+			b--
+		}
+		lo, hi := b*zeroBlock, min(e*zeroBlock, int(size))
+		if zero {
+			clear(out[lo:hi])
+		} else {
+			pos -= hi - lo
+			copy(out[lo:hi], packed[pos:pos+hi-lo])
+		}
+		e = b
+	}
+	return out, nil
 }

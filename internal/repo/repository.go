@@ -199,10 +199,12 @@ func Open(ctx context.Context, be backend.Backend, password string, opts Options
 		if password == "" {
 			return nil, fmt.Errorf("open %s: the repository is encrypted: set RAKSHA_PASSWORD or --password-file", be.Location())
 		}
+		kdfStart := time.Now()
 		mk, err = findKey(ctx, be, password)
 		if err != nil {
 			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
 		}
+		opts.Log.Debug("master key unwrapped", "took", time.Since(kdfStart).Round(10*time.Microsecond))
 	default:
 		return nil, fmt.Errorf("open %s: config: unknown encryption %q", be.Location(), cfg.Encryption)
 	}
@@ -250,14 +252,14 @@ func newRepository(be backend.Backend, cfg Config, mk *masterKey, opts Options) 
 		if err != nil {
 			return nil, err
 		}
-		r.codec, err = newCodec(aead, cfg.Compression == "zstd", maxPlain)
+		r.codec, err = newCodec(aead, cfg.Compression == "zstd", maxPlain, opts.Workers)
 		if err != nil {
 			return nil, err
 		}
 		idKey = mk.ID
 	} else {
 		var err error
-		r.codec, err = newCodec(nil, cfg.Compression == "zstd", maxPlain)
+		r.codec, err = newCodec(nil, cfg.Compression == "zstd", maxPlain, opts.Workers)
 		if err != nil {
 			return nil, err
 		}

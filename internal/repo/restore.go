@@ -82,12 +82,21 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 		}
 	}
 	chunkLen := func(i int64) int64 { return min(cs, m.Size-i*cs) }
+	// A target written with O_DIRECT needs block-aligned buffers: chunks
+	// are decompressed into aligned ones, stored-raw chunks copied there.
+	dw, _ := w.(*DirectWriter)
+	direct := dw != nil && dw.Direct()
 	var wg sync.WaitGroup
 	for range r.opts.Transfers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			bufs := &chunkBuffers{}
+			var alignedBuf []byte
+			if direct {
+				alignedBuf = alignedBuffer(int(cs))
+				bufs.plain = alignedBuf
+			}
 			for j := range jobs {
 				if ctx.Err() != nil {
 					continue
@@ -96,6 +105,9 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 				if err != nil {
 					cancel(fmt.Errorf("chunk %d (offset %d): %w", j.i, j.i*cs, err))
 					continue
+				}
+				if direct && !aligned(plain) && len(plain) <= cap(alignedBuf) {
+					plain = append(alignedBuf[:0], plain...)
 				}
 				if int64(len(plain)) != chunkLen(j.i) {
 					cancel(fmt.Errorf("chunk %d (%s): %w: %d bytes, want %d", j.i, j.id, ErrCorrupt, len(plain), chunkLen(j.i)))

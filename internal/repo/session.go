@@ -180,9 +180,11 @@ func (s *Session) Commit(ctx context.Context) (*Backup, error) {
 		s.testHooks.beforeCommit()
 	}
 	r := s.r
+	flushStart := time.Now()
 	if err := backend.Flush(ctx, r.be); err != nil {
 		return nil, fmt.Errorf("commit %s: %w", s.id, err)
 	}
+	r.log.Debug("commit: chunks and manifests flushed", "backup", s.id, "took", time.Since(flushStart).Round(10*time.Microsecond))
 	in, err := r.be.Stat(ctx, "sessions/"+s.id)
 	if backend.IsNotFound(err) || (err == nil && time.Since(in.ModTime) > r.opts.MaxSessionAge) {
 		return nil, fmt.Errorf("commit %s: %w (marker gone or older than %v)", s.id, ErrSessionExpired, r.opts.MaxSessionAge)
@@ -200,9 +202,11 @@ func (s *Session) Commit(ctx context.Context) (*Backup, error) {
 	if err := r.saveJSON(ctx, backupName(s.id), "backup:"+s.id, b); err != nil {
 		return nil, fmt.Errorf("commit %s: %w", s.id, err)
 	}
+	flushStart = time.Now()
 	if err := backend.Flush(ctx, r.be); err != nil {
 		return nil, fmt.Errorf("commit %s: %w", s.id, err)
 	}
+	r.log.Debug("commit: backup record written and flushed", "backup", s.id, "took", time.Since(flushStart).Round(10*time.Microsecond))
 	s.finished = true
 	if _, err := r.rescueFromTrash(ctx, s.disks); err != nil {
 		// gc rescues referenced chunks too; this is a warning, not a failure.
