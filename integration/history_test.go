@@ -159,6 +159,8 @@ func TestRecordBackupHistories(t *testing.T) {
 		{"2vms", 2, 2, workflows.BackupRequest{Workload: "shop", Repository: "main", Consistency: "app", Retention: activities.Retention{Daily: 7}}},
 		{"40disks", 4, 10, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "crash"}},
 		{"40disks-children", 4, 10, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "app", CopyBatchSize: 16}},
+		// The first CopyDisks child of such a backup (its own history).
+		{"copydisks", 4, 10, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "app", CopyBatchSize: 16}},
 	} {
 		out := filepath.Join(dir, "history-"+tc.name+".json")
 		if _, err := os.Stat(out); err == nil {
@@ -166,7 +168,10 @@ func TestRecordBackupHistories(t *testing.T) {
 			continue
 		}
 		f.vms = fakeWorkload(tc.vms, tc.disks)
-		_, h, _ := runFakeBackup(t, c, "backup/"+tc.req.Workload, tc.req)
+		res, h, _ := runFakeBackup(t, c, "backup/"+tc.req.Workload, tc.req)
+		if tc.name == "copydisks" {
+			h = history(t, c, workflows.CopyWorkflowID("backup/"+tc.req.Workload, res.BackupID, 1), "")
+		}
 		b, err := protojson.MarshalOptions{Indent: "  "}.Marshal(h)
 		if err != nil {
 			t.Fatal(err)
