@@ -176,19 +176,27 @@ func (a *app) follow(ctx context.Context, c client.Client, run client.WorkflowRu
 			if p.Phase != "copy" {
 				continue
 			}
-			desc, err := c.DescribeWorkflowExecution(ctx, run.GetID(), run.GetRunID())
-			if err != nil {
-				continue
-			}
+			// The copies run in the backup itself or, for a large
+			// workload, in its CopyDisks children.
 			var doneBytes, total int64
-			for _, pa := range desc.GetPendingActivities() {
-				if pa.GetActivityType().GetName() != "CopyDisk" || pa.GetHeartbeatDetails() == nil {
+			for i, id := range append([]string{run.GetID()}, p.CopyWorkflows...) {
+				runID := ""
+				if i == 0 {
+					runID = run.GetRunID()
+				}
+				desc, err := c.DescribeWorkflowExecution(ctx, id, runID)
+				if err != nil {
 					continue
 				}
-				var cp activities.CopyProgress
-				if err := converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &cp); err == nil {
-					doneBytes += cp.Done
-					total += cp.Total
+				for _, pa := range desc.GetPendingActivities() {
+					if pa.GetActivityType().GetName() != "CopyDisk" || pa.GetHeartbeatDetails() == nil {
+						continue
+					}
+					var cp activities.CopyProgress
+					if err := converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &cp); err == nil {
+						doneBytes += cp.Done
+						total += cp.Total
+					}
 				}
 			}
 			if total > 0 {
