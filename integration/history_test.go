@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,9 @@ import (
 // or repository, so that its histories can be measured and recorded.
 type fakeActs struct {
 	vms []activities.VM
+	// block makes CopyDisk heartbeat until it is cancelled.
+	block     atomic.Bool
+	cancelled atomic.Int32
 
 	mu     sync.Mutex
 	copier map[string]string // disk manifest → workflow id that ran its copy
@@ -60,6 +64,15 @@ func (f *fakeActs) CopyDisk(ctx context.Context, in activities.CopyInput) (*acti
 	}
 	f.copier[m] = activity.GetInfo(ctx).WorkflowExecution.ID
 	f.mu.Unlock()
+	for f.block.Load() {
+		activity.RecordHeartbeat(ctx, activities.CopyProgress{})
+		select {
+		case <-ctx.Done():
+			f.cancelled.Add(1)
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 	return &activities.CopyResult{Manifest: m, Size: in.Disk.Size, BytesRead: in.Disk.Size, BytesNew: in.Disk.Size / 2,
 		BytesReused: in.Disk.Size / 2, BytesStored: in.Disk.Size / 3}, nil
 }
@@ -281,4 +294,58 @@ func TestLargeWorkloadHistoryBounded(t *testing.T) {
 	if !reflect.DeepEqual(res, flat) {
 		t.Errorf("results differ:\nchildren %+v\nflat     %+v", res, flat)
 	}
+}
+
+// TestTerminatedBackupCancelsItsCopyChildren: a large backup is terminated
+// while its children copy; the parent close policy cancels every child,
+// their copies are cancelled, nothing keeps running.
+func TestTerminatedBackupCancelsItsCopyChildren(t *testing.T) {
+	c, _ := startTemporal(t)
+	ctx := context.Background()
+	f := &fakeActs{vms: fakeWorkload(4, 10)}
+	f.block.Store(true)
+	startFakeWorkers(t, c, f)
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "backup/big", TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup,
+		workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "crash", CopyBatchSize: 16, CopyHeartbeatTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the children did not start every copy", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.copier) == 40
+	})
+	var children []string
+	for _, ev := range history(t, c, run.GetID(), run.GetRunID()).Events {
+		if a := ev.GetStartChildWorkflowExecutionInitiatedEventAttributes(); a != nil {
+			children = append(children, a.GetWorkflowId())
+		}
+	}
+	if len(children) != 3 {
+		t.Fatalf("children %v, want 3", children)
+	}
+	if err := c.TerminateWorkflow(ctx, run.GetID(), run.GetRunID(), "test: the backup is terminated"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	eventually(t, 30*time.Second, "a child still runs after its parent was terminated", func() bool {
+		for _, id := range children {
+			d, err := c.DescribeWorkflowExecution(ctx, id, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+				return false
+			}
+		}
+		return true
+	})
+	for _, id := range children {
+		d, _ := c.DescribeWorkflowExecution(ctx, id, "")
+		if st := d.GetWorkflowExecutionInfo().GetStatus(); st != enumspb.WORKFLOW_EXECUTION_STATUS_CANCELED {
+			t.Errorf("child %s ended %v, want cancelled", id, st)
+		}
+	}
+	eventually(t, 10*time.Second, "copies still run", func() bool { return f.cancelled.Load() == 40 })
+	t.Logf("3 children and their 40 copies cancelled %v after the backup was terminated", time.Since(start).Round(time.Millisecond))
 }
