@@ -73,11 +73,11 @@ func cloudErr(err error) error {
 	}
 	switch {
 	case errors.Is(err, cloud.ErrNotFound):
-		return temporal.NewNonRetryableApplicationError(err.Error(), ErrNotFound, err)
+		return temporal.NewNonRetryableApplicationError(err.Error(), ErrNotFound, nil)
 	case errors.Is(err, cloud.ErrUnauthorized), errors.Is(err, cloud.ErrForbidden):
-		return temporal.NewNonRetryableApplicationError(err.Error(), ErrUnauthorized, err)
+		return temporal.NewNonRetryableApplicationError(err.Error(), ErrUnauthorized, nil)
 	case errors.Is(err, cloud.ErrBadRequest):
-		return temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalid, err)
+		return temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalid, nil)
 	}
 	return err
 }
@@ -291,7 +291,7 @@ func (a *Activities) openTarget(ctx context.Context, t WriteTarget) (writer, err
 		}
 		im, err := target.OpenImage(ctx, t.Path, target.ImageOptions{Format: t.Format, Conns: 4})
 		if errors.Is(err, target.ErrInUse) {
-			return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("target %s: %v (stop the server using it first)", t, err), ErrInvalid, err)
+			return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("target %s: %v (stop the server using it first)", t, err), ErrInvalid, nil)
 		}
 		return im, err
 	case "instance-disk":
@@ -346,7 +346,7 @@ func (a *Activities) WriteDisk(ctx context.Context, in WriteDiskInput) (*WriteDi
 	}
 	if err != nil {
 		if errors.Is(err, repo.ErrCorrupt) || errors.Is(err, backend.ErrNotFound) {
-			return nil, temporal.NewNonRetryableApplicationError(err.Error(), ErrCorrupt, err)
+			return nil, temporal.NewNonRetryableApplicationError(err.Error(), ErrCorrupt, nil)
 		}
 		return nil, err
 	}
@@ -467,8 +467,8 @@ func (a *Activities) DeleteRestoreServer(ctx context.Context, in ServerRef) erro
 	}))
 }
 
-// DeleteRestoreVolume deletes a volume once it is detached. A volume already
-// gone is no error.
+// DeleteRestoreVolume deletes a volume once it is detached and waits until
+// it is gone. A volume already gone is no error.
 func (a *Activities) DeleteRestoreVolume(ctx context.Context, in VolumeRef) error {
 	c, err := a.cloudFor(ctx, in.Project)
 	if err != nil {
@@ -485,8 +485,10 @@ func (a *Activities) DeleteRestoreVolume(ctx context.Context, in VolumeRef) erro
 			}
 			switch v.Status {
 			case "available", "error", "error_restoring":
-				return c.DeleteVolume(ctx, in.VolumeID)
-			case "deleting":
+				if err := c.DeleteVolume(ctx, in.VolumeID); err != nil {
+					return err
+				}
+			case "deleting": // wait until it is gone
 			case "in-use":
 				if v.ServerID != "" {
 					if err := c.DetachVolume(ctx, v.ServerID, in.VolumeID); err != nil && !errors.Is(err, cloud.ErrNotFound) && !errors.Is(err, cloud.ErrConflict) {

@@ -67,7 +67,7 @@ func startTemporal(t *testing.T) (client.Client, string) {
 }
 
 // startWorkers runs in-process workers of acts on the queues until the test
-// ends; the control queue also runs WorkloadBackup.
+// ends; the control queue also runs the workflows.
 func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, queues ...string) {
 	t.Helper()
 	for _, q := range queues {
@@ -75,6 +75,9 @@ func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, qu
 		if q == activities.ControlQueue {
 			w.RegisterWorkflow(workflows.WorkloadBackup)
 			w.RegisterWorkflow(workflows.CopyDisks)
+			w.RegisterWorkflow(workflows.Restore)
+			w.RegisterWorkflow(workflows.Clone)
+			w.RegisterWorkflow(workflows.CloneDelete)
 		}
 		w.RegisterActivity(acts)
 		if err := w.Start(); err != nil {

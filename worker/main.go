@@ -143,6 +143,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 			return fmt.Errorf("connect to the cloud: %w", err)
 		}
 		acfg.Discoverer = &activities.CloudDiscoverer{Client: cl}
+		acfg.Cloud = cl
 	}
 	if has["host"] {
 		// A guest left frozen by a dead worker stays frozen forever: thaw it now.
@@ -175,6 +176,9 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		w.RegisterWorkflow(workflows.WorkloadBackup)
 		w.RegisterWorkflow(workflows.CopyDisks)
 		w.RegisterWorkflow(workflows.Semaphore)
+		w.RegisterWorkflow(workflows.Restore)
+		w.RegisterWorkflow(workflows.Clone)
+		w.RegisterWorkflow(workflows.CloneDelete)
 		w.RegisterActivity(acts)
 		workers = append(workers, w)
 	}
