@@ -102,7 +102,7 @@ func (a *app) root() *cobra.Command {
 	root.AddCommand(a.repoCmd(), a.diskCmd(), a.backupCmd(), a.temporalSetupCmd())
 	root.AddCommand(a.labCmd())
 	root.AddCommand(a.policyCmd())
-	root.AddCommand(a.restoreCmd())
+	root.AddCommand(a.restoreCmd(), a.cloneCmd())
 	root.AddCommand(a.mountCmd(), a.umountCmd())
 	return root
 }

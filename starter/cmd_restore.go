@@ -11,8 +11,8 @@ import (
 )
 
 func (a *app) restoreCmd() *cobra.Command {
-	c := &cobra.Command{Use: "restore", Short: "Restore from backups: single files"}
-	c.AddCommand(a.restoreFilesCmd())
+	c := &cobra.Command{Use: "restore", Short: "Restore from backups: workloads, servers, volumes (workflows) and single files"}
+	c.AddCommand(a.restoreFilesCmd(), a.restoreStartCmd(), a.restoreListCmd("restore"), a.restoreShowCmd(), a.restoreCancelCmd("restore"))
 	return c
 }
 
