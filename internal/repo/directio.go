@@ -18,7 +18,7 @@ const directAlign = 4096
 // DirectWriter writes a restore target (a file or block device) through a
 // second descriptor opened with O_DIRECT where a write is block-aligned, and
 // through the ordinary descriptor where it is not (the tail of a disk whose
-// size is not a multiple of 4 KiB). Direct writes go from the restore's
+// size is not a multiple of 4 KiB) or where it is short. Direct writes go from the restore's
 // buffers to the device without passing through the page cache: a restore
 // does not fill memory with pages it will not read again, nor spend its CPU
 // time copying into them, and the bytes are on the device when the restore
@@ -51,9 +51,15 @@ func aligned(p []byte) bool {
 	return len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))%directAlign == 0
 }
 
+// directMinWrite is the shortest write DirectWriter sends with O_DIRECT.
+// A direct write into a hole holds the file's lock for the whole device
+// write, and small ones are slow per byte; the scattered single blocks of a
+// sparse restore are cheaper through the page cache.
+const directMinWrite = 64 << 10
+
 // WriteAt implements io.WriterAt.
 func (d *DirectWriter) WriteAt(p []byte, off int64) (int, error) {
-	if !d.Direct() || off%directAlign != 0 || !aligned(p) {
+	if !d.Direct() || len(p) < directMinWrite || off%directAlign != 0 || !aligned(p) {
 		return d.f.WriteAt(p, off)
 	}
 	n := len(p) &^ (directAlign - 1)

@@ -74,7 +74,8 @@ func TestDirectWriterUnalignedWrites(t *testing.T) {
 	defer f.Close()
 	dw := NewDirectWriter(f)
 	defer dw.Close()
-	buf := alignedBuffer(3 * directAlign)[:3*directAlign]
+	const big = directMinWrite
+	buf := alignedBuffer(big + 3*directAlign)[:big+3*directAlign]
 	for i := range buf {
 		buf[i] = byte(i % 251)
 	}
@@ -83,11 +84,14 @@ func TestDirectWriterUnalignedWrites(t *testing.T) {
 		p   []byte
 		off int64
 	}{
-		{buf[:2*directAlign], 0},                      // aligned: direct
-		{buf[1 : 1+directAlign], 2 * directAlign},     // unaligned buffer
-		{buf[:directAlign], 3*directAlign + 512},      // unaligned offset
-		{buf[:directAlign+100], 5 * directAlign},      // aligned head, short tail
-		{buf[:10], 4*directAlign + 512 + directAlign}, // small
+		{buf[:2*directAlign], 0},                              // aligned but short: buffered
+		{buf[1 : 1+directAlign], 2 * directAlign},             // unaligned buffer
+		{buf[:directAlign], 3*directAlign + 512},              // unaligned offset
+		{buf[:directAlign+100], 5 * directAlign},              // short, with a partial block
+		{buf[:10], 4*directAlign + 512 + directAlign},         // small
+		{buf[:big], 8 * directAlign},                          // aligned and long: direct
+		{buf[:big+100], 8*directAlign + big},                  // direct head, buffered tail
+		{buf[1 : 1+big], 8*directAlign + 2*big + directAlign}, // unaligned buffer, long
 	} {
 		n, err := dw.WriteAt(w.p, w.off)
 		if err != nil || n != len(w.p) {
