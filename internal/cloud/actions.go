@@ -11,6 +11,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/snapshots"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/volumes"
 	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/flavors"
+	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/keypairs"
 	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/servers"
 	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/volumeattach"
 	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
@@ -347,7 +348,11 @@ func (c *Client) CreateServer(ctx context.Context, m *ServerMeta, vols map[strin
 	if m.BootFromVolume && len(opts.BlockDevice) == 0 {
 		return "", &Error{Op: op, Kind: ErrBadRequest, Msg: "the server booted from a volume and no restored root volume was given"}
 	}
-	s, err := servers.Create(ctx, c.compute, opts, nil).Extract()
+	var create servers.CreateOptsBuilder = opts
+	if m.KeyName != "" {
+		create = keypairs.CreateOptsExt{CreateOptsBuilder: opts, KeyName: m.KeyName}
+	}
+	s, err := servers.Create(ctx, c.compute, create, nil).Extract()
 	if err != nil {
 		return "", classify(op, err)
 	}

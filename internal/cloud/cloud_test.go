@@ -369,6 +369,22 @@ func TestSnapshotLifecycleAndRestoreWithRemap(t *testing.T) {
 	if v, err := c.WaitVolume(ctx, nv, "available", waitLong); err != nil || v.SizeGB != 1 {
 		t.Fatalf("restored volume: %+v %v", v, err)
 	}
+	// The restore writes the new volume where Cinder's connection says.
+	conn, err := c.ConnectVolume(ctx, nv, "raksha")
+	if err != nil || conn.Type != "local" || conn.Format != "qcow2" || !strings.HasSuffix(conn.Path, nv+".qcow2") || len(conn.Hosts) == 0 {
+		t.Fatalf("connect volume: %+v %v", conn, err)
+	}
+	if _, err := os.Stat(conn.Path); err != nil {
+		t.Fatalf("connection path: %v", err)
+	}
+	if err := c.DisconnectVolume(ctx, nv, "raksha"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ConnectVolume(ctx, "no-such-volume", "raksha"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("connect a missing volume: %v, want ErrNotFound", err)
+	}
+	m.KeyName = "ops-key"
+	m.Metadata["raksha.restore"] = "r1"
 	nid, err := c.CreateServer(ctx, m, map[string]string{vol: nv}, Remap{Networks: map[string]string{lab.Network: lab.Network2}, NamePrefix: "restored-"})
 	if err != nil {
 		t.Fatal(err)
@@ -382,8 +398,11 @@ func TestSnapshotLifecycleAndRestoreWithRemap(t *testing.T) {
 	}
 	if rm.Name != "restored-app-1" || len(rm.Ports) != 1 || rm.Ports[0].NetworkName != lab.Network2 ||
 		!strings.HasPrefix(rm.Ports[0].FixedIPs[0].IPAddress, "10.30.0.") || len(rm.Volumes) != 1 || rm.Volumes[0].ID != nv ||
-		rm.Metadata[WorkloadKey] != "demo" || rm.Flavor.Name != m.Flavor.Name {
+		rm.Metadata[WorkloadKey] != "demo" || rm.Flavor.Name != m.Flavor.Name || rm.KeyName != "ops-key" {
 		t.Fatalf("restored server: %+v", rm)
+	}
+	if srvs, vols, err := c.FindByMetadata(ctx, "raksha.restore", "r1"); err != nil || len(srvs) != 1 || srvs[0] != nid || len(vols) != 0 {
+		t.Fatalf("find by metadata: %v %v %v", srvs, vols, err)
 	}
 	// The snapshot's volume cannot go while the snapshot exists; then both go.
 	if err := c.DeleteSnapshot(ctx, snap); err != nil {
