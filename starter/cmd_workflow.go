@@ -114,8 +114,8 @@ func (a *app) backupStartCmd() *cobra.Command {
 			if a.format == "json" {
 				return a.printJSON(res)
 			}
-			fmt.Fprintf(a.stdout, "backup %s (%s): %d VMs, %d disks; read %s, new %s, stored %s\n", res.BackupID, res.Consistency,
-				res.VMs, len(res.Disks), humanBytes(res.BytesRead), humanBytes(res.BytesNew), humanBytes(res.BytesStored))
+			fmt.Fprintf(a.stdout, "backup %s (%s): %d VMs, %d disks; read %s, new %s, reused %s, stored %s\n", res.BackupID, res.Consistency,
+				res.VMs, len(res.Disks), humanBytes(res.BytesRead), humanBytes(res.BytesNew), humanBytes(res.BytesReused), humanBytes(res.BytesStored))
 			for vm, w := range res.FreezeWindows {
 				fmt.Fprintf(a.stdout, "  freeze window %s: %v\n", vm, w.Round(time.Millisecond))
 			}

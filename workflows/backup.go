@@ -81,6 +81,7 @@ type BackupResult struct {
 	Disks          []activities.CopyResult  `json:"disks"`
 	BytesRead      int64                    `json:"bytes_read"`
 	BytesNew       int64                    `json:"bytes_new"`
+	BytesReused    int64                    `json:"bytes_reused"`
 	BytesStored    int64                    `json:"bytes_stored"`
 	Pruned         []string                 `json:"pruned,omitempty"`
 	Warnings       []string                 `json:"warnings,omitempty"`
@@ -352,6 +353,7 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 		manifests = append(manifests, cr.Manifest)
 		res.BytesRead += cr.BytesRead
 		res.BytesNew += cr.BytesNew
+		res.BytesReused += cr.BytesReused
 		res.BytesStored += cr.BytesStored
 	}
 
@@ -538,6 +540,6 @@ func shortID(runID string) string {
 
 func summary(r *BackupResult) map[string]any {
 	return map[string]any{"backup_id": r.BackupID, "consistency": r.Consistency, "vms": r.VMs, "disks": len(r.Disks),
-		"bytes_read": r.BytesRead, "bytes_new": r.BytesNew, "bytes_stored": r.BytesStored,
+		"bytes_read": r.BytesRead, "bytes_new": r.BytesNew, "bytes_reused": r.BytesReused, "bytes_stored": r.BytesStored,
 		"workload_freeze_window": r.WorkloadWindow.String()}
 }

@@ -114,14 +114,17 @@ func TestLargeWorkloadCopiesInChildWorkflows(t *testing.T) {
 	if !reflect.DeepEqual(res, flat) {
 		t.Errorf("children's result differs from the flat path's:\n%+v\n%+v", res, flat)
 	}
-	var total int64
+	var total, reused int64
 	for _, vm := range vms {
 		for _, d := range vm.Disks {
 			total += d.Size / 4
+			reused += d.Size / 8
 		}
 	}
-	if len(res.Disks) != 100 || res.Disks[0].Manifest != res.BackupID+"/vm00/vda" || res.Disks[99].Manifest != res.BackupID+"/vm09/vdj" || res.BytesRead != total {
-		t.Errorf("result: %d disks, first %s, last %s, read %d (want %d)", len(res.Disks), res.Disks[0].Manifest, res.Disks[99].Manifest, res.BytesRead, total)
+	if len(res.Disks) != 100 || res.Disks[0].Manifest != res.BackupID+"/vm00/vda" || res.Disks[99].Manifest != res.BackupID+"/vm09/vdj" ||
+		res.BytesRead != total || res.BytesReused != reused {
+		t.Errorf("result: %d disks, first %s, last %s, read %d (want %d), reused %d (want %d)", len(res.Disks), res.Disks[0].Manifest,
+			res.Disks[99].Manifest, res.BytesRead, total, res.BytesReused, reused)
 	}
 }
 
