@@ -55,9 +55,9 @@ numbers them; logical MBR partitions start at 5).
 partition as DIR/partN.img: for file systems this reader does not know (xfs,
 LVM), loop-mount them yourself, e.g. mount -o ro,loop DIR/part1.img /mnt.
 
-Files keep their owners, modes and times; every user of the mount may read
-every file (no permission checks), so mount it where only you can reach it.
-Writes fail with "read-only file system". Needs /dev/fuse and fusermount3
+Files keep their owners, modes and times. Only the user who mounted it can
+enter the mount, and that user can read every file in it whatever its owner
+and mode (no permission checks), as with a restore. Writes fail with "read-only file system". Needs /dev/fuse and fusermount3
 (Debian package fuse3). The command stays in the foreground while mounted.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {

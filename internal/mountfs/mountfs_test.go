@@ -356,7 +356,7 @@ func TestMountUnmountFromOutside(t *testing.T) {
 		t.Fatalf("unmount of /proc: %v", err)
 	}
 
-	for _, how := range []string{"Unmount", "fusermount"} {
+	for _, how := range []string{"Unmount", "fusermount", "lazy"} {
 		m, err := MountExt4(dir, x, Options{})
 		must(t, err)
 		if _, err := MountExt4(dir, x, Options{}); err == nil || !strings.Contains(err.Error(), "already a mount point") {
@@ -373,6 +373,22 @@ func TestMountUnmountFromOutside(t *testing.T) {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
 			must(t, Unmount(ctx, dir, false))
+		} else if how == "lazy" {
+			// busy, detached at once; served until the last user is gone
+			cmd := exec.Command("sleep", "30")
+			cmd.Dir = filepath.Join(dir, "data")
+			must(t, cmd.Start())
+			must(t, Unmount(ctx, dir, true))
+			if mi, err := mounted(dir); err != nil || mi != nil {
+				t.Fatalf("lazy unmount left %+v (%v)", mi, err)
+			}
+			select {
+			case <-m.Done():
+				t.Fatal("lazily unmounted file system stopped while still in use")
+			case <-time.After(200 * time.Millisecond):
+			}
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
 		} else {
 			bin, err := fusermount()
 			must(t, err)
