@@ -285,6 +285,31 @@ func TestRestoreCloneAndRollbackOfLabWorkload(t *testing.T) {
 	d1 = e.serverByName("demo-1")
 	e.guestCheck(e.serverByName("demo-1").InstanceRef.Name)
 
+	// 1b. One volume restored to a new volume (no server).
+	v2 := diskOf(t, b, "demo-2", "vol-")
+	v2ID := strings.TrimPrefix(strings.Split(v2.Manifest, "/")[2], "vol-")
+	res, took, err = e.restore("restore/one-volume", workflows.RestoreRequest{Repository: "main", BackupID: b.BackupID, Volumes: []string{v2ID}, NamePrefix: "copy-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Volumes) != 1 || len(res.Servers) != 0 || res.Volumes[0].From != v2ID {
+		t.Fatalf("one-volume restore: %+v", res)
+	}
+	nc, err := dc.ConnectVolume(ctx, res.Volumes[0].VolumeID, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rawHash(t, nc.Path), e.backupHash(v2.Manifest, v2.Size); got != want {
+		t.Errorf("volume restored to a new volume: %s, backup %s", got, want)
+	}
+	if v, err := dc.GetVolume(ctx, res.Volumes[0].VolumeID); err != nil || v.Name != "copy-demo-2-data" || v.Status != "available" {
+		t.Errorf("new volume %+v %v", v, err)
+	}
+	t.Logf("volume %s restored to new volume %s in %v", v2ID, res.Volumes[0].VolumeID, took.Round(time.Millisecond))
+	if err := dc.DeleteVolume(ctx, res.Volumes[0].VolumeID); err != nil {
+		t.Fatal(err)
+	}
+
 	// 2. Staging clone of demo-1 into another project, network remapped,
 	// a masking hook and a health check; the original keeps running.
 	d2 := e.serverByName("demo-2")
