@@ -196,7 +196,18 @@ incomplete backup.`,
 					return usageError{err}
 				}
 			}
-			r, err := a.openRepo(ctx)
+			op, err := a.startOpenRepo(ctx)
+			if err != nil {
+				return err
+			}
+			var prepared *repo.Prepared
+			if changedKnown {
+				// The chunks the extents touch are read in any case: read
+				// and compress some while the key is being derived.
+				prepared = op.Prepare(ctx, src, changed)
+				a.phase("chunks prepared while the key is derived", "chunks", prepared.Len())
+			}
+			r, err := op.Wait()
 			if err != nil {
 				return err
 			}
@@ -218,7 +229,8 @@ incomplete backup.`,
 			}
 			pr := a.newProgress("backup "+diskName, src.Size())
 			m, err := s.BackupDisk(ctx, standaloneVM, diskName, src, repo.DiskOptions{
-				Name: abs, Base: base, Changed: changed, ChangedKnown: changedKnown, Checkpoint: checkpoint, Progress: pr.update})
+				Name: abs, Base: base, Changed: changed, ChangedKnown: changedKnown, Checkpoint: checkpoint, Progress: pr.update,
+				Prepared: prepared})
 			pr.finish()
 			if err != nil {
 				if aerr := s.Abort(context.WithoutCancel(ctx)); aerr != nil {

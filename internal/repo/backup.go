@@ -44,6 +44,9 @@ type DiskOptions struct {
 	// OnResume, if set, is called when the copy continues an earlier
 	// attempt, with the number of bytes that attempt had covered.
 	OnResume func(from int64)
+	// Prepared, if set, holds chunks of the same source read and
+	// compressed by Opening.Prepare while the key was being derived.
+	Prepared *Prepared
 }
 
 // partialManifest is the saved position of a resumable copy
@@ -110,6 +113,7 @@ type chunkJob struct {
 	parts  []disk.Extent // ranges to read; nil means the whole chunk
 	base   ChunkID
 	inBase bool
+	prep   *preparedChunk // read and compressed already (DiskOptions.Prepared)
 }
 
 type chunkResult struct {
@@ -249,7 +253,7 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 	fail := func(err error) { cancel(err) }
 
 	plainPool := sync.Pool{New: func() any { b := make([]byte, cs); return &b }}
-	sealedPool := sync.Pool{New: func() any { b := make([]byte, 0, cs+cs/128+1024); return &b }}
+	sealedPool := sync.Pool{New: func() any { b := make([]byte, 0, sealedCap(cs)); return &b }}
 	jobs := make(chan chunkJob, r.opts.Workers)
 	uploads := make(chan uploadJob, 2)
 	results := make(chan chunkResult, window)
@@ -304,6 +308,7 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 					j.parts = nil
 				}
 			}
+			j.prep = o.Prepared.take(j)
 			select {
 			case jobs <- j:
 			case <-ctx.Done():
@@ -451,26 +456,26 @@ var zeroChunk = make([]byte, MaxChunkSize)
 // stored (dedup), or to upload (then it returns the sealed object).
 func (s *Session) processChunk(ctx context.Context, src disk.Source, j chunkJob, plainPool, sealedPool *sync.Pool) (chunkResult, *uploadJob, error) {
 	r := s.r
-	bufp := plainPool.Get().(*[]byte)
-	defer plainPool.Put(bufp)
-	buf := (*bufp)[:j.n]
 	res := chunkResult{i: j.i}
 	res.stats.ChunksRead = 1
-	if j.parts == nil {
-		if err := readFull(src, buf, j.off); err != nil {
-			return res, nil, fmt.Errorf("read chunk %d at offset %d: %w", j.i, j.off, err)
-		}
-		res.stats.BytesRead = int64(j.n)
+	var buf []byte
+	var zero bool
+	if pc := j.prep; pc != nil {
+		defer plainPool.Put(pc.plain)
+		buf = (*pc.plain)[:j.n]
+		res.stats.BytesRead, zero = pc.read, pc.zero
 	} else {
-		clear(buf)
-		for _, p := range j.parts {
-			if err := readFull(src, buf[p.Offset-j.off:p.End()-j.off], p.Offset); err != nil {
-				return res, nil, fmt.Errorf("read chunk %d at offset %d: %w", j.i, p.Offset, err)
-			}
-			res.stats.BytesRead += p.Length
+		bufp := plainPool.Get().(*[]byte)
+		defer plainPool.Put(bufp)
+		buf = (*bufp)[:j.n]
+		read, err := readChunk(src, buf, j.off, j.parts)
+		if err != nil {
+			return res, nil, fmt.Errorf("read chunk %d at %w", j.i, err)
 		}
+		res.stats.BytesRead = read
+		zero = bytes.Equal(buf, zeroChunk[:len(buf)])
 	}
-	if bytes.Equal(buf, zeroChunk[:len(buf)]) {
+	if zero {
 		res.stats.Holes = 1
 		return res, nil, nil
 	}
@@ -505,10 +510,37 @@ func (s *Session) processChunk(ctx context.Context, src disk.Source, j chunkJob,
 		s.mu.Unlock()
 		return reused()
 	}
-	sp := sealedPool.Get().(*[]byte)
-	*sp = r.codec.sealChunk(buf, chunkAAD(id), (*sp)[:0])
+	var sp *[]byte
+	if pc := j.prep; pc != nil && pc.container != nil {
+		sealed := r.codec.finish(pc.container, pc.hdr, chunkAAD(id))
+		sp = &sealed
+	} else {
+		sp = sealedPool.Get().(*[]byte)
+		*sp = r.codec.sealChunk(buf, chunkAAD(id), (*sp)[:0])
+	}
 	res.stats.BytesNew, res.stats.ChunksNew = int64(j.n), 1
 	return res, &uploadJob{i: j.i, id: id, sealed: sp, stats: res.stats}, nil
+}
+
+// readChunk reads a chunk of len(buf) bytes at off: whole, or only the
+// given parts (the rest zeros). It returns the bytes read; errors name the
+// offset.
+func readChunk(src io.ReaderAt, buf []byte, off int64, parts []disk.Extent) (int64, error) {
+	if parts == nil {
+		if err := readFull(src, buf, off); err != nil {
+			return 0, fmt.Errorf("offset %d: %w", off, err)
+		}
+		return int64(len(buf)), nil
+	}
+	clear(buf)
+	var read int64
+	for _, p := range parts {
+		if err := readFull(src, buf[p.Offset-off:p.End()-off], p.Offset); err != nil {
+			return read, fmt.Errorf("offset %d: %w", p.Offset, err)
+		}
+		read += p.Length
+	}
+	return read, nil
 }
 
 func readFull(src io.ReaderAt, buf []byte, off int64) error {

@@ -48,18 +48,22 @@ const sparseMinZeroBlocks = 16
 var ErrCorrupt = errors.New("corrupt object")
 
 type codec struct {
-	aead     cipher.AEAD // nil: no encryption
-	compress bool
-	enc      *zstd.Encoder
-	dec      *zstd.Decoder
-	maxPlain int
-	gather   sync.Pool // *[]byte: sealChunk's non-zero blocks
+	// encrypted: objects get the encrypted layout; aead is set once the
+	// master key is known (newRepository), before any object is sealed or
+	// opened. Compression (prepareChunk) needs no key.
+	encrypted bool
+	aead      cipher.AEAD
+	compress  bool
+	enc       *zstd.Encoder
+	dec       *zstd.Decoder
+	maxPlain  int
+	gather    sync.Pool // *[]byte: sealChunk's non-zero blocks
 }
 
 // newCodec returns a codec whose EncodeAll calls run on up to encoders
 // goroutines at once (each encoder keeps its own window; one encoder would
 // make the backup workers take turns at compressing).
-func newCodec(aead cipher.AEAD, compress bool, maxPlain, encoders int) (*codec, error) {
+func newCodec(encrypted, compress bool, maxPlain, encoders int) (*codec, error) {
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
 		zstd.WithEncoderConcurrency(max(encoders, 1)))
 	if err != nil {
@@ -70,7 +74,7 @@ func newCodec(aead cipher.AEAD, compress bool, maxPlain, encoders int) (*codec, 
 	if err != nil {
 		return nil, err
 	}
-	c := &codec{aead: aead, compress: compress, enc: enc, dec: dec, maxPlain: maxPlain}
+	c := &codec{encrypted: encrypted, compress: compress, enc: enc, dec: dec, maxPlain: maxPlain}
 	c.gather.New = func() any { b := []byte(nil); return &b }
 	return c, nil
 }
@@ -103,9 +107,18 @@ func (c *codec) appendPayload(container, plain []byte) []byte {
 // sealChunk is seal for disk chunks: a chunk with enough all-zero blocks is
 // stored as a sparse container.
 func (c *codec) sealChunk(plain, aad, buf []byte) []byte {
+	container, hdr := c.prepareChunk(plain, buf)
+	return c.finish(container, hdr, aad)
+}
+
+// prepareChunk is the part of sealChunk that needs no key: header room,
+// flag and (compressed) payload, in buf's storage. finish completes it.
+func (c *codec) prepareChunk(plain, buf []byte) (container []byte, hdr int) {
+	container = c.header(buf)
+	hdr = len(container)
 	nblocks := (len(plain) + zeroBlock - 1) / zeroBlock
 	if nblocks < sparseMinZeroBlocks {
-		return c.seal(plain, aad, buf)
+		return c.appendPayload(container, plain), hdr
 	}
 	zmap := make([]byte, (nblocks+7)/8)
 	zeros := 0
@@ -117,7 +130,7 @@ func (c *codec) sealChunk(plain, aad, buf []byte) []byte {
 		}
 	}
 	if zeros < sparseMinZeroBlocks || zeros == nblocks {
-		return c.seal(plain, aad, buf)
+		return c.appendPayload(container, plain), hdr
 	}
 	// Gather the non-zero blocks.
 	gp := c.gather.Get().(*[]byte)
@@ -136,27 +149,27 @@ func (c *codec) sealChunk(plain, aad, buf []byte) []byte {
 		b = e
 	}
 	*gp = data
-	container := c.header(buf)
-	hdr := len(container)
 	container = append(container, flagSparse)
 	container = binary.AppendUvarint(container, uint64(len(plain)))
 	container = append(container, zmap...)
-	container = c.appendPayload(container, data)
-	return c.finish(container, hdr, aad)
+	return c.appendPayload(container, data), hdr
 }
+
+// gcmNonceSize is the nonce size of AES-256-GCM as used here.
+const gcmNonceSize = 12
 
 // header starts an object in buf: magic, and room for the nonce.
 func (c *codec) header(buf []byte) []byte {
 	container := buf[:0]
-	if c.aead != nil {
-		return append(container, make([]byte, len(magicEncrypted)+c.aead.NonceSize())...)
+	if c.encrypted {
+		return append(container, make([]byte, len(magicEncrypted)+gcmNonceSize)...)
 	}
 	return append(container, magicPlain...)
 }
 
 // finish seals container[hdr:] (flag and payload) behind the header.
 func (c *codec) finish(container []byte, hdr int, aad []byte) []byte {
-	if c.aead == nil {
+	if !c.encrypted {
 		h := sha256.New()
 		h.Write(aad)
 		h.Write(container[hdr:])
@@ -201,7 +214,7 @@ func (c *codec) openInto(data, aad, dst []byte) (plain []byte, decoded bool, err
 	var container []byte
 	switch string(data[:4]) {
 	case magicEncrypted:
-		if c.aead == nil {
+		if !c.encrypted {
 			return nil, false, fmt.Errorf("%w: object is encrypted but the repository is not", ErrCorrupt)
 		}
 		ns := c.aead.NonceSize()
@@ -214,7 +227,7 @@ func (c *codec) openInto(data, aad, dst []byte) (plain []byte, decoded bool, err
 			return nil, false, fmt.Errorf("%w: authentication failed (damaged, truncated or not this object)", ErrCorrupt)
 		}
 	case magicPlain:
-		if c.aead != nil {
+		if c.encrypted {
 			return nil, false, fmt.Errorf("%w: object is not encrypted but the repository is", ErrCorrupt)
 		}
 		if len(data) < 4+1+sha256.Size {

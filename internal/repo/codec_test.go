@@ -10,7 +10,7 @@ import (
 )
 
 func TestSealSkipsCompressingRandomData(t *testing.T) {
-	c, err := newCodec(nil, true, 8<<20, 2)
+	c, err := newCodec(false, true, 8<<20, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,10 +64,11 @@ func TestSparseChunkRoundTrip(t *testing.T) {
 			}
 		}
 		for _, compress := range []bool{false, true} {
-			c, err := newCodec(aead, compress, 8<<20, 2)
+			c, err := newCodec(enc, compress, 8<<20, 2)
 			if err != nil {
 				t.Fatal(err)
 			}
+			c.aead = aead
 			for _, tc := range cases {
 				obj := c.sealChunk(tc.data, []byte("aad"), nil)
 				flag := obj[4]
@@ -98,7 +99,7 @@ func TestSparseChunkRoundTrip(t *testing.T) {
 }
 
 func TestSparseContainerRejectsDamage(t *testing.T) {
-	c, err := newCodec(nil, false, 8<<20, 1)
+	c, err := newCodec(false, false, 8<<20, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -169,11 +169,41 @@ func Init(ctx context.Context, be backend.Backend, io InitOptions, opts Options)
 	if err := be.Save(ctx, "config", data); err != nil {
 		return nil, fmt.Errorf("init: save config: %w", err)
 	}
-	return newRepository(be, cfg, mk, opts)
+	c, err := newCodec(mk != nil, cfg.Compression == "zstd", max(cfg.ChunkSize, 64<<20), opts.Workers)
+	if err != nil {
+		return nil, err
+	}
+	return newRepository(be, cfg, mk, c, opts)
 }
 
 // Open opens the repository in be with password (ignored when unencrypted).
 func Open(ctx context.Context, be backend.Backend, password string, opts Options) (*Repository, error) {
+	o, err := StartOpen(ctx, be, password, opts)
+	if err != nil {
+		return nil, err
+	}
+	return o.Wait()
+}
+
+// Opening is a repository whose master key is being derived from the
+// password (argon2id: tens of milliseconds of one core) in the background,
+// so that work which needs no key can run meanwhile (Prepare).
+type Opening struct {
+	be    backend.Backend
+	cfg   Config
+	opts  Options
+	codec *codec // compression only until the key is known
+
+	done chan struct{}
+	r    *Repository
+	err  error
+}
+
+// StartOpen reads the repository's config, checks that a password is given
+// where one is needed, and starts unwrapping the master key in the
+// background. Wait returns the opened repository (or the error, such as
+// ErrWrongPassword).
+func StartOpen(ctx context.Context, be backend.Backend, password string, opts Options) (*Opening, error) {
 	opts = opts.withDefaults()
 	data, err := be.Load(ctx, "config")
 	if backend.IsNotFound(err) {
@@ -192,23 +222,56 @@ func Open(ctx context.Context, be backend.Backend, password string, opts Options
 	if cfg.ChunkSize < MinChunkSize || cfg.ChunkSize > MaxChunkSize || (cfg.Compression != "zstd" && cfg.Compression != "none") {
 		return nil, fmt.Errorf("open %s: config: %w: chunk size %d, compression %q", be.Location(), ErrCorrupt, cfg.ChunkSize, cfg.Compression)
 	}
-	var mk *masterKey
 	switch cfg.Encryption {
 	case "none":
 	case "aes-256-gcm":
 		if password == "" {
 			return nil, fmt.Errorf("open %s: the repository is encrypted: set RAKSHA_PASSWORD or --password-file", be.Location())
 		}
-		kdfStart := time.Now()
-		mk, err = findKey(ctx, be, password)
-		if err != nil {
-			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
-		}
-		opts.Log.Debug("master key unwrapped", "took", time.Since(kdfStart).Round(10*time.Microsecond))
 	default:
 		return nil, fmt.Errorf("open %s: config: unknown encryption %q", be.Location(), cfg.Encryption)
 	}
-	return newRepository(be, cfg, mk, opts)
+	c, err := newCodec(cfg.Encryption != "none", cfg.Compression == "zstd", max(cfg.ChunkSize, 64<<20), opts.Workers)
+	if err != nil {
+		return nil, err
+	}
+	o := &Opening{be: be, cfg: cfg, opts: opts, codec: c, done: make(chan struct{})}
+	if cfg.Encryption == "none" {
+		o.r, o.err = newRepository(be, cfg, nil, c, opts)
+		close(o.done)
+		return o, nil
+	}
+	go func() {
+		defer close(o.done)
+		kdfStart := time.Now()
+		mk, err := findKey(ctx, be, password)
+		if err != nil {
+			o.err = fmt.Errorf("open %s: %w", be.Location(), err)
+			return
+		}
+		opts.Log.Debug("master key unwrapped", "took", time.Since(kdfStart).Round(10*time.Microsecond))
+		o.r, o.err = newRepository(be, cfg, mk, c, opts)
+	}()
+	return o, nil
+}
+
+// Config returns the repository's configuration (known before the key).
+func (o *Opening) Config() Config { return o.cfg }
+
+// Wait waits for the master key and returns the opened repository.
+func (o *Opening) Wait() (*Repository, error) {
+	<-o.done
+	return o.r, o.err
+}
+
+// ready reports whether Wait would return at once.
+func (o *Opening) ready() bool {
+	select {
+	case <-o.done:
+		return true
+	default:
+		return false
+	}
 }
 
 func findKey(ctx context.Context, be backend.Backend, password string) (*masterKey, error) {
@@ -243,26 +306,18 @@ func findKey(ctx context.Context, be backend.Backend, password string) (*masterK
 	return nil, ErrWrongPassword
 }
 
-func newRepository(be backend.Backend, cfg Config, mk *masterKey, opts Options) (*Repository, error) {
-	r := &Repository{be: be, cfg: cfg, opts: opts, log: opts.Log, mk: mk}
-	maxPlain := max(cfg.ChunkSize, 64<<20)
+// newRepository returns the repository with codec c, giving c its cipher
+// when the repository is encrypted (mk not nil).
+func newRepository(be backend.Backend, cfg Config, mk *masterKey, c *codec, opts Options) (*Repository, error) {
+	r := &Repository{be: be, cfg: cfg, opts: opts, log: opts.Log, mk: mk, codec: c}
 	var idKey []byte
 	if mk != nil {
 		aead, err := newGCM(mk.Encrypt)
 		if err != nil {
 			return nil, err
 		}
-		r.codec, err = newCodec(aead, cfg.Compression == "zstd", maxPlain, opts.Workers)
-		if err != nil {
-			return nil, err
-		}
+		c.aead = aead
 		idKey = mk.ID
-	} else {
-		var err error
-		r.codec, err = newCodec(nil, cfg.Compression == "zstd", maxPlain, opts.Workers)
-		if err != nil {
-			return nil, err
-		}
 	}
 	r.hasher = newHasher(idKey)
 	return r, nil
