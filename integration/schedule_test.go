@@ -6,15 +6,19 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"go.temporal.io/sdk/client"
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/lab"
 	"github.com/raksha-backup/raksha/internal/lab/demo"
+	"github.com/raksha-backup/raksha/internal/lab/guestapp"
 	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
@@ -199,6 +203,88 @@ func TestPolicyScheduleRunsRealBackup(t *testing.T) {
 	}
 	if _, err := c.DescribeWorkflowExecution(ctx, run.WorkflowID, run.RunID); err != nil {
 		t.Errorf("the backup's workflow after the schedule's delete: %v", err)
+	}
+	t.Logf("whole test %v", time.Since(begin).Round(time.Millisecond))
+}
+
+// TestLabBackupInChildWorkflows runs the copies of the lab's demo workload
+// (2 real QEMU guests, 4 disks) in CopyDisks children, as a large workload
+// would (threshold 1, 2 disks a child): a full and an incremental backup,
+// the incremental reading only changed chunks, every restored disk's file
+// system clean and its records intact.
+func TestLabBackupInChildWorkflows(t *testing.T) {
+	begin := time.Now()
+	d := startLabDemo(t)
+	c, _ := startTemporal(t)
+	ctx := context.Background()
+	startWorkers(t, c, d.acts, activities.ControlQueue, activities.HostQueue("h1"))
+	req := workflows.BackupRequest{Workload: "demo", Project: "demo", Repository: "main", Consistency: "app",
+		Selector: cloud.Selector{Workload: "demo"}, FreezeTimeout: 20 * time.Second, ChildCopyThreshold: 1, CopyBatchSize: 2}
+	run := func() *workflows.BackupResult {
+		t.Helper()
+		start := time.Now()
+		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("demo"),
+			TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res workflows.BackupResult
+		if err := wr.Get(ctx, &res); err != nil {
+			t.Fatal(err)
+		}
+		children := 0
+		for _, ev := range history(t, c, wr.GetID(), wr.GetRunID()).Events {
+			if ev.GetChildWorkflowExecutionCompletedEventAttributes() != nil {
+				children++
+			}
+		}
+		t.Logf("backup %s in %v through %d child workflows: read %d MiB, new %d MiB, reused %d MiB; freeze windows %v",
+			res.BackupID, time.Since(start).Round(time.Millisecond), children, res.BytesRead>>20, res.BytesNew>>20, res.BytesReused>>20, res.FreezeWindows)
+		if children != 2 || len(res.Disks) != 4 || res.Consistency != "app" {
+			t.Fatalf("%d children (want 2), result %+v", children, res)
+		}
+		return &res
+	}
+	run()
+	time.Sleep(2 * time.Second) // the writers go on
+	second := run()
+	var size int64
+	for _, disk := range second.Disks {
+		if !disk.Incremental {
+			t.Errorf("disk %s of the second backup was read in full", disk.Manifest)
+		}
+		size += disk.Size
+	}
+	if second.BytesRead*20 > size {
+		t.Errorf("the incremental read %d of %d bytes: more than 5%%", second.BytesRead, size)
+	}
+	d.assertThawed(t)
+	r := mustRepo(t, d.be)
+	for _, disk := range second.Disks {
+		out := filepath.Join(d.dir, "restored.raw")
+		f, err := os.Create(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(disk.Size)
+		_, err = r.RestoreDisk(ctx, disk.Manifest, f, repo.RestoreOptions{})
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("e2fsck", "-fn", out).CombinedOutput(); err != nil {
+			t.Errorf("e2fsck -fn on restored %s: %v\n%s", disk.Manifest, err, out)
+		}
+		reps, err := guestapp.CheckImage(ctx, out, guestapp.CheckOptions{})
+		if err != nil {
+			t.Fatalf("check records on restored %s: %v", disk.Manifest, err)
+		}
+		for _, rep := range reps {
+			if !rep.OK() || rep.Good == 0 {
+				t.Errorf("restored %s: %s", disk.Manifest, rep)
+			}
+		}
+		os.Remove(out)
 	}
 	t.Logf("whole test %v", time.Since(begin).Round(time.Millisecond))
 }
