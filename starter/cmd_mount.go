@@ -70,7 +70,9 @@ and mode (no permission checks), as with a restore. Writes fail with "read-only 
 			if partition < 0 {
 				return usagef("--partition %d: partitions are numbered from 1", partition)
 			}
-			if fi, err := os.Stat(dir); err != nil {
+			if fi, err := os.Stat(dir); errors.Is(err, syscall.ENOTCONN) || err == nil && deadMount(dir) {
+				return usagef("mount point %s: a FUSE mount whose process has died: run 'raksha umount %s' first", dir, dir)
+			} else if err != nil {
 				return usagef("mount point: %v", err)
 			} else if !fi.IsDir() {
 				return usagef("mount point %s: not a directory", dir)
@@ -163,6 +165,18 @@ and mode (no permission checks), as with a restore. Writes fail with "read-only 
 	f.BoolVar(&raw, "raw", false, "serve the raw disk image (disk.img) and its partitions (partN.img) instead of the files")
 	f.IntVar(&cacheChunks, "cache-chunks", 0, fmt.Sprintf("decoded chunks kept in memory (default %d)", repo.DefaultReaderCacheChunks))
 	return c
+}
+
+// deadMount reports whether dir is a FUSE mount whose server is gone
+// (its attributes may still be cached, so stat alone does not tell).
+func deadMount(dir string) bool {
+	f, err := os.Open(dir)
+	if err != nil {
+		return errors.Is(err, syscall.ENOTCONN)
+	}
+	defer f.Close()
+	_, err = f.Readdirnames(1)
+	return errors.Is(err, syscall.ENOTCONN)
 }
 
 // openVolume picks the file system of a disk: the whole disk, the only

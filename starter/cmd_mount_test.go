@@ -492,4 +492,23 @@ func TestCLIMountSignals(t *testing.T) {
 	}
 	waitExit(done, errb)
 	assertUnmounted(t, dir)
+
+	// SIGKILL leaves a dead mount: mount says so, umount clears it
+	cmd, _, _, done = run()
+	waitMounted(t, dir, done)
+	_, _, err = c.run("mount", b.ID, dir)
+	if err == nil || !strings.Contains(err.Error(), "already a mount point (fuse.raksha from raksha:"+b.ID+"/local/root.img): unmount it first") {
+		t.Fatalf("mount over a mount: %v", err)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	done <- nil
+	_, _, err = c.run("mount", b.ID, dir)
+	if err == nil || !strings.Contains(err.Error(), "a FUSE mount whose process has died: run 'raksha umount") || exitCode(err) != 2 {
+		t.Fatalf("mount over a dead mount: %v", err)
+	}
+	c.must("umount", dir)
+	assertUnmounted(t, dir)
 }

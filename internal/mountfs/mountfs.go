@@ -127,7 +127,11 @@ func mount(dir string, root fs.InodeEmbedder, opts Options) (*Mount, error) {
 		return nil, fmt.Errorf("mount point %s: not a directory", dir)
 	}
 	if m, err := mounted(abs); err == nil && m != nil {
-		return nil, fmt.Errorf("mount point %s: already a mount point (%s from %s)", dir, m.fstype, m.source)
+		hint := ""
+		if m.fstype == FSType {
+			hint = fmt.Sprintf(": unmount it first ('raksha umount %s')", dir)
+		}
+		return nil, fmt.Errorf("mount point %s: already a mount point (%s from %s)%s", dir, m.fstype, m.source, hint)
 	}
 	timeout := cacheTimeout
 	src := opts.Source
