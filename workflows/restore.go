@@ -217,6 +217,13 @@ func Restore(ctx workflow.Context, req RestoreRequest) (*RestoreResult, error) {
 		err = run.inPlace(ctx, &plan)
 	} else {
 		err = run.fresh(ctx, &plan)
+		if err == nil {
+			// A create whose answer was lost and was retried left a
+			// labelled stray: remove it.
+			if left := run.sweep(ctx, true); len(left) > 0 {
+				workflow.GetLogger(ctx).Warn("stray resources of the restore could not be deleted", "left", left)
+			}
+		}
 	}
 	run.res.Seconds = workflow.Now(ctx).Sub(start).Seconds()
 	if err != nil {
@@ -551,6 +558,38 @@ func (run *restoreRun) cleanup(ctx workflow.Context) []string {
 	for _, v := range run.volumes {
 		if err := workflow.ExecuteActivity(cloudOpts(dctx, 10*time.Minute, 5), a.DeleteRestoreVolume, v).Get(dctx, nil); err != nil {
 			left = append(left, fmt.Sprintf("volume %s (%v)", v.VolumeID, err))
+		}
+	}
+	return append(left, run.sweep(dctx, false)...)
+}
+
+// sweep deletes servers and volumes labelled with this restore that the run
+// does not track (made by a create whose answer was lost); with keep false
+// it deletes every labelled one. It returns what could not be deleted.
+func (run *restoreRun) sweep(ctx workflow.Context, keep bool) []string {
+	var found activities.Resources
+	err := workflow.ExecuteActivity(cloudOpts(ctx, 2*time.Minute, 5), a.FindByLabel, activities.FindByLabelInput{
+		Project: run.project, Key: activities.MetaRestore, Value: run.res.RestoreID}).Get(ctx, &found)
+	if err != nil {
+		return []string{fmt.Sprintf("the restore's labelled resources (listing them failed: %v)", err)}
+	}
+	var left []string
+	for _, id := range found.Servers {
+		if keep && slices.ContainsFunc(run.servers, func(r activities.ServerRef) bool { return r.ServerID == id }) {
+			continue
+		}
+		if err := workflow.ExecuteActivity(cloudOpts(ctx, 10*time.Minute, 5), a.DeleteRestoreServer,
+			activities.ServerRef{Project: run.project, ServerID: id}).Get(ctx, nil); err != nil {
+			left = append(left, fmt.Sprintf("server %s (%v)", id, err))
+		}
+	}
+	for _, id := range found.Volumes {
+		if keep && slices.ContainsFunc(run.volumes, func(r activities.VolumeRef) bool { return r.VolumeID == id }) {
+			continue
+		}
+		if err := workflow.ExecuteActivity(cloudOpts(ctx, 10*time.Minute, 5), a.DeleteRestoreVolume,
+			activities.VolumeRef{Project: run.project, VolumeID: id}).Get(ctx, nil); err != nil {
+			left = append(left, fmt.Sprintf("volume %s (%v)", id, err))
 		}
 	}
 	return left

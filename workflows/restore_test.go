@@ -359,3 +359,18 @@ func TestRestoreBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreSweepsStrays: a volume create whose answer was lost (retried,
+// so made twice) leaves a labelled stray; the restore deletes it and keeps
+// what it uses.
+func TestRestoreSweepsStrays(t *testing.T) {
+	f := newRestoreFixture(t)
+	f.volumes["stray-vol"] = true
+	f.env.ExecuteWorkflow(Restore, RestoreRequest{Repository: "main", BackupID: "b1"})
+	if err := f.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if f.volumes["stray-vol"] || len(f.volumes) != 2 || len(f.servers) != 2 {
+		t.Errorf("after the sweep: volumes %v servers %v", f.volumes, f.servers)
+	}
+}
