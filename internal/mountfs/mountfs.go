@@ -394,7 +394,7 @@ func (n *node) dir() (map[string]filerestore.DirEntry, error) {
 	}
 	m := make(map[string]filerestore.DirEntry, len(ents))
 	for _, e := range ents {
-		if _, dup := m[e.Name]; !dup {
+		if _, dup := m[e.Name]; !dup && n.nameOK(e) {
 			m[e.Name] = e
 		}
 	}
@@ -426,7 +426,12 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 		return nil, errno(n.log, fmt.Sprintf("directory inode %d", n.ino), err)
 	}
 	list := make([]fuse.DirEntry, 0, len(ents))
+	seen := make(map[string]bool, len(ents))
 	for _, e := range ents {
+		if seen[e.Name] || !n.nameOK(e) {
+			continue
+		}
+		seen[e.Name] = true
 		mode := e.Type
 		if mode == 0 {
 			a, err := n.fsys.Attr(e.Ino)
@@ -438,6 +443,17 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 		list = append(list, fuse.DirEntry{Name: e.Name, Ino: uint64(e.Ino), Mode: mode})
 	}
 	return fs.NewListDirStream(list), 0
+}
+
+// nameOK reports whether a directory entry's name can be served: crafted
+// images can hold names with "/" or NUL, which no path can name (the
+// kernel fails a whole listing that has one); those are left out, logged.
+func (n *node) nameOK(e filerestore.DirEntry) bool {
+	if strings.ContainsAny(e.Name, "/\x00") {
+		n.log.Warn("entry with an unusable name left out", "directory", "/"+n.Path(nil), "name", fmt.Sprintf("%q", e.Name), "inode", e.Ino)
+		return false
+	}
+	return true
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

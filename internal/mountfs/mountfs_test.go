@@ -569,3 +569,56 @@ func (s *syncBuf) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestMountCraftedNames patches directory entries into names with "/" and
+// NUL and a second "..": the listing leaves them out (and logs them), the
+// rest of the directory is served.
+func TestMountCraftedNames(t *testing.T) {
+	needFUSE(t)
+	need(t, "mkfs.ext4", "e2fsprogs")
+	staging := filepath.Join(t.TempDir(), "staging")
+	must(t, os.MkdirAll(filepath.Join(staging, "d"), 0o755))
+	for _, name := range []string{"QQQQQQQQQQ", "WW", "ZZZZ", "ok"} {
+		must(t, os.WriteFile(filepath.Join(staging, "d", name), []byte(strings.ToLower(name)), 0o644))
+	}
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", staging, img, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(img)
+	must(t, err)
+	for from, to := range map[string]string{"QQQQQQQQQQ": "evil/pwned", "WW": "..", "ZZZZ": "a\x00/b"} {
+		k := strings.Index(string(data), from)
+		if k < 8 || int(data[k-2]) != len(from) || strings.Contains(string(data[k+1:]), from) {
+			t.Fatalf("directory entry %q not found exactly once", from)
+		}
+		copy(data[k:], to)
+	}
+	must(t, os.WriteFile(img, data, 0o600))
+	r, diskID, _ := backUp(t, img)
+	d, err := r.OpenDisk(context.Background(), diskID, repo.ReaderOptions{})
+	must(t, err)
+	x, err := filerestore.Open(d, d.Size())
+	must(t, err)
+	var logs syncBuf
+	dir := t.TempDir()
+	m, err := MountExt4(dir, x, Options{Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	must(t, err)
+	t.Cleanup(func() { _ = m.Unmount() })
+	ents, err := os.ReadDir(filepath.Join(dir, "d"))
+	must(t, err)
+	if len(ents) != 1 || ents[0].Name() != "ok" {
+		t.Fatalf("listing: %v", ents)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "d/ok")); err != nil || string(got) != "ok" {
+		t.Fatalf("d/ok: %q %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "d/evil")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("d/evil: %v", err)
+	}
+	if l := logs.String(); !strings.Contains(l, `evil/pwned`) || !strings.Contains(l, `a\\x00/b`) {
+		t.Fatalf("log: %s", l)
+	}
+	must(t, m.Unmount())
+	assertClean(t, dir)
+}
