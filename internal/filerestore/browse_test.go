@@ -149,3 +149,68 @@ func TestBrowseSpecialFiles(t *testing.T) {
 func mkdev(major, minor uint32) uint32 {
 	return minor&0xff | major<<8 | (minor&^0xff)<<12
 }
+
+// TestBrowseCorruptImages walks corrupted images through the FS API (what
+// the mount does): errors are fine, panics and endless loops are not.
+func TestBrowseCorruptImages(t *testing.T) {
+	staging := filepath.Join(t.TempDir(), "staging")
+	must(t, os.MkdirAll(filepath.Join(staging, "a/b"), 0o755))
+	must(t, os.WriteFile(filepath.Join(staging, "a/b/f"), randomBytes(9, 70000), 0o644))
+	must(t, os.WriteFile(filepath.Join(staging, "a/g"), []byte("g"), 0o644))
+	must(t, os.Symlink("b/f", filepath.Join(staging, "a/l")))
+	img := mkfs(t, staging, "8M", false)
+	data, err := os.ReadFile(img)
+	must(t, err)
+	var used []int64
+	for blk := int64(0); blk < int64(len(data))/4096; blk++ {
+		if !bytes.Equal(data[blk*4096:(blk+1)*4096], make([]byte, 4096)) {
+			used = append(used, blk)
+		}
+	}
+	rng := rand.New(rand.NewPCG(77, 78))
+	opened, walked := 0, 0
+	for range 300 {
+		p := patched{base: data, patches: map[int64]byte{}}
+		for range 1 + rng.IntN(8) {
+			p.patches[used[rng.IntN(len(used))]*4096+int64(rng.IntN(4096))] = byte(rng.Uint32())
+		}
+		x, err := Open(p, int64(len(data)))
+		if err != nil {
+			continue
+		}
+		opened++
+		// breadth first, each inode once, bounded
+		queue, seen := []uint32{RootIno}, map[uint32]bool{RootIno: true}
+		for len(queue) > 0 && len(seen) < 1000 {
+			ino := queue[0]
+			queue = queue[1:]
+			a, err := x.Attr(ino)
+			if err != nil {
+				continue
+			}
+			switch a.Mode & ModeType {
+			case ModeDir:
+				ents, _ := x.ReadDir(ino)
+				for _, e := range ents {
+					if _, err := x.Lookup(ino, e.Name); err == nil && !seen[e.Ino] {
+						seen[e.Ino] = true
+						queue = append(queue, e.Ino)
+					}
+				}
+			case ModeReg:
+				if f, err := x.OpenFile(ino); err == nil {
+					buf := make([]byte, 65536)
+					for off := int64(0); off < min(f.Size(), 1<<20); off += int64(len(buf)) {
+						if _, err := f.ReadAt(buf, off); err != nil {
+							break
+						}
+					}
+				}
+			case ModeLink:
+				_, _ = x.ReadLink(ino)
+			}
+		}
+		walked += len(seen)
+	}
+	t.Logf("300 corrupted images: %d opened, %d inodes visited", opened, walked)
+}
