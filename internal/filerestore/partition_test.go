@@ -3,8 +3,10 @@ package filerestore
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -307,5 +309,78 @@ func TestPartitionTablesCorrupt(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// gptImage builds a GPT disk in memory with sector size ss (no tool writes
+// 4096-byte-sector tables into a file): parts are (type GUID bytes, first
+// and last sector, name).
+func gptImage(ss, size int64, parts ...gptPart) []byte {
+	le := binary.LittleEndian
+	d := make([]byte, size)
+	ents := make([]byte, 128*128)
+	for k, p := range parts {
+		e := ents[128*k:]
+		copy(e[0:16], p.typ)
+		e[16] = byte(k + 1) // a unique GUID
+		le.PutUint64(e[32:], uint64(p.first))
+		le.PutUint64(e[40:], uint64(p.last))
+		for j, c := range p.name {
+			le.PutUint16(e[56+2*j:], uint16(c))
+		}
+	}
+	copy(d[2*ss:], ents)
+	h := d[ss : ss+92]
+	copy(h, "EFI PART")
+	le.PutUint32(h[8:], 0x00010000)
+	le.PutUint32(h[12:], 92)
+	le.PutUint64(h[24:], 1)
+	le.PutUint64(h[32:], uint64(size/ss-1))
+	le.PutUint64(h[72:], 2)
+	le.PutUint32(h[80:], 128)
+	le.PutUint32(h[84:], 128)
+	le.PutUint32(h[88:], crc32.ChecksumIEEE(ents))
+	le.PutUint32(h[16:], crc32.ChecksumIEEE(h))
+	return d
+}
+
+type gptPart struct {
+	typ         []byte
+	first, last int64
+	name        string
+}
+
+// linuxFSType is the Linux filesystem type GUID as stored on disk.
+var linuxFSType = []byte{0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4}
+
+func TestGPT4KSectors(t *testing.T) {
+	d := gptImage(4096, 8<<20, gptPart{typ: linuxFSType, first: 256, last: 1279, name: "data"})
+	// sector 512 of a 4Kn disk holds nothing: the header is at 4096
+	tbl, err := ReadTable(bytes.NewReader(d), int64(len(d)))
+	must(t, err)
+	if tbl.SectorSize != 4096 || len(tbl.Partitions) != 1 {
+		t.Fatalf("table %+v", tbl)
+	}
+	p := tbl.Partitions[0]
+	if p.Start != 1<<20 || p.Size != 4<<20 || p.Type != "Linux filesystem" || p.Name != "data" || !p.Linux {
+		t.Fatalf("partition %+v", p)
+	}
+	// the same table with 512-byte sectors
+	d = gptImage(512, 8<<20, gptPart{typ: linuxFSType, first: 2048, last: 10239})
+	v, err := OpenVolume(bytes.NewReader(d), int64(len(d)), 0)
+	must(t, err)
+	if v.Partition.Start != 1<<20 || v.Size != 4<<20 {
+		t.Fatalf("volume %+v", v.Partition)
+	}
+	// unknown types are listed by GUID and never picked
+	d = gptImage(512, 8<<20, gptPart{typ: bytes.Repeat([]byte{0x11}, 16), first: 2048, last: 4095})
+	_, err = OpenVolume(bytes.NewReader(d), int64(len(d)), 0)
+	if !errors.Is(err, ErrChoosePartition) || !strings.Contains(err.Error(), "1 (type 11111111-1111-1111-1111-111111111111, 1 MiB at 1 MiB)") {
+		t.Fatalf("unknown type: %v", err)
+	}
+	// a partition past the disk's end
+	d = gptImage(512, 8<<20, gptPart{typ: linuxFSType, first: 2048, last: 20000})
+	if _, err := ReadTable(bytes.NewReader(d), int64(len(d))); !errors.Is(err, ErrPartitionTable) {
+		t.Fatalf("partition past the end: %v", err)
 	}
 }
