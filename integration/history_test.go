@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -31,6 +33,12 @@ type fakeActs struct {
 	// block makes CopyDisk heartbeat until it is cancelled.
 	block     atomic.Bool
 	cancelled atomic.Int32
+	// sem, if set, holds the real semaphore activities (AcquirePermits,
+	// ClosedRuns); else AcquirePermits bypasses the semaphores. hold is how
+	// long a copy takes; running and maxRunning count copies at once.
+	sem                 *activities.Activities
+	hold                time.Duration
+	running, maxRunning atomic.Int32
 
 	mu     sync.Mutex
 	copier map[string]string // disk manifest → workflow id that ran its copy
@@ -40,8 +48,15 @@ func (f *fakeActs) Begin(_ context.Context, in activities.BeginInput) (*activiti
 	return &activities.BeginResult{BackupID: in.BackupID, VMs: f.vms}, nil
 }
 
-func (f *fakeActs) AcquirePermits(context.Context, activities.SemaphoreRequest) (*activities.AcquireResult, error) {
+func (f *fakeActs) AcquirePermits(ctx context.Context, in activities.SemaphoreRequest) (*activities.AcquireResult, error) {
+	if f.sem != nil {
+		return f.sem.AcquirePermits(ctx, in)
+	}
 	return &activities.AcquireResult{Bypass: true}, nil
+}
+
+func (f *fakeActs) ClosedRuns(ctx context.Context, in activities.ClosedRunsInput) (*activities.ClosedRunsResult, error) {
+	return f.sem.ClosedRuns(ctx, in)
 }
 
 func (f *fakeActs) Freeze(context.Context, activities.FreezeInput) (*activities.FreezeResult, error) {
@@ -64,6 +79,15 @@ func (f *fakeActs) CopyDisk(ctx context.Context, in activities.CopyInput) (*acti
 	}
 	f.copier[m] = activity.GetInfo(ctx).WorkflowExecution.ID
 	f.mu.Unlock()
+	n := f.running.Add(1)
+	defer f.running.Add(-1)
+	for {
+		old := f.maxRunning.Load()
+		if n <= old || f.maxRunning.CompareAndSwap(old, n) {
+			break
+		}
+	}
+	time.Sleep(f.hold)
 	for f.block.Load() {
 		activity.RecordHeartbeat(ctx, activities.CopyProgress{})
 		select {
@@ -111,6 +135,7 @@ func startFakeWorkers(t *testing.T, c client.Client, f *fakeActs) {
 		w := worker.New(c, q, worker.Options{})
 		if q == activities.ControlQueue {
 			registerBackupWorkflows(w)
+			w.RegisterWorkflow(workflows.Semaphore)
 		}
 		w.RegisterActivity(f)
 		if err := w.Start(); err != nil {
@@ -348,4 +373,42 @@ func TestTerminatedBackupCancelsItsCopyChildren(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "copies still run", func() bool { return f.cancelled.Load() == 40 })
 	t.Logf("3 children and their 40 copies cancelled %v after the backup was terminated", time.Since(start).Round(time.Millisecond))
+}
+
+// TestLargeWorkloadUnderCopySemaphore: the 100 copies of a large workload,
+// spread over 4 children, go through the real copy semaphore (15 permits):
+// never more than 15 at once, all of them done, every permit back.
+func TestLargeWorkloadUnderCopySemaphore(t *testing.T) {
+	c, _ := startTemporal(t)
+	f := &fakeActs{vms: fakeWorkload(10, 10), hold: 300 * time.Millisecond,
+		sem: activities.New(activities.Config{Temporal: c, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})}
+	startFakeWorkers(t, c, f)
+	start := time.Now()
+	res, h, _ := runFakeBackup(t, c, "backup/big", workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "app"})
+	took := time.Since(start)
+	var children []string
+	for _, ev := range h.Events {
+		if a := ev.GetStartChildWorkflowExecutionInitiatedEventAttributes(); a != nil {
+			children = append(children, a.GetWorkflowId())
+		}
+	}
+	maxChild := 0
+	for _, id := range children {
+		maxChild = max(maxChild, len(history(t, c, id, "").Events))
+	}
+	t.Logf("100 copies of 300 ms through %d children and the copy semaphore in %v: at most %d at once; the backup's history %d events, largest child %d",
+		len(children), took.Round(time.Millisecond), f.maxRunning.Load(), len(h.Events), maxChild)
+	if len(res.Disks) != 100 || len(children) != 4 {
+		t.Fatalf("%d disks through %d children", len(res.Disks), len(children))
+	}
+	if m := f.maxRunning.Load(); m > workflows.DefaultCopyPermits || m < 2 {
+		t.Errorf("%d copies at once, want 2..%d", m, workflows.DefaultCopyPermits)
+	}
+	if bound := 30 + 11*workflows.DefaultCopyBatchSize; maxChild > bound {
+		t.Errorf("a child's history has %d events, more than %d", maxChild, bound)
+	}
+	eventually(t, 10*time.Second, "permits left held", func() bool {
+		st := semaphoreState(t, c, workflows.CopySemaphoreID)
+		return len(st.Holders) == 0 && len(st.Waiting) == 0 && st.Granted == 100
+	})
 }
