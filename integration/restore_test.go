@@ -44,7 +44,16 @@ type labEnv struct {
 	hostDir  string
 }
 
-func newLabEnv(t *testing.T) *labEnv {
+func newLabEnv(t *testing.T) *labEnv { return newLabEnvWith(t, labEnvOptions{}) }
+
+// labEnvOptions vary the lab environment: with RBD the lab keeps its
+// volumes in Ceph (lab.Options.RBD) and a data worker with that ceph.conf
+// runs too.
+type labEnvOptions struct {
+	RBD *lab.RBDConfig
+}
+
+func newLabEnvWith(t *testing.T, o labEnvOptions) *labEnv {
 	img := vmtest.Image(t)
 	c, _ := startTemporal(t)
 	ctx := context.Background()
@@ -52,7 +61,7 @@ func newLabEnv(t *testing.T) *labEnv {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	comp := lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
 		Log: quiet, StartVM: vmtest.StartConfig})
-	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, Log: quiet})
+	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, RBD: o.RBD, Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,13 +95,19 @@ func newLabEnv(t *testing.T) *labEnv {
 	if _, err := repo.Init(ctx, e.be, repo.InitOptions{Password: "secret"}, repo.Options{}); err != nil {
 		t.Fatal(err)
 	}
+	queues := []string{activities.ControlQueue, activities.HostQueue("h1")}
+	var cephConf string
+	if o.RBD != nil {
+		cephConf = o.RBD.CephConf
+		queues = append(queues, activities.DataQueue)
+	}
 	acts := activities.New(activities.Config{
 		Repos:   map[string]activities.RepoConfig{"main": {URL: "file://" + e.repoDir, PasswordFile: pwFile}},
 		HostDir: e.hostDir, WorkDir: filepath.Join(dir, "work"), Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Discoverer: &activities.CloudDiscoverer{Client: admin},
+		Discoverer: &activities.CloudDiscoverer{Client: admin}, CephConf: cephConf,
 	})
 	t.Cleanup(func() { activities.Shutdown(context.Background(), acts) })
-	startWorkers(t, c, acts, activities.ControlQueue, activities.HostQueue("h1"))
+	startWorkers(t, c, acts, queues...)
 	return e
 }
 

@@ -56,6 +56,17 @@ func (l *Lab) seedDefaults() {
 		id = newID()
 		st.VolumeTypes[id] = &volumeType{ID: id, Name: "__DEFAULT__", Description: "Default Volume Type", IsPublic: true, ExtraSpecs: map[string]string{}}
 	}
+	if l.rbd != nil {
+		found := false
+		for _, t := range st.VolumeTypes {
+			found = found || t.Name == VolumeTypeRBD
+		}
+		if !found {
+			id := newID()
+			st.VolumeTypes[id] = &volumeType{ID: id, Name: VolumeTypeRBD, Description: "RBD images in the lab's Ceph cluster", IsPublic: true,
+				ExtraSpecs: map[string]string{"volume_backend_name": "lab-rbd"}}
+		}
+	}
 	if len(st.Networks) == 0 {
 		for i, name := range []string{Network, Network2} {
 			n := &network{ID: newID(), Name: name, Shared: true, MTU: 1450, Created: now}

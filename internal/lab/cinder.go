@@ -54,13 +54,18 @@ func (l *Lab) cinderRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+p+"/snapshots", h(l.createSnapshot))
 	mux.HandleFunc("GET "+p+"/snapshots/{id}", h(l.showSnapshot))
 	mux.HandleFunc("DELETE "+p+"/snapshots/{id}", h(l.deleteSnapshot))
+	mux.HandleFunc("GET "+p+"/attachments/{id}", h(l.showCinderAttachment))
 	mux.HandleFunc("GET "+p+"/types", h(l.listVolumeTypes))
 	mux.HandleFunc("GET "+p+"/types/{id}", h(l.showVolumeType))
 }
 
 func (l *Lab) defaultTypeLocked() *volumeType {
+	def := VolumeType
+	if l.rbd != nil {
+		def = VolumeTypeRBD
+	}
 	for _, t := range l.st.VolumeTypes {
-		if t.Name == VolumeType {
+		if t.Name == def {
 			return t
 		}
 	}
@@ -108,6 +113,9 @@ func (l *Lab) volumeView(v *volume, c *call) map[string]any {
 	if c.admin() {
 		out["migration_status"] = nil
 		out["os-vol-host-attr:host"] = "lab@lab-qcow2#lab-qcow2"
+		if v.RBD != "" {
+			out["os-vol-host-attr:host"] = "lab@lab-rbd#lab-rbd"
+		}
 		out["os-vol-mig-status-attr:migstat"] = nil
 		out["os-vol-mig-status-attr:name_id"] = nil
 	}
@@ -240,7 +248,7 @@ func (l *Lab) createVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 	if v.AZ == "" {
 		v.AZ = "nova"
 	}
-	var src string
+	var src diskRef
 	minSize := 0
 	switch {
 	case b.SnapshotID != "":
@@ -251,7 +259,7 @@ func (l *Lab) createVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 		if sn.Status != "available" {
 			return errBadRequest("Invalid snapshot: Originating snapshot status must be one of 'available' values")
 		}
-		v.SnapshotID, src, minSize = sn.ID, l.abs(sn.Path), sn.Size
+		v.SnapshotID, src, minSize = sn.ID, l.snapshotRef(sn), sn.Size
 		if ov := l.st.Volumes[sn.VolumeID]; ov != nil {
 			v.TypeID, v.Bootable = ov.TypeID, ov.Bootable
 		}
@@ -263,7 +271,7 @@ func (l *Lab) createVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 		if sv.Status != "available" {
 			return errBadRequest("Invalid volume: Volume %s status must be available, but current status is: %s.", sv.ID, sv.Status)
 		}
-		v.SourceVolID, src, minSize, v.TypeID, v.Bootable = sv.ID, l.abs(sv.Path), sv.Size, sv.TypeID, sv.Bootable
+		v.SourceVolID, src, minSize, v.TypeID, v.Bootable = sv.ID, l.volumeRef(sv), sv.Size, sv.TypeID, sv.Bootable
 	case b.ImageRef != "":
 		im := l.st.Images[b.ImageRef]
 		if im == nil {
@@ -306,22 +314,22 @@ func (l *Lab) createVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 	if gigs+v.Size > p.Quota.Gigabytes {
 		return overLimit("VolumeSizeExceedsAvailableQuota: Requested volume or snapshot exceeds allowed gigabytes quota. Requested %dG, quota is %dG and %dG has been consumed.", v.Size, p.Quota.Gigabytes, gigs)
 	}
-	v.Path = filepath.Join("volumes", "volume-"+v.ID+".qcow2")
+	if err := l.placeVolumeLocked(v); err != nil {
+		return err
+	}
 	l.st.Volumes[v.ID] = v
 	if err := l.saveLocked(); err != nil {
 		return err
 	}
-	id, size, path, label := v.ID, v.Size, l.abs(v.Path), volumeLabel(v.Name, v.ID)
+	id, size, dst, label := v.ID, v.Size, l.volumeRef(v), volumeLabel(v.Name, v.ID)
 	format := l.opts.FormatDisks && v.ImageID == ""
 	fail := l.takeBackendFaultLocked(VolumeCreate)
 	l.async(func(ctx context.Context) {
 		var err error
 		if fail {
 			err = errInjected
-		} else if src != "" {
-			err = copyQcow2(ctx, src, path, size)
 		} else {
-			err = newDisk(ctx, path, size, format, label)
+			err = l.makeVolume(ctx, dst, src, size, format, label)
 		}
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -363,12 +371,12 @@ func (l *Lab) deleteVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 	if err := l.saveLocked(); err != nil {
 		return err
 	}
-	id, path := v.ID, l.abs(v.Path)
+	id, ref := v.ID, l.volumeRef(v)
 	l.async(func(ctx context.Context) {
-		err := os.Remove(path)
+		err := l.removeVolume(ctx, ref)
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		if err != nil && !os.IsNotExist(err) {
+		if err != nil {
 			l.log.Error("lab cinder: delete volume", "volume", id, "err", err)
 			if v := l.st.Volumes[id]; v != nil {
 				v.Status = "error_deleting"
@@ -413,13 +421,8 @@ func (l *Lab) volumeAction(w http.ResponseWriter, r *http.Request, c *call) erro
 		default:
 			return errBadRequest("Invalid volume: Volume status must be available or in-use, but current status is: %s.", v.Status)
 		}
-		l.writeJSON(w, http.StatusOK, map[string]any{"connection_info": map[string]any{
-			"driver_volume_type": "local",
-			"data": map[string]any{
-				"device_path": l.abs(v.Path), "format": "qcow2", "volume_id": v.ID, "name": "volume-" + v.ID,
-				"access_mode": "rw", "encrypted": false, "hosts": l.opts.Hosts,
-			},
-		}})
+		typ, data := l.connectionLocked(v)
+		l.writeJSON(w, http.StatusOK, map[string]any{"connection_info": map[string]any{"driver_volume_type": typ, "data": data}})
 		return nil
 	case body["os-terminate_connection"] != nil:
 		w.WriteHeader(http.StatusAccepted)
@@ -430,6 +433,45 @@ func (l *Lab) volumeAction(w http.ResponseWriter, r *http.Request, c *call) erro
 		keys = append(keys, k)
 	}
 	return errBadRequest("There is no such action: %v", keys)
+}
+
+// connectionLocked is a volume's connection: os-brick's "local" type for a
+// qcow2 file, Cinder's RBD driver's "rbd" for an RBD image.
+func (l *Lab) connectionLocked(v *volume) (string, map[string]any) {
+	if v.RBD != "" && l.rbd != nil {
+		return "rbd", l.rbd.connectionData(v.RBD, v.ID)
+	}
+	return "local", map[string]any{
+		"device_path": l.abs(v.Path), "format": "qcow2", "volume_id": v.ID, "name": "volume-" + v.ID,
+		"access_mode": "rw", "encrypted": false, "hosts": l.opts.Hosts,
+	}
+}
+
+// showCinderAttachment serves Cinder's attachment show (3.27+): the attachment
+// with its connection info, flattened as Cinder stores it (the data keys
+// beside driver_volume_type). It is how a backup tool learns, without
+// changing anything, where an attached volume's bytes are.
+func (l *Lab) showCinderAttachment(w http.ResponseWriter, r *http.Request, c *call) error {
+	if c.mv < 27 {
+		return errNotFound("The resource could not be found.")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	id := r.PathValue("id")
+	for _, v := range l.st.Volumes {
+		if v.AttachmentID != id || v.ServerID == "" || (!c.admin() && v.ProjectID != c.tok.ProjectID) {
+			continue
+		}
+		typ, info := l.connectionLocked(v)
+		info["driver_volume_type"] = typ
+		info["attachment_id"] = id
+		l.writeJSON(w, http.StatusOK, map[string]any{"attachment": map[string]any{
+			"id": id, "volume_id": v.ID, "instance": v.ServerID, "status": "attached", "attach_mode": "rw",
+			"attached_at": cinderTime(v.AttachedAt), "detached_at": nil, "connection_info": info,
+		}})
+		return nil
+	}
+	return errNotFound("Volume attachment %s could not be found.", id)
 }
 
 func (l *Lab) volumeMetadata(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -608,7 +650,12 @@ func (l *Lab) createSnapshot(w http.ResponseWriter, r *http.Request, c *call) er
 	if s.Metadata == nil {
 		s.Metadata = map[string]string{}
 	}
-	s.Path = filepath.Join("snapshots", "snapshot-"+s.ID+".qcow2")
+	if v.RBD != "" {
+		// Cinder's RBD driver: an RBD snapshot of the volume's image.
+		s.RBD = v.RBD + "@snapshot-" + s.ID
+	} else {
+		s.Path = filepath.Join("snapshots", "snapshot-"+s.ID+".qcow2")
+	}
 	l.st.Snapshots[s.ID] = s
 	// The copy source: the running QEMU's drive for an attached volume of an
 	// active server (a point-in-time backup job), else the file itself.
@@ -619,12 +666,17 @@ func (l *Lab) createSnapshot(w http.ResponseWriter, r *http.Request, c *call) er
 	if err := l.saveLocked(); err != nil {
 		return err
 	}
-	id, volID, src, dst := s.ID, v.ID, l.abs(v.Path), l.abs(s.Path)
+	id, volID, src, dst, rbdSnap := s.ID, v.ID, l.abs(v.Path), l.abs(s.Path), s.RBD
 	fail := l.takeBackendFaultLocked(SnapshotCreate)
 	l.async(func(ctx context.Context) {
-		err := os.MkdirAll(filepath.Dir(dst), 0o755)
+		var err error
+		if rbdSnap == "" {
+			err = os.MkdirAll(filepath.Dir(dst), 0o755)
+		}
 		if fail {
 			err = errInjected
+		} else if rbdSnap != "" {
+			err = l.snapRBD(ctx, rbdSnap, true)
 		} else if err == nil && ref != nil {
 			err = l.opts.Compute.CopyDisk(ctx, *ref, VolumeNode(volID), dst)
 		} else if err == nil {
@@ -659,12 +711,17 @@ func (l *Lab) deleteSnapshot(w http.ResponseWriter, r *http.Request, c *call) er
 	if err := l.saveLocked(); err != nil {
 		return err
 	}
-	id, path := s.ID, l.abs(s.Path)
+	id, path, rbdSnap := s.ID, l.abs(s.Path), s.RBD
 	l.async(func(ctx context.Context) {
-		err := os.Remove(path)
+		var err error
+		if rbdSnap != "" {
+			err = l.snapRBD(ctx, rbdSnap, false)
+		} else if err = os.Remove(path); os.IsNotExist(err) {
+			err = nil
+		}
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		if err != nil && !os.IsNotExist(err) {
+		if err != nil {
 			l.log.Error("lab cinder: delete snapshot", "snapshot", id, "err", err)
 			if s := l.st.Snapshots[id]; s != nil {
 				s.Status = "error_deleting"

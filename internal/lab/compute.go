@@ -16,13 +16,16 @@ type InstanceRef struct {
 
 func (r InstanceRef) String() string { return r.Host + "/" + r.Name }
 
-// Disk is one qcow2 drive of a lab server.
+// Disk is one drive of a lab server: a qcow2 file or an RBD image.
 type Disk struct {
 	// Node is the QEMU block node name of the drive (see VolumeNode and
 	// EphemeralNode); Raksha's qemu: locators name it.
 	Node string `json:"node"`
-	// Path is the qcow2 file.
-	Path string `json:"path"`
+	// Path is the qcow2 file; empty for an RBD drive.
+	Path string `json:"path,omitempty"`
+	// RBD is the image of a volume kept in RBD, which QEMU opens with its
+	// rbd block driver; nil for a qcow2 drive.
+	RBD *RBDDisk `json:"rbd,omitempty"`
 	// Serial is the virtio serial the guest sees: the volume id cut to 20
 	// characters, as Nova sets it, or the node name for ephemeral disks.
 	Serial string `json:"serial"`

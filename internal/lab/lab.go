@@ -57,6 +57,9 @@ type Options struct {
 	// characters) or "vol-" and the start of their id. Off, they are blank
 	// qcow2 images as in a real cloud.
 	FormatDisks bool
+	// RBD, when set, keeps volumes of type VolumeTypeRBD — the default type
+	// then — as RBD images in a Ceph cluster (see RBDConfig).
+	RBD *RBDConfig
 	// Log receives the lab's structured log; default: discard.
 	Log *slog.Logger
 }
@@ -74,6 +77,9 @@ type Lab struct {
 	// backendFaults counts the operations of the storage backend still to
 	// fail (FailNextBackend).
 	backendFaults map[BackendOp]int
+
+	// rbd drives the Ceph cluster of Options.RBD; nil without.
+	rbd *rbdStore
 
 	ln   net.Listener
 	srv  *http.Server
@@ -132,6 +138,12 @@ func Start(ctx context.Context, opts Options) (*Lab, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("start lab: %w", err)
 	}
+	var store *rbdStore
+	if opts.RBD != nil {
+		if store, err = newRBDStore(*opts.RBD); err != nil {
+			return nil, fmt.Errorf("start lab: %w", err)
+		}
+	}
 	st, err := loadState(dir)
 	if err != nil {
 		return nil, fmt.Errorf("start lab: %w", err)
@@ -142,7 +154,7 @@ func Start(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	l := &Lab{
-		opts: opts, log: opts.Log, dir: dir, st: st,
+		opts: opts, log: opts.Log, dir: dir, st: st, rbd: store,
 		tokens: map[string]*token{}, faults: map[string][]int{}, backendFaults: map[BackendOp]int{},
 		ln: ln, base: "http://" + ln.Addr().String(),
 		ctx: lctx, cancel: cancel,

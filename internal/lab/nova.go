@@ -730,7 +730,7 @@ func (l *Lab) createVolumeForBDM(ctx context.Context, projectID, userID string, 
 	v := &volume{ID: newID(), Name: "", ProjectID: projectID, UserID: userID, Size: size, Status: "creating",
 		Metadata: map[string]string{}, AZ: "nova", Created: time.Now(), Updated: time.Now(), Bootable: boot}
 	v.TypeID = l.defaultTypeLocked().ID
-	var src string
+	var src diskRef
 	switch b.SourceType {
 	case "snapshot":
 		sn := l.st.Snapshots[b.UUID]
@@ -742,7 +742,7 @@ func (l *Lab) createVolumeForBDM(ctx context.Context, projectID, userID string, 
 		if v.Size < sn.Size {
 			v.Size = sn.Size
 		}
-		src = l.abs(sn.Path)
+		src = l.snapshotRef(sn)
 	case "image":
 		v.ImageID = b.UUID
 		v.Bootable = true
@@ -750,16 +750,15 @@ func (l *Lab) createVolumeForBDM(ctx context.Context, projectID, userID string, 
 	if v.Size <= 0 {
 		v.Size = 1
 	}
-	v.Path = filepath.Join("volumes", "volume-"+v.ID+".qcow2")
+	if err := l.placeVolumeLocked(v); err != nil {
+		l.mu.Unlock()
+		return "", err
+	}
 	l.st.Volumes[v.ID] = v
 	_ = l.saveLocked()
+	dst := l.volumeRef(v)
 	l.mu.Unlock()
-	var err error
-	if src != "" {
-		err = copyQcow2(ctx, src, l.abs(v.Path), v.Size)
-	} else {
-		err = newDisk(ctx, l.abs(v.Path), v.Size, l.opts.FormatDisks && b.SourceType == "blank", volumeLabel(v.Name, v.ID))
-	}
+	err := l.makeVolume(ctx, dst, src, v.Size, l.opts.FormatDisks && b.SourceType == "blank", volumeLabel(v.Name, v.ID))
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
@@ -802,7 +801,7 @@ func (l *Lab) instanceLocked(s *server) Instance {
 	}
 	for _, a := range s.Attachments {
 		if v := l.st.Volumes[a.VolumeID]; v != nil {
-			inst.Disks = append(inst.Disks, Disk{Node: VolumeNode(v.ID), Path: l.abs(v.Path), Serial: volumeSerial(v.ID)})
+			inst.Disks = append(inst.Disks, l.volumeDisk(v))
 		}
 	}
 	return inst
@@ -868,8 +867,8 @@ func (l *Lab) destroyServer(ctx context.Context, id string) {
 		l.log.Error("lab nova: remove ephemeral disk", "server", id, "err", err)
 	}
 	for _, v := range doomed {
-		if err := os.Remove(l.abs(v.Path)); err != nil && !os.IsNotExist(err) {
-			l.log.Error("lab cinder: remove volume file", "volume", v.ID, "err", err)
+		if err := l.removeVolume(ctx, l.volumeRef(v)); err != nil {
+			l.log.Error("lab cinder: remove volume", "volume", v.ID, "err", err)
 		}
 		delete(l.st.Volumes, v.ID)
 	}
@@ -1198,7 +1197,7 @@ func (l *Lab) attachVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 	v.Status, v.Updated = "attaching", time.Now()
 	running := s.VMState == vmActive
 	ref := InstanceRef{s.Host, s.InstanceName}
-	disk := Disk{Node: VolumeNode(v.ID), Path: l.abs(v.Path), Serial: volumeSerial(v.ID)}
+	disk := l.volumeDisk(v)
 	sid := s.ID
 	if err := l.saveLocked(); err != nil {
 		return err

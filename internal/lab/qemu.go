@@ -206,22 +206,28 @@ func (q *QEMUCompute) plug(ctx context.Context, g *qemuGuest, d Disk) error {
 	}
 	defer ag.Close()
 	defer mon.Close()
-	steps := []struct {
+	type step struct {
 		cmd  string
 		args any
-	}{
-		{"blockdev-add", map[string]any{"driver": "file", "filename": d.Path, "node-name": d.Node + "-file"}},
-		{"blockdev-add", map[string]any{"driver": "qcow2", "file": d.Node + "-file", "node-name": d.Node}},
-		{"device_add", map[string]any{"driver": "virtio-blk-pci", "drive": d.Node, "id": "dev-" + d.Node, "serial": d.Serial}},
+		undo string // the node to delete when a later step fails
 	}
+	steps := []step{
+		{"blockdev-add", map[string]any{"driver": "file", "filename": d.Path, "node-name": d.Node + "-file"}, d.Node + "-file"},
+		{"blockdev-add", map[string]any{"driver": "qcow2", "file": d.Node + "-file", "node-name": d.Node}, d.Node},
+	}
+	if r := d.RBD; r != nil {
+		// QEMU's rbd block driver (Debian: qemu-block-extra), one node
+		// named as a qcow2 drive's format node; no librbd cache, so that
+		// what the guest wrote is in the cluster when it returns.
+		steps = []step{{"blockdev-add", map[string]any{"driver": "rbd", "pool": r.Pool, "image": r.Image, "conf": r.CephConf,
+			"user": r.User, "node-name": d.Node, "cache": map[string]any{"direct": true}}, d.Node}}
+	}
+	steps = append(steps, step{"device_add", map[string]any{"driver": "virtio-blk-pci", "drive": d.Node, "id": "dev-" + d.Node, "serial": d.Serial}, ""})
 	for i, s := range steps {
 		if err := mon.Run(ctx, s.cmd, s.args, nil); err != nil {
-			// Undo what was added.
-			if i >= 2 {
-				_ = mon.Run(ctx, "blockdev-del", map[string]any{"node-name": d.Node}, nil)
-			}
-			if i >= 1 {
-				_ = mon.Run(ctx, "blockdev-del", map[string]any{"node-name": d.Node + "-file"}, nil)
+			// Undo what was added, the format node first.
+			for j := i - 1; j >= 0; j-- {
+				_ = mon.Run(ctx, "blockdev-del", map[string]any{"node-name": steps[j].undo}, nil)
 			}
 			return fmt.Errorf("hot-plug %s: %w", d.Node, err)
 		}
@@ -293,7 +299,21 @@ func (q *QEMUCompute) Detach(ctx context.Context, ref InstanceRef, node string) 
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	for _, n := range []string{node, node + "-file"} {
+	// A qcow2 drive has a protocol node below its format node; an RBD
+	// drive is one node.
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+	}
+	if err := mon.Run(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+		return fmt.Errorf("detach %s from %s: %w", node, ref, err)
+	}
+	del := []string{node}
+	for _, n := range nodes {
+		if n.NodeName == node+"-file" {
+			del = append(del, n.NodeName)
+		}
+	}
+	for _, n := range del {
 		if err := mon.Run(ctx, "blockdev-del", map[string]any{"node-name": n}, nil); err != nil {
 			return fmt.Errorf("detach %s from %s: %w", node, ref, err)
 		}

@@ -164,9 +164,11 @@ type volume struct {
 	Bootable    bool              `json:"bootable"`
 	Metadata    map[string]string `json:"metadata"`
 	AZ          string            `json:"availability_zone"`
-	Path        string            `json:"path"` // qcow2 file, relative to the lab directory
-	Created     time.Time         `json:"created"`
-	Updated     time.Time         `json:"updated"`
+	Path        string            `json:"path,omitempty"` // qcow2 file, relative to the lab directory
+	// RBD is POOL/IMAGE of a volume kept in RBD (then Path is empty).
+	RBD     string    `json:"rbd,omitempty"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
 	// Attachment, when in-use (the lab has no multi-attach).
 	ServerID     string    `json:"server_id,omitempty"`
 	AttachmentID string    `json:"attachment_id,omitempty"`
@@ -184,9 +186,11 @@ type snapshot struct {
 	Size        int               `json:"size"`
 	Status      string            `json:"status"`
 	Metadata    map[string]string `json:"metadata"`
-	Path        string            `json:"path"` // qcow2 file, relative to the lab directory
-	Created     time.Time         `json:"created"`
-	Updated     time.Time         `json:"updated"`
+	Path        string            `json:"path,omitempty"` // qcow2 file, relative to the lab directory
+	// RBD is POOL/IMAGE@SNAP of a snapshot of an RBD volume.
+	RBD     string    `json:"rbd,omitempty"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
 }
 
 type volumeType struct {

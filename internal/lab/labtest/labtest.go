@@ -27,9 +27,13 @@ type Compute struct {
 // NewCompute returns a Compute with nothing running.
 func NewCompute() *Compute { return &Compute{running: map[lab.InstanceRef][]lab.Disk{}} }
 
-// Start records the instance as running after checking its disk files exist.
+// Start records the instance as running after checking its disk files
+// exist (RBD drives are not checked).
 func (c *Compute) Start(ctx context.Context, inst lab.Instance) error {
 	for _, d := range inst.Disks {
+		if d.RBD != nil {
+			continue
+		}
 		if _, err := os.Stat(d.Path); err != nil {
 			return fmt.Errorf("start %s: disk %s: %w", inst.Name, d.Node, err)
 		}
@@ -110,7 +114,10 @@ const AdminPassword = "labtest-admin"
 // Start starts a lab in a temporary directory with this package's Compute
 // and an admin user (lab.AdminUser / AdminPassword), closed when the test
 // ends. It skips the test when qemu-img is missing, and fails it in CI.
-func Start(t testing.TB) *lab.Lab {
+func Start(t testing.TB) *lab.Lab { return StartWith(t, lab.Options{}) }
+
+// StartWith is Start with options (Dir and Compute are set here).
+func StartWith(t testing.TB, opts lab.Options) *lab.Lab {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		if os.Getenv("CI") != "" {
@@ -118,7 +125,8 @@ func Start(t testing.TB) *lab.Lab {
 		}
 		t.Skip("SKIP: qemu-img not installed — run `make test-deps` (Debian package qemu-utils)")
 	}
-	l, err := lab.Start(context.Background(), lab.Options{Dir: t.TempDir(), Compute: NewCompute()})
+	opts.Dir, opts.Compute = t.TempDir(), NewCompute()
+	l, err := lab.Start(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

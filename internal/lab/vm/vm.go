@@ -475,14 +475,26 @@ func CreateDisk(ctx context.Context, path, label string, size int64) error {
 	if err != nil {
 		return fmt.Errorf("create disk %s: %w", path, err)
 	}
-	for _, c := range [][]string{
-		{"mkfs.ext4", "-q", "-F", "-L", label, "-E", "lazy_itable_init=0,lazy_journal_init=0", raw},
-		{"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, path},
-	} {
-		out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("create disk %s: %s: %w: %s", path, c[0], err, strings.TrimSpace(string(out)))
-		}
+	if err := MkfsExt4(ctx, raw, label); err != nil {
+		return fmt.Errorf("create disk %s: %w", path, err)
+	}
+	out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("create disk %s: qemu-img: %w: %s", path, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// MkfsExt4 makes an ext4 file system labelled label on the raw image file
+// raw (its inode tables and journal written at once, so that the guest does
+// not write them lazily later).
+func MkfsExt4(ctx context.Context, raw, label string) error {
+	if len(label) > 16 {
+		return fmt.Errorf("mkfs.ext4 %s: label %q longer than 16 bytes (ext4's limit)", raw, label)
+	}
+	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", label, "-E", "lazy_itable_init=0,lazy_journal_init=0", raw).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("mkfs.ext4 %s: %w: %s", raw, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

@@ -1,0 +1,391 @@
+//go:build ceph
+
+package integration
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/raksha-backup/raksha/activities"
+	"github.com/raksha-backup/raksha/internal/cloud"
+	"github.com/raksha-backup/raksha/internal/disk/rbd"
+	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/lab"
+	"github.com/raksha-backup/raksha/internal/lab/demo"
+	"github.com/raksha-backup/raksha/internal/lab/guestapp"
+	"github.com/raksha-backup/raksha/internal/lab/labtest"
+	"github.com/raksha-backup/raksha/internal/repo"
+	"github.com/raksha-backup/raksha/internal/testenv/cephlab"
+	"github.com/raksha-backup/raksha/workflows"
+)
+
+// rbdCLI runs the rbd command against the test cluster.
+func rbdCLI(t *testing.T, conf string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("rbd", append([]string{"--conf", conf}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rbd %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// rbdHash is the sha256 of an RBD image or snapshot's content (rbd export).
+func rbdHash(t *testing.T, conf, spec string) string {
+	t.Helper()
+	cmd := exec.Command("rbd", "--conf", conf, "export", "--no-progress", spec, "-")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	_, cerr := io.Copy(h, out)
+	if err := cmd.Wait(); err != nil || cerr != nil {
+		t.Fatalf("rbd export %s: %v %v", spec, err, cerr)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+// labClouds makes the demo's users in a lab and writes their clouds.yaml.
+func labClouds(t *testing.T, l *lab.Lab) string {
+	t.Helper()
+	for _, u := range []struct{ user, project, role string }{{lab.AdminUser, lab.AdminProject, "admin"}, {demo.DemoUser, "demo", "member"}, {lab.AdminUser, "demo", "admin"}} {
+		if _, err := l.EnsureProject(u.project); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.EnsureUser(u.user, "pw-"+u.user, u.project, u.role); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clouds := filepath.Join(t.TempDir(), "clouds.yaml")
+	if err := demo.WriteClouds(clouds, l.AuthURL(), "pw-"+lab.AdminUser, "pw-"+demo.DemoUser); err != nil {
+		t.Fatal(err)
+	}
+	return clouds
+}
+
+// TestLabCinderOnRBD checks the lab's Cinder on RBD through its API,
+// without guests: volumes are RBD images (formatted, blank, copies of
+// snapshots into RBD and into qcow2), Cinder snapshots RBD snapshots,
+// os-initialize_connection answers "rbd", and discovery gives an attached
+// RBD volume an rbd: locator (from Cinder's attachment record) while the
+// ephemeral disk stays qemu:.
+func TestLabCinderOnRBD(t *testing.T) {
+	cl := cephlab.Require(t)
+	ctx := context.Background()
+	l := labtest.StartWith(t, lab.Options{RBD: &lab.RBDConfig{CephConf: cl.CephConf}, FormatDisks: true, Hosts: []string{"h1"}})
+	clouds := labClouds(t, l)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if err := demo.Ensure(ctx, clouds, quiet); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := cloud.Connect(ctx, cloud.Config{Cloud: demo.AdminCloud, CloudsFile: clouds, PollInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := admin.ForProject(ctx, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Discovery: the demo's volumes are RBD images.
+	w, err := dc.DiscoverWorkload(ctx, "demo", cloud.Selector{Workload: "demo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w.Servers) != 2 {
+		t.Fatalf("demo workload: %d servers", len(w.Servers))
+	}
+	for _, s := range w.Servers {
+		if len(s.Volumes) != 1 || len(s.Ephemeral) != 1 {
+			t.Fatalf("server %s: volumes %+v, ephemeral %+v", s.Name, s.Volumes, s.Ephemeral)
+		}
+		v := s.Volumes[0]
+		if got, want := v.Locator.String(), "rbd:rbd/volume-"+v.ID; got != want || v.Type != lab.VolumeTypeRBD {
+			t.Errorf("volume %s of %s: locator %q, type %q; want %q, %s", v.ID, s.Name, got, v.Type, want, lab.VolumeTypeRBD)
+		}
+		if e := s.Ephemeral[0].Locator; e.Scheme != "qemu" {
+			t.Errorf("ephemeral disk of %s: locator %q, want qemu:", s.Name, e.String())
+		}
+		// The image holds the ext4 file system the guest mounts.
+		if out := rbdCLI(t, cl.CephConf, "info", "rbd/volume-"+v.ID); !strings.Contains(out, "size 1 GiB") {
+			t.Errorf("rbd info of volume %s: %s", v.ID, out)
+		}
+		c, err := admin.ConnectVolume(ctx, v.ID, "h1")
+		if err != nil || c.Type != "rbd" || c.Pool != "rbd" || c.Image != "volume-"+v.ID {
+			t.Errorf("connection of %s: %+v, %v", v.ID, c, err)
+		}
+	}
+	volID := w.Servers[0].Volumes[0].ID
+
+	// A Cinder snapshot of the in-use volume is an RBD snapshot.
+	snapID, err := dc.CreateSnapshot(ctx, volID, cloud.SnapshotOpts{Name: "s1", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dc.WaitSnapshot(ctx, snapID, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if out := rbdCLI(t, cl.CephConf, "snap", "ls", "rbd/volume-"+volID); !strings.Contains(out, "snapshot-"+snapID) {
+		t.Fatalf("rbd snap ls after a Cinder snapshot: %s", out)
+	}
+	snapHash := rbdHash(t, cl.CephConf, "rbd/volume-"+volID+"@snapshot-"+snapID)
+
+	// Volumes from the snapshot: an RBD image (grown to 2 GiB) and a qcow2
+	// file; both hold the snapshot's bytes.
+	fromRBD, err := dc.CreateVolume(ctx, cloud.VolumeOpts{Name: "from-snap", SizeGB: 2, SnapshotID: snapID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromQcow, err := dc.CreateVolume(ctx, cloud.VolumeOpts{Name: "from-snap-qcow2", SizeGB: 1, SnapshotID: snapID, Type: lab.VolumeType})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{fromRBD, fromQcow} {
+		if _, err := dc.WaitVolume(ctx, id, "available", time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out := rbdCLI(t, cl.CephConf, "info", "rbd/volume-"+fromRBD); !strings.Contains(out, "size 2 GiB") {
+		t.Errorf("rbd info of the volume from the snapshot: %s", out)
+	}
+	// The first GiB equals the snapshot.
+	head := filepath.Join(t.TempDir(), "head.raw")
+	rbdCLI(t, cl.CephConf, "export", "--no-progress", "rbd/volume-"+fromRBD, head)
+	if err := exec.Command("truncate", "-s", "1G", head).Run(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fileSHA(t, head); got != snapHash {
+		t.Errorf("volume from the RBD snapshot differs from it")
+	}
+	c, err := admin.ConnectVolume(ctx, fromQcow, "h1")
+	if err != nil || c.Type != "local" || c.Format != "qcow2" {
+		t.Fatalf("connection of the qcow2 volume: %+v, %v", c, err)
+	}
+	if got := rawHash(t, c.Path); got != snapHash {
+		t.Errorf("qcow2 volume from the RBD snapshot differs from it")
+	}
+
+	// Deletes remove the images and the snapshot.
+	for _, id := range []string{fromRBD, fromQcow} {
+		if err := dc.DeleteVolume(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := dc.DeleteSnapshot(ctx, snapID); err != nil {
+		t.Fatal(err)
+	}
+	if err := dc.WaitSnapshotGone(ctx, snapID, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	l.Wait()
+	ls := rbdCLI(t, cl.CephConf, "ls", "rbd")
+	if strings.Contains(ls, "volume-"+fromRBD) || !strings.Contains(ls, "volume-"+volID) {
+		t.Errorf("rbd ls after the deletes: %s", ls)
+	}
+	if out := rbdCLI(t, cl.CephConf, "snap", "ls", "rbd/volume-"+volID); strings.Contains(out, "snapshot-"+snapID) {
+		t.Errorf("rbd snapshot left after the Cinder snapshot was deleted: %s", out)
+	}
+}
+
+// TestAppConsistentBackupOfLabWorkloadOnRBD is the whole product against a
+// Ceph-backed cloud: the lab keeps the demo workload's volumes as RBD
+// images in a throwaway cluster (QEMU attaches them with its rbd driver),
+// and two app-consistent WorkloadBackups run on a real Temporal dev server
+// with control, host and data workers. Discovery gives the volumes rbd:
+// locators, so the data worker snapshots them inside the freeze window and
+// the second backup reads only the chunks the RBD snapshot diff touches;
+// each restored volume equals its RBD snapshot (sha256) and holds a clean
+// file system with intact records; Restore writes a volume into a new RBD
+// volume and recreates a deleted server on new RBD volumes whose guest
+// finds every record; no guest is left frozen.
+func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
+	cl := cephlab.Require(t)
+	e := newLabEnvWith(t, labEnvOptions{RBD: &lab.RBDConfig{CephConf: cl.CephConf}})
+	ctx := e.ctx
+	conn, err := rbd.Connect(ctx, rbd.Config{CephConf: cl.CephConf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	volumes := func(b *workflows.BackupResult) map[string]activities.CopyResult {
+		out := map[string]activities.CopyResult{}
+		for _, d := range b.Disks {
+			if name := strings.Split(d.Manifest, "/")[2]; strings.HasPrefix(name, "vol-") {
+				out[strings.TrimPrefix(name, "vol-")] = d
+			}
+		}
+		return out
+	}
+	timed := func(what string) *workflows.BackupResult {
+		start := time.Now()
+		b := e.backup()
+		t.Logf("%s backup %s (%s) in %v: %d VMs, %d disks, read %d KiB, new %d KiB; freeze windows %v; warnings %q",
+			what, b.BackupID, b.Consistency, time.Since(start).Round(time.Millisecond), b.VMs, len(b.Disks),
+			b.BytesRead>>10, b.BytesNew>>10, b.FreezeWindows, b.Warnings)
+		return b
+	}
+
+	first := timed("first")
+	vols1 := volumes(first)
+	if first.Consistency != "app" || first.VMs != 2 || len(first.Disks) != 4 || len(vols1) != 2 {
+		t.Fatalf("first backup: %+v", first)
+	}
+	snap1 := activities.RBDSnapshotName(first.BackupID)
+	for id, d := range vols1 {
+		if d.Incremental {
+			t.Errorf("volume %s: the first backup claims to be incremental", id)
+		}
+		// The data worker took the snapshot: the volume was read from RBD.
+		// Protected, the release after the next backup cannot delete it
+		// (a warning), so that the diff can be measured afterwards.
+		rbdCLI(t, cl.CephConf, "snap", "protect", "rbd/volume-"+id+"@"+snap1)
+	}
+	time.Sleep(3 * time.Second) // the in-guest writers go on
+	second := timed("second")
+	vols2 := volumes(second)
+	if second.Consistency != "app" || len(vols2) != 2 {
+		t.Fatalf("second backup: %+v", second)
+	}
+	if !slices.ContainsFunc(second.Warnings, func(w string) bool { return strings.Contains(w, "release older RBD snapshots") }) {
+		t.Errorf("second backup: no warning about the protected snapshots it could not release: %q", second.Warnings)
+	}
+	snap2 := activities.RBDSnapshotName(second.BackupID)
+	chunk := int64(mustRepo(t, e.be).Config().ChunkSize)
+	r := mustRepo(t, e.be)
+	for id, d := range vols2 {
+		img := "volume-" + id
+		src, err := conn.OpenSnapshot(ctx, "rbd", img, snap2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ext, err := src.Changed(snap1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var diff int64
+		touched := map[int64]bool{}
+		for _, x := range ext {
+			diff += x.Length
+			for c := x.Offset / chunk; c <= (x.Offset+x.Length-1)/chunk; c++ {
+				touched[c] = true
+			}
+		}
+		t.Logf("volume %s: RBD diff %s..%s: %d extents, %d KiB in %d chunks of %d KiB; the backup read %d KiB (incremental %v)",
+			id, snap1, snap2, len(ext), diff>>10, len(touched), chunk>>10, d.BytesRead>>10, d.Incremental)
+		if !d.Incremental || d.BytesRead > int64(len(touched))*chunk || (diff > 0 && d.BytesRead == 0) {
+			t.Errorf("volume %s: incremental %v, read %d bytes; want an incremental reading at most the %d chunks the diff touches (%d bytes)",
+				id, d.Incremental, d.BytesRead, len(touched), int64(len(touched))*chunk)
+		}
+		// The backup equals the snapshot, and its file system and records
+		// are sound.
+		h := sha256.New()
+		if _, err := io.Copy(h, io.NewSectionReader(src, 0, src.Size())); err != nil {
+			t.Fatal(err)
+		}
+		src.Close()
+		raw := filepath.Join(t.TempDir(), "restored.raw")
+		f, err := os.Create(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(d.Size)
+		if _, err := r.RestoreDisk(ctx, d.Manifest, f, repo.RestoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if got, want := fileSHA(t, raw), fmt.Sprintf("%x", h.Sum(nil)); got != want {
+			t.Errorf("volume %s: the restored backup (%s) differs from the RBD snapshot (%s)", id, got, want)
+		}
+		if out, err := exec.Command("e2fsck", "-fn", raw).CombinedOutput(); err != nil {
+			t.Errorf("e2fsck -fn on the restored volume %s: %v\n%s", id, err, out)
+		}
+		reps, err := guestapp.CheckImage(ctx, raw, guestapp.CheckOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rep := range reps {
+			if !rep.OK() || rep.Good == 0 {
+				t.Errorf("restored volume %s: %s", id, rep)
+			}
+		}
+		// Drop the protected older snapshot: one Raksha snapshot is left.
+		rbdCLI(t, cl.CephConf, "snap", "unprotect", "rbd/"+img+"@"+snap1)
+		if err := conn.DeleteSnapshot(ctx, "rbd", img, snap1); err != nil {
+			t.Fatal(err)
+		}
+		snaps, err := conn.Snapshots(ctx, "rbd", img)
+		if err != nil || len(snaps) != 1 || snaps[0].Name != snap2 {
+			t.Errorf("snapshots of %s: %+v, %v; want only %s", img, snaps, err, snap2)
+		}
+	}
+
+	// No guest is left frozen.
+	for _, s := range e.lab.Servers() {
+		ag, err := guest.Dial(ctx, filepath.Join(guest.InstanceDir(e.hostDir, s.InstanceRef.Name), guest.AgentSocketName), guest.Options{Owner: "test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := ag.FsfreezeStatus(ctx)
+		ag.Close()
+		if err != nil || st != "thawed" {
+			t.Errorf("guest %s after the backups: freeze status %q, %v", s.Name, st, err)
+		}
+	}
+
+	// One volume restored into a new RBD volume.
+	dc, err := e.admin.ForProject(ctx, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := diskOf(t, second, "demo-2", "vol-")
+	v2ID := strings.TrimPrefix(strings.Split(v2.Manifest, "/")[2], "vol-")
+	res, took, err := e.restore("restore/rbd-volume", workflows.RestoreRequest{Repository: "main", BackupID: second.BackupID, Volumes: []string{v2ID}, NamePrefix: "copy-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Volumes) != 1 {
+		t.Fatalf("one-volume restore: %+v", res)
+	}
+	nc, err := dc.ConnectVolume(ctx, res.Volumes[0].VolumeID, "test")
+	if err != nil || nc.Type != "rbd" {
+		t.Fatalf("connection of the restored volume: %+v, %v", nc, err)
+	}
+	if got, want := rbdHash(t, cl.CephConf, nc.Pool+"/"+nc.Image), e.backupHash(v2.Manifest, v2.Size); got != want {
+		t.Errorf("volume restored into the new RBD volume %s/%s: %s, backup %s", nc.Pool, nc.Image, got, want)
+	}
+	t.Logf("volume %s restored into the new RBD image %s/%s in %v (%d MiB written, %d KiB fetched)", v2ID, nc.Pool, nc.Image,
+		took.Round(time.Millisecond), res.Bytes>>20, res.BytesFetched>>10)
+
+	// demo-1 is deleted and restored: a new server on a new RBD volume,
+	// whose guest finds every record of the backup intact.
+	if err := e.admin.DeleteServer(ctx, e.serverByName("demo-1").ID); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); len(e.lab.Servers()) > 1 && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+	}
+	res, took, err = e.restore("restore/rbd-vm", workflows.RestoreRequest{Repository: "main", BackupID: second.BackupID, VMs: []string{"demo-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Servers) != 1 || len(res.Volumes) != 1 {
+		t.Fatalf("restore of demo-1: %+v", res)
+	}
+	if nc, err := dc.ConnectVolume(ctx, res.Volumes[0].VolumeID, "test"); err != nil || nc.Type != "rbd" {
+		t.Errorf("connection of demo-1's restored volume: %+v, %v", nc, err)
+	}
+	out := e.guestCheck(res.Servers[0].Instance)
+	t.Logf("demo-1 restored on a new RBD volume in %v; in-guest check:\n%s", took.Round(time.Millisecond), out)
+}
