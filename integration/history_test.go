@@ -39,6 +39,12 @@ type fakeActs struct {
 	sem                 *activities.Activities
 	hold                time.Duration
 	running, maxRunning atomic.Int32
+	// freezeDelay is how long a freeze takes; freezing counts those begun;
+	// frozenAt and thawedAt are when each instance's last freeze ended and
+	// its last thaw ran.
+	freezeDelay        time.Duration
+	freezing           atomic.Int32
+	frozenAt, thawedAt map[string]time.Time
 
 	mu     sync.Mutex
 	copier map[string]string // disk manifest → workflow id that ran its copy
@@ -59,7 +65,15 @@ func (f *fakeActs) ClosedRuns(ctx context.Context, in activities.ClosedRunsInput
 	return f.sem.ClosedRuns(ctx, in)
 }
 
-func (f *fakeActs) Freeze(context.Context, activities.FreezeInput) (*activities.FreezeResult, error) {
+func (f *fakeActs) Freeze(_ context.Context, in activities.FreezeInput) (*activities.FreezeResult, error) {
+	f.freezing.Add(1)
+	time.Sleep(f.freezeDelay)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.frozenAt == nil {
+		f.frozenAt = map[string]time.Time{}
+	}
+	f.frozenAt[in.Instance] = time.Now()
 	return &activities.FreezeResult{}, nil
 }
 
@@ -67,7 +81,13 @@ func (f *fakeActs) Checkpoint(_ context.Context, in activities.CheckpointInput) 
 	return &activities.CheckpointResult{Bitmap: activities.NewBitmapName(in.BackupID)}, nil
 }
 
-func (f *fakeActs) Thaw(context.Context, activities.ThawInput) (*activities.ThawResult, error) {
+func (f *fakeActs) Thaw(_ context.Context, in activities.ThawInput) (*activities.ThawResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.thawedAt == nil {
+		f.thawedAt = map[string]time.Time{}
+	}
+	f.thawedAt[in.Instance] = time.Now()
 	return &activities.ThawResult{WasFrozen: true, Window: 120 * time.Millisecond}, nil
 }
 
@@ -411,4 +431,35 @@ func TestLargeWorkloadUnderCopySemaphore(t *testing.T) {
 		st := semaphoreState(t, c, workflows.CopySemaphoreID)
 		return len(st.Holders) == 0 && len(st.Waiting) == 0 && st.Granted == 100
 	})
+}
+
+// TestCancelDuringFreezeThawsAfterIt: a backup cancelled while its guests'
+// freezes run (each takes a second) thaws each guest after its freeze has
+// ended, not before (a thaw that overtakes the freeze leaves the guest
+// frozen until the host guard's deadline).
+func TestCancelDuringFreezeThawsAfterIt(t *testing.T) {
+	c, _ := startTemporal(t)
+	ctx := context.Background()
+	f := &fakeActs{vms: fakeWorkload(2, 1), freezeDelay: time.Second}
+	startFakeWorkers(t, c, f)
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "backup/shop", TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup,
+		workflows.BackupRequest{Workload: "shop", Repository: "main", Consistency: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the freezes did not begin", func() bool { return f.freezing.Load() == 2 })
+	if err := c.CancelWorkflow(ctx, run.GetID(), run.GetRunID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := run.Get(ctx, nil); err == nil {
+		t.Fatal("the cancelled backup succeeded")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, vm := range f.vms {
+		frozen, thawed := f.frozenAt[vm.Instance], f.thawedAt[vm.Instance]
+		if frozen.IsZero() || thawed.Before(frozen) {
+			t.Errorf("%s: frozen at %v, thawed at %v: the thaw came before the freeze ended", vm.Instance, frozen, thawed)
+		}
+	}
 }

@@ -104,6 +104,10 @@ type Progress struct {
 // ProgressQuery is the query name for Progress.
 const ProgressQuery = "progress"
 
+// waitFreezeOnCancelChange gates waiting for the freezes, checkpoints
+// and RBD snapshots to end when a backup is cancelled during them.
+const waitFreezeOnCancelChange = "wait-for-freeze-and-checkpoints-on-cancel"
+
 // ErrNotAppConsistent is the failure type of a backup that had to be
 // application-consistent and could not be.
 const ErrNotAppConsistent = "NotApplicationConsistent"
@@ -227,6 +231,21 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 		cleanupFailed(dctx, req, begin, st)
 	}()
 
+	// A cancel while the freezes or checkpoints run waits for them to end
+	// (they are single attempts, bounded by the freeze timeout): a thaw or
+	// abort sent while they still run would come before the freeze or the
+	// new bitmap and leave a guest frozen until its guard's deadline, or a
+	// checkpoint behind. Earlier histories (no marker) did not wait.
+	waitCancel := workflow.GetVersion(ctx, waitFreezeOnCancelChange, workflow.DefaultVersion, 1) >= 1
+	inFreeze := func(actx workflow.Context) workflow.Context {
+		if !waitCancel {
+			return actx
+		}
+		o := workflow.GetActivityOptions(actx)
+		o.WaitForCancellation = true
+		return workflow.WithActivityOptions(actx, o)
+	}
+
 	// Freeze.
 	consistency := req.Consistency
 	if consistency == "app" {
@@ -234,7 +253,7 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 		futures := map[string]workflow.Future{}
 		for _, vm := range begin.VMs {
 			st.frozen[vm.Instance] = true // Thaw is idempotent: a failed freeze is thawed too
-			futures[vm.Instance] = workflow.ExecuteActivity(hostOpts(ctx, vm.Host, freezeTimeout+time.Minute, 1), a.Freeze,
+			futures[vm.Instance] = workflow.ExecuteActivity(inFreeze(hostOpts(ctx, vm.Host, freezeTimeout+time.Minute, 1)), a.Freeze,
 				activities.FreezeInput{Instance: vm.Instance, Timeout: freezeTimeout, PreHooks: req.PreHooks,
 					PostHooks: req.PostHooks, HookFailure: req.HookFailure})
 		}
@@ -267,12 +286,12 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
 			continue // no host-local disk: nothing for the host worker to fix
 		}
-		cpFutures[vm.Instance] = workflow.ExecuteActivity(hostOpts(ctx, vm.Host, freezeTimeout, 1), a.Checkpoint,
+		cpFutures[vm.Instance] = workflow.ExecuteActivity(inFreeze(hostOpts(ctx, vm.Host, freezeTimeout, 1)), a.Checkpoint,
 			activities.CheckpointInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks})
 	}
 	var rbdFuture workflow.Future
 	if rbdDisks := disksOfKind(begin.VMs, "rbd"); len(rbdDisks) > 0 {
-		rbdFuture = workflow.ExecuteActivity(dataOpts(ctx, freezeTimeout), a.SnapshotRBD,
+		rbdFuture = workflow.ExecuteActivity(inFreeze(dataOpts(ctx, freezeTimeout)), a.SnapshotRBD,
 			activities.RBDSnapshotInput{BackupID: backupID, Disks: rbdDisks})
 	}
 	var cpErr error
