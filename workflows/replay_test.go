@@ -23,6 +23,8 @@ var recordedHistories = map[string]string{
 	"history-40disks.json": "backup/big",
 	// 40 disks in batches of 16: 3 CopyDisks children.
 	"history-40disks-children.json": "backup/big",
+	// After the freeze-on-cancel change (both version markers).
+	"history-2vms-freeze-marker.json": "backup/shop",
 	// The first child of such a backup.
 	"history-copydisks.json": "backup/big/copy/20261123-154531-261492/1",
 }
