@@ -128,16 +128,6 @@ func (a *app) openBackend(ctx context.Context) (backend.Backend, error) {
 
 // openRepo opens the repository named by --repo.
 func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
-	o, err := a.startOpenRepo(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return o.Wait()
-}
-
-// startOpenRepo starts opening the repository named by --repo: the key is
-// derived in the background until Wait.
-func (a *app) startOpenRepo(ctx context.Context) (*repo.Opening, error) {
 	be, err := a.openBackend(ctx)
 	if err != nil {
 		return nil, err
@@ -146,7 +136,7 @@ func (a *app) startOpenRepo(ctx context.Context) (*repo.Opening, error) {
 	if err != nil {
 		return nil, err
 	}
-	return repo.StartOpen(ctx, be, pw, repo.Options{Log: a.log})
+	return repo.Open(ctx, be, pw, repo.Options{Log: a.log})
 }
 
 func (a *app) printJSON(v any) error {

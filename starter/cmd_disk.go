@@ -196,18 +196,7 @@ incomplete backup.`,
 					return usageError{err}
 				}
 			}
-			op, err := a.startOpenRepo(ctx)
-			if err != nil {
-				return err
-			}
-			var prepared *repo.Prepared
-			if changedKnown {
-				// The chunks the extents touch are read in any case: read
-				// and compress some while the key is being derived.
-				prepared = op.Prepare(ctx, src, changed)
-				a.phase("chunks prepared while the key is derived", "chunks", prepared.Len())
-			}
-			r, err := op.Wait()
+			r, err := a.openRepo(ctx)
 			if err != nil {
 				return err
 			}
@@ -229,8 +218,7 @@ incomplete backup.`,
 			}
 			pr := a.newProgress("backup "+diskName, src.Size())
 			m, err := s.BackupDisk(ctx, standaloneVM, diskName, src, repo.DiskOptions{
-				Name: abs, Base: base, Changed: changed, ChangedKnown: changedKnown, Checkpoint: checkpoint, Progress: pr.update,
-				Prepared: prepared})
+				Name: abs, Base: base, Changed: changed, ChangedKnown: changedKnown, Checkpoint: checkpoint, Progress: pr.update})
 			pr.finish()
 			if err != nil {
 				if aerr := s.Abort(context.WithoutCancel(ctx)); aerr != nil {

@@ -44,9 +44,6 @@ type DiskOptions struct {
 	// OnResume, if set, is called when the copy continues an earlier
 	// attempt, with the number of bytes that attempt had covered.
 	OnResume func(from int64)
-	// Prepared, if set, holds chunks of the same source read and
-	// compressed by Opening.Prepare while the key was being derived.
-	Prepared *Prepared
 }
 
 // partialManifest is the saved position of a resumable copy
@@ -113,7 +110,6 @@ type chunkJob struct {
 	parts  []disk.Extent // ranges to read; nil means the whole chunk
 	base   ChunkID
 	inBase bool
-	prep   *preparedChunk // read and compressed already (DiskOptions.Prepared)
 }
 
 type chunkResult struct {
@@ -308,7 +304,6 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 					j.parts = nil
 				}
 			}
-			j.prep = o.Prepared.take(j)
 			select {
 			case jobs <- j:
 			case <-ctx.Done():
@@ -450,7 +445,20 @@ func (r *Repository) savePage(ctx context.Context, diskID string, n int, ids []C
 	return nil
 }
 
-var zeroChunk = make([]byte, MaxChunkSize)
+// zeroBuf is compared against by isZero.
+var zeroBuf [64 << 10]byte
+
+// isZero reports whether b is all zeros.
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroBuf))
+		if !bytes.Equal(b[:n], zeroBuf[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
 
 // processChunk reads one chunk and decides: hole, same as base, already
 // stored (dedup), or to upload (then it returns the sealed object).
@@ -458,24 +466,15 @@ func (s *Session) processChunk(ctx context.Context, src disk.Source, j chunkJob,
 	r := s.r
 	res := chunkResult{i: j.i}
 	res.stats.ChunksRead = 1
-	var buf []byte
-	var zero bool
-	if pc := j.prep; pc != nil {
-		defer plainPool.Put(pc.plain)
-		buf = (*pc.plain)[:j.n]
-		res.stats.BytesRead, zero = pc.read, pc.zero
-	} else {
-		bufp := plainPool.Get().(*[]byte)
-		defer plainPool.Put(bufp)
-		buf = (*bufp)[:j.n]
-		read, err := readChunk(src, buf, j.off, j.parts)
-		if err != nil {
-			return res, nil, fmt.Errorf("read chunk %d at %w", j.i, err)
-		}
-		res.stats.BytesRead = read
-		zero = bytes.Equal(buf, zeroChunk[:len(buf)])
+	bufp := plainPool.Get().(*[]byte)
+	defer plainPool.Put(bufp)
+	buf := (*bufp)[:j.n]
+	read, err := readChunk(src, buf, j.off, j.parts)
+	if err != nil {
+		return res, nil, fmt.Errorf("read chunk %d at %w", j.i, err)
 	}
-	if zero {
+	res.stats.BytesRead = read
+	if isZero(buf) {
 		res.stats.Holes = 1
 		return res, nil, nil
 	}
@@ -510,17 +509,14 @@ func (s *Session) processChunk(ctx context.Context, src disk.Source, j chunkJob,
 		s.mu.Unlock()
 		return reused()
 	}
-	var sp *[]byte
-	if pc := j.prep; pc != nil && pc.container != nil {
-		sealed := r.codec.finish(pc.container, pc.hdr, chunkAAD(id))
-		sp = &sealed
-	} else {
-		sp = sealedPool.Get().(*[]byte)
-		*sp = r.codec.sealChunk(buf, chunkAAD(id), (*sp)[:0])
-	}
+	sp := sealedPool.Get().(*[]byte)
+	*sp = r.codec.sealChunk(buf, chunkAAD(id), (*sp)[:0])
 	res.stats.BytesNew, res.stats.ChunksNew = int64(j.n), 1
 	return res, &uploadJob{i: j.i, id: id, sealed: sp, stats: res.stats}, nil
 }
+
+// sealedCap is the capacity of the buffers sealed chunks are built in.
+func sealedCap(cs int64) int { return int(cs + cs/128 + 1024) }
 
 // readChunk reads a chunk of len(buf) bytes at off: whole, or only the
 // given parts (the rest zeros). It returns the bytes read; errors name the

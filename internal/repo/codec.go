@@ -124,7 +124,7 @@ func (c *codec) prepareChunk(plain, buf []byte) (container []byte, hdr int) {
 	zeros := 0
 	for b := range nblocks {
 		blk := plain[b*zeroBlock : min((b+1)*zeroBlock, len(plain))]
-		if bytes.Equal(blk, zeroChunk[:len(blk)]) {
+		if isZero(blk) {
 			zmap[b/8] |= 1 << (b % 8)
 			zeros++
 		}

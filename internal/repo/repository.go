@@ -178,32 +178,6 @@ func Init(ctx context.Context, be backend.Backend, io InitOptions, opts Options)
 
 // Open opens the repository in be with password (ignored when unencrypted).
 func Open(ctx context.Context, be backend.Backend, password string, opts Options) (*Repository, error) {
-	o, err := StartOpen(ctx, be, password, opts)
-	if err != nil {
-		return nil, err
-	}
-	return o.Wait()
-}
-
-// Opening is a repository whose master key is being derived from the
-// password (argon2id: tens of milliseconds of one core) in the background,
-// so that work which needs no key can run meanwhile (Prepare).
-type Opening struct {
-	be    backend.Backend
-	cfg   Config
-	opts  Options
-	codec *codec // compression only until the key is known
-
-	done chan struct{}
-	r    *Repository
-	err  error
-}
-
-// StartOpen reads the repository's config, checks that a password is given
-// where one is needed, and starts unwrapping the master key in the
-// background. Wait returns the opened repository (or the error, such as
-// ErrWrongPassword).
-func StartOpen(ctx context.Context, be backend.Backend, password string, opts Options) (*Opening, error) {
 	opts = opts.withDefaults()
 	data, err := be.Load(ctx, "config")
 	if backend.IsNotFound(err) {
@@ -235,43 +209,16 @@ func StartOpen(ctx context.Context, be backend.Backend, password string, opts Op
 	if err != nil {
 		return nil, err
 	}
-	o := &Opening{be: be, cfg: cfg, opts: opts, codec: c, done: make(chan struct{})}
-	if cfg.Encryption == "none" {
-		o.r, o.err = newRepository(be, cfg, nil, c, opts)
-		close(o.done)
-		return o, nil
-	}
-	go func() {
-		defer close(o.done)
+	var mk *masterKey
+	if cfg.Encryption != "none" {
 		kdfStart := time.Now()
-		mk, err := findKey(ctx, be, password)
+		mk, err = findKey(ctx, be, password)
 		if err != nil {
-			o.err = fmt.Errorf("open %s: %w", be.Location(), err)
-			return
+			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
 		}
 		opts.Log.Debug("master key unwrapped", "took", time.Since(kdfStart).Round(10*time.Microsecond))
-		o.r, o.err = newRepository(be, cfg, mk, c, opts)
-	}()
-	return o, nil
-}
-
-// Config returns the repository's configuration (known before the key).
-func (o *Opening) Config() Config { return o.cfg }
-
-// Wait waits for the master key and returns the opened repository.
-func (o *Opening) Wait() (*Repository, error) {
-	<-o.done
-	return o.r, o.err
-}
-
-// ready reports whether Wait would return at once.
-func (o *Opening) ready() bool {
-	select {
-	case <-o.done:
-		return true
-	default:
-		return false
 	}
+	return newRepository(be, cfg, mk, c, opts)
 }
 
 func findKey(ctx context.Context, be backend.Backend, password string) (*masterKey, error) {

@@ -1,7 +1,6 @@
 package repo
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -128,6 +127,10 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 			}
 		}()
 	}
+	var zeroChunk []byte // holes written as zeros (ZeroHoles)
+	if o.ZeroHoles {
+		zeroChunk = alignedBuffer(int(cs))[:cs]
+	}
 	err := r.ForEachChunk(ctx, m, func(i int64, id ChunkID) error {
 		if id.IsHole() {
 			if o.ZeroHoles {
@@ -182,7 +185,7 @@ func writeSparse(w io.WriterAt, p []byte, off int64) (int64, error) {
 	}
 	for b := 0; b < len(p); b += sparseBlock {
 		e := min(b+sparseBlock, len(p))
-		if bytes.Equal(p[b:e], zeroChunk[:e-b]) {
+		if isZero(p[b:e]) {
 			continue
 		}
 		if start >= 0 && b-end >= minSparseGap {
