@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/raksha-backup/raksha/internal/disk/file"
@@ -124,7 +125,7 @@ func TestRestoreIntoUsedQcow2(t *testing.T) {
 	os.WriteFile(junkPath, junk, 0o644)
 	run(t, "qemu-img", "convert", "-O", "qcow2", junkPath, img)
 
-	im, err := target.OpenImage(ctx, img, target.ImageOptions{})
+	im, err := target.OpenImage(ctx, img, target.ImageOptions{Conns: benchConns()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +165,7 @@ func TestOpenImageErrors(t *testing.T) {
 	if _, err := target.OpenImage(ctx, p, target.ImageOptions{Format: "vmdk"}); err == nil || !bytes.Contains([]byte(err.Error()), []byte(`unsupported format "vmdk"`)) {
 		t.Errorf("bad format: %v", err)
 	}
-	im, err := target.OpenImage(ctx, p, target.ImageOptions{})
+	im, err := target.OpenImage(ctx, p, target.ImageOptions{Conns: benchConns()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +219,7 @@ func BenchmarkRestoreIntoQcow2(b *testing.B) {
 			img := filepath.Join(dir, "vol.qcow2")
 			os.Remove(img)
 			run(nil, "qemu-img", "create", "-q", "-f", "qcow2", img, "256M")
-			im, err := target.OpenImage(ctx, img, target.ImageOptions{})
+			im, err := target.OpenImage(ctx, img, target.ImageOptions{Conns: benchConns()})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -244,4 +245,10 @@ func BenchmarkRestoreIntoQcow2(b *testing.B) {
 			f.Close()
 		}
 	})
+}
+
+// benchConns is BENCH_NBD_CONNS (0: the default), to compare connection counts.
+func benchConns() int {
+	n, _ := strconv.Atoi(os.Getenv("BENCH_NBD_CONNS"))
+	return n
 }
