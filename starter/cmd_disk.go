@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"time"
 
@@ -200,6 +201,10 @@ incomplete backup.`,
 			if err != nil {
 				return err
 			}
+			// The key derivation's 46 MiB are garbage now: collect them, so
+			// that the copy's buffers reuse those pages instead of faulting
+			// in fresh memory (which is slow on virtual machines).
+			runtime.GC()
 			a.phase("repository opened")
 			base, err := a.findBase(ctx, r, baseID, lbl, diskName, abs)
 			if err != nil {
