@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -366,8 +367,20 @@ func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 	if got, want := rbdHash(t, cl.CephConf, nc.Pool+"/"+nc.Image), e.backupHash(v2.Manifest, v2.Size); got != want {
 		t.Errorf("volume restored into the new RBD volume %s/%s: %s, backup %s", nc.Pool, nc.Image, got, want)
 	}
-	t.Logf("volume %s restored into the new RBD image %s/%s in %v (%d MiB written, %d KiB fetched)", v2ID, nc.Pool, nc.Image,
-		took.Round(time.Millisecond), res.Bytes>>20, res.BytesFetched>>10)
+	// Zeros were discarded, not written: the image stays sparse.
+	var du struct {
+		Images []struct {
+			UsedSize int64 `json:"used_size"`
+		} `json:"images"`
+	}
+	if err := json.Unmarshal([]byte(rbdCLI(t, cl.CephConf, "du", "--format", "json", nc.Pool+"/"+nc.Image)), &du); err != nil || len(du.Images) != 1 {
+		t.Fatalf("rbd du: %+v %v", du, err)
+	}
+	if used := du.Images[0].UsedSize; used > 4*res.BytesFetched+(16<<20) {
+		t.Errorf("the restored RBD volume uses %d MiB for %d MiB of chunk data: zeros were written, not discarded", used>>20, res.BytesFetched>>20)
+	}
+	t.Logf("volume %s restored into the new RBD image %s/%s in %v (%d MiB written, %d KiB fetched, %d KiB allocated)", v2ID, nc.Pool, nc.Image,
+		took.Round(time.Millisecond), res.Bytes>>20, res.BytesFetched>>10, du.Images[0].UsedSize>>10)
 
 	// demo-1 is deleted and restored: a new server on a new RBD volume,
 	// whose guest finds every record of the backup intact.

@@ -2,7 +2,9 @@
 // (Keystone v3, Nova, Cinder v3, Glance v2, Neutron and Heat subsets) on
 // 127.0.0.1 over real things — Cinder volumes are qcow2 files, Cinder
 // snapshots are point-in-time qcow2 copies, Nova servers run on a Compute
-// backend (QEMU processes of the lab guest in `raksha lab up`).
+// backend (QEMU processes of the lab guest in `raksha lab up`). With
+// Options.RBD, volumes are RBD images in a Ceph cluster and snapshots RBD
+// snapshots (see RBDConfig).
 //
 // It serves exactly what internal/cloud uses, with the JSON shapes, status
 // transitions and error bodies of the real services (see

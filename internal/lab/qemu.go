@@ -229,6 +229,9 @@ func (q *QEMUCompute) plug(ctx context.Context, g *qemuGuest, d Disk) error {
 			for j := i - 1; j >= 0; j-- {
 				_ = mon.Run(ctx, "blockdev-del", map[string]any{"node-name": steps[j].undo}, nil)
 			}
+			if d.RBD != nil && strings.Contains(err.Error(), "Unknown driver") {
+				return fmt.Errorf("hot-plug %s: %w (QEMU's rbd driver is in the Debian package qemu-block-extra)", d.Node, err)
+			}
 			return fmt.Errorf("hot-plug %s: %w", d.Node, err)
 		}
 	}

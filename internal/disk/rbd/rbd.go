@@ -47,9 +47,13 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 			return nil, fmt.Errorf("rbd connect: keyring: %w", err)
 		}
 	}
-	if err := conn.SetConfigOption("client_mount_timeout", "15"); err != nil {
-		conn.Shutdown()
-		return nil, fmt.Errorf("rbd connect: %w", err)
+	// Discards must always read back as zeros (Target writes zero ranges
+	// as discards): librbd skips partial-object discards by default.
+	for k, v := range map[string]string{"client_mount_timeout": "15", "rbd_skip_partial_discard": "false"} {
+		if err := conn.SetConfigOption(k, v); err != nil {
+			conn.Shutdown()
+			return nil, fmt.Errorf("rbd connect: %s: %w", k, err)
+		}
 	}
 	done := make(chan error, 1)
 	go func() { done <- conn.Connect() }()
@@ -366,10 +370,19 @@ func (c *Conn) OpenTarget(ctx context.Context, pool, image string) (*Target, err
 	return &Target{img: img, size: int64(size), name: pool + "/" + image}, nil
 }
 
-// WriteAt implements io.WriterAt.
+// WriteAt implements io.WriterAt. A range of zeros is discarded instead of
+// written (it reads back as zeros, Connect turns off librbd's skipping of
+// partial discards), so that a restore's holes and zero chunks allocate
+// nothing in the cluster.
 func (t *Target) WriteAt(p []byte, off int64) (int, error) {
 	if off+int64(len(p)) > t.size {
 		return 0, fmt.Errorf("write %s at %d: %d bytes past the end (%d)", t.name, off, len(p), t.size)
+	}
+	if len(p) > 0 && allZero(p) {
+		if _, err := t.img.Discard(uint64(off), uint64(len(p))); err != nil {
+			return 0, fmt.Errorf("discard %s at %d: %w", t.name, off, err)
+		}
+		return len(p), nil
 	}
 	n, err := t.img.WriteAt(p, off)
 	if err != nil {
@@ -392,4 +405,20 @@ func (t *Target) Close() error {
 		return fmt.Errorf("close %s: %w", t.name, cerr)
 	}
 	return nil
+}
+
+// allZero reports whether p holds only zero bytes.
+func allZero(p []byte) bool {
+	for len(p) >= 8 {
+		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
+			return false
+		}
+		p = p[8:]
+	}
+	for _, b := range p {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
 }
