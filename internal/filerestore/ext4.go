@@ -151,6 +151,14 @@ func openExt4(r io.ReaderAt, size int64) (*fsys, error) {
 	return f, nil
 }
 
+// IsXFS reports whether r starts with an XFS superblock: such a file system
+// is read by loop-mounting it (internal/loopfs), not by this package.
+func IsXFS(r io.ReaderAt) bool {
+	b := make([]byte, 4)
+	n, _ := r.ReadAt(b, 0)
+	return n == 4 && string(b) == "XFSB"
+}
+
 // sniff names a few other things a disk may hold, for a clearer error.
 func sniff(r io.ReaderAt) string {
 	b := make([]byte, 1024)
@@ -158,7 +166,7 @@ func sniff(r io.ReaderAt) string {
 	b = b[:n]
 	switch {
 	case len(b) >= 4 && string(b[:4]) == "XFSB":
-		return "an XFS file system (not supported yet)"
+		return "an XFS file system (this reader does not read it; raksha loop-mounts XFS where the kernel can)"
 	case len(b) >= 1024 && string(b[512:520]) == "EFI PART":
 		return "a GPT partition table (open one of its partitions: OpenVolume)"
 	case len(b) >= 512 && b[510] == 0x55 && b[511] == 0xAA:

@@ -22,6 +22,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/raksha-backup/raksha/internal/filerestore"
 )
@@ -203,6 +204,24 @@ func busy(dir string) bool {
 // mountInfo is one line of /proc/self/mountinfo.
 type mountInfo struct {
 	dir, fstype, source string
+	dev                 string // major:minor
+}
+
+// MountInfo describes the mount at a directory.
+type MountInfo struct {
+	FSType, Source string
+	// Dev is the device number as major:minor.
+	Dev string
+}
+
+// MountedAt returns the (topmost) mount at exactly the absolute path dir,
+// or nil when dir is no mount point.
+func MountedAt(dir string) (*MountInfo, error) {
+	m, err := mounted(dir)
+	if err != nil || m == nil {
+		return nil, err
+	}
+	return &MountInfo{FSType: m.fstype, Source: m.source, Dev: m.dev}, nil
 }
 
 // mounted returns the mount at exactly dir, or nil.
@@ -233,11 +252,14 @@ func mounted(dir string) (*mountInfo, error) {
 		}
 		if unescape(fields[4]) == dir {
 			// the last one wins: mounts stacked on the same directory
-			found = &mountInfo{dir: dir, fstype: fields[sep+1], source: unescape(fields[sep+2])}
+			found = &mountInfo{dir: dir, fstype: fields[sep+1], source: unescape(fields[sep+2]), dev: fields[2]}
 		}
 	}
 	return found, sc.Err()
 }
+
+// Unescape undoes /proc/self/mountinfo's octal escapes (\040 for a space).
+func Unescape(s string) string { return unescape(s) }
 
 // unescape undoes mountinfo's octal escapes (\040 for a space).
 func unescape(s string) string {
@@ -281,10 +303,34 @@ func IsMounted(dir string) (bool, error) {
 	return m != nil && m.fstype == FSType, nil
 }
 
+// LoopNamePrefix starts the file name internal/loopfs records in the loop
+// devices it attaches: the mark by which Unmount knows its mounts.
+const LoopNamePrefix = "raksha-loop:"
+
+// loopMount reports whether m is a file system on a loop device that
+// internal/loopfs attached (an XFS volume of a backup, served by a raksha
+// process).
+func loopMount(m *mountInfo) bool {
+	if !strings.HasPrefix(m.dev, "7:") {
+		return false
+	}
+	f, err := os.OpenFile(m.source, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeDevice == 0 {
+		return false
+	}
+	info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
+	return err == nil && strings.HasPrefix(unix.ByteSliceToString(info.File_name[:]), LoopNamePrefix)
+}
+
 // Unmount unmounts the raksha mount at dir from another process (what
 // 'raksha umount' does), with fusermount3 -u (-z when lazy: detach now,
-// finish when the last user is gone). It refuses mount points that are
-// not raksha mounts.
+// finish when the last user is gone); a loop mount of internal/loopfs
+// (XFS) with umount(2) (MNT_DETACH when lazy). It refuses mount points that
+// are not raksha mounts.
 func Unmount(ctx context.Context, dir string, lazy bool) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -297,6 +343,18 @@ func Unmount(ctx context.Context, dir string, lazy bool) error {
 	switch {
 	case m == nil:
 		return fmt.Errorf("%s: %w: not a mount point", dir, ErrNotMounted)
+	case m.fstype != FSType && loopMount(m):
+		flags := 0
+		if lazy {
+			flags = unix.MNT_DETACH
+		}
+		if err := unix.Unmount(abs, flags); err != nil {
+			if errors.Is(err, unix.EBUSY) {
+				return fmt.Errorf("unmount %s: %w (close what uses it, or unmount lazily)", dir, syscall.EBUSY)
+			}
+			return fmt.Errorf("unmount %s: %w", dir, err)
+		}
+		return nil
 	case m.fstype != FSType:
 		return fmt.Errorf("%s: %w: it is a %s mount of %s", dir, ErrNotMounted, m.fstype, m.source)
 	}
