@@ -7,12 +7,14 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/raksha-backup/raksha/internal/filerestore"
+	"github.com/raksha-backup/raksha/internal/loopfs"
 	"github.com/raksha-backup/raksha/internal/mountfs"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend"
@@ -24,7 +26,9 @@ type mountResult struct {
 	Disk      string                 `json:"disk"`
 	Partition *filerestore.Partition `json:"partition,omitempty"`
 	Raw       bool                   `json:"raw"`
-	Dir       string                 `json:"dir"`
+	// FSType is "ext" (served by raksha) or "xfs" (loop-mounted), "" raw.
+	FSType string `json:"fs_type,omitempty"`
+	Dir    string `json:"dir"`
 	// MountSeconds is the time from the command's start to the mount
 	// being served; ServedSeconds how long it was mounted.
 	MountSeconds  float64 `json:"mount_seconds"`
@@ -43,17 +47,25 @@ func (a *app) mountCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "mount --repo URL BACKUP [--vm VM] [--disk DISK] [--partition N] [--raw] DIR",
 		Short: "Mount a backed-up disk's files read-only at DIR (FUSE), fetching chunks as they are read",
-		Long: `Serve the ext2/3/4 file system of a backed-up disk read-only at DIR until
-it is unmounted: with Ctrl-C (or SIGTERM), 'raksha umount DIR' or
-'fusermount3 -u DIR'. Only the chunks that reads touch are fetched.
+		Long: `Serve the ext2/3/4 or XFS file system of a backed-up disk read-only at DIR
+until it is unmounted: with Ctrl-C (or SIGTERM), 'raksha umount DIR' or
+'fusermount3 -u DIR' (XFS: 'umount DIR'). Only the chunks that reads touch
+are fetched.
+
+ext2/3/4 is served by raksha itself (FUSE). XFS is loop-mounted by the
+kernel at DIR, read-only and without replaying its log, from a private
+FUSE view of the disk: that needs root, the loop driver and XFS in the
+kernel, its files keep the file system's own permissions (as any local
+mount), and the loop device and the view go when it is unmounted.
 
 A disk with a GPT or MBR partition table: the only Linux file-system
 partition is mounted, or the one --partition N names (1-based, as Linux
 numbers them; logical MBR partitions start at 5).
 
 --raw serves the disk image itself instead, as DIR/disk.img, and each
-partition as DIR/partN.img: for file systems this reader does not know (xfs,
-LVM), loop-mount them yourself, e.g. mount -o ro,loop DIR/part1.img /mnt.
+partition as DIR/partN.img: for file systems raksha does not read (LVM, or
+XFS where raksha cannot loop-mount), loop-mount them yourself, e.g.
+mount -o ro,loop DIR/part1.img /mnt.
 
 Files keep their owners, modes and times. Only the user who mounted it can
 enter the mount, and that user can read every file in it whatever its owner
@@ -109,7 +121,7 @@ and mode (no permission checks), as with a restore. Writes fail with "read-only 
 			where := fmt.Sprintf("backup %s vm %s disk %s", id, ref.VM, ref.Disk)
 			opts := mountfs.Options{Source: "raksha:" + ref.ID, Log: a.log}
 			res := mountResult{Backup: id, Disk: ref.ID, Raw: raw, Dir: dir}
-			var m *mountfs.Mount
+			var m served
 			var what string
 			if raw {
 				tbl, err := filerestore.ReadTable(d, d.Size())
@@ -127,10 +139,11 @@ and mode (no permission checks), as with a restore. Writes fail with "read-only 
 					}
 					what += fmt.Sprintf(" and %d partitions as partN.img; %s", len(files)-1, tbl)
 				}
-				m, err = mountfs.MountRaw(dir, files, opts)
+				fm, err := mountfs.MountRaw(dir, files, opts)
 				if err != nil {
 					return fmt.Errorf("mount %s: %w", where, err)
 				}
+				m = fm
 			} else {
 				vol, err := openVolume(d, d.Size(), partition, where)
 				if err != nil {
@@ -140,6 +153,19 @@ and mode (no permission checks), as with a restore. Writes fail with "read-only 
 					where += fmt.Sprintf(" partition %d", vol.Partition.Number)
 					res.Partition = vol.Partition
 				}
+				if filerestore.IsXFS(vol) {
+					if err := loopfs.Check("xfs"); err != nil {
+						return xfsUnavailable("mount "+where, err)
+					}
+					lm, err := loopfs.Open(vol, vol.Size, "xfs", dir, loopfs.Options{Source: opts.Source, Log: a.log})
+					if err != nil {
+						return fmt.Errorf("mount %s: %w", where, err)
+					}
+					res.FSType = "xfs"
+					what = fmt.Sprintf("XFS file system (%s) on %s, read-only, log not replayed", humanBytes(vol.Size), lm.Device)
+					return a.waitMount(ctx, sigs, lm, lm.Dir, "'umount "+lm.Dir+"'", start, d, res, where, what)
+				}
+				res.FSType = "ext"
 				x, err := filerestore.Open(vol, vol.Size)
 				if err != nil {
 					return fmt.Errorf("mount %s: %w", where, err)
@@ -150,12 +176,13 @@ and mode (no permission checks), as with a restore. Writes fail with "read-only 
 					what += fmt.Sprintf(", label %q", st.Label)
 				}
 				what += ")"
-				m, err = mountfs.MountExt4(dir, x, opts)
+				fm, err := mountfs.MountExt4(dir, x, opts)
 				if err != nil {
 					return fmt.Errorf("mount %s: %w", where, err)
 				}
+				m = fm
 			}
-			return a.waitMount(ctx, sigs, m, start, d, res, where, what)
+			return a.waitMount(ctx, sigs, m, dir, "", start, d, res, where, what)
 		},
 	}
 	f := c.Flags()
@@ -197,23 +224,37 @@ func openVolume(d *repo.DiskReader, size int64, n int, where string) (*fileresto
 	}
 }
 
-// waitMount serves m until it is unmounted: from outside ('raksha umount',
-// fusermount3 -u), or here on SIGINT, SIGTERM or the end of ctx. A busy
-// mount point stays mounted and says so; the next signal tries again.
-func (a *app) waitMount(ctx context.Context, sigs <-chan os.Signal, m *mountfs.Mount, start time.Time, d *repo.DiskReader, res mountResult, where, what string) error {
+// served is a mount that 'raksha mount' serves: a FUSE mount of mountfs or
+// a loop mount of loopfs.
+type served interface {
+	Done() <-chan struct{}
+	Unmount() error
+}
+
+// waitMount serves m (mounted at dir) until it is unmounted: from outside
+// ('raksha umount', fusermount3 -u, or the other command given), or here
+// on SIGINT, SIGTERM or the end of ctx. A busy mount point stays mounted
+// and says so; the next signal tries again.
+func (a *app) waitMount(ctx context.Context, sigs <-chan os.Signal, m served, dir, otherUnmount string, start time.Time, d *repo.DiskReader, res mountResult, where, what string) error {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	if otherUnmount == "" {
+		otherUnmount = fmt.Sprintf("'fusermount3 -u %s'", dir)
+	}
 	mounted := time.Now()
 	res.MountSeconds = mounted.Sub(start).Seconds()
 	if a.format != "json" {
-		fmt.Fprintf(a.stdout, "mounted %s read-only at %s: %s\n", where, m.Dir, what)
-		fmt.Fprintf(a.stdout, "unmount with Ctrl-C, 'raksha umount %s' or 'fusermount3 -u %s'\n", m.Dir, m.Dir)
+		fmt.Fprintf(a.stdout, "mounted %s read-only at %s: %s\n", where, dir, what)
+		fmt.Fprintf(a.stdout, "unmount with Ctrl-C, 'raksha umount %s' or %s\n", dir, otherUnmount)
 	}
-	a.log.Info("mounted", "where", where, "dir", m.Dir, "took", time.Since(start))
+	a.log.Info("mounted", "where", where, "dir", dir, "took", time.Since(start))
 	try := func(why string) {
-		a.log.Info("unmounting", "dir", m.Dir, "on", why)
+		a.log.Info("unmounting", "dir", dir, "on", why)
 		if err := m.Unmount(); err != nil {
 			hint := ""
 			if errors.Is(err, syscall.EBUSY) {
-				hint = fmt.Sprintf("; close what uses it and press Ctrl-C again, or run 'raksha umount --lazy %s'", m.Dir)
+				hint = fmt.Sprintf("; close what uses it and press Ctrl-C again, or run 'raksha umount --lazy %s'", dir)
 			}
 			fmt.Fprintf(a.stderr, "raksha: still mounted: %v%s\n", err, hint)
 		}
@@ -242,6 +283,11 @@ func (a *app) waitMount(ctx context.Context, sigs <-chan os.Signal, m *mountfs.M
 		}
 	}
 	res.ServedSeconds = time.Since(mounted).Seconds()
+	if e, ok := m.(interface{ Err() error }); ok {
+		if err := e.Err(); err != nil {
+			return fmt.Errorf("after unmounting %s: %w", dir, err)
+		}
+	}
 	res.Fetch = d.Stats()
 	man := d.Manifest()
 	res.DiskChunks, res.DiskSize, res.ChunkSize = man.Chunks, man.Size, man.ChunkSize
@@ -249,7 +295,7 @@ func (a *app) waitMount(ctx context.Context, sigs <-chan os.Signal, m *mountfs.M
 		return a.printJSON(res)
 	}
 	fmt.Fprintf(a.stdout, "unmounted %s after %s: fetched %d of %d chunks (%s of a %s disk)\n",
-		m.Dir, time.Duration(res.ServedSeconds*float64(time.Second)).Round(time.Millisecond),
+		dir, time.Duration(res.ServedSeconds*float64(time.Second)).Round(time.Millisecond),
 		res.Fetch.ChunksFetched, man.Chunks, humanBytes(res.Fetch.BytesFetched), humanBytes(man.Size))
 	return nil
 }
@@ -259,10 +305,11 @@ func (a *app) umountCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "umount [--lazy] DIR",
 		Short: "Unmount a 'raksha mount' (the mount command then exits)",
-		Long: `Unmount the raksha mount at DIR with fusermount3 -u. A busy mount point (a
-process has a file open or its working directory there) stays mounted unless
---lazy detaches it now and lets it go when the last user is done. DIR must
-be a raksha mount: other mounts are refused.`,
+		Long: `Unmount the raksha mount at DIR with fusermount3 -u (an XFS loop mount of
+'raksha mount' with umount(2)). A busy mount point (a process has a file
+open or its working directory there) stays mounted unless --lazy detaches it
+now and lets it go when the last user is done. DIR must be a raksha mount:
+other mounts are refused.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			err := mountfs.Unmount(cmd.Context(), args[0], lazy)

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/raksha-backup/raksha/internal/filerestore"
+	"github.com/raksha-backup/raksha/internal/loopfs"
 	"github.com/raksha-backup/raksha/internal/repo"
 )
 
@@ -24,6 +27,8 @@ type restoreFilesResult struct {
 	To     string `json:"to"`
 	// Partition is the partition read, when the disk has a partition table.
 	Partition *filerestore.Partition `json:"partition,omitempty"`
+	// FSType is "ext" (read by raksha's own reader) or "xfs" (loop-mounted).
+	FSType string `json:"fs_type"`
 	filerestore.Stats
 	// Fetch counts what was read from the repository.
 	Fetch      repo.ReaderStats `json:"fetch"`
@@ -37,10 +42,18 @@ func (a *app) restoreFilesCmd() *cobra.Command {
 	var partition int
 	c := &cobra.Command{
 		Use:   "files --repo URL BACKUP --vm VM --disk DISK [--partition N] --path PATH --to DIR",
-		Short: "Copy files or a directory tree out of a backed-up ext4 disk, fetching only the chunks needed",
-		Long: `Copy a file, symlink or directory tree out of an ext2/3/4 file system on a
-backed-up disk into DIR, without restoring the disk. Only the chunks the
+		Short: "Copy files or a directory tree out of a backed-up ext4 or XFS disk, fetching only the chunks needed",
+		Long: `Copy a file, symlink or directory tree out of an ext2/3/4 or XFS file system
+on a backed-up disk into DIR, without restoring the disk. Only the chunks the
 file system reads touch are fetched.
+
+ext2/3/4 is read by raksha itself. XFS is loop-mounted by the kernel,
+read-only and without replaying its log, from a private FUSE view of the
+disk; that needs root, the loop driver, XFS in the kernel and FUSE
+(fusermount3), and everything is unmounted and detached when the command
+ends, also on Ctrl-C. Where that cannot work, the error says what is
+missing: serve the disk with 'raksha mount --raw' and loop-mount it
+elsewhere.
 
 PATH /etc/app lands as DIR/app; PATH / copies the whole file system into DIR.
 Permission bits and modification times are kept; symlinks are written as
@@ -71,11 +84,13 @@ partition table the only Linux file-system partition is read, or the one
 			if err != nil {
 				return err
 			}
-			d, err := r.OpenDisk(ctx, ref.ID, repo.ReaderOptions{})
+			// an XFS volume is read through a FUSE view until it is
+			// unmounted, also after a cancel
+			d, err := r.OpenDisk(context.WithoutCancel(ctx), ref.ID, repo.ReaderOptions{})
 			if err != nil {
 				return err
 			}
-			res := restoreFilesResult{Backup: id, Disk: ref.ID, Path: path, To: to}
+			res := restoreFilesResult{Backup: id, Disk: ref.ID, Path: path, To: to, FSType: "ext"}
 			where := fmt.Sprintf("backup %s vm %s disk %s", id, ref.VM, ref.Disk)
 			vol, err := openVolume(d, d.Size(), partition, "restore files from "+where)
 			if err != nil {
@@ -85,7 +100,13 @@ partition table the only Linux file-system partition is read, or the one
 				where += fmt.Sprintf(" partition %d", vol.Partition.Number)
 				res.Partition = vol.Partition
 			}
-			st, err := filerestore.Extract(ctx, vol, vol.Size, path, to)
+			var st filerestore.Stats
+			if filerestore.IsXFS(vol) {
+				res.FSType = "xfs"
+				st, err = a.extractXFS(ctx, vol, "raksha:"+ref.ID, path, to, "restore files from "+where)
+			} else {
+				st, err = filerestore.Extract(ctx, vol, vol.Size, path, to)
+			}
 			if err != nil {
 				return fmt.Errorf("restore files from %s: %w", where, err)
 			}
@@ -114,6 +135,33 @@ partition table the only Linux file-system partition is read, or the one
 	f.StringVar(&path, "path", "", "file or directory in the backed-up file system, e.g. /etc/app/")
 	f.StringVar(&to, "to", "", "local directory to write into (created if missing)")
 	return c
+}
+
+// extractXFS copies path out of the XFS file system on vol: loop-mounted
+// read-only at a private directory, unmounted and detached before it
+// returns, whatever happened.
+func (a *app) extractXFS(ctx context.Context, vol *filerestore.Volume, source, path, to, what string) (st filerestore.Stats, err error) {
+	if err := loopfs.Check("xfs"); err != nil {
+		return st, xfsUnavailable(what, err)
+	}
+	m, err := loopfs.Open(vol, vol.Size, "xfs", "", loopfs.Options{Source: source, Log: a.log})
+	if err != nil {
+		return st, err
+	}
+	defer func() {
+		if cerr := m.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	a.log.Debug("XFS loop-mounted", "device", m.Device, "dir", m.Dir)
+	return loopfs.Extract(ctx, m.Dir, path, to)
+}
+
+// xfsUnavailable says why an XFS volume cannot be read here, and the way
+// around it.
+func xfsUnavailable(what string, err error) error {
+	return fmt.Errorf("%s: the disk holds an XFS file system, which raksha reads by loop-mounting it: %w; "+
+		"instead serve the disk with 'raksha mount --raw' and loop-mount its partN.img (or disk.img) read-only where XFS mounts work", what, err)
 }
 
 // pickDisk finds the one disk of b that --vm and --disk (DISK or VM/DISK) select.
