@@ -210,8 +210,9 @@ func TestLabCinderOnRBD(t *testing.T) {
 // the second backup reads only the chunks the RBD snapshot diff touches;
 // each restored volume equals its RBD snapshot (sha256) and holds a clean
 // file system with intact records; Restore writes a volume into a new RBD
-// volume and recreates a deleted server on new RBD volumes whose guest
-// finds every record; no guest is left frozen.
+// volume (sparse), rolls a stopped server's RBD volume back in place, and
+// recreates a deleted server on a new RBD volume whose guest finds every
+// record; no guest is left frozen.
 func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 	cl := cephlab.Require(t)
 	e := newLabEnvWith(t, labEnvOptions{RBD: &lab.RBDConfig{CephConf: cl.CephConf}})
@@ -397,6 +398,36 @@ func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 	}
 	t.Logf("volume %s restored into the new RBD image %s/%s in %v (%d MiB written, %d KiB fetched, %d KiB allocated)", v2ID, nc.Pool, nc.Image,
 		took.Round(time.Millisecond), res.Bytes>>20, res.BytesFetched>>10, du.Images[0].UsedSize>>10)
+
+	// In-place rollback of demo-2, stopped first so that its disks can be
+	// compared with the backup: the RBD volume is overwritten by the data
+	// worker (zero ranges discarded), the ephemeral disk by the host worker.
+	d2 := e.serverByName("demo-2")
+	if err := e.admin.StopServer(ctx, d2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.admin.WaitServer(ctx, d2.ID, "SHUTOFF", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	eph2 := diskOf(t, second, "demo-2", "disk0")
+	res, took, err = e.restore("restore/rbd-inplace", workflows.RestoreRequest{Repository: "main", BackupID: second.BackupID, VMs: []string{"demo-2"}, InPlace: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rbdHash(t, cl.CephConf, "rbd/volume-"+v2ID), e.backupHash(v2.Manifest, v2.Size); got != want {
+		t.Errorf("RBD volume after the in-place rollback: %s, backup %s", got, want)
+	}
+	if got, want := rawHash(t, filepath.Join(lab.InstanceDir(e.dir, d2.InstanceRef), "disk.eph0")), e.backupHash(eph2.Manifest, eph2.Size); got != want {
+		t.Errorf("ephemeral disk after the in-place rollback: %s, backup %s", got, want)
+	}
+	t.Logf("in-place rollback of demo-2 (RBD volume and ephemeral disk, %d MiB) in %v: both equal the backup", res.Bytes>>20, took.Round(time.Millisecond))
+	if err := e.admin.StartServer(ctx, d2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.admin.WaitServer(ctx, d2.ID, "ACTIVE", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	e.guestCheck(e.serverByName("demo-2").InstanceRef.Name)
 
 	// demo-1 is deleted and restored: a new server on a new RBD volume,
 	// whose guest finds every record of the backup intact.

@@ -438,7 +438,7 @@ func (l *Lab) volumeAction(w http.ResponseWriter, r *http.Request, c *call) erro
 // connectionLocked is a volume's connection: os-brick's "local" type for a
 // qcow2 file, Cinder's RBD driver's "rbd" for an RBD image.
 func (l *Lab) connectionLocked(v *volume) (string, map[string]any) {
-	if v.RBD != "" && l.rbd != nil {
+	if v.RBD != "" {
 		return "rbd", l.rbd.connectionData(v.RBD, v.ID)
 	}
 	return "local", map[string]any{

@@ -109,8 +109,13 @@ func monitors(conf string) (hosts, ports []string, err error) {
 // spec is POOL/IMAGE of a volume's image.
 func (s *rbdStore) spec(volumeID string) string { return s.cfg.Pool + "/volume-" + volumeID }
 
+// disk describes an image to QEMU; without a store (a lab restarted
+// without Options.RBD) QEMU's defaults apply, and it fails to connect.
 func (s *rbdStore) disk(spec string) *RBDDisk {
 	pool, image, _ := strings.Cut(spec, "/")
+	if s == nil {
+		return &RBDDisk{Pool: pool, Image: image}
+	}
 	return &RBDDisk{Pool: pool, Image: image, CephConf: s.cfg.CephConf, User: s.cfg.User}
 }
 
@@ -227,6 +232,9 @@ func (s *rbdStore) snapRemove(ctx context.Context, spec string) error {
 // connectionData is what Cinder's RBD driver answers to
 // os-initialize_connection for an image.
 func (s *rbdStore) connectionData(spec, volumeID string) map[string]any {
+	if s == nil {
+		return map[string]any{"name": spec, "volume_id": volumeID, "access_mode": "rw", "encrypted": false}
+	}
 	return map[string]any{
 		"name": spec, "hosts": s.monHosts, "ports": s.monPorts, "cluster_name": "ceph",
 		"auth_enabled": true, "auth_username": s.cfg.User, "secret_type": "ceph", "secret_uuid": nil,
@@ -338,7 +346,7 @@ func (l *Lab) removeVolume(ctx context.Context, d diskRef) error {
 // volumeDisk describes a volume's drive to the compute backend.
 func (l *Lab) volumeDisk(v *volume) Disk {
 	d := Disk{Node: VolumeNode(v.ID), Serial: volumeSerial(v.ID)}
-	if v.RBD != "" && l.rbd != nil {
+	if v.RBD != "" {
 		d.RBD = l.rbd.disk(v.RBD)
 	} else {
 		d.Path = l.abs(v.Path)

@@ -27,3 +27,57 @@ func TestMonitorsFromCephConf(t *testing.T) {
 		t.Errorf("lab with a missing ceph.conf: %v", err)
 	}
 }
+
+// TestRBDVolumeTypeWithoutCluster checks the type plumbing without Ceph: a
+// lab with RBD has the lab-rbd type as its default (a volume of it whose
+// image cannot be made ends in "error"; a lab-qcow2 volume still works), a
+// lab without RBD has no such type.
+func TestRBDVolumeTypeWithoutCluster(t *testing.T) {
+	needQemuImg(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "ceph.conf")
+	// A monitor nobody answers on: rbd fails (or is missing) at once.
+	os.WriteFile(conf, []byte("[global]\nmon host = v2:127.0.0.1:9\nclient mount timeout = 1\n"), 0o600)
+	l, err := Start(context.Background(), Options{Dir: filepath.Join(dir, "rbd"), Compute: newTestCompute(), RBD: &RBDConfig{CephConf: conf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := l.EnsureUser(AdminUser, testAdminPassword, AdminProject, "admin"); err != nil {
+		t.Fatal(err)
+	}
+	c := login(t, l, AdminUser, testAdminPassword, AdminProject)
+	var def struct {
+		VolumeType struct{ Name string } `json:"volume_type"`
+	}
+	if st := c.do("GET", "/volume/v3/{project}/types/default", nil, &def); st != 200 || def.VolumeType.Name != VolumeTypeRBD {
+		t.Errorf("default type: %d %+v", st, def)
+	}
+	id := c.createVolume("on-rbd", 1)
+	if st := c.volumeStatus(id); st != "error" {
+		t.Errorf("RBD volume without a cluster: status %q, want error", st)
+	}
+	var out struct{ Volume struct{ ID string } }
+	if st := c.do("POST", "/volume/v3/{project}/volumes", obj{"volume": obj{"name": "file", "size": 1, "volume_type": VolumeType}}, &out); st != 202 {
+		t.Fatalf("create a lab-qcow2 volume: %d", st)
+	}
+	l.Wait()
+	if st := c.volumeStatus(out.Volume.ID); st != "available" {
+		t.Errorf("lab-qcow2 volume in a lab with RBD: %q", st)
+	}
+	var conn struct {
+		ConnectionInfo struct {
+			Type string `json:"driver_volume_type"`
+		} `json:"connection_info"`
+	}
+	if st := c.do("POST", "/volume/v3/{project}/volumes/"+out.Volume.ID+"/action", obj{"os-initialize_connection": obj{"connector": obj{"host": "h"}}}, &conn); st != 200 || conn.ConnectionInfo.Type != "local" {
+		t.Errorf("connection of the lab-qcow2 volume: %d %+v", st, conn)
+	}
+
+	plain := startTestLab(t, filepath.Join(dir, "plain"), newTestCompute())
+	defer plain.Close()
+	pc := login(t, plain, AdminUser, testAdminPassword, AdminProject)
+	if st := pc.do("POST", "/volume/v3/{project}/volumes", obj{"volume": obj{"size": 1, "volume_type": VolumeTypeRBD}}, nil); st != 404 {
+		t.Errorf("lab-rbd volume in a lab without RBD: %d, want 404", st)
+	}
+}
