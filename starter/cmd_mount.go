@@ -53,8 +53,9 @@ until it is unmounted: with Ctrl-C (or SIGTERM), 'raksha umount DIR' or
 are fetched.
 
 ext2/3/4 is served by raksha itself (FUSE). XFS is loop-mounted by the
-kernel at DIR, read-only and without replaying its log, from a private
-FUSE view of the disk: that needs root, the loop driver and XFS in the
+kernel at DIR, read-only, from a private FUSE view of the disk (a dirty
+log is replayed into a private overlay, never into the backup): that needs
+root, the loop driver and XFS in the
 kernel, its files keep the file system's own permissions (as any local
 mount), and the loop device and the view go when it is unmounted.
 
@@ -162,7 +163,7 @@ and mode (no permission checks), as with a restore. Writes fail with "read-only 
 						return fmt.Errorf("mount %s: %w", where, err)
 					}
 					res.FSType = "xfs"
-					what = fmt.Sprintf("XFS file system (%s) on %s, read-only, log not replayed", humanBytes(vol.Size), lm.Device)
+					what = fmt.Sprintf("XFS file system (%s) on %s, read-only, %s", humanBytes(vol.Size), lm.Device, xfsLogNote(lm))
 					return a.waitMount(ctx, sigs, lm, lm.Dir, "'umount "+lm.Dir+"'", start, d, res, where, what)
 				}
 				res.FSType = "ext"

@@ -48,8 +48,10 @@ on a backed-up disk into DIR, without restoring the disk. Only the chunks the
 file system reads touch are fetched.
 
 ext2/3/4 is read by raksha itself. XFS is loop-mounted by the kernel,
-read-only and without replaying its log, from a private FUSE view of the
-disk; that needs root, the loop driver, XFS in the kernel and FUSE
+read-only, from a private FUSE view of the disk; a dirty log (a
+crash-consistent backup) is replayed into a private overlay, never into the
+backup (if that fails, the file system is mounted without it, with a
+warning). That needs root, the loop driver, XFS in the kernel and FUSE
 (fusermount3), and everything is unmounted and detached when the command
 ends, also on Ctrl-C. Where that cannot work, the error says what is
 missing: serve the disk with 'raksha mount --raw' and loop-mount it
@@ -153,8 +155,23 @@ func (a *app) extractXFS(ctx context.Context, vol *filerestore.Volume, source, p
 			err = errors.Join(err, cerr)
 		}
 	}()
-	a.log.Debug("XFS loop-mounted", "device", m.Device, "dir", m.Dir)
+	a.log.Debug("XFS loop-mounted", "device", m.Device, "dir", m.Dir, "options", m.Options, "replayed", m.Replayed)
+	if m.RecoveryErr != nil {
+		fmt.Fprintf(a.stderr, "warning: %s: %s\n", what, xfsLogNote(m))
+	}
 	return loopfs.Extract(ctx, m.Dir, path, to)
+}
+
+// xfsLogNote says what became of an XFS mount's log.
+func xfsLogNote(m *loopfs.Mount) string {
+	switch {
+	case m.RecoveryErr != nil:
+		return fmt.Sprintf("log NOT replayed (mounting with it failed: %v): what changed shortly before the backup may be missing", m.RecoveryErr)
+	case m.Replayed > 0:
+		return fmt.Sprintf("log recovered into a private overlay (%s written there, none to the backup)", humanBytes(m.Replayed))
+	default:
+		return "log clean (nothing written)"
+	}
 }
 
 // xfsUnavailable says why an XFS volume cannot be read here, and the way

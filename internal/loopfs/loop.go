@@ -2,9 +2,12 @@
 // by letting the kernel mount them: the backed-up volume is served as a
 // file through a private FUSE raw view (internal/mountfs, chunks fetched as
 // the kernel reads), attached to a read-only loop device and mounted
-// read-only without log recovery. Extract copies a tree out of such a mount
-// with the guarantees of filerestore.Extract. Everything is unmounted and
-// the loop device detached when the mount ends, on every path.
+// read-only. A dirty log (a crash-consistent backup) is replayed into a
+// private copy-on-write overlay, never into the backup; where that fails the
+// file system is mounted without recovery (what the log holds is then
+// missing). Extract copies a tree out of such a mount with the guarantees
+// of filerestore.Extract. Everything is unmounted and the loop device
+// detached when the mount ends, on every path.
 //
 // It needs root (CAP_SYS_ADMIN), the loop driver (/dev/loop-control), the
 // file system in the kernel and FUSE; Check says what is missing.
@@ -41,12 +44,11 @@ var ErrUnavailable = errors.New("kernel loop mounts are not available here")
 // recognises them.
 const LoopNamePrefix = mountfs.LoopNamePrefix
 
-// mountData are the file-system options: read-only without replaying the
-// log (a crash-consistent backup has a dirty one, and the device is
-// read-only), and for XFS no UUID check (the same file system may be
+// mountData are the file-system options, with log recovery (into the
+// overlay) and without; for XFS no UUID check (the same file system may be
 // mounted on this host already).
-var mountData = map[string]string{
-	"xfs": "norecovery,nouuid",
+var mountData = map[string]struct{ recover, norecover string }{
+	"xfs": {"nouuid", "norecovery,nouuid"},
 }
 
 // host is what Check looks at; tests replace it.
@@ -128,12 +130,22 @@ type Mount struct {
 	// Device is the loop device node, e.g. /dev/loop3.
 	Device string
 
+	// Options are the mount options the file system was mounted with.
+	Options string
+	// Replayed is how many bytes the log recovery wrote into the private
+	// overlay (0: the log was clean, or was not replayed).
+	Replayed int64
+	// RecoveryErr is why the file system was mounted without log
+	// recovery (nil when it was not).
+	RecoveryErr error
+
 	rdev    uint64 // the loop device's device number
 	ino     uint64 // the raw file's inode (in the FUSE view), to recognise the loop binding
 	tmp     string // private directory: raw/ (FUSE view), fs/ (default Dir), a loop node
 	ownDir  bool   // Dir is tmp/fs
 	node    string // a loop device node made here, removed at the end
 	raw     *mountfs.Mount
+	ov      *overlay
 	log     *slog.Logger
 	stop    chan struct{}
 	done    chan struct{}
@@ -142,12 +154,20 @@ type Mount struct {
 	err     error
 }
 
+// mountError is a failed mount(2) (not a failure to set it up).
+type mountError struct{ err error }
+
+func (e *mountError) Error() string { return e.err.Error() }
+func (e *mountError) Unwrap() error { return e.err }
+
 // Open serves the volume r (size bytes) as a file through a private FUSE
-// view, attaches it to a read-only loop device and mounts the fstype file
-// system on it read-only at dir, or at a private temporary directory when
-// dir is "". Reads of r happen while the mount is served; r must stay
-// usable until Done is closed.
-func Open(r io.ReaderAt, size int64, fstype, dir string, opts Options) (_ *Mount, err error) {
+// view, attaches it to a loop device and mounts the fstype file system on
+// it read-only at dir, or at a private temporary directory when dir is "".
+// The log is replayed into a private overlay; when that mount fails, the
+// file system is mounted again without recovery (RecoveryErr says why).
+// Reads of r happen while the mount is served; r must stay usable until
+// Done is closed.
+func Open(r io.ReaderAt, size int64, fstype, dir string, opts Options) (*Mount, error) {
 	if err := Check(fstype); err != nil {
 		return nil, err
 	}
@@ -155,6 +175,7 @@ func Open(r io.ReaderAt, size int64, fstype, dir string, opts Options) (_ *Mount
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	opts.Log = log
 	if dir != "" {
 		abs, err := filepath.Abs(dir)
 		if err != nil {
@@ -170,11 +191,28 @@ func Open(r io.ReaderAt, size int64, fstype, dir string, opts Options) (_ *Mount
 		}
 		dir = abs
 	}
+	m, err := open(r, size, fstype, dir, true, opts)
+	var me *mountError
+	if !errors.As(err, &me) {
+		return m, err
+	}
+	log.Warn("mount with log recovery failed: mounting without it", "fstype", fstype, "err", err)
+	m, err2 := open(r, size, fstype, dir, false, opts)
+	if err2 != nil {
+		return nil, fmt.Errorf("%w; and without log recovery: %w", err, err2)
+	}
+	m.RecoveryErr = err
+	return m, nil
+}
+
+// open is one attempt of Open: with recovery, a writable loop device over
+// the overlay; without, everything read-only.
+func open(r io.ReaderAt, size int64, fstype, dir string, recovery bool, opts Options) (_ *Mount, err error) {
 	tmp, err := os.MkdirTemp("", "raksha-loop-")
 	if err != nil {
 		return nil, fmt.Errorf("loop mount: %w", err)
 	}
-	m := &Mount{Dir: dir, tmp: tmp, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	m := &Mount{Dir: dir, tmp: tmp, log: opts.Log, stop: make(chan struct{}), done: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			if cerr := m.finish(); cerr != nil {
@@ -186,11 +224,20 @@ func Open(r io.ReaderAt, size int64, fstype, dir string, opts Options) (_ *Mount
 	if err := os.Mkdir(rawDir, 0o700); err != nil {
 		return nil, fmt.Errorf("loop mount: %w", err)
 	}
-	m.raw, err = mountfs.MountRaw(rawDir, []mountfs.RawFile{{Name: "fs.img", R: r, Size: size}}, mountfs.Options{Source: opts.Source, Log: opts.Log})
+	file := mountfs.RawFile{Name: "fs.img", R: r, Size: size}
+	flags, data := os.O_RDONLY, mountData[fstype].norecover
+	if recovery {
+		if m.ov, err = newOverlay(r, size, tmp); err != nil {
+			return nil, err
+		}
+		file.R, file.W = m.ov, m.ov
+		flags, data = os.O_RDWR, mountData[fstype].recover
+	}
+	m.raw, err = mountfs.MountRaw(rawDir, []mountfs.RawFile{file}, mountfs.Options{Source: opts.Source, Log: opts.Log})
 	if err != nil {
 		return nil, fmt.Errorf("loop mount: serve the volume: %w", err)
 	}
-	img, err := os.Open(filepath.Join(rawDir, "fs.img"))
+	img, err := os.OpenFile(filepath.Join(rawDir, "fs.img"), flags|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("loop mount: %w", err)
 	}
@@ -200,7 +247,7 @@ func Open(r io.ReaderAt, size int64, fstype, dir string, opts Options) (_ *Mount
 		return nil, fmt.Errorf("loop mount: %w", err)
 	}
 	m.ino = st.Ino
-	loop, err := m.attach(img, opts.Source)
+	loop, err := m.attach(img, opts.Source, !recovery)
 	if err != nil {
 		return nil, err
 	}
@@ -213,8 +260,8 @@ func Open(r io.ReaderAt, size int64, fstype, dir string, opts Options) (_ *Mount
 			return nil, fmt.Errorf("loop mount: %w", err)
 		}
 	}
-	flags := uintptr(unix.MS_RDONLY | unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC)
-	if err := unix.Mount(m.Device, m.Dir, fstype, flags, mountData[fstype]); err != nil {
+	mflags := uintptr(unix.MS_RDONLY | unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC)
+	if err := unix.Mount(m.Device, m.Dir, fstype, mflags, data); err != nil {
 		why := ""
 		switch {
 		case errors.Is(err, unix.ENODEV):
@@ -223,16 +270,20 @@ func Open(r io.ReaderAt, size int64, fstype, dir string, opts Options) (_ *Mount
 			why = fmt.Sprintf(" (not a mountable %s file system, or damaged; the kernel log says more)", fstype)
 		}
 		_ = unix.IoctlSetInt(int(loop.Fd()), unix.LOOP_CLR_FD, 0)
-		return nil, fmt.Errorf("mount %s read-only (%s) at %s: %w%s", m.Device, mountData[fstype], m.Dir, err, why)
+		return nil, &mountError{fmt.Errorf("mount %s read-only (%s) at %s: %w%s", m.Device, data, m.Dir, err, why)}
+	}
+	m.Options = "ro," + data
+	if m.ov != nil {
+		m.Replayed = m.ov.Bytes()
 	}
 	go m.watch()
-	log.Debug("loop-mounted", "dir", m.Dir, "device", m.Device, "fstype", fstype)
+	m.log.Debug("loop-mounted", "dir", m.Dir, "device", m.Device, "fstype", fstype, "options", m.Options, "replayed", m.Replayed)
 	return m, nil
 }
 
-// attach binds img to a free loop device, read-only and cleared on last
-// close, and returns the device opened.
-func (m *Mount) attach(img *os.File, source string) (*os.File, error) {
+// attach binds img to a free loop device, cleared on last close (and
+// read-only if ro), and returns the device opened.
+func (m *Mount) attach(img *os.File, source string, ro bool) (*os.File, error) {
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("loop mount: %w", err)
@@ -248,12 +299,20 @@ func (m *Mount) attach(img *os.File, source string) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		dev, err := os.OpenFile(node, os.O_RDONLY|unix.O_CLOEXEC, 0)
+		// the device is writable only when opened for writing
+		mode := os.O_RDWR
+		if ro {
+			mode = os.O_RDONLY
+		}
+		dev, err := os.OpenFile(node, mode|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, fmt.Errorf("loop mount: %w", err)
 		}
 		cfg := unix.LoopConfig{Fd: uint32(img.Fd())}
-		cfg.Info.Flags = unix.LO_FLAGS_READ_ONLY | unix.LO_FLAGS_AUTOCLEAR
+		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+		if ro {
+			cfg.Info.Flags |= unix.LO_FLAGS_READ_ONLY
+		}
 		copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], LoopNamePrefix+source)
 		err = unix.IoctlLoopConfigure(int(dev.Fd()), &cfg)
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTTY) {
@@ -440,6 +499,9 @@ func (m *Mount) finish() error {
 			}
 		}
 		m.dropNode()
+		if m.ov != nil {
+			_ = m.ov.Close()
+		}
 		if m.ownDir {
 			if err := os.Remove(m.Dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)

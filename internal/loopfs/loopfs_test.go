@@ -265,3 +265,65 @@ func TestMountAtDirUnmountFromOutside(t *testing.T) {
 		t.Fatalf("/proc: %v", err)
 	}
 }
+
+// TestDirtyLog: a copy of a live XFS file system (its log holds changes not
+// written back, and the same file system is still mounted here): the log
+// is replayed into the private overlay, the files made just before the
+// copy are there, and the backup is not written.
+func TestDirtyLog(t *testing.T) {
+	xfstest.Need(t)
+	tmp := privateTmp(t)
+	img := filepath.Join(t.TempDir(), "dirty.img")
+	var sums map[string][32]byte
+	xfstest.DirtyImage(t, img, xfstest.MinSize, func(dir string) { sums = populate(t, dir) })
+	d := backUp(t, img)
+	before := readAll(t, d)
+	m, err := loopfs.Open(d, d.Size(), "xfs", "", loopfs.Options{Source: "raksha:dirty"})
+	must(t, err)
+	t.Cleanup(func() { _ = m.Close() })
+	if m.RecoveryErr != nil || m.Options != "ro,nouuid" || m.Replayed == 0 {
+		t.Fatalf("options %q, replayed %d, recovery error %v", m.Options, m.Replayed, m.RecoveryErr)
+	}
+	dest := filepath.Join(t.TempDir(), "out")
+	st, err := loopfs.Extract(context.Background(), m.Dir, "/etc/app", dest)
+	must(t, err)
+	for n, s := range sums {
+		if sum(t, filepath.Join(dest, "app", n)) != s {
+			t.Fatalf("%s differs (%+v)", n, st)
+		}
+	}
+	must(t, m.Close())
+	assertNoLeftovers(t, tmp)
+	if readAll(t, d) != before {
+		t.Fatal("the backup's disk reads differently after the recovery")
+	}
+	t.Logf("log replay wrote %d KiB into the overlay; %+v", m.Replayed>>10, st)
+}
+
+// TestNotMountable: an XFS signature over garbage fails both mounts (with
+// and without recovery), clearly, and leaves nothing.
+func TestNotMountable(t *testing.T) {
+	xfstest.Need(t)
+	tmp := privateTmp(t)
+	img := filepath.Join(t.TempDir(), "bad.img")
+	b := make([]byte, 8<<20)
+	for i := range b {
+		b[i] = byte(i * 7)
+	}
+	copy(b, "XFSB")
+	must(t, os.WriteFile(img, b, 0o600))
+	d := backUp(t, img)
+	_, err := loopfs.Open(d, d.Size(), "xfs", "", loopfs.Options{})
+	if err == nil || !strings.Contains(err.Error(), "not a mountable xfs file system, or damaged") || !strings.Contains(err.Error(), "and without log recovery: mount") {
+		t.Fatalf("%v", err)
+	}
+	assertNoLeftovers(t, tmp)
+}
+
+func readAll(t *testing.T, d *repo.DiskReader) [32]byte {
+	t.Helper()
+	h := sha256.New()
+	_, err := io.Copy(h, io.NewSectionReader(d, 0, d.Size()))
+	must(t, err)
+	return [32]byte(h.Sum(nil))
+}

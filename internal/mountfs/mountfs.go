@@ -48,6 +48,8 @@ type Options struct {
 	Log *slog.Logger
 	// Debug logs every FUSE request.
 	Debug bool
+
+	writable bool // a raw file takes writes: no "ro" mount option
 }
 
 // Mount is a mounted file system.
@@ -97,11 +99,21 @@ type RawFile struct {
 	Name string
 	R    io.ReaderAt
 	Size int64
+	// W, when set, takes writes to the file (within Size; no truncation):
+	// a private copy-on-write overlay, never the backup. The mount is then
+	// not read-only (the kernel refuses writes to the other files itself).
+	W io.WriterAt
 }
 
-// MountRaw mounts a directory holding files (read-only) at dir.
+// MountRaw mounts a directory holding files (read-only, but for files
+// with a W) at dir.
 func MountRaw(dir string, files []RawFile, opts Options) (*Mount, error) {
 	root := &rawDir{files: files, log: logger(opts), mtime: time.Now()}
+	for _, f := range files {
+		if f.W != nil {
+			opts.writable = true
+		}
+	}
 	return mount(dir, root, opts)
 }
 
@@ -135,6 +147,10 @@ func mount(dir string, root fs.InodeEmbedder, opts Options) (*Mount, error) {
 		return nil, fmt.Errorf("mount point %s: already a mount point (%s from %s)%s", dir, m.fstype, m.source, hint)
 	}
 	timeout := cacheTimeout
+	mopts := []string{"ro", "nodev", "nosuid"}
+	if opts.writable {
+		mopts = mopts[1:]
+	}
 	src := opts.Source
 	if src == "" {
 		src = "raksha"
@@ -148,7 +164,7 @@ func mount(dir string, root fs.InodeEmbedder, opts Options) (*Mount, error) {
 			FsName: strings.NewReplacer(",", "_", " ", "_").Replace(src),
 			Name:   "raksha",
 			// the kernel refuses writes itself (EROFS); no devices, no setuid
-			Options:       []string{"ro", "nodev", "nosuid"},
+			Options:       mopts,
 			DisableXAttrs: true,
 			MaxReadAhead:  1 << 20,
 			Debug:         opts.Debug,
@@ -602,6 +618,9 @@ var (
 
 func (r *rawFile) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFREG | 0o444
+	if r.f.W != nil {
+		out.Mode |= 0o200
+	}
 	out.Size = uint64(r.f.Size)
 	out.Blocks = (out.Size + 511) / 512
 	out.Blksize = 1 << 16
@@ -611,11 +630,46 @@ func (r *rawFile) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOu
 }
 
 func (r *rawFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&writeFlags != 0 {
+	switch {
+	case flags&writeFlags == 0:
+	case r.f.W == nil:
 		return nil, 0, syscall.EROFS
+	case flags&(syscall.O_TRUNC|syscall.O_APPEND) != 0:
+		return nil, 0, syscall.EPERM
+	default:
+		return &rwHandle{handle: handle{r: &bounded{r: r.f.R, size: r.f.Size}, log: r.log, what: r.f.Name}, w: r.f.W, size: r.f.Size}, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	return &handle{r: &bounded{r: r.f.R, size: r.f.Size}, log: r.log, what: r.f.Name}, fuse.FOPEN_KEEP_CACHE, 0
 }
+
+// rwHandle is a raw file opened for writing: writes go to its overlay.
+type rwHandle struct {
+	handle
+	w    io.WriterAt
+	size int64
+}
+
+var (
+	_ fs.FileWriter  = (*rwHandle)(nil)
+	_ fs.FileFsyncer = (*rwHandle)(nil)
+	_ fs.FileFlusher = (*rwHandle)(nil)
+)
+
+func (h *rwHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if off < 0 || off+int64(len(data)) > h.size {
+		return 0, syscall.ENOSPC
+	}
+	n, err := h.w.WriteAt(data, off)
+	if err != nil {
+		return uint32(n), errno(h.log, fmt.Sprintf("write %s at offset %d", h.what, off), err)
+	}
+	return uint32(n), 0
+}
+
+// Fsync succeeds: the overlay is private and lives as long as the mount.
+func (h *rwHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return 0 }
+
+func (h *rwHandle) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 // bounded cuts reads off at size.
 type bounded struct {

@@ -74,6 +74,46 @@ func Image(t testing.TB, img string, size int64, populate func(dir string)) {
 	mounted = false
 }
 
+// DirtyImage makes what a crash-consistent backup of a live XFS file
+// system holds: an XFS file system is made in a file of the test's, mounted,
+// populated and synced, and copied to img while still mounted, so that
+// img's log holds changes not yet written back. The file system stays
+// mounted (same UUID as img's) until the test ends.
+func DirtyImage(t testing.TB, img string, size int64, populate func(dir string)) {
+	t.Helper()
+	Need(t)
+	live := filepath.Join(t.TempDir(), "live.img")
+	if err := os.WriteFile(live, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(live, size); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.xfs", "-q", "-f", "-L", "live", live).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.xfs: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "xfs", "-o", "loop", live, dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount -o loop %s: %v\n%s", live, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v\n%s", dir, err, out)
+		}
+	})
+	populate(dir)
+	if out, err := exec.Command("sync", "-f", dir).CombinedOutput(); err != nil {
+		t.Fatalf("sync: %v\n%s", err, out)
+	}
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+	CopyInto(t, img, 0, live)
+}
+
 // CopyInto writes the file src into dst at offset off, leaving src's holes
 // as holes (dst must be at least off+size(src) bytes).
 func CopyInto(t testing.TB, dst string, off int64, src string) {
