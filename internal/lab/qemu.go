@@ -316,9 +316,18 @@ func (q *QEMUCompute) Detach(ctx context.Context, ref InstanceRef, node string) 
 			del = append(del, n.NodeName)
 		}
 	}
+	// The device's block backend is released after the device is gone from
+	// QOM (RCU): a node may be "in use" for a moment longer.
 	for _, n := range del {
-		if err := mon.Run(ctx, "blockdev-del", map[string]any{"node-name": n}, nil); err != nil {
-			return fmt.Errorf("detach %s from %s: %w", node, ref, err)
+		for {
+			err := mon.Run(ctx, "blockdev-del", map[string]any{"node-name": n}, nil)
+			if err == nil {
+				break
+			}
+			if !strings.Contains(err.Error(), "is in use") || time.Now().After(deadline) {
+				return fmt.Errorf("detach %s from %s: %w", node, ref, err)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	return nil
