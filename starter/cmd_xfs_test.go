@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -321,4 +322,135 @@ func TestCLIMountXFS(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertNoLoopLeftovers(t, tmp, dir)
+}
+
+// TestCLIXFSSignals runs the raksha binary: SIGTERM ends an XFS mount,
+// SIGINT a restore in the middle of a large file; either way nothing is
+// left mounted or attached.
+func TestCLIXFSSignals(t *testing.T) {
+	xfstest.Need(t)
+	tmp := privateTmpDir(t)
+	img := filepath.Join(t.TempDir(), "xfs.img")
+	var largeSum [32]byte
+	xfstest.Image(t, img, xfstest.MinSize, func(mnt string) {
+		xfsTree(t, mnt)
+		f, err := os.Create(filepath.Join(mnt, "large.bin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1<<20)
+		h := sha256.New()
+		defer func() { largeSum = [32]byte(h.Sum(nil)) }()
+		for i := 0; i < 96; i++ {
+			for k := range buf {
+				buf[k] = byte(i*k>>3 + k*k>>11)
+			}
+			h.Write(buf)
+			if _, err := f.Write(buf); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	c := newCLI(t)
+	c.must("repo", "init", "--chunk-size", "1MiB")
+	var b diskBackupResult
+	if err := json.Unmarshal([]byte(c.must("disk", "backup", "-f", "json", img)), &b); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "raksha")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	run := func(args ...string) (*exec.Cmd, *syncBuffer, chan error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "RAKSHA_PASSWORD="+c.env["RAKSHA_PASSWORD"], "RAKSHA_REPO="+c.env["RAKSHA_REPO"])
+		var out, errb syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+			}
+		})
+		return cmd, &errb, done
+	}
+	waitExit := func(done chan error, errb *syncBuffer) error {
+		t.Helper()
+		select {
+		case err := <-done:
+			done <- err
+			return err
+		case <-time.After(30 * time.Second):
+			t.Fatalf("raksha still running 30 s after the signal\n%s", errb.String())
+			return nil
+		}
+	}
+
+	dir := t.TempDir()
+	cmd, errb, done := run("mount", b.ID, dir)
+	waitLoopMounted(t, dir, done)
+	if got, err := os.ReadFile(filepath.Join(dir, "etc/app/app.conf")); err != nil || string(got) != "port = 8080 on xfs\n" {
+		t.Fatalf("app.conf through the mount: %q %v", got, err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitExit(done, errb); err != nil {
+		t.Fatalf("mount after SIGTERM: %v\n%s", err, errb.String())
+	}
+	assertNoLoopLeftovers(t, tmp, dir)
+
+	// the whole 96 MiB file, timed
+	to := filepath.Join(t.TempDir(), "full")
+	t0 := time.Now()
+	js, errs, err := c.run("restore", "files", b.ID, "--path", "/large.bin", "--to", to, "-f", "json")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errs)
+	}
+	took := time.Since(t0)
+	var res restoreFilesResult
+	if err := json.Unmarshal([]byte(js), &res); err != nil {
+		t.Fatal(err)
+	}
+	if sum(t, filepath.Join(to, "large.bin")) != largeSum {
+		t.Fatal("large.bin differs")
+	}
+	t.Logf("96 MiB file from XFS: %v (%.0f MiB/s), %d of %d chunks fetched", took.Round(time.Millisecond), 96/took.Seconds(), res.Fetch.ChunksFetched, res.DiskChunks)
+	assertNoLoopLeftovers(t, tmp)
+
+	// SIGINT right away, and once the copy has begun
+	for _, early := range []bool{true, false} {
+		to := filepath.Join(t.TempDir(), "out")
+		cmd, errb, done = run("restore", "files", b.ID, "--path", "/large.bin", "--to", to)
+		if early {
+			time.Sleep(150 * time.Millisecond) // past start-up: main catches signals by then
+		} else {
+			for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+				if _, err := os.Stat(filepath.Join(to, "large.bin")); err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the restore did not begin writing: %s", errb.String())
+				}
+			}
+		}
+		if err := cmd.Process.Signal(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		err := waitExit(done, errb)
+		t.Logf("SIGINT (early %v): exit %v: %s", early, err, strings.TrimSpace(errb.String()))
+		if err != nil && !strings.Contains(errb.String(), "context canceled") {
+			t.Fatalf("restore after SIGINT: %v\n%s", err, errb.String())
+		}
+		assertNoLoopLeftovers(t, tmp)
+	}
 }
