@@ -191,6 +191,9 @@ func TestBatchesKeepEveryDiskOnce(t *testing.T) {
 func TestChildCopyFailureFailsTheBackup(t *testing.T) {
 	f := newFixture(t)
 	f.vms = bigWorkload(10, 10)
+	// The other children, cancelled, may withdraw requests not yet
+	// answered: those go to the semaphore as releases.
+	f.env.OnSignalExternalWorkflow(mock.Anything, CopySemaphoreID, "", activities.SemaphoreReleaseSignal, mock.Anything).Return(nil).Maybe()
 	c := &copiers{}
 	f.copyDisk = func(ctx context.Context, in activities.CopyInput) (*activities.CopyResult, error) {
 		if in.VM == "vm07" && in.Disk.Name == "vdc" {
