@@ -20,13 +20,13 @@ TEMPORAL_CLI_VERSION := v1.5.1
 
 # What the tests and the demo need from Debian: a throwaway Ceph cluster with
 # radosgw for the S3/Swift backends, librbd/librados for the Ceph build, QEMU
-# with the guest agent and busybox for the lab guests (qemu-block-extra: its rbd
-# driver, for lab volumes kept in RBD), GNU time for peak-RSS
+# with the guest agent and busybox for the lab guests, QEMU's rbd driver
+# (qemu-block-extra) for the lab's volumes on RBD, GNU time for peak-RSS
 # figures, e2fsprogs for ext4 images, fdisk (sfdisk) for partitioned test images,
 # fuse3 (fusermount3) for 'raksha mount', xfsprogs (mkfs.xfs) for the XFS images
 # that 'raksha restore files' and 'raksha mount' loop-mount (root, loop devices).
-APT_QEMU := qemu-system-x86 qemu-utils qemu-block-extra qemu-guest-agent busybox-static e2fsprogs
-APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev uuid-runtime time curl python3-openstackclient fdisk fuse3 xfsprogs $(APT_QEMU)
+APT_QEMU := qemu-system-x86 qemu-utils qemu-guest-agent busybox-static e2fsprogs
+APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev qemu-block-extra uuid-runtime time curl python3-openstackclient fdisk fuse3 xfsprogs $(APT_QEMU)
 APT_DEMO := $(APT_QEMU)
 
 # Build with Ceph support when librbd is there (test-deps installs it; '=' so
