@@ -55,9 +55,9 @@ are fetched.
 ext2/3/4 is served by raksha itself (FUSE). XFS is loop-mounted by the
 kernel at DIR, read-only, from a private FUSE view of the disk (a dirty
 log is replayed into a private overlay, never into the backup): that needs
-root, the loop driver and XFS in the
-kernel, its files keep the file system's own permissions (as any local
-mount), and the loop device and the view go when it is unmounted.
+root, the loop driver and XFS in the kernel; its files keep the file
+system's own permissions, as on any local mount (not what is said below of
+ext4 mounts); the loop device and the view go when it is unmounted.
 
 A disk with a GPT or MBR partition table: the only Linux file-system
 partition is mounted, or the one --partition N names (1-based, as Linux
@@ -68,7 +68,7 @@ partition as DIR/partN.img: for file systems raksha does not read (LVM, or
 XFS where raksha cannot loop-mount), loop-mount them yourself, e.g.
 mount -o ro,loop DIR/part1.img /mnt.
 
-Files keep their owners, modes and times. Only the user who mounted it can
+ext2/3/4 files keep their owners, modes and times. Only the user who mounted it can
 enter the mount, and that user can read every file in it whatever its owner
 and mode (no permission checks), as with a restore. Writes fail with "read-only file system". Needs /dev/fuse and fusermount3
 (Debian package fuse3). The command stays in the foreground while mounted.`,
