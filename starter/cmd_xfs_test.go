@@ -409,6 +409,22 @@ func TestCLIXFSSignals(t *testing.T) {
 	}
 	assertNoLoopLeftovers(t, tmp, dir)
 
+	// a killed mount command: raksha umount cleans up its XFS mount, loop
+	// device and FUSE view
+	cmd, _, done = run("mount", b.ID, dir)
+	waitLoopMounted(t, dir, done)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if left := xfstest.Leftovers(t, tmp); len(left) != 2 {
+		t.Fatalf("after the kill: %q", left)
+	}
+	if _, errs, err := c.run("umount", dir); err != nil {
+		t.Fatalf("umount after the kill: %v\n%s", err, errs)
+	}
+	assertNoLoopLeftovers(t, tmp, dir)
+
 	// the whole 96 MiB file, timed
 	to := filepath.Join(t.TempDir(), "full")
 	t0 := time.Now()
@@ -427,20 +443,21 @@ func TestCLIXFSSignals(t *testing.T) {
 	t.Logf("96 MiB file from XFS: %v (%.0f MiB/s), %d of %d chunks fetched", took.Round(time.Millisecond), 96/took.Seconds(), res.Fetch.ChunksFetched, res.DiskChunks)
 	assertNoLoopLeftovers(t, tmp)
 
-	// SIGINT right away, and once the copy has begun
+	// SIGINT while the loop mount is set up, and once the copy has begun
 	for _, early := range []bool{true, false} {
 		to := filepath.Join(t.TempDir(), "out")
 		cmd, errb, done = run("restore", "files", b.ID, "--path", "/large.bin", "--to", to)
-		if early {
-			time.Sleep(150 * time.Millisecond) // past start-up: main catches signals by then
-		} else {
-			for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
-				if _, err := os.Stat(filepath.Join(to, "large.bin")); err == nil {
+		// early: once the loop mount is being set up
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+			if early {
+				if ents, _ := filepath.Glob(filepath.Join(tmp, "raksha-loop-*")); len(ents) > 0 {
 					break
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("the restore did not begin writing: %s", errb.String())
-				}
+			} else if _, err := os.Stat(filepath.Join(to, "large.bin")); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the restore did not get there: %s", errb.String())
 			}
 		}
 		if err := cmd.Process.Signal(os.Interrupt); err != nil {

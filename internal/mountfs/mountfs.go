@@ -364,11 +364,15 @@ func Unmount(ctx context.Context, dir string, lazy bool) error {
 		if lazy {
 			flags = unix.MNT_DETACH
 		}
+		backing, _ := os.ReadFile("/sys/dev/block/" + m.dev + "/loop/backing_file")
 		if err := unix.Unmount(abs, flags); err != nil {
 			if errors.Is(err, unix.EBUSY) {
 				return fmt.Errorf("unmount %s: %w (close what uses it, or unmount lazily)", dir, syscall.EBUSY)
 			}
 			return fmt.Errorf("unmount %s: %w", dir, err)
+		}
+		if !lazy && len(backing) > 0 {
+			return orphanView(ctx, m, strings.TrimSpace(string(backing)))
 		}
 		return nil
 	case m.fstype != FSType:
@@ -390,6 +394,43 @@ func Unmount(ctx context.Context, dir string, lazy bool) error {
 		}
 		return fmt.Errorf("unmount %s: %s: %v: %s", dir, filepath.Base(bin), err, msg)
 	}
+	return nil
+}
+
+// orphanView cleans up after a loop mount whose raksha process is gone
+// (killed): once the loop device lets go of the FUSE view's file, the view,
+// which nobody serves any more, is unmounted and its private directory
+// removed. A view still served is left to its process.
+func orphanView(ctx context.Context, m *mountInfo, backing string) error {
+	view := filepath.Dir(backing)
+	tmp := filepath.Dir(view)
+	if !strings.HasPrefix(filepath.Base(tmp), "raksha-loop-") {
+		return nil
+	}
+	if mi, err := mounted(view); err != nil || mi == nil || mi.fstype != FSType {
+		return nil
+	}
+	if _, err := os.ReadDir(view); !errors.Is(err, syscall.ENOTCONN) {
+		return nil // served: its process cleans up
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		b, err := os.ReadFile("/sys/dev/block/" + m.dev + "/loop/backing_file")
+		if err != nil || strings.TrimSpace(string(b)) != backing {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("unmounted, but loop device %s still holds %s: detach it with losetup -d, then run 'raksha umount %s'", m.source, backing, view)
+		}
+	}
+	if err := Unmount(ctx, view, false); err != nil {
+		return fmt.Errorf("unmounted; the FUSE view of its killed raksha process: %w", err)
+	}
+	if filepath.Dir(m.source) == tmp {
+		_ = os.Remove(m.source) // a loop device node made there
+	}
+	_ = os.Remove(filepath.Join(tmp, "fs"))
+	_ = os.Remove(view)
+	_ = os.Remove(tmp)
 	return nil
 }
 
