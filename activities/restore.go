@@ -121,6 +121,10 @@ func VMNames(servers []cloud.ServerMeta) []string {
 // loadWorkload reads a backup record and the workload captured in it.
 func (a *Activities) loadWorkload(ctx context.Context, repoID, backupID string) (*repo.Backup, *cloud.Workload, error) {
 	r, err := a.repo(ctx, repoID)
+	var ae *temporal.ApplicationError
+	if errors.As(err, &ae) {
+		return nil, nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("backup %s: %s", backupID, ae.Message()), ae.Type(), nil)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -320,6 +324,10 @@ func (a *Activities) openTarget(ctx context.Context, t WriteTarget) (writer, err
 // anything is written. A retry writes the whole disk again.
 func (a *Activities) WriteDisk(ctx context.Context, in WriteDiskInput) (*WriteDiskResult, error) {
 	r, err := a.repo(ctx, in.Repository)
+	var ae *temporal.ApplicationError
+	if errors.As(err, &ae) {
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("restore %s: %s", in.Manifest, ae.Message()), ae.Type(), nil)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -123,7 +123,12 @@ func TestPlanRestore(t *testing.T) {
 	_, err = b.PlanRestore(ctx, PlanRestoreInput{Repository: "main", BackupID: wl2})
 	var ae *temporal.ApplicationError
 	if !errors.As(err, &ae) || ae.Type() != ErrUnauthorized || !ae.NonRetryable() || !strings.Contains(err.Error(), `repository "main"`) ||
-		!strings.Contains(err.Error(), "password") {
+		!strings.Contains(err.Error(), "password") || !strings.Contains(err.Error(), "backup "+wl2) {
 		t.Errorf("wrong password: %v", err)
+	}
+	// WriteDisk names the disk (BACKUP/VM/DISK) with the password error.
+	_, err = b.WriteDisk(ctx, WriteDiskInput{Repository: "main", Manifest: wl2 + "/db/vol-v1", Target: WriteTarget{Kind: "image", Path: "/nonexistent"}})
+	if !errors.As(err, &ae) || ae.Type() != ErrUnauthorized || !strings.Contains(err.Error(), wl2+"/db/vol-v1") {
+		t.Errorf("WriteDisk with the wrong password: %v", err)
 	}
 }
