@@ -69,6 +69,20 @@ func (x *FS) Statfs() Statfs {
 		Inodes: uint64(f.inodes), FreeInodes: uint64(min(f.freeInodes, f.inodes)), Label: f.label}
 }
 
+// Journal describes the file system's journal and whether it needs
+// recovery (this package reads the file system without replaying it).
+func (x *FS) Journal() Journal { return x.f.journal }
+
+// ReadJournal reads what the ext2/3/4 file system on r (size bytes) records
+// of its journal.
+func ReadJournal(r io.ReaderAt, size int64) (Journal, error) {
+	f, err := openExt4(r, size)
+	if err != nil {
+		return Journal{}, err
+	}
+	return f.journal, nil
+}
+
 // Attr reads inode ino's metadata.
 func (x *FS) Attr(ino uint32) (Attr, error) {
 	in, err := x.f.inode(ino)

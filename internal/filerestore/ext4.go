@@ -13,7 +13,9 @@ import (
 // descriptors (32 and 64 bytes), inodes, extent trees, ext2/3 block maps,
 // directories (linear and htree, both read linearly) and symlinks. It reads
 // only the blocks it needs through an io.ReaderAt. It does not replay the
-// journal: a backup of a frozen or cleanly unmounted file system needs none.
+// journal: a backup of a frozen or cleanly unmounted file system needs none;
+// one that does (a crash-consistent backup whose journal holds transactions)
+// is recognised and reported (Journal), and read as the main area has it.
 
 // ErrNotExt4 is returned for a disk that holds no ext2/3/4 file system.
 var ErrNotExt4 = errors.New("not an ext2/3/4 file system")
@@ -76,6 +78,8 @@ type fsys struct {
 	freeBlocks uint64
 	freeInodes uint32
 	label      string
+
+	journal Journal
 }
 
 // openExt4 reads the superblock of the file system on r.
@@ -148,6 +152,7 @@ func openExt4(r io.ReaderAt, size int64) (*fsys, error) {
 	}
 	f.freeInodes = le.Uint32(sb[0x10:])
 	f.label = strings.TrimRight(string(sb[0x78:0x88]), "\x00")
+	f.journal = f.readJournal(sb, le.Uint32(sb[0x5C:]), incompat)
 	return f, nil
 }
 

@@ -39,6 +39,15 @@ type Stats struct {
 	// Skipped lists entries not written and why: unsafe names, special
 	// files, directory loops.
 	Skipped []string `json:"skipped,omitempty"`
+	// Journal is the kind of the ext3/4 journal ("internal", "external";
+	// "" without one, or not ext).
+	Journal string `json:"journal,omitempty"`
+	// NeedsRecovery: the journal holds transactions that were not replayed
+	// into what was read (see Journal.NeedsRecovery).
+	NeedsRecovery bool `json:"needs_recovery,omitempty"`
+	// Warnings say what may be wrong with what was written (a journal that
+	// was not replayed).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Extract copies the file, symlink or directory tree at path in the ext2/3/4
@@ -49,11 +58,18 @@ type Stats struct {
 // symlinks and never followed when writing; nothing is written outside
 // destDir, and entries with unsafe names ("..", "/" or NUL in a name) are
 // skipped and listed in Stats.Skipped. Existing files are not overwritten.
+// The journal is not replayed: a journal that needs recovery is reported in
+// Stats (NeedsRecovery, Warnings), and the files are read as the main area
+// holds them.
 func Extract(ctx context.Context, r io.ReaderAt, size int64, p, destDir string) (Stats, error) {
 	var st Stats
 	f, err := openExt4(r, size)
 	if err != nil {
 		return st, err
+	}
+	st.Journal, st.NeedsRecovery = f.journal.Kind, f.journal.NeedsRecovery
+	if w := f.journal.Warning(); w != "" {
+		st.Warnings = append(st.Warnings, w)
 	}
 	clean := path.Clean("/" + p)
 	ino, err := f.lookup(ctx, clean)
