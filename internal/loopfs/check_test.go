@@ -44,3 +44,22 @@ func TestCheckNamesWhatIsMissing(t *testing.T) {
 		t.Fatalf("btrfs: %v", err)
 	}
 }
+
+func TestCheckExt4(t *testing.T) {
+	dir := t.TempDir()
+	fsList := filepath.Join(dir, "filesystems")
+	must(t, os.WriteFile(fsList, []byte("nodev\tproc\n\txfs\n"), 0o644))
+	ctl := filepath.Join(dir, "loop-control")
+	must(t, os.WriteFile(ctl, nil, 0o600))
+	h := host{euid: 0, loopControl: ctl, filesystems: fsList, fuse: func() error { return nil }}
+	if err := h.check("ext4"); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "an EXT4 mount needs ext4 in the kernel") {
+		t.Fatalf("%v", err)
+	}
+	must(t, os.WriteFile(fsList, []byte("nodev\tproc\n\text4\n"), 0o644))
+	if err := h.check("ext4"); err != nil {
+		t.Fatal(err)
+	}
+	if mountData["ext4"].recover != "" || mountData["ext4"].norecover != "noload" {
+		t.Fatalf("ext4 options: %+v (the mount with recovery must replay the journal)", mountData["ext4"])
+	}
+}

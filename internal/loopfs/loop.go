@@ -1,13 +1,14 @@
-// Package loopfs reads file systems that internal/filerestore cannot (XFS)
-// by letting the kernel mount them: the backed-up volume is served as a
-// file through a private FUSE raw view (internal/mountfs, chunks fetched as
-// the kernel reads), attached to a read-only loop device and mounted
-// read-only. A dirty log (a crash-consistent backup) is replayed into a
-// private copy-on-write overlay, never into the backup; where that fails the
-// file system is mounted without recovery (what the log holds is then
-// missing). Extract copies a tree out of such a mount with the guarantees
-// of filerestore.Extract. Everything is unmounted and the loop device
-// detached when the mount ends, on every path.
+// Package loopfs reads file systems by letting the kernel mount them: XFS,
+// which internal/filerestore cannot read, and ext4 whose journal needs
+// recovery (a crash-consistent backup), which filerestore reads without
+// replaying it. The backed-up volume is served as a file through a private
+// FUSE view (internal/mountfs, chunks fetched as the kernel reads),
+// attached to a loop device and mounted read-only. A dirty log or journal
+// is replayed into a private copy-on-write overlay, never into the backup;
+// where that fails the file system is mounted without recovery (what the
+// log holds is then missing). Extract copies a tree out of such a mount
+// with the guarantees of filerestore.Extract. Everything is unmounted and
+// the loop device detached when the mount ends, on every path.
 //
 // It needs root (CAP_SYS_ADMIN), the loop driver (/dev/loop-control), the
 // file system in the kernel and FUSE; Check says what is missing.
@@ -46,9 +47,11 @@ const LoopNamePrefix = mountfs.LoopNamePrefix
 
 // mountData are the file-system options, with log recovery (into the
 // overlay) and without; for XFS no UUID check (the same file system may be
-// mounted on this host already).
+// mounted on this host already). ext4 replays its journal on a read-only
+// mount of a writable device (the overlay), unless told noload.
 var mountData = map[string]struct{ recover, norecover string }{
-	"xfs": {"nouuid", "norecovery,nouuid"},
+	"xfs":  {"nouuid", "norecovery,nouuid"},
+	"ext4": {"", "noload"},
 }
 
 // host is what Check looks at; tests replace it.
@@ -69,7 +72,7 @@ func thisHost() host {
 	return h
 }
 
-// Check tells whether a file system of type fstype ("xfs") can be
+// Check tells whether a file system of type fstype ("xfs", "ext4") can be
 // loop-mounted here, naming everything that is missing.
 func Check(fstype string) error { return thisHost().check(fstype) }
 
@@ -161,8 +164,9 @@ func (e *mountError) Error() string { return e.err.Error() }
 func (e *mountError) Unwrap() error { return e.err }
 
 // Open serves the volume r (size bytes) as a file through a private FUSE
-// view, attaches it to a loop device and mounts the fstype file system on
-// it read-only at dir, or at a private temporary directory when dir is "".
+// view, attaches it to a loop device and mounts the fstype file system
+// ("xfs", or "ext4" for ext2/3/4) on it read-only at dir, or at a private
+// temporary directory when dir is "".
 // The log is replayed into a private overlay; when that mount fails, the
 // file system is mounted again without recovery (RecoveryErr says why).
 // Reads of r happen while the mount is served; r must stay usable until
@@ -272,7 +276,7 @@ func open(r io.ReaderAt, size int64, fstype, dir string, recovery bool, opts Opt
 		_ = unix.IoctlSetInt(int(loop.Fd()), unix.LOOP_CLR_FD, 0)
 		return nil, &mountError{fmt.Errorf("mount %s read-only (%s) at %s: %w%s", m.Device, data, m.Dir, err, why)}
 	}
-	m.Options = "ro," + data
+	m.Options = strings.TrimSuffix("ro,"+data, ",")
 	if m.ov != nil {
 		m.Replayed = m.ov.Bytes()
 	}
