@@ -26,8 +26,19 @@ type mountResult struct {
 	Disk      string                 `json:"disk"`
 	Partition *filerestore.Partition `json:"partition,omitempty"`
 	Raw       bool                   `json:"raw"`
-	// FSType is "ext" (served by raksha) or "xfs" (loop-mounted), "" raw.
+	// FSType is "ext" (served by raksha, or loop-mounted when its journal
+	// needs recovery: see Replay) or "xfs" (loop-mounted), "" raw.
 	FSType string `json:"fs_type,omitempty"`
+	// NeedsRecovery: the ext3/4 journal holds transactions not replayed
+	// into the file system. Replay says what became of them: "kernel"
+	// (replayed by the kernel into a private overlay, OverlayBytes written
+	// there, none to the backup), "failed" (mounted with noload after the
+	// mount with replay failed) or "skipped" (served by raksha's reader
+	// without them; ReplayNote says why).
+	NeedsRecovery bool   `json:"needs_recovery,omitempty"`
+	Replay        string `json:"replay,omitempty"`
+	ReplayNote    string `json:"replay_note,omitempty"`
+	OverlayBytes  int64  `json:"overlay_bytes,omitempty"`
 	Dir    string `json:"dir"`
 	// MountSeconds is the time from the command's start to the mount
 	// being served; ServedSeconds how long it was mounted.
@@ -43,9 +54,9 @@ type mountResult struct {
 func (a *app) mountCmd() *cobra.Command {
 	var vm, diskSel string
 	var partition, cacheChunks int
-	var raw bool
+	var raw, noReplay bool
 	c := &cobra.Command{
-		Use:   "mount --repo URL BACKUP [--vm VM] [--disk DISK] [--partition N] [--raw] DIR",
+		Use:   "mount --repo URL BACKUP [--vm VM] [--disk DISK] [--partition N] [--raw] [--no-replay] DIR",
 		Short: "Mount a backed-up disk's files read-only at DIR (FUSE), fetching chunks as they are read",
 		Long: `Serve the ext2/3/4 or XFS file system of a backed-up disk read-only at DIR
 until it is unmounted: with Ctrl-C (or SIGTERM), 'raksha umount DIR' or
@@ -58,6 +69,14 @@ log is replayed into a private overlay, never into the backup): that needs
 root, the loop driver and XFS in the kernel; its files keep the file
 system's own permissions, as on any local mount (not what is said below of
 ext4 mounts); the loop device and the view go when it is unmounted.
+
+An ext4 file system whose journal needs recovery (a crash-consistent
+backup: files written and synced just before the snapshot may live in the
+journal only) is loop-mounted the same way, so that the kernel replays
+the journal into the private overlay (unmount it with 'umount DIR' too).
+Where loop mounts cannot work, or with --no-replay, raksha serves it
+without the journal and warns that recent writes may be missing; an
+application-consistent backup avoids this.
 
 A disk with a GPT or MBR partition table: the only Linux file-system
 partition is mounted, or the one --partition N names (1-based, as Linux
@@ -171,6 +190,27 @@ and mode (no permission checks), as with a restore. Writes fail with "read-only 
 				if err != nil {
 					return fmt.Errorf("mount %s: %w", where, err)
 				}
+				if j := x.Journal(); j.NeedsRecovery {
+					res.NeedsRecovery = true
+					why := replayBlocker(j, noReplay, loopfs.Check)
+					if why == "" {
+						lm, err := loopfs.Open(vol, vol.Size, "ext4", dir, loopfs.Options{Source: opts.Source, Log: a.log})
+						if err != nil {
+							return fmt.Errorf("mount %s: %w", where, err)
+						}
+						res.Replay, res.OverlayBytes = "kernel", lm.Replayed
+						note := fmt.Sprintf("journal replayed into a private overlay (%s written there, none to the backup)", humanBytes(lm.Replayed))
+						if lm.RecoveryErr != nil {
+							res.Replay, res.ReplayNote = "failed", lm.RecoveryErr.Error()
+							note = "journal NOT replayed"
+							fmt.Fprintf(a.stderr, "warning: mount %s: %s\n", where, journalNotReplayed(j, "mounting with it failed: "+lm.RecoveryErr.Error()))
+						}
+						what = fmt.Sprintf("ext file system (%s) on %s, read-only, loop-mounted by the kernel since its journal needed recovery: %s", humanBytes(vol.Size), lm.Device, note)
+						return a.waitMount(ctx, sigs, lm, lm.Dir, "'umount "+lm.Dir+"'", start, d, res, where, what)
+					}
+					res.Replay, res.ReplayNote = "skipped", why
+					fmt.Fprintf(a.stderr, "warning: mount %s: %s\n", where, journalNotReplayed(j, why))
+				}
 				st := x.Statfs()
 				what = fmt.Sprintf("ext file system (%s", humanBytes(int64(st.Blocks)*st.BlockSize))
 				if st.Label != "" {
@@ -191,6 +231,7 @@ and mode (no permission checks), as with a restore. Writes fail with "read-only 
 	f.StringVar(&diskSel, "disk", "", "disk name (or VM/DISK); optional when the backup has one disk")
 	f.IntVar(&partition, "partition", 0, "partition number (1-based); default: the only Linux file-system partition, or the whole disk")
 	f.BoolVar(&raw, "raw", false, "serve the raw disk image (disk.img) and its partitions (partN.img) instead of the files")
+	f.BoolVar(&noReplay, "no-replay", false, "serve an ext4 file system with raksha's reader even if its journal needs recovery (no loop mount; recent writes may be missing)")
 	f.IntVar(&cacheChunks, "cache-chunks", 0, fmt.Sprintf("decoded chunks kept in memory (default %d)", repo.DefaultReaderCacheChunks))
 	return c
 }

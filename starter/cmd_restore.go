@@ -27,8 +27,18 @@ type restoreFilesResult struct {
 	To     string `json:"to"`
 	// Partition is the partition read, when the disk has a partition table.
 	Partition *filerestore.Partition `json:"partition,omitempty"`
-	// FSType is "ext" (read by raksha's own reader) or "xfs" (loop-mounted).
+	// FSType is "ext" (read by raksha's own reader, or loop-mounted when
+	// its journal needs recovery: see Replay) or "xfs" (loop-mounted).
 	FSType string `json:"fs_type"`
+	// Replay says what became of an ext3/4 journal that needs recovery
+	// (Stats.NeedsRecovery): "kernel" (replayed by the kernel into a
+	// private overlay, OverlayBytes written there, none to the backup),
+	// "failed" (the mount with replay failed, it was mounted with noload),
+	// or "skipped" (read by raksha's reader without it; ReplayNote says
+	// why). Empty when there was nothing to replay.
+	Replay       string `json:"replay,omitempty"`
+	ReplayNote   string `json:"replay_note,omitempty"`
+	OverlayBytes int64  `json:"overlay_bytes,omitempty"`
 	filerestore.Stats
 	// Fetch counts what was read from the repository.
 	Fetch      repo.ReaderStats `json:"fetch"`
@@ -40,14 +50,24 @@ type restoreFilesResult struct {
 func (a *app) restoreFilesCmd() *cobra.Command {
 	var vm, diskSel, path, to string
 	var partition int
+	var noReplay bool
 	c := &cobra.Command{
-		Use:   "files --repo URL BACKUP --vm VM --disk DISK [--partition N] --path PATH --to DIR",
+		Use:   "files --repo URL BACKUP --vm VM --disk DISK [--partition N] [--no-replay] --path PATH --to DIR",
 		Short: "Copy files or a directory tree out of a backed-up ext4 or XFS disk, fetching only the chunks needed",
 		Long: `Copy a file, symlink or directory tree out of an ext2/3/4 or XFS file system
 on a backed-up disk into DIR, without restoring the disk. Only the chunks the
 file system reads touch are fetched.
 
-ext2/3/4 is read by raksha itself. XFS is loop-mounted by the kernel,
+ext2/3/4 is read by raksha itself, unless its journal needs recovery (a
+crash-consistent backup: the guest was not frozen, and files written and
+synced just before the snapshot may live in the journal only): then it is
+loop-mounted by the kernel as XFS is, which replays the journal into a
+private overlay, never into the backup. Where loop mounts cannot work
+(below), or with --no-replay, raksha's reader reads it without the journal
+and warns that recent writes may be missing; an application-consistent
+backup avoids this.
+
+XFS is loop-mounted by the kernel,
 read-only, from a private FUSE view of the disk; a dirty log (a
 crash-consistent backup) is replayed into a private overlay, never into the
 backup (if that fails, the file system is mounted without it, with a
@@ -105,9 +125,16 @@ partition table the only Linux file-system partition is read, or the one
 			var st filerestore.Stats
 			if filerestore.IsXFS(vol) {
 				res.FSType = "xfs"
-				st, err = a.extractXFS(ctx, vol, "raksha:"+ref.ID, path, to, "restore files from "+where)
+				if err := loopfs.Check("xfs"); err != nil {
+					return xfsUnavailable("restore files from "+where, err)
+				}
+				var m *loopfs.Mount
+				st, m, err = a.extractLoop(ctx, vol, "xfs", "raksha:"+ref.ID, path, to)
+				if m != nil && m.RecoveryErr != nil {
+					fmt.Fprintf(a.stderr, "warning: restore files from %s: %s\n", where, xfsLogNote(m))
+				}
 			} else {
-				st, err = filerestore.Extract(ctx, vol, vol.Size, path, to)
+				st, err = a.extractExt(ctx, vol, "raksha:"+ref.ID, path, to, where, noReplay, &res)
 			}
 			if err != nil {
 				return fmt.Errorf("restore files from %s: %w", where, err)
@@ -127,6 +154,9 @@ partition table the only Linux file-system partition is read, or the one
 			}
 			fmt.Fprintf(a.stdout, "\nfetched %d of %d chunks (%s of a %s disk)\n",
 				res.Fetch.ChunksFetched, m.Chunks, humanBytes(res.Fetch.BytesFetched), humanBytes(m.Size))
+			if res.Replay == "kernel" {
+				fmt.Fprintf(a.stdout, "the ext4 journal needed recovery: replayed by the kernel into a private overlay (%s written there, none to the backup)\n", humanBytes(res.OverlayBytes))
+			}
 			return nil
 		},
 	}
@@ -136,30 +166,82 @@ partition table the only Linux file-system partition is read, or the one
 	f.IntVar(&partition, "partition", 0, "partition number (1-based); default: the only Linux file-system partition, or the whole disk")
 	f.StringVar(&path, "path", "", "file or directory in the backed-up file system, e.g. /etc/app/")
 	f.StringVar(&to, "to", "", "local directory to write into (created if missing)")
+	f.BoolVar(&noReplay, "no-replay", false, "read an ext4 file system with raksha's reader even if its journal needs recovery (no loop mount; recent writes may be missing)")
 	return c
 }
 
-// extractXFS copies path out of the XFS file system on vol: loop-mounted
-// read-only at a private directory, unmounted and detached before it
-// returns, whatever happened.
-func (a *app) extractXFS(ctx context.Context, vol *filerestore.Volume, source, path, to, what string) (st filerestore.Stats, err error) {
-	if err := loopfs.Check("xfs"); err != nil {
-		return st, xfsUnavailable(what, err)
-	}
-	m, err := loopfs.Open(vol, vol.Size, "xfs", "", loopfs.Options{Source: source, Log: a.log})
+// extractLoop copies path out of the fstype file system on vol:
+// loop-mounted read-only at a private directory (a dirty log or journal
+// replayed into a private overlay), unmounted and detached before it
+// returns, whatever happened. The mount is returned for its notes (nil if
+// it failed).
+func (a *app) extractLoop(ctx context.Context, vol *filerestore.Volume, fstype, source, path, to string) (st filerestore.Stats, m *loopfs.Mount, err error) {
+	m, err = loopfs.Open(vol, vol.Size, fstype, "", loopfs.Options{Source: source, Log: a.log})
 	if err != nil {
-		return st, err
+		return st, nil, err
 	}
 	defer func() {
 		if cerr := m.Close(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
 	}()
-	a.log.Debug("XFS loop-mounted", "device", m.Device, "dir", m.Dir, "options", m.Options, "replayed", m.Replayed)
-	if m.RecoveryErr != nil {
-		fmt.Fprintf(a.stderr, "warning: %s: %s\n", what, xfsLogNote(m))
+	a.log.Debug("loop-mounted", "fstype", fstype, "device", m.Device, "dir", m.Dir, "options", m.Options, "replayed", m.Replayed)
+	st, err = loopfs.Extract(ctx, m.Dir, path, to)
+	return st, m, err
+}
+
+// extractExt copies path out of the ext2/3/4 file system on vol (where
+// names it): with raksha's reader, or, when its journal needs recovery and
+// neither noReplay nor the host prevents it, through a kernel loop mount
+// that replays the journal into a private overlay. What became of the
+// journal goes into res and, when it was not replayed, a warning.
+func (a *app) extractExt(ctx context.Context, vol *filerestore.Volume, source, path, to, where string, noReplay bool, res *restoreFilesResult) (filerestore.Stats, error) {
+	what := "restore files from " + where
+	j, jerr := filerestore.ReadJournal(vol, vol.Size)
+	if jerr == nil && j.NeedsRecovery {
+		why := replayBlocker(j, noReplay, loopfs.Check)
+		if why == "" {
+			st, m, err := a.extractLoop(ctx, vol, "ext4", source, path, to)
+			st.Journal, st.NeedsRecovery = j.Kind, true
+			if m != nil {
+				res.Replay, res.OverlayBytes = "kernel", m.Replayed
+				if m.RecoveryErr != nil {
+					res.Replay, res.ReplayNote = "failed", m.RecoveryErr.Error()
+					w := journalNotReplayed(j, "mounting with it failed: "+m.RecoveryErr.Error())
+					st.Warnings = append(st.Warnings, w)
+					fmt.Fprintf(a.stderr, "warning: %s: %s\n", what, w)
+				}
+			}
+			return st, err
+		}
+		res.Replay, res.ReplayNote = "skipped", why
+		fmt.Fprintf(a.stderr, "warning: %s: %s\n", what, journalNotReplayed(j, why))
 	}
-	return loopfs.Extract(ctx, m.Dir, path, to)
+	return filerestore.Extract(ctx, vol, vol.Size, path, to)
+}
+
+// replayBlocker says why the journal j, which needs recovery, cannot be
+// replayed here ("" when it can): --no-replay, an external journal (not in
+// the backup), or kernel loop mounts of ext4 unavailable (check).
+func replayBlocker(j filerestore.Journal, noReplay bool, check func(fstype string) error) string {
+	switch {
+	case noReplay:
+		return "--no-replay given"
+	case j.Kind == "external":
+		return "the journal is on an external device, which is not in the backup"
+	case j.Kind == "":
+		return "the file system has no journal to replay"
+	}
+	if err := check("ext4"); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// journalNotReplayed is the warning for a journal that needs recovery and
+// was not replayed, and why.
+func journalNotReplayed(j filerestore.Journal, why string) string {
+	return fmt.Sprintf("%s (not replayed: %s)", j.Warning(), why)
 }
 
 // xfsLogNote says what became of an XFS mount's log.
