@@ -39,7 +39,7 @@ type mountResult struct {
 	Replay        string `json:"replay,omitempty"`
 	ReplayNote    string `json:"replay_note,omitempty"`
 	OverlayBytes  int64  `json:"overlay_bytes,omitempty"`
-	Dir    string `json:"dir"`
+	Dir           string `json:"dir"`
 	// MountSeconds is the time from the command's start to the mount
 	// being served; ServedSeconds how long it was mounted.
 	MountSeconds  float64 `json:"mount_seconds"`
