@@ -347,8 +347,8 @@ func (a *app) umountCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "umount [--lazy] DIR",
 		Short: "Unmount a 'raksha mount' (the mount command then exits)",
-		Long: `Unmount the raksha mount at DIR with fusermount3 -u (an XFS loop mount of
-'raksha mount' with umount(2)). A busy mount point (a process has a file
+		Long: `Unmount the raksha mount at DIR with fusermount3 -u (a loop mount of
+'raksha mount', XFS or ext4 with its journal replayed, with umount(2)). A busy mount point (a process has a file
 open or its working directory there) stays mounted unless --lazy detaches it
 now and lets it go when the last user is done. DIR must be a raksha mount:
 other mounts are refused.`,

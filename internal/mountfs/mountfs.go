@@ -324,8 +324,8 @@ func IsMounted(dir string) (bool, error) {
 const LoopNamePrefix = "raksha-loop:"
 
 // loopMount reports whether m is a file system on a loop device that
-// internal/loopfs attached (an XFS volume of a backup, served by a raksha
-// process).
+// internal/loopfs attached (an XFS volume of a backup, or an ext4 one whose
+// journal was replayed, served by a raksha process).
 func loopMount(m *mountInfo) bool {
 	if !strings.HasPrefix(m.dev, "7:") {
 		return false
@@ -345,7 +345,7 @@ func loopMount(m *mountInfo) bool {
 // Unmount unmounts the raksha mount at dir from another process (what
 // 'raksha umount' does), with fusermount3 -u (-z when lazy: detach now,
 // finish when the last user is gone); a loop mount of internal/loopfs
-// (XFS) with umount(2) (MNT_DETACH when lazy). It refuses mount points that
+// (XFS, ext4 with its journal replayed) with umount(2) (MNT_DETACH when lazy). It refuses mount points that
 // are not raksha mounts.
 func Unmount(ctx context.Context, dir string, lazy bool) error {
 	abs, err := filepath.Abs(dir)
