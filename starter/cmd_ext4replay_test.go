@@ -22,9 +22,10 @@ import (
 
 // dirtyExt4Backup makes a crash-consistent ext4 disk (etc/app/app.conf
 // "v1" checkpointed, then rewritten as "v2" and recent.bin written, both
-// fsynced into the journal only; copied while mounted), backs it up and
-// returns the backup id and recent.bin's contents.
-func dirtyExt4Backup(t *testing.T, c *cli) (string, []byte) {
+// fsynced into the journal only; copied while mounted; with breakJournal
+// a journal the kernel refuses), backs it up and returns the backup id and
+// recent.bin's contents (the repository exists).
+func dirtyExt4Backup(t *testing.T, c *cli, breakJournal bool) (string, []byte) {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "dirty.img")
 	recent := bytes.Repeat([]byte("written and fsynced just before the snapshot\n"), 20000)
@@ -41,7 +42,9 @@ func dirtyExt4Backup(t *testing.T, c *cli) (string, []byte) {
 			ext4test.WriteSynced(t, filepath.Join(dir, "etc/app/app.conf"), []byte("v2\n"), 0o644)
 			ext4test.WriteSynced(t, filepath.Join(dir, "etc/app/recent.bin"), recent, 0o600)
 		})
-	c.must("repo", "init", "--chunk-size", "1MiB")
+	if breakJournal {
+		ext4test.BreakJournalChecksum(t, img)
+	}
 	var b diskBackupResult
 	if err := json.Unmarshal([]byte(c.must("disk", "backup", "-f", "json", img)), &b); err != nil {
 		t.Fatal(err)
@@ -59,7 +62,8 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	needFUSE(t)
 	tmp := privateTmpDir(t)
 	c := newCLI(t)
-	id, recent := dirtyExt4Backup(t, c)
+	c.must("repo", "init", "--chunk-size", "1MiB")
+	id, recent := dirtyExt4Backup(t, c, false)
 	want := sumBytes(recent)
 
 	// replayed by the kernel: the whole directory, JSON
@@ -118,6 +122,25 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	}
 	t.Logf("--no-replay: %s", strings.TrimSpace(errs))
 	assertNoLoopLeftovers(t, tmp)
+
+	// a journal the kernel refuses: mounted with noload, a warning
+	bad, _ := dirtyExt4Backup(t, c, true)
+	to = filepath.Join(t.TempDir(), "bad")
+	out, errs, err = c.run("restore", "files", bad, "--path", "/etc/app/", "--to", to, "-f", "json")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errs)
+	}
+	res = restoreFilesResult{}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if res.Replay != "failed" || !strings.Contains(res.ReplayNote, "(ro) at ") || res.Files != 1 ||
+		!strings.Contains(errs, "warning: restore files from backup "+bad+" vm local disk dirty.img: the ext4 file system needs journal recovery") ||
+		!strings.Contains(errs, "not replayed: mounting with it failed: mount ") {
+		t.Fatalf("json: %s\nstderr: %s", out, errs)
+	}
+	t.Logf("journal refused: %s", strings.TrimSpace(errs))
+	assertNoLoopLeftovers(t, tmp)
 }
 
 func sumBytes(b []byte) [32]byte { return sha256.Sum256(b) }
@@ -153,7 +176,8 @@ func TestCLIMountExt4Replay(t *testing.T) {
 	needFUSE(t)
 	tmp := privateTmpDir(t)
 	c := newCLI(t)
-	id, recent := dirtyExt4Backup(t, c)
+	c.must("repo", "init", "--chunk-size", "1MiB")
+	id, recent := dirtyExt4Backup(t, c, false)
 	dir := t.TempDir()
 
 	bg := c.start("mount", "-f", "json", id, dir)

@@ -76,3 +76,30 @@ func TestExt4JournalReplay(t *testing.T) {
 	}
 	t.Logf("journal replay wrote %d KiB into the overlay; journal %+v", m.Replayed>>10, j)
 }
+
+// TestExt4ReplayFailsNoload: a journal the kernel refuses to replay (its
+// superblock checksum broken): the file system is mounted with noload on a
+// read-only device, RecoveryErr says why, the files are read as the main
+// area holds them, and nothing is left.
+func TestExt4ReplayFailsNoload(t *testing.T) {
+	ext4test.Need(t)
+	tmp := privateTmp(t)
+	img, _ := dirtyExt4(t)
+	ext4test.BreakJournalChecksum(t, img)
+	d := backUp(t, img)
+	m, err := loopfs.Open(d, d.Size(), "ext4", "", loopfs.Options{Source: "raksha:bad-journal"})
+	must(t, err)
+	t.Cleanup(func() { _ = m.Close() })
+	if m.RecoveryErr == nil || m.Options != "ro,noload" || m.Replayed != 0 {
+		t.Fatalf("options %q, replayed %d, recovery error %v", m.Options, m.Replayed, m.RecoveryErr)
+	}
+	dest := filepath.Join(t.TempDir(), "out")
+	st, err := loopfs.Extract(context.Background(), m.Dir, "/etc/app", dest)
+	must(t, err)
+	if _, err := os.Stat(filepath.Join(dest, "app/recent.bin")); err == nil || st.Files != 1 {
+		t.Fatalf("without replay: %+v %v", st, err)
+	}
+	must(t, m.Close())
+	assertNoLeftovers(t, tmp)
+	t.Logf("recovery error: %v", m.RecoveryErr)
+}

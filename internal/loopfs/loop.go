@@ -272,9 +272,11 @@ func open(r io.ReaderAt, size int64, fstype, dir string, recovery bool, opts Opt
 			why = fmt.Sprintf(" (the kernel has no %s support)", fstype)
 		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.EUCLEAN):
 			why = fmt.Sprintf(" (not a mountable %s file system, or damaged; the kernel log says more)", fstype)
+		case errors.Is(err, unix.EBADMSG):
+			why = " (a checksum does not match: damaged metadata or journal; the kernel log says more)"
 		}
 		_ = unix.IoctlSetInt(int(loop.Fd()), unix.LOOP_CLR_FD, 0)
-		return nil, &mountError{fmt.Errorf("mount %s read-only (%s) at %s: %w%s", m.Device, data, m.Dir, err, why)}
+		return nil, &mountError{fmt.Errorf("mount %s (%s) at %s: %w%s", m.Device, strings.TrimSuffix("ro,"+data, ","), m.Dir, err, why)}
 	}
 	m.Options = strings.TrimSuffix("ro,"+data, ",")
 	if m.ov != nil {

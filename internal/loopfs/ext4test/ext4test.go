@@ -8,6 +8,7 @@ package ext4test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,5 +133,35 @@ func DirtyImage(t testing.TB, img string, size int64, base, recent func(dir stri
 	}
 	if m := regexp.MustCompile(`(?m)^Journal start:\s+(\d+)`).FindSubmatch(out); m == nil || bytes.Equal(m[1], []byte("0")) {
 		t.Fatalf("the copy of a mounted ext4 has an empty journal (its writes were checkpointed before the copy):\n%s", out)
+	}
+}
+
+// BreakJournalChecksum flips a byte of the internal journal's superblock
+// checksum in the ext4 image img (made by DirtyImage: metadata_csum), so
+// that the kernel refuses to load, and so to replay, the journal.
+func BreakJournalChecksum(t testing.TB, img string) {
+	t.Helper()
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 12)
+	for off := int64(4096); ; off += 4096 {
+		if _, err := f.ReadAt(b, off); err != nil {
+			t.Fatalf("no journal superblock in %s: %v", img, err)
+		}
+		// the jbd2 magic and block type 3 or 4: a journal superblock
+		if typ := binary.BigEndian.Uint32(b[4:]); binary.BigEndian.Uint32(b) == 0xC03B3998 && (typ == 3 || typ == 4) {
+			c := make([]byte, 1)
+			if _, err := f.ReadAt(c, off+0xFC); err != nil { // s_checksum
+				t.Fatal(err)
+			}
+			c[0] ^= 0xFF
+			if _, err := f.WriteAt(c, off+0xFC); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
 	}
 }
