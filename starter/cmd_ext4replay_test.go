@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -17,15 +18,18 @@ import (
 	"github.com/raksha-backup/raksha/internal/filerestore"
 	"github.com/raksha-backup/raksha/internal/loopfs"
 	"github.com/raksha-backup/raksha/internal/loopfs/ext4test"
+	"github.com/raksha-backup/raksha/internal/loopfs/xfstest"
 	"github.com/raksha-backup/raksha/internal/mountfs"
 )
 
-// dirtyExt4Backup makes a crash-consistent ext4 disk (etc/app/app.conf
-// "v1" checkpointed, then rewritten as "v2" and recent.bin written, both
-// fsynced into the journal only; copied while mounted; with breakJournal
-// a journal the kernel refuses), backs it up and returns the backup id and
-// recent.bin's contents (the repository exists).
-func dirtyExt4Backup(t *testing.T, c *cli, breakJournal bool) (string, []byte) {
+// dirtyExt4Backup makes a crash-consistent ext4 disk dirty.img
+// (etc/app/app.conf "v1" checkpointed, then rewritten as "v2" and
+// recent.bin written, both fsynced into the journal only; copied while
+// mounted), backs it up and returns the backup id and recent.bin's
+// contents (the repository exists). how "broken-journal": a journal the
+// kernel refuses; "gpt": the file system is partition 2 of gpt.img, after
+// an EFI partition.
+func dirtyExt4Backup(t *testing.T, c *cli, how string) (string, []byte) {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "dirty.img")
 	recent := bytes.Repeat([]byte("written and fsynced just before the snapshot\n"), 20000)
@@ -42,8 +46,33 @@ func dirtyExt4Backup(t *testing.T, c *cli, breakJournal bool) (string, []byte) {
 			ext4test.WriteSynced(t, filepath.Join(dir, "etc/app/app.conf"), []byte("v2\n"), 0o644)
 			ext4test.WriteSynced(t, filepath.Join(dir, "etc/app/recent.bin"), recent, 0o600)
 		})
-	if breakJournal {
+	switch how {
+	case "broken-journal":
 		ext4test.BreakJournalChecksum(t, img)
+	case "gpt":
+		if _, err := exec.LookPath("sfdisk"); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatal("sfdisk missing in CI: run make test-deps (Debian package fdisk)")
+			}
+			t.Skip("SKIPPED: sfdisk (fdisk) not installed: run make test-deps")
+		}
+		gpt := filepath.Join(filepath.Dir(img), "gpt.img")
+		const start, sectors = 10240, 64 << 20 / 512 // after a 4 MiB EFI partition
+		if err := os.WriteFile(gpt, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(gpt, (start+sectors+2048)*512); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("sfdisk", "-q", gpt)
+		cmd.Stdin = strings.NewReader(fmt.Sprintf("label: gpt\n"+
+			"start=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"efi\"\n"+
+			"start=%d, size=%d, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"data\"\n", start, sectors))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("sfdisk: %v\n%s", err, out)
+		}
+		xfstest.CopyInto(t, gpt, start*512, img)
+		img = gpt
 	}
 	var b diskBackupResult
 	if err := json.Unmarshal([]byte(c.must("disk", "backup", "-f", "json", img)), &b); err != nil {
@@ -54,16 +83,17 @@ func dirtyExt4Backup(t *testing.T, c *cli, breakJournal bool) (string, []byte) {
 
 // TestCLIRestoreFilesExt4Replay: restore files from a crash-consistent ext4
 // backup whose journal holds the last writes: the kernel replays it (the
-// file has the right bytes); with --no-replay raksha's reader warns,
-// naming the disk, and the file is missing; nothing is left mounted or
-// attached.
+// file has the right bytes), also in a GPT partition; with --no-replay
+// raksha's reader warns, naming the disk, and the file is missing; a
+// journal the kernel refuses is mounted with noload, with a warning;
+// nothing is left mounted or attached.
 func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	ext4test.Need(t)
 	needFUSE(t)
 	tmp := privateTmpDir(t)
 	c := newCLI(t)
 	c.must("repo", "init", "--chunk-size", "1MiB")
-	id, recent := dirtyExt4Backup(t, c, false)
+	id, recent := dirtyExt4Backup(t, c, "")
 	want := sumBytes(recent)
 
 	// replayed by the kernel: the whole directory, JSON
@@ -124,7 +154,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	assertNoLoopLeftovers(t, tmp)
 
 	// a journal the kernel refuses: mounted with noload, a warning
-	bad, _ := dirtyExt4Backup(t, c, true)
+	bad, _ := dirtyExt4Backup(t, c, "broken-journal")
 	to = filepath.Join(t.TempDir(), "bad")
 	out, errs, err = c.run("restore", "files", bad, "--path", "/etc/app/", "--to", to, "-f", "json")
 	if err != nil {
@@ -134,12 +164,28 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if res.Replay != "failed" || !strings.Contains(res.ReplayNote, "(ro) at ") || res.Files != 1 ||
+	if res.Replay != "failed" || !strings.Contains(res.ReplayNote, "(ro,errors=remount-ro) at ") || res.Files != 1 ||
 		!strings.Contains(errs, "warning: restore files from backup "+bad+" vm local disk dirty.img: the ext4 file system needs journal recovery") ||
 		!strings.Contains(errs, "not replayed: mounting with it failed: mount ") {
 		t.Fatalf("json: %s\nstderr: %s", out, errs)
 	}
 	t.Logf("journal refused: %s", strings.TrimSpace(errs))
+	assertNoLoopLeftovers(t, tmp)
+
+	// the file system in a GPT partition: replayed there too
+	part, _ := dirtyExt4Backup(t, c, "gpt")
+	to = filepath.Join(t.TempDir(), "gpt")
+	out, errs, err = c.run("restore", "files", part, "--path", "/etc/app/recent.bin", "--to", to, "-f", "json")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errs)
+	}
+	res = restoreFilesResult{}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if res.Replay != "kernel" || res.Partition == nil || res.Partition.Number != 2 || sum(t, filepath.Join(to, "recent.bin")) != want {
+		t.Fatalf("gpt: %s\nstderr: %s", out, errs)
+	}
 	assertNoLoopLeftovers(t, tmp)
 }
 
@@ -177,7 +223,7 @@ func TestCLIMountExt4Replay(t *testing.T) {
 	tmp := privateTmpDir(t)
 	c := newCLI(t)
 	c.must("repo", "init", "--chunk-size", "1MiB")
-	id, recent := dirtyExt4Backup(t, c, false)
+	id, recent := dirtyExt4Backup(t, c, "")
 	dir := t.TempDir()
 
 	bg := c.start("mount", "-f", "json", id, dir)

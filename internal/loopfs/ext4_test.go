@@ -34,7 +34,7 @@ func dirtyExt4(t *testing.T) (string, []byte) {
 
 // TestExt4JournalReplay: a backed-up copy of a live ext4 whose journal
 // holds the last writes: the kernel replays it into the private overlay
-// (mounted "ro", not noload), the files written just before the copy are
+// (mounted "ro,errors=remount-ro", not noload), the files written just before the copy are
 // there with their bytes, the backup reads the same afterwards, and
 // nothing is left.
 func TestExt4JournalReplay(t *testing.T) {
@@ -51,7 +51,7 @@ func TestExt4JournalReplay(t *testing.T) {
 	m, err := loopfs.Open(d, d.Size(), "ext4", "", loopfs.Options{Source: "raksha:dirty-ext4"})
 	must(t, err)
 	t.Cleanup(func() { _ = m.Close() })
-	if m.RecoveryErr != nil || m.Options != "ro" || m.Replayed == 0 {
+	if m.RecoveryErr != nil || m.Options != "ro,errors=remount-ro" || m.Replayed == 0 {
 		t.Fatalf("options %q, replayed %d, recovery error %v", m.Options, m.Replayed, m.RecoveryErr)
 	}
 	dest := filepath.Join(t.TempDir(), "out")
@@ -90,7 +90,7 @@ func TestExt4ReplayFailsNoload(t *testing.T) {
 	m, err := loopfs.Open(d, d.Size(), "ext4", "", loopfs.Options{Source: "raksha:bad-journal"})
 	must(t, err)
 	t.Cleanup(func() { _ = m.Close() })
-	if m.RecoveryErr == nil || m.Options != "ro,noload" || m.Replayed != 0 {
+	if m.RecoveryErr == nil || m.Options != "ro,noload,errors=remount-ro" || m.Replayed != 0 {
 		t.Fatalf("options %q, replayed %d, recovery error %v", m.Options, m.Replayed, m.RecoveryErr)
 	}
 	dest := filepath.Join(t.TempDir(), "out")

@@ -48,10 +48,13 @@ const LoopNamePrefix = mountfs.LoopNamePrefix
 // mountData are the file-system options, with log recovery (into the
 // overlay) and without; for XFS no UUID check (the same file system may be
 // mounted on this host already). ext4 replays its journal on a read-only
-// mount of a writable device (the overlay), unless told noload.
+// mount of a writable device (the overlay), unless told noload; an error
+// in its metadata must not panic the host, whatever errors= behaviour the
+// backed-up superblock asks for (errors=panic applies to read-only mounts
+// too).
 var mountData = map[string]struct{ recover, norecover string }{
 	"xfs":  {"nouuid", "norecovery,nouuid"},
-	"ext4": {"", "noload"},
+	"ext4": {"errors=remount-ro", "noload,errors=remount-ro"},
 }
 
 // host is what Check looks at; tests replace it.
