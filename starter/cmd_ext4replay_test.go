@@ -277,3 +277,57 @@ func TestCLIMountExt4Replay(t *testing.T) {
 	assertUnmounted(t, dir)
 	assertNoLoopLeftovers(t, tmp, dir)
 }
+
+// TestCLIRestoreFilesExt4NoLoopMounts: where loop mounts cannot work (the
+// raksha binary run as an unprivileged user), restore files of a
+// crash-consistent ext4 backup goes on with raksha's reader and warns,
+// naming the disk and what is missing.
+func TestCLIRestoreFilesExt4NoLoopMounts(t *testing.T) {
+	ext4test.Need(t)
+	// a directory the unprivileged user can reach (t.TempDir's parents are 0700)
+	base, err := os.MkdirTemp("", "raksha-noloop-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	c := &cli{t: t, env: map[string]string{"RAKSHA_PASSWORD": "pw", "RAKSHA_REPO": "file://" + filepath.Join(base, "repo")}}
+	c.must("repo", "init", "--chunk-size", "1MiB")
+	id, _ := dirtyExt4Backup(t, c, "")
+	bin := filepath.Join(base, "raksha")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	const nobody = 65534
+	if err := filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Chown(p, nobody, nobody)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	to := filepath.Join(base, "out")
+	cmd := exec.Command(bin, "restore", "files", id, "--path", "/etc/app/", "--to", to, "-f", "json")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + base, "RAKSHA_PASSWORD=pw", "RAKSHA_REPO=" + c.env["RAKSHA_REPO"]}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v\n%s\n%s", err, out.String(), errb.String())
+	}
+	errs := errb.String()
+	for _, w := range []string{"warning: restore files from backup " + id + " vm local disk dirty.img: the ext4 file system needs journal recovery",
+		"may be missing or stale", "an application-consistent backup", "(not replayed: kernel loop mounts are not available here: an EXT4 mount needs root"} {
+		if !strings.Contains(errs, w) {
+			t.Fatalf("stderr lacks %q:\n%s", w, errs)
+		}
+	}
+	var res restoreFilesResult
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if res.Replay != "skipped" || !strings.Contains(res.ReplayNote, "needs root") || !res.NeedsRecovery || res.Files != 1 {
+		t.Fatalf("json: %s", out.String())
+	}
+	t.Logf("unprivileged: %s", strings.TrimSpace(errs))
+}
