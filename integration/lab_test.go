@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,11 +13,7 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
-	"github.com/raksha-backup/raksha/internal/guest"
-	"github.com/raksha-backup/raksha/internal/lab"
-	"github.com/raksha-backup/raksha/internal/lab/demo"
 	"github.com/raksha-backup/raksha/internal/lab/guestapp"
-	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 	"github.com/raksha-backup/raksha/workflows"
@@ -46,56 +40,8 @@ func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return le
 // restored disk's records are checked for tears, its file system with
 // e2fsck; no guest is left frozen.
 func TestAppConsistentBackupOfLabWorkload(t *testing.T) {
-	img := vmtest.Image(t)
-	c, _ := startTemporal(t)
-	ctx := context.Background()
-	dir := vmtest.LabDir(t)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	comp := lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
-		Log: quiet, StartVM: vmtest.StartConfig})
-	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, Log: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	defer comp.StopAll(context.Background())
-	for _, u := range []struct{ user, project, role string }{{lab.AdminUser, lab.AdminProject, "admin"}, {demo.DemoUser, "demo", "member"}, {lab.AdminUser, "demo", "admin"}} {
-		if _, err := l.EnsureProject(u.project); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.EnsureUser(u.user, "pw-"+u.user, u.project, u.role); err != nil {
-			t.Fatal(err)
-		}
-	}
-	clouds := filepath.Join(dir, "clouds.yaml")
-	if err := demo.WriteClouds(clouds, l.AuthURL(), "pw-"+lab.AdminUser, "pw-"+demo.DemoUser); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if err := demo.Ensure(ctx, clouds, quiet); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("lab with the demo workload (2 guests, 2 disks each) up in %v", time.Since(start).Round(time.Millisecond))
-
-	admin, err := cloud.Connect(ctx, cloud.Config{Cloud: demo.AdminCloud, CloudsFile: clouds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	repoDir := filepath.Join(dir, "repo")
-	pwFile := filepath.Join(dir, "repo-pw")
-	os.WriteFile(pwFile, []byte("secret"), 0o600)
-	be, _ := local.Open(repoDir)
-	if _, err := repo.Init(ctx, be, repo.InitOptions{Password: "secret"}, repo.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	hostDir := guest.HostDir(dir, "h1")
-	acts := activities.New(activities.Config{
-		Repos:   map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
-		HostDir: hostDir, WorkDir: filepath.Join(dir, "work"), Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Discoverer: &activities.CloudDiscoverer{Client: admin},
-	})
-	defer activities.Shutdown(ctx, acts)
-	startWorkers(t, c, acts, activities.ControlQueue, activities.HostQueue("h1"))
+	e := newLabEnv(t)
+	c, ctx, dir, be := e.temporal, e.ctx, e.dir, e.be
 	req := workflows.BackupRequest{Workload: "demo", Project: "demo", Repository: "main", Consistency: "app",
 		Selector: cloud.Selector{Workload: "demo"}, FreezeTimeout: 20 * time.Second}
 	run := func() *workflows.BackupResult {
@@ -162,17 +108,7 @@ func TestAppConsistentBackupOfLabWorkload(t *testing.T) {
 	}
 
 	// No guest is left frozen.
-	for _, s := range l.Servers() {
-		ag, err := guest.Dial(ctx, filepath.Join(guest.InstanceDir(hostDir, s.InstanceRef.Name), guest.AgentSocketName), guest.Options{Owner: "test"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := ag.FsfreezeStatus(ctx)
-		ag.Close()
-		if err != nil || st != "thawed" {
-			t.Errorf("guest %s after the backups: freeze status %q, %v", s.Name, st, err)
-		}
-	}
+	e.assertThawed(t)
 
 	// Every restored disk: file system clean, records intact up to the backup.
 	r := mustRepo(t, be)

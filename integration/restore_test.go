@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,93 +22,9 @@ import (
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/lab"
-	"github.com/raksha-backup/raksha/internal/lab/demo"
-	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
 	"github.com/raksha-backup/raksha/internal/repo"
-	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 	"github.com/raksha-backup/raksha/workflows"
 )
-
-// labEnv is the lab cloud with the demo workload, a repository, a real
-// Temporal dev server and in-process workers (control and host h1).
-type labEnv struct {
-	t        *testing.T
-	ctx      context.Context
-	dir      string
-	lab      *lab.Lab
-	admin    *cloud.Client
-	temporal client.Client
-	be       *local.Backend
-	repoDir  string
-	hostDir  string
-}
-
-func newLabEnv(t *testing.T) *labEnv { return newLabEnvWith(t, labEnvOptions{}) }
-
-// labEnvOptions vary the lab environment: with RBD the lab keeps its
-// volumes in Ceph (lab.Options.RBD) and a data worker with that ceph.conf
-// runs too.
-type labEnvOptions struct {
-	RBD *lab.RBDConfig
-}
-
-func newLabEnvWith(t *testing.T, o labEnvOptions) *labEnv {
-	img := vmtest.Image(t)
-	c, _ := startTemporal(t)
-	ctx := context.Background()
-	dir := vmtest.LabDir(t)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	comp := lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
-		Log: quiet, StartVM: vmtest.StartConfig})
-	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, RBD: o.RBD, Log: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { comp.StopAll(context.Background()); l.Close() })
-	for _, u := range []struct{ user, project, role string }{{lab.AdminUser, lab.AdminProject, "admin"}, {demo.DemoUser, "demo", "member"},
-		{lab.AdminUser, "demo", "admin"}, {lab.AdminUser, "staging", "admin"}} {
-		if _, err := l.EnsureProject(u.project); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.EnsureUser(u.user, "pw-"+u.user, u.project, u.role); err != nil {
-			t.Fatal(err)
-		}
-	}
-	clouds := filepath.Join(dir, "clouds.yaml")
-	if err := demo.WriteClouds(clouds, l.AuthURL(), "pw-"+lab.AdminUser, "pw-"+demo.DemoUser); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if err := demo.Ensure(ctx, clouds, quiet); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("lab with the demo workload (2 guests, 2 disks each) up in %v", time.Since(start).Round(time.Millisecond))
-	admin, err := cloud.Connect(ctx, cloud.Config{Cloud: demo.AdminCloud, CloudsFile: clouds, PollInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &labEnv{t: t, ctx: ctx, dir: dir, lab: l, admin: admin, temporal: c, repoDir: filepath.Join(dir, "repo"), hostDir: guest.HostDir(dir, "h1")}
-	pwFile := filepath.Join(dir, "repo-pw")
-	os.WriteFile(pwFile, []byte("secret"), 0o600)
-	e.be, _ = local.Open(e.repoDir)
-	if _, err := repo.Init(ctx, e.be, repo.InitOptions{Password: "secret"}, repo.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	queues := []string{activities.ControlQueue, activities.HostQueue("h1")}
-	var cephConf string
-	if o.RBD != nil {
-		cephConf = o.RBD.CephConf
-		queues = append(queues, activities.DataQueue)
-	}
-	acts := activities.New(activities.Config{
-		Repos:   map[string]activities.RepoConfig{"main": {URL: "file://" + e.repoDir, PasswordFile: pwFile}},
-		HostDir: e.hostDir, WorkDir: filepath.Join(dir, "work"), Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Discoverer: &activities.CloudDiscoverer{Client: admin}, CephConf: cephConf,
-	})
-	t.Cleanup(func() { activities.Shutdown(context.Background(), acts) })
-	startWorkers(t, c, acts, queues...)
-	return e
-}
 
 // backup runs an app-consistent backup of the demo workload.
 func (e *labEnv) backup() *workflows.BackupResult {

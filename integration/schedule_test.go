@@ -3,8 +3,6 @@ package integration
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,104 +13,11 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
-	"github.com/raksha-backup/raksha/internal/guest"
-	"github.com/raksha-backup/raksha/internal/lab"
-	"github.com/raksha-backup/raksha/internal/lab/demo"
 	"github.com/raksha-backup/raksha/internal/lab/guestapp"
-	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
 	"github.com/raksha-backup/raksha/internal/repo"
-	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 	"github.com/raksha-backup/raksha/policies"
 	"github.com/raksha-backup/raksha/workflows"
 )
-
-// labDemo is the lab cloud with its demo workload (two real QEMU guests
-// running the in-guest writer, an ephemeral disk and a volume each), a
-// repository "main", and the activities of a control + host worker.
-type labDemo struct {
-	lab     *lab.Lab
-	dir     string
-	hostDir string
-	be      *local.Backend
-	acts    *activities.Activities
-}
-
-// startLabDemo brings up the lab and the demo workload for the test's
-// duration (the same set-up as TestAppConsistentBackupOfLabWorkload).
-func startLabDemo(t *testing.T) *labDemo {
-	t.Helper()
-	img := vmtest.Image(t)
-	ctx := context.Background()
-	dir := vmtest.LabDir(t)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	comp := lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
-		Log: quiet, StartVM: vmtest.StartConfig})
-	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, Log: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	t.Cleanup(func() { comp.StopAll(context.Background()) })
-	for _, u := range []struct{ user, project, role string }{{lab.AdminUser, lab.AdminProject, "admin"}, {demo.DemoUser, "demo", "member"}, {lab.AdminUser, "demo", "admin"}} {
-		if _, err := l.EnsureProject(u.project); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.EnsureUser(u.user, "pw-"+u.user, u.project, u.role); err != nil {
-			t.Fatal(err)
-		}
-	}
-	clouds := filepath.Join(dir, "clouds.yaml")
-	if err := demo.WriteClouds(clouds, l.AuthURL(), "pw-"+lab.AdminUser, "pw-"+demo.DemoUser); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if err := demo.Ensure(ctx, clouds, quiet); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("lab with the demo workload (2 guests, 2 disks each) up in %v", time.Since(start).Round(time.Millisecond))
-	admin, err := cloud.Connect(ctx, cloud.Config{Cloud: demo.AdminCloud, CloudsFile: clouds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	repoDir := filepath.Join(dir, "repo")
-	pwFile := filepath.Join(dir, "repo-pw")
-	if err := os.WriteFile(pwFile, []byte("secret"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	be, err := local.Open(repoDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := repo.Init(ctx, be, repo.InitOptions{Password: "secret"}, repo.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	hostDir := guest.HostDir(dir, "h1")
-	acts := activities.New(activities.Config{
-		Repos:   map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
-		HostDir: hostDir, WorkDir: filepath.Join(dir, "work"),
-		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Discoverer: &activities.CloudDiscoverer{Client: admin},
-	})
-	t.Cleanup(func() { activities.Shutdown(context.Background(), acts) })
-	return &labDemo{lab: l, dir: dir, hostDir: hostDir, be: be, acts: acts}
-}
-
-// assertThawed fails the test if a guest of the lab is frozen.
-func (d *labDemo) assertThawed(t *testing.T) {
-	t.Helper()
-	ctx := context.Background()
-	for _, s := range d.lab.Servers() {
-		ag, err := guest.Dial(ctx, filepath.Join(guest.InstanceDir(d.hostDir, s.InstanceRef.Name), guest.AgentSocketName), guest.Options{Owner: "test"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := ag.FsfreezeStatus(ctx)
-		ag.Close()
-		if err != nil || st != "thawed" {
-			t.Errorf("guest %s: freeze status %q, %v", s.Name, st, err)
-		}
-	}
-}
 
 // TestPolicyScheduleRunsRealBackup is a policy's schedule end to end: the
 // demo example policy, applied as a Temporal Schedule on a real dev

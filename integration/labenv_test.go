@@ -1,0 +1,147 @@
+package integration
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+
+	"github.com/raksha-backup/raksha/activities"
+	"github.com/raksha-backup/raksha/internal/cloud"
+	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/lab"
+	"github.com/raksha-backup/raksha/internal/lab/demo"
+	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
+	"github.com/raksha-backup/raksha/internal/repo"
+	"github.com/raksha-backup/raksha/internal/repo/backend/local"
+)
+
+// labDemo is the lab cloud with its demo workload (two real QEMU guests
+// running the in-guest writer, an ephemeral disk and a volume each), a
+// repository "main", and the activities of a control + host (+ data, with
+// RBD) worker. Projects demo and staging exist; the admin has the admin
+// role in both.
+type labDemo struct {
+	t       *testing.T
+	ctx     context.Context
+	dir     string
+	lab     *lab.Lab
+	admin   *cloud.Client
+	be      *local.Backend
+	repoDir string
+	hostDir string
+	acts    *activities.Activities
+}
+
+// labEnvOptions vary the lab environment: with RBD the lab keeps its
+// volumes in Ceph (lab.Options.RBD) and a data worker with that ceph.conf
+// runs too.
+type labEnvOptions struct {
+	RBD *lab.RBDConfig
+}
+
+// startLabDemo brings up the lab and the demo workload for the test's
+// duration.
+func startLabDemo(t *testing.T) *labDemo { return startLabDemoWith(t, labEnvOptions{}) }
+
+func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
+	t.Helper()
+	img := vmtest.Image(t)
+	ctx := context.Background()
+	dir := vmtest.LabDir(t)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	comp := lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
+		Log: quiet, StartVM: vmtest.StartConfig})
+	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, RBD: o.RBD, Log: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { comp.StopAll(context.Background()); l.Close() })
+	for _, u := range []struct{ user, project, role string }{{lab.AdminUser, lab.AdminProject, "admin"}, {demo.DemoUser, "demo", "member"},
+		{lab.AdminUser, "demo", "admin"}, {lab.AdminUser, "staging", "admin"}} {
+		if _, err := l.EnsureProject(u.project); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.EnsureUser(u.user, "pw-"+u.user, u.project, u.role); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clouds := filepath.Join(dir, "clouds.yaml")
+	if err := demo.WriteClouds(clouds, l.AuthURL(), "pw-"+lab.AdminUser, "pw-"+demo.DemoUser); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := demo.Ensure(ctx, clouds, quiet); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lab with the demo workload (2 guests, 2 disks each) up in %v", time.Since(start).Round(time.Millisecond))
+	admin, err := cloud.Connect(ctx, cloud.Config{Cloud: demo.AdminCloud, CloudsFile: clouds, PollInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &labDemo{t: t, ctx: ctx, dir: dir, lab: l, admin: admin, repoDir: filepath.Join(dir, "repo"), hostDir: guest.HostDir(dir, "h1")}
+	pwFile := filepath.Join(dir, "repo-pw")
+	if err := os.WriteFile(pwFile, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if d.be, err = local.Open(d.repoDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Init(ctx, d.be, repo.InitOptions{Password: "secret"}, repo.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	cephConf := ""
+	if o.RBD != nil {
+		cephConf = o.RBD.CephConf
+	}
+	d.acts = activities.New(activities.Config{
+		Repos:   map[string]activities.RepoConfig{"main": {URL: "file://" + d.repoDir, PasswordFile: pwFile}},
+		HostDir: d.hostDir, WorkDir: filepath.Join(dir, "work"),
+		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Discoverer: &activities.CloudDiscoverer{Client: admin}, CephConf: cephConf,
+	})
+	t.Cleanup(func() { activities.Shutdown(context.Background(), d.acts) })
+	return d
+}
+
+// assertThawed fails the test if a guest of the lab is frozen.
+func (d *labDemo) assertThawed(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	for _, s := range d.lab.Servers() {
+		ag, err := guest.Dial(ctx, filepath.Join(guest.InstanceDir(d.hostDir, s.InstanceRef.Name), guest.AgentSocketName), guest.Options{Owner: "test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := ag.FsfreezeStatus(ctx)
+		ag.Close()
+		if err != nil || st != "thawed" {
+			t.Errorf("guest %s: freeze status %q, %v", s.Name, st, err)
+		}
+	}
+}
+
+// labEnv is labDemo with a real Temporal dev server and in-process workers
+// (control and host h1; data too with RBD).
+type labEnv struct {
+	*labDemo
+	temporal client.Client
+}
+
+func newLabEnv(t *testing.T) *labEnv { return newLabEnvWith(t, labEnvOptions{}) }
+
+func newLabEnvWith(t *testing.T, o labEnvOptions) *labEnv {
+	c, _ := startTemporal(t)
+	d := startLabDemoWith(t, o)
+	queues := []string{activities.ControlQueue, activities.HostQueue("h1")}
+	if o.RBD != nil {
+		queues = append(queues, activities.DataQueue)
+	}
+	startWorkers(t, c, d.acts, queues...)
+	return &labEnv{labDemo: d, temporal: c}
+}
