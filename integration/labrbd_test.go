@@ -429,6 +429,25 @@ func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 	}
 	e.guestCheck(e.serverByName("demo-2").InstanceRef.Name)
 
+	// A Cinder snapshot of the running guest's volume is an RBD snapshot
+	// taken while QEMU holds the image.
+	sid, err := dc.CreateSnapshot(ctx, v2ID, cloud.SnapshotOpts{Name: "live", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dc.WaitSnapshot(ctx, sid, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if out := rbdCLI(t, cl.CephConf, "snap", "ls", "rbd/volume-"+v2ID); !strings.Contains(out, "snapshot-"+sid) {
+		t.Errorf("rbd snap ls after a Cinder snapshot of the attached volume: %s", out)
+	}
+	if err := dc.DeleteSnapshot(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	if err := dc.WaitSnapshotGone(ctx, sid, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+
 	// demo-1 is deleted and restored: a new server on a new RBD volume,
 	// whose guest finds every record of the backup intact.
 	if err := e.admin.DeleteServer(ctx, e.serverByName("demo-1").ID); err != nil {
