@@ -223,7 +223,10 @@ func (c *Client) captureVolumes(ctx context.Context, m *ServerMeta, s *servers.S
 func (c *Client) rbdLocator(ctx context.Context, attachmentID string) (l Locator, ok bool) {
 	a, err := attachments.Get(ctx, c.volume, attachmentID).Extract()
 	if err != nil {
-		c.log.Debug("capture: volume attachment not readable", "attachment", attachmentID, "err", err)
+		// Not silent: an RBD volume read through qemu: works, but without
+		// RBD snapshot diffs and only on its compute host.
+		c.log.Warn("capture: volume attachment not readable; the volume is read through its QEMU host (qemu: locator)",
+			"attachment", attachmentID, "err", err)
 		return Locator{}, false
 	}
 	info := a.ConnectionInfo
