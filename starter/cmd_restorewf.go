@@ -44,6 +44,7 @@ func (rf *restoreFlags) add(c *cobra.Command, clone bool) {
 	f.StringArrayVar(&rf.flavors, "map-flavor", nil, "OLD=NEW: use flavor NEW instead of OLD (repeatable)")
 	f.BoolVar(&rf.req.KeepFixedIPs, "keep-ips", false, "ask for the captured fixed IPs on networks that are not remapped")
 	f.BoolVar(&rf.wait, "wait", false, "wait and show progress")
+	f.IntVar(&rf.req.MaxParallelWrites, "parallel-writes", 0, fmt.Sprintf("disks written at once (default %d)", workflows.DefaultParallelWrites))
 	if clone {
 		f.StringVar(&rf.req.Project, "to-project", "", "project to clone into (required)")
 		f.StringArrayVar(&rf.postHooks, "post-hook", nil, "shell command to run in every cloned guest after it booted (repeatable; e.g. data masking)")

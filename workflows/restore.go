@@ -50,7 +50,13 @@ type RestoreRequest struct {
 	// Operation is "restore" or "clone" (the RakshaOperation search
 	// attribute); set by the workflow.
 	Operation string `json:"operation,omitempty"`
+	// MaxParallelWrites caps the disks written at once (0:
+	// DefaultParallelWrites); each write fetches chunks in parallel itself.
+	MaxParallelWrites int `json:"max_parallel_writes,omitempty"`
 }
+
+// DefaultParallelWrites is how many disks a restore writes at once.
+const DefaultParallelWrites = 8
 
 // RestoredServer is a server a restore made (or rolled back).
 type RestoredServer struct {
@@ -258,9 +264,37 @@ type diskJob struct {
 // disconnects the volumes again.
 func (run *restoreRun) writeDisks(ctx workflow.Context, jobs []diskJob) error {
 	start := workflow.Now(ctx)
-	futures := make([]workflow.Future, len(jobs))
+	limit := run.req.MaxParallelWrites
+	if limit <= 0 {
+		limit = DefaultParallelWrites
+	}
 	var firstErr error
+	sel := workflow.NewSelector(ctx)
+	inflight := 0
+	collect := func(i int) func(workflow.Future) {
+		return func(f workflow.Future) {
+			inflight--
+			var r activities.WriteDiskResult
+			if err := f.Get(ctx, &r); err != nil {
+				if firstErr == nil {
+					firstErr = fmt.Errorf("write disk %s: %w", jobs[i].disk.Manifest, err)
+				}
+				return
+			}
+			run.res.Disks = append(run.res.Disks, r)
+			run.res.Bytes += r.Size
+			run.res.BytesFetched += r.BytesFetched
+			run.prog.DisksDone++
+			run.prog.BytesDone += r.Size
+		}
+	}
 	for i := range jobs {
+		for inflight >= limit {
+			sel.Select(ctx)
+		}
+		if firstErr != nil {
+			break // no new writes after a failure; the running ones finish
+		}
 		j := &jobs[i]
 		if j.volume != "" {
 			var conn cloud.Connection
@@ -271,25 +305,13 @@ func (run *restoreRun) writeDisks(ctx workflow.Context, jobs []diskJob) error {
 			}
 			j.target, j.queue = activities.TargetFor(&conn)
 		}
-		futures[i] = workflow.ExecuteActivity(writeOpts(ctx, j.queue), a.WriteDisk, activities.WriteDiskInput{
+		f := workflow.ExecuteActivity(writeOpts(ctx, j.queue), a.WriteDisk, activities.WriteDiskInput{
 			Repository: run.req.Repository, Manifest: j.disk.Manifest, Target: j.target})
+		inflight++
+		sel.AddFuture(f, collect(i))
 	}
-	for i, f := range futures {
-		if f == nil {
-			continue
-		}
-		var r activities.WriteDiskResult
-		if err := f.Get(ctx, &r); err != nil {
-			if firstErr == nil {
-				firstErr = fmt.Errorf("write disk %s: %w", jobs[i].disk.Manifest, err)
-			}
-			continue
-		}
-		run.res.Disks = append(run.res.Disks, r)
-		run.res.Bytes += r.Size
-		run.res.BytesFetched += r.BytesFetched
-		run.prog.DisksDone++
-		run.prog.BytesDone += r.Size
+	for inflight > 0 {
+		sel.Select(ctx)
 	}
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	for _, j := range jobs {

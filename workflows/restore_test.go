@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/temporal"
@@ -372,5 +373,33 @@ func TestRestoreSweepsStrays(t *testing.T) {
 	}
 	if f.volumes["stray-vol"] || len(f.volumes) != 2 || len(f.servers) != 2 {
 		t.Errorf("after the sweep: volumes %v servers %v", f.volumes, f.servers)
+	}
+}
+
+// TestRestoreCapsParallelWrites: with MaxParallelWrites 1 the disks are
+// written one at a time; every disk is still written once.
+func TestRestoreCapsParallelWrites(t *testing.T) {
+	f := newRestoreFixture(t)
+	var mu sync.Mutex
+	running, peak := 0, 0
+	f.writeDisk = func(in activities.WriteDiskInput) (*activities.WriteDiskResult, error) {
+		mu.Lock()
+		running++
+		peak = max(peak, running)
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return &activities.WriteDiskResult{Manifest: in.Manifest, Size: 1 << 30}, nil
+	}
+	f.env.ExecuteWorkflow(Restore, RestoreRequest{Repository: "main", BackupID: "b1", MaxParallelWrites: 1})
+	if err := f.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var res RestoreResult
+	f.env.GetWorkflowResult(&res)
+	if peak != 1 || len(res.Disks) != 4 || f.rec.count("write ") != 4 {
+		t.Errorf("peak %d parallel writes, %d disks written (calls %v)", peak, len(res.Disks), f.rec.calls)
 	}
 }
