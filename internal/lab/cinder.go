@@ -475,6 +475,19 @@ func (l *Lab) showCinderAttachment(w http.ResponseWriter, r *http.Request, c *ca
 }
 
 func (l *Lab) volumeMetadata(w http.ResponseWriter, r *http.Request, c *call) error {
+	return l.metadata(w, r, func() (*map[string]string, func(), error) {
+		v, err := l.visibleVolume(c, r.PathValue("id"))
+		if err != nil {
+			return nil, nil, err
+		}
+		return &v.Metadata, func() { v.Updated = time.Now() }, nil
+	})
+}
+
+// metadata serves GET (show), PUT (replace) and POST (merge) of a
+// resource's metadata, as Nova and Cinder do. find runs under the lab's
+// lock and returns the resource's metadata and what to do when it changes.
+func (l *Lab) metadata(w http.ResponseWriter, r *http.Request, find func() (*map[string]string, func(), error)) error {
 	var body struct {
 		Metadata map[string]string `json:"metadata"`
 	}
@@ -485,24 +498,28 @@ func (l *Lab) volumeMetadata(w http.ResponseWriter, r *http.Request, c *call) er
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	v, err := l.visibleVolume(c, r.PathValue("id"))
+	md, touched, err := find()
 	if err != nil {
 		return err
 	}
 	switch r.Method {
 	case http.MethodPut:
-		v.Metadata = body.Metadata
+		*md = body.Metadata
 	case http.MethodPost:
+		if *md == nil {
+			*md = map[string]string{}
+		}
 		for k, val := range body.Metadata {
-			v.Metadata[k] = val
+			(*md)[k] = val
 		}
 	}
 	if r.Method != http.MethodGet {
+		touched()
 		if err := l.saveLocked(); err != nil {
 			return err
 		}
 	}
-	l.writeJSON(w, http.StatusOK, map[string]any{"metadata": nonNilMap(v.Metadata)})
+	l.writeJSON(w, http.StatusOK, map[string]any{"metadata": nonNilMap(*md)})
 	return nil
 }
 

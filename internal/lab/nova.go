@@ -965,36 +965,13 @@ func (l *Lab) serverAction(w http.ResponseWriter, r *http.Request, c *call) erro
 func has(m map[string]json.RawMessage, k string) bool { _, ok := m[k]; return ok }
 
 func (l *Lab) serverMetadata(w http.ResponseWriter, r *http.Request, c *call) error {
-	var body struct {
-		Metadata map[string]string `json:"metadata"`
-	}
-	if r.Method != http.MethodGet {
-		if err := decodeBody(r, &body); err != nil {
-			return err
+	return l.metadata(w, r, func() (*map[string]string, func(), error) {
+		s, err := l.visibleServer(c, r.PathValue("id"))
+		if err != nil {
+			return nil, nil, err
 		}
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s, err := l.visibleServer(c, r.PathValue("id"))
-	if err != nil {
-		return err
-	}
-	switch r.Method {
-	case http.MethodPut:
-		s.Metadata = body.Metadata
-	case http.MethodPost:
-		for k, v := range body.Metadata {
-			s.Metadata[k] = v
-		}
-	}
-	if r.Method != http.MethodGet {
-		s.Updated = time.Now()
-		if err := l.saveLocked(); err != nil {
-			return err
-		}
-	}
-	l.writeJSON(w, http.StatusOK, map[string]any{"metadata": nonNilMap(s.Metadata)})
-	return nil
+		return &s.Metadata, func() { s.Updated = time.Now() }, nil
+	})
 }
 
 func (l *Lab) serverMetadataItem(w http.ResponseWriter, r *http.Request, c *call) error {
