@@ -430,3 +430,38 @@ func TestServerLifecycleAndSnapshotForce(t *testing.T) {
 	}
 	_ = time.Second
 }
+
+// TestMetadataShowReplaceMerge: Nova's and Cinder's metadata calls — POST
+// merges, PUT replaces, GET shows — on a server and on a volume.
+func TestMetadataShowReplaceMerge(t *testing.T) {
+	needQemuImg(t)
+	l := startTestLab(t, t.TempDir(), newTestCompute())
+	defer l.Close()
+	c := login(t, l, AdminUser, testAdminPassword, AdminProject)
+	var images struct{ Images []struct{ ID string } }
+	c.do("GET", "/image/v2/images?name="+GuestImage, nil, &images)
+	var created struct{ Server struct{ ID string } }
+	if st := c.do("POST", "/compute/v2.1/servers", obj{"server": obj{"name": "m-1", "flavorRef": "1", "imageRef": images.Images[0].ID,
+		"networks": "none", "metadata": obj{"a": "1"}}}, &created); st != 202 {
+		t.Fatalf("create server: %d", st)
+	}
+	vol := c.createVolume("m-vol", 1)
+	l.Wait()
+	for _, base := range []string{"/compute/v2.1/servers/" + created.Server.ID, "/volume/v3/{project}/volumes/" + vol} {
+		var md struct{ Metadata map[string]string }
+		if st := c.do("POST", base+"/metadata", obj{"metadata": obj{"b": "2"}}, &md); st != 200 || md.Metadata["b"] != "2" {
+			t.Fatalf("%s: merge: %d %v", base, st, md.Metadata)
+		}
+		md.Metadata = nil // Unmarshal merges into a map it is given
+		if st := c.do("PUT", base+"/metadata", obj{"metadata": obj{"c": "3"}}, &md); st != 200 || len(md.Metadata) != 1 || md.Metadata["c"] != "3" {
+			t.Fatalf("%s: replace: %d %v", base, st, md.Metadata)
+		}
+		md.Metadata = nil
+		if st := c.do("GET", base+"/metadata", nil, &md); st != 200 || len(md.Metadata) != 1 || md.Metadata["c"] != "3" {
+			t.Fatalf("%s: show: %d %v", base, st, md.Metadata)
+		}
+		if st := c.do("GET", base+"-nope/metadata", nil, nil); st != 404 {
+			t.Errorf("%s: metadata of a missing resource: %d, want 404", base, st)
+		}
+	}
+}
