@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,6 +21,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
+	"gopkg.in/yaml.v3"
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
@@ -33,6 +38,40 @@ type restoreFlags struct {
 	health    string
 	noLabel   bool
 	wait      bool
+	mapFile   string
+}
+
+// restoreMap is the mapping file of --map-file: what to use instead of the
+// captured networks and flavors (names or ids), e.g.
+//
+//	networks: {prod-net: staging-net}
+//	flavors: {m1.large: m1.small}
+type restoreMap struct {
+	Networks map[string]string `yaml:"networks"`
+	Flavors  map[string]string `yaml:"flavors"`
+}
+
+// readMapFile reads a mapping file; unknown keys and empty names are
+// errors naming the file and the line.
+func readMapFile(path string) (*restoreMap, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usagef("--map-file: %v", err)
+	}
+	var m restoreMap
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&m); err != nil && !errors.Is(err, io.EOF) {
+		return nil, usagef("--map-file %s: %v", path, err)
+	}
+	for what, mm := range map[string]map[string]string{"networks": m.Networks, "flavors": m.Flavors} {
+		for k, v := range mm {
+			if k == "" || v == "" {
+				return nil, usagef("--map-file %s: %s: an empty name in %q: %q", path, what, k, v)
+			}
+		}
+	}
+	return &m, nil
 }
 
 func (rf *restoreFlags) add(c *cobra.Command, clone bool) {
@@ -42,6 +81,7 @@ func (rf *restoreFlags) add(c *cobra.Command, clone bool) {
 	f.StringVar(&rf.req.NamePrefix, "name-prefix", "", "put this before the names of new servers and volumes")
 	f.StringArrayVar(&rf.networks, "map-network", nil, "OLD=NEW: put ports of network OLD (name or id) on NEW (repeatable)")
 	f.StringArrayVar(&rf.flavors, "map-flavor", nil, "OLD=NEW: use flavor NEW instead of OLD (repeatable)")
+	f.StringVar(&rf.mapFile, "map-file", "", "YAML mapping file {networks: {OLD: NEW}, flavors: {OLD: NEW}}; --map-network/--map-flavor win over it")
 	f.BoolVar(&rf.req.KeepFixedIPs, "keep-ips", false, "ask for the captured fixed IPs on networks that are not remapped")
 	f.BoolVar(&rf.wait, "wait", false, "wait and show progress")
 	f.IntVar(&rf.req.MaxParallelWrites, "parallel-writes", 0, fmt.Sprintf("disks written at once (default %d)", workflows.DefaultParallelWrites))
@@ -72,6 +112,17 @@ func parseMap(flag string, pairs []string) (map[string]string, error) {
 	return m, nil
 }
 
+// mergeMap is base with over's entries on top (nil when both are empty).
+func mergeMap(base, over map[string]string) map[string]string {
+	if len(base) == 0 && len(over) == 0 {
+		return nil
+	}
+	out := map[string]string{}
+	maps.Copy(out, base)
+	maps.Copy(out, over)
+	return out
+}
+
 func shellHook(name, cmd string) activities.Hook {
 	return activities.Hook{Name: name, Path: "/bin/sh", Args: []string{"-c", cmd}}
 }
@@ -88,6 +139,14 @@ func (rf *restoreFlags) finish(backup string) error {
 	}
 	if rf.req.Flavors, err = parseMap("map-flavor", rf.flavors); err != nil {
 		return err
+	}
+	if rf.mapFile != "" {
+		m, err := readMapFile(rf.mapFile)
+		if err != nil {
+			return err
+		}
+		rf.req.Networks = mergeMap(m.Networks, rf.req.Networks)
+		rf.req.Flavors = mergeMap(m.Flavors, rf.req.Flavors)
 	}
 	for i, h := range rf.postHooks {
 		rf.req.PostHooks = append(rf.req.PostHooks, shellHook(fmt.Sprintf("post-hook-%d", i+1), h))
