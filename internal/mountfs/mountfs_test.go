@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -340,6 +342,9 @@ func TestMountExt4(t *testing.T) {
 // -u end the serving; Unmount refuses what is not a raksha mount.
 func TestMountUnmountFromOutside(t *testing.T) {
 	needFUSE(t)
+	// It hung once in a CI run (100% CPU, then a thread in D state on its
+	// own mount, holding go test's output): fail fast instead.
+	watchdog(t, 2*time.Minute)
 	staging := stage(t)
 	r, diskID, _ := backedUp(t, staging, "32M")
 	ctx := context.Background()
@@ -621,4 +626,83 @@ func TestMountCraftedNames(t *testing.T) {
 	}
 	must(t, m.Unmount())
 	assertClean(t, dir)
+}
+
+// watchdog ends a test that hangs on its own FUSE mount: after d it aborts
+// the FUSE connection of every raksha mount under the test's temporary
+// directories (through fusectl, without touching the mounts, which may not
+// answer), so that no thread stays in D state holding go test's output, and
+// panics with every goroutine's stack.
+func watchdog(t *testing.T, d time.Duration) {
+	name, under := t.Name(), filepath.Dir(t.TempDir())+string(filepath.Separator)
+	timer := time.AfterFunc(d, func() {
+		debug.SetTraceback("all")
+		aborted := abortRakshaFUSE(under)
+		panic(fmt.Sprintf("%s hung for %v; aborted FUSE connections %v", name, d, aborted))
+	})
+	t.Cleanup(func() { timer.Stop() })
+}
+
+// abortRakshaFUSE aborts the FUSE connections of the raksha mounts whose
+// mount point starts with under (other tests' mounts in the same mount
+// namespace are left alone), read from /proc/self/mountinfo (FUSE's
+// connection id is the mount's device number: major 0, the minor).
+func abortRakshaFUSE(under string) []string {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	const ctl = "/sys/fs/fuse/connections"
+	if _, err := os.Stat(ctl + "/."); err == nil {
+		_ = syscall.Mount("none", ctl, "fusectl", 0, "") // EBUSY when mounted already
+	}
+	var aborted []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		i := slices.Index(f, "-")
+		if i < 0 || i+1 >= len(f) || f[i+1] != FSType || len(f) < 5 || !strings.HasPrefix(unescape(f[4]), under) {
+			continue
+		}
+		_, minor, ok := strings.Cut(f[2], ":")
+		if !ok {
+			continue
+		}
+		if os.WriteFile(filepath.Join(ctl, minor, "abort"), []byte("1"), 0o200) == nil {
+			aborted = append(aborted, unescape(f[4]))
+		}
+	}
+	return aborted
+}
+
+// TestWatchdogAbortsMounts checks the watchdog's escape hatch: aborting the
+// FUSE connection of a live mount makes it answer ENOTCONN at once, and
+// the mount can still be unmounted.
+func TestWatchdogAbortsMounts(t *testing.T) {
+	needFUSE(t)
+	staging := stage(t)
+	r, diskID, _ := backedUp(t, staging, "32M")
+	ctx := context.Background()
+	d, err := r.OpenDisk(ctx, diskID, repo.ReaderOptions{})
+	must(t, err)
+	x, err := filerestore.Open(d, d.Size())
+	must(t, err)
+	dir := t.TempDir()
+	m, err := MountExt4(dir, x, Options{})
+	must(t, err)
+	aborted := abortRakshaFUSE(dir)
+	if !slices.Equal(aborted, []string{dir}) {
+		t.Fatalf("aborted %v, want %s among them", aborted, dir)
+	}
+	if _, err := os.ReadDir(dir); !errors.Is(err, syscall.ENOTCONN) {
+		t.Errorf("read of an aborted mount: %v, want ENOTCONN", err)
+	}
+	must(t, Unmount(ctx, dir, false))
+	select {
+	case <-m.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the aborted file system is still served")
+	}
+	if mi, err := mounted(dir); err != nil || mi != nil {
+		t.Errorf("after unmount: %+v %v", mi, err)
+	}
 }
