@@ -19,6 +19,7 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/raksha-backup/raksha/activities"
@@ -196,15 +197,16 @@ func runFakeBackup(t *testing.T, c client.Client, id string, req workflows.Backu
 	return &res, history(t, c, id, run.GetRunID()), run.GetRunID()
 }
 
-// TestRecordBackupHistories records WorkloadBackup histories for the replay
-// tests of package workflows (workflows/testdata/history-*.json) when
-// RAKSHA_RECORD_HISTORIES names the directory to write them to. Files that
-// exist are kept: each is the code of the commit that recorded it (the
-// 2vms and 40disks ones predate the child copy workflows).
+// TestRecordBackupHistories records WorkloadBackup histories on a real
+// server and replays each with today's code. With RAKSHA_RECORD_HISTORIES
+// naming a directory (workflows/testdata) it keeps them there for the replay
+// tests of package workflows; files that exist are kept: each is the code of
+// the commit that recorded it (the 2vms and 40disks ones predate the child
+// copy workflows). Without it they go to a temporary directory.
 func TestRecordBackupHistories(t *testing.T) {
 	dir := os.Getenv("RAKSHA_RECORD_HISTORIES")
 	if dir == "" {
-		t.Skip("RAKSHA_RECORD_HISTORIES not set: nothing to record")
+		dir = t.TempDir()
 	}
 	c, _ := startTemporal(t)
 	f := &fakeActs{}
@@ -228,9 +230,18 @@ func TestRecordBackupHistories(t *testing.T) {
 			continue
 		}
 		f.vms = fakeWorkload(tc.vms, tc.disks)
-		res, h, _ := runFakeBackup(t, c, "backup/"+tc.req.Workload, tc.req)
+		id := "backup/" + tc.req.Workload
+		res, h, _ := runFakeBackup(t, c, id, tc.req)
 		if tc.name == "copydisks" {
-			h = history(t, c, workflows.CopyWorkflowID("backup/"+tc.req.Workload, res.BackupID, 1), "")
+			id = workflows.CopyWorkflowID(id, res.BackupID, 1)
+			h = history(t, c, id, "")
+		}
+		rp := worker.NewWorkflowReplayer()
+		registerBackupWorkflows(rp)
+		runID := h.Events[0].GetWorkflowExecutionStartedEventAttributes().GetOriginalExecutionRunId()
+		if err := rp.ReplayWorkflowHistoryWithOptions(nil, h, worker.ReplayWorkflowHistoryOptions{
+			OriginalExecution: workflow.Execution{ID: id, RunID: runID}}); err != nil {
+			t.Fatalf("%s: today's code does not replay the history it just made: %v", tc.name, err)
 		}
 		b, err := protojson.MarshalOptions{Indent: "  "}.Marshal(h)
 		if err != nil {
@@ -244,7 +255,7 @@ func TestRecordBackupHistories(t *testing.T) {
 }
 
 // registerBackupWorkflows registers WorkloadBackup and what it starts.
-func registerBackupWorkflows(w worker.Worker) {
+func registerBackupWorkflows(w worker.WorkflowRegistry) {
 	w.RegisterWorkflow(workflows.WorkloadBackup)
 	w.RegisterWorkflow(workflows.CopyDisks)
 }
