@@ -25,7 +25,6 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
-	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/workflows"
 )
 
@@ -252,53 +251,23 @@ func (a *app) printRestoreResult(res *workflows.RestoreResult) error {
 // followRestore shows a restore's progress: the phase (query) and the
 // pending WriteDisk heartbeats (describe).
 func (a *app) followRestore(ctx context.Context, c client.Client, run client.WorkflowRun) (*workflows.RestoreResult, error) {
-	done := make(chan error, 1)
 	var res workflows.RestoreResult
-	go func() { done <- run.Get(ctx, &res) }()
-	var bar *progressReporter
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	lastPhase := ""
-	for {
-		select {
-		case err := <-done:
-			if bar != nil {
-				bar.finish()
-			}
-			if err != nil {
-				return nil, err
-			}
-			return &res, nil
-		case <-tick.C:
-			var p workflows.RestoreProgress
-			if v, err := c.QueryWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.ProgressQuery); err == nil {
-				_ = v.Get(&p)
-			}
-			if p.Phase != lastPhase && p.Phase != "" {
-				fmt.Fprintf(a.stderr, "phase: %s\n", p.Phase)
-				lastPhase = p.Phase
-			}
-			if !strings.HasPrefix(p.Phase, "writing") {
-				continue
-			}
-			doneBytes := p.BytesDone
-			if desc, err := c.DescribeWorkflowExecution(ctx, run.GetID(), run.GetRunID()); err == nil {
-				for _, pa := range desc.GetPendingActivities() {
-					var wp activities.WriteDiskProgress
-					if pa.GetActivityType().GetName() == "WriteDisk" && pa.GetHeartbeatDetails() != nil &&
-						converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &wp) == nil {
-						doneBytes += wp.Done
-					}
-				}
-			}
-			if p.BytesTotal > 0 {
-				if bar == nil {
-					bar = a.newProgress("restore", p.BytesTotal)
-				}
-				bar.update(repo.Progress{Done: min(doneBytes, p.BytesTotal), Total: p.BytesTotal})
-			}
+	err := a.followRun(ctx, c, run, &res, "restore", func() (string, int64, int64) {
+		var p workflows.RestoreProgress
+		if v, err := c.QueryWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.ProgressQuery); err == nil {
+			_ = v.Get(&p)
 		}
+		if !strings.HasPrefix(p.Phase, "writing") {
+			return p.Phase, 0, 0
+		}
+		doneBytes := p.BytesDone
+		forPending(ctx, c, run.GetID(), run.GetRunID(), "WriteDisk", func(wp *activities.WriteDiskProgress) { doneBytes += wp.Done })
+		return p.Phase, min(doneBytes, p.BytesTotal), p.BytesTotal
+	})
+	if err != nil {
+		return nil, err
 	}
+	return &res, nil
 }
 
 // listRuns lists the workflows of an operation (restore, clone) from

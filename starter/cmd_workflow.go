@@ -147,64 +147,84 @@ func (a *app) backupStartCmd() *cobra.Command {
 // follow shows a running backup's progress — the workflow's phase (query)
 // and the pending copies' heartbeats (describe) — until it ends.
 func (a *app) follow(ctx context.Context, c client.Client, run client.WorkflowRun) (*workflows.BackupResult, error) {
-	done := make(chan error, 1)
 	var res workflows.BackupResult
-	go func() { done <- run.Get(ctx, &res) }()
+	err := a.followRun(ctx, c, run, &res, "copy", func() (string, int64, int64) {
+		var p workflows.Progress
+		if v, err := c.QueryWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.ProgressQuery); err == nil {
+			_ = v.Get(&p)
+		}
+		if p.Phase != "copy" {
+			return p.Phase, 0, 0
+		}
+		// The copies run in the backup itself or, for a large workload,
+		// in its CopyDisks children.
+		var doneBytes, total int64
+		for i, id := range append([]string{run.GetID()}, p.CopyWorkflows...) {
+			runID := ""
+			if i == 0 {
+				runID = run.GetRunID()
+			}
+			forPending(ctx, c, id, runID, "CopyDisk", func(cp *activities.CopyProgress) {
+				doneBytes += cp.Done
+				total += cp.Total
+			})
+		}
+		return p.Phase, doneBytes, total
+	})
+	if err != nil {
+		return nil, fmt.Errorf("backup failed: %w", err)
+	}
+	return &res, nil
+}
+
+// followRun waits for run's result in out, printing each new phase and
+// feeding a progress bar named label. poll, called every half second,
+// returns the phase and, when known (total > 0), the bytes done.
+func (a *app) followRun(ctx context.Context, c client.Client, run client.WorkflowRun, out any, label string,
+	poll func() (phase string, done, total int64)) error {
+	finished := make(chan error, 1)
+	go func() { finished <- run.Get(ctx, out) }()
 	var bar *progressReporter
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	lastPhase := ""
 	for {
 		select {
-		case err := <-done:
+		case err := <-finished:
 			if bar != nil {
 				bar.finish()
 			}
-			if err != nil {
-				return nil, fmt.Errorf("backup failed: %w", err)
-			}
-			return &res, nil
+			return err
 		case <-tick.C:
-			var p workflows.Progress
-			if v, err := c.QueryWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.ProgressQuery); err == nil {
-				_ = v.Get(&p)
-			}
-			if p.Phase != lastPhase && p.Phase != "" {
-				fmt.Fprintf(a.stderr, "phase: %s\n", p.Phase)
-				lastPhase = p.Phase
-			}
-			if p.Phase != "copy" {
-				continue
-			}
-			// The copies run in the backup itself or, for a large
-			// workload, in its CopyDisks children.
-			var doneBytes, total int64
-			for i, id := range append([]string{run.GetID()}, p.CopyWorkflows...) {
-				runID := ""
-				if i == 0 {
-					runID = run.GetRunID()
-				}
-				desc, err := c.DescribeWorkflowExecution(ctx, id, runID)
-				if err != nil {
-					continue
-				}
-				for _, pa := range desc.GetPendingActivities() {
-					if pa.GetActivityType().GetName() != "CopyDisk" || pa.GetHeartbeatDetails() == nil {
-						continue
-					}
-					var cp activities.CopyProgress
-					if err := converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &cp); err == nil {
-						doneBytes += cp.Done
-						total += cp.Total
-					}
-				}
+			phase, done, total := poll()
+			if phase != lastPhase && phase != "" {
+				fmt.Fprintf(a.stderr, "phase: %s\n", phase)
+				lastPhase = phase
 			}
 			if total > 0 {
 				if bar == nil {
-					bar = a.newProgress("copy", total)
+					bar = a.newProgress(label, total)
 				}
-				bar.update(repo.Progress{Done: doneBytes, Total: total})
+				bar.update(repo.Progress{Done: done, Total: total})
 			}
+		}
+	}
+}
+
+// forPending calls fn with the heartbeat details of every pending activity
+// of type activityType in workflow id (runID "" for the latest run).
+func forPending[T any](ctx context.Context, c client.Client, id, runID, activityType string, fn func(*T)) {
+	desc, err := c.DescribeWorkflowExecution(ctx, id, runID)
+	if err != nil {
+		return
+	}
+	for _, pa := range desc.GetPendingActivities() {
+		if pa.GetActivityType().GetName() != activityType || pa.GetHeartbeatDetails() == nil {
+			continue
+		}
+		var v T
+		if converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &v) == nil {
+			fn(&v)
 		}
 	}
 }
