@@ -20,14 +20,15 @@ import (
 // ErrNotFound is returned when the path asked for is not in the file system.
 var ErrNotFound = errors.New("no such file or directory in the backup")
 
-// maxDepth bounds directory nesting (crafted images could nest forever).
-const maxDepth = 512
+// MaxDepth bounds directory nesting (crafted images could nest forever);
+// every extraction of a backup's tree holds to it.
+const MaxDepth = 512
 
-// maxLinkHops bounds symlinks followed while looking up the requested path.
-const maxLinkHops = 40
+// MaxLinkHops bounds symlinks followed while looking up the requested path.
+const MaxLinkHops = 40
 
-// copyPiece is the most file data held in memory at once.
-const copyPiece = 1 << 20
+// CopyPiece is the most file data an extraction holds in memory at once.
+const CopyPiece = 1 << 20
 
 // Stats count what Extract wrote.
 type Stats struct {
@@ -131,7 +132,7 @@ func (f *fsys) lookup(ctx context.Context, p string) (uint32, error) {
 					return 0, "", fmt.Errorf("%s: %w", here, err)
 				}
 				if nin.isLink() {
-					if hops++; hops > maxLinkHops {
+					if hops++; hops > MaxLinkHops {
 						return 0, "", fmt.Errorf("%s: too many levels of symbolic links", here)
 					}
 					target, err := f.readLink(nin)
@@ -141,7 +142,7 @@ func (f *fsys) lookup(ctx context.Context, p string) (uint32, error) {
 					if !strings.HasPrefix(target, "/") {
 						target = sofar + "/" + target
 					}
-					next, here, err = walk(splitPath(target), "/", true)
+					next, here, err = walk(SplitPath(target), "/", true)
 					if err != nil {
 						return 0, "", err
 					}
@@ -151,13 +152,13 @@ func (f *fsys) lookup(ctx context.Context, p string) (uint32, error) {
 		}
 		return cur, sofar, nil
 	}
-	ino, _, err := walk(splitPath(p), "/", false)
+	ino, _, err := walk(SplitPath(p), "/", false)
 	return ino, err
 }
 
-// splitPath splits a path into components, resolving ".." lexically against
+// SplitPath splits a path into components, resolving ".." lexically against
 // the components before it (".." at the top stays at the top, as at "/").
-func splitPath(p string) []string {
+func SplitPath(p string) []string {
 	var out []string
 	for _, c := range strings.Split(p, "/") {
 		switch c {
@@ -220,7 +221,7 @@ func (x *extractor) entry(ctx context.Context, in *inode, rel, src string, depth
 			x.skip(src, fmt.Sprintf("directory loop (inode %d seen before)", in.ino))
 			return nil
 		}
-		if depth >= maxDepth {
+		if depth >= MaxDepth {
 			x.skip(src, "nested too deep")
 			return nil
 		}
@@ -303,7 +304,7 @@ func (x *extractor) file(ctx context.Context, in *inode, rel, src string) (err e
 			err = fmt.Errorf("restore %s: %w", src, cerr)
 		}
 	}()
-	buf := make([]byte, min(copyPiece, max(in.size, 1)))
+	buf := make([]byte, min(CopyPiece, max(in.size, 1)))
 	bs := x.f.bs
 	for _, e := range exts {
 		if e.unwritten {

@@ -15,13 +15,6 @@ import (
 	"github.com/raksha-backup/raksha/internal/filerestore"
 )
 
-// maxDepth, maxLinkHops and copyPiece are filerestore's bounds.
-const (
-	maxDepth    = 512
-	maxLinkHops = 40
-	copyPiece   = 1 << 20
-)
-
 // Extract copies the file, symlink or directory tree at p in the file
 // system mounted at mnt (a backup's, read-only) into destDir, with
 // filerestore.Extract's rules: the entry lands under its own name (/etc/app
@@ -71,7 +64,7 @@ func Extract(ctx context.Context, mnt, p, destDir string) (filerestore.Stats, er
 // components are followed within the file system, the last component is
 // not.
 func resolve(ctx context.Context, src *os.Root, p string) (string, error) {
-	comps := splitPath(p)
+	comps := filerestore.SplitPath(p)
 	var cur []string
 	hops := 0
 	for k := 0; k < len(comps); k++ {
@@ -92,7 +85,7 @@ func resolve(ctx context.Context, src *os.Root, p string) (string, error) {
 		}
 		last := k == len(comps)-1
 		if fi.Mode()&fs.ModeSymlink != 0 && !last {
-			if hops++; hops > maxLinkHops {
+			if hops++; hops > filerestore.MaxLinkHops {
 				return "", fmt.Errorf("/%s: too many levels of symbolic links", rel)
 			}
 			target, err := src.Readlink(rel)
@@ -102,7 +95,7 @@ func resolve(ctx context.Context, src *os.Root, p string) (string, error) {
 			if !strings.HasPrefix(target, "/") {
 				target = "/" + strings.Join(cur, "/") + "/" + target
 			}
-			comps = splitPath(target + "/" + strings.Join(comps[k+1:], "/"))
+			comps = filerestore.SplitPath(target + "/" + strings.Join(comps[k+1:], "/"))
 			cur, k = nil, -1
 			continue
 		}
@@ -115,24 +108,6 @@ func resolve(ctx context.Context, src *os.Root, p string) (string, error) {
 		return ".", nil
 	}
 	return strings.Join(cur, "/"), nil
-}
-
-// splitPath splits a path into components, resolving ".." lexically (as
-// filerestore does: ".." at the top stays at the top).
-func splitPath(p string) []string {
-	var out []string
-	for _, c := range strings.Split(p, "/") {
-		switch c {
-		case "", ".":
-		case "..":
-			if len(out) > 0 {
-				out = out[:len(out)-1]
-			}
-		default:
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // unwrapPath drops an *fs.PathError's own path (it is relative to the
@@ -190,7 +165,7 @@ func (x *extractor) entry(ctx context.Context, rel, out, src string, depth int) 
 			x.skip(src, "directory loop (seen before)")
 			return nil
 		}
-		if depth >= maxDepth {
+		if depth >= filerestore.MaxDepth {
 			x.skip(src, "nested too deep")
 			return nil
 		}
@@ -269,7 +244,7 @@ func (x *extractor) file(ctx context.Context, rel, out, src string, size int64) 
 			err = fmt.Errorf("restore %s: %w", src, cerr)
 		}
 	}()
-	buf := make([]byte, min(copyPiece, max(size, 1)))
+	buf := make([]byte, min(filerestore.CopyPiece, max(size, 1)))
 	for off := int64(0); off < size; {
 		// the data ranges only (SEEK_DATA / SEEK_HOLE); without them, all
 		start, end := off, size
