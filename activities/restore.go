@@ -118,13 +118,20 @@ func VMNames(servers []cloud.ServerMeta) []string {
 	return out
 }
 
-// loadWorkload reads a backup record and the workload captured in it.
-func (a *Activities) loadWorkload(ctx context.Context, repoID, backupID string) (*repo.Backup, *cloud.Workload, error) {
+// repoNaming is repo with what the caller works on (a backup, a disk) put
+// before the message of a refusal (wrong password, unknown repository).
+func (a *Activities) repoNaming(ctx context.Context, repoID, what string) (*repo.Repository, error) {
 	r, err := a.repo(ctx, repoID)
 	var ae *temporal.ApplicationError
 	if errors.As(err, &ae) {
-		return nil, nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("backup %s: %s", backupID, ae.Message()), ae.Type(), nil)
+		return nil, temporal.NewNonRetryableApplicationError(what+": "+ae.Message(), ae.Type(), nil)
 	}
+	return r, err
+}
+
+// loadWorkload reads a backup record and the workload captured in it.
+func (a *Activities) loadWorkload(ctx context.Context, repoID, backupID string) (*repo.Backup, *cloud.Workload, error) {
+	r, err := a.repoNaming(ctx, repoID, "backup "+backupID)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -323,11 +330,7 @@ func (a *Activities) openTarget(ctx context.Context, t WriteTarget) (writer, err
 // fetched in parallel. A target smaller than the disk is refused before
 // anything is written. A retry writes the whole disk again.
 func (a *Activities) WriteDisk(ctx context.Context, in WriteDiskInput) (*WriteDiskResult, error) {
-	r, err := a.repo(ctx, in.Repository)
-	var ae *temporal.ApplicationError
-	if errors.As(err, &ae) {
-		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("restore %s: %s", in.Manifest, ae.Message()), ae.Type(), nil)
-	}
+	r, err := a.repoNaming(ctx, in.Repository, "restore "+in.Manifest)
 	if err != nil {
 		return nil, err
 	}
@@ -457,22 +460,7 @@ func (a *Activities) DeleteRestoreServer(ctx context.Context, in ServerRef) erro
 	if err := c.DeleteServer(ctx, in.ServerID); err != nil {
 		return cloudErr(err)
 	}
-	return cloudErr(heartbeatWhile(ctx, func() error {
-		for {
-			_, err := c.GetServer(ctx, in.ServerID)
-			if errors.Is(err, cloud.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(500 * time.Millisecond):
-			}
-		}
-	}))
+	return cloudErr(heartbeatWhile(ctx, func() error { return c.WaitServerGone(ctx, in.ServerID, 10*time.Minute) }))
 }
 
 // DeleteRestoreVolume deletes a volume once it is detached and waits until
@@ -482,36 +470,7 @@ func (a *Activities) DeleteRestoreVolume(ctx context.Context, in VolumeRef) erro
 	if err != nil {
 		return err
 	}
-	err = heartbeatWhile(ctx, func() error {
-		for {
-			v, err := c.GetVolume(ctx, in.VolumeID)
-			if errors.Is(err, cloud.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			switch v.Status {
-			case "available", "error", "error_restoring":
-				if err := c.DeleteVolume(ctx, in.VolumeID); err != nil {
-					return err
-				}
-			case "deleting": // wait until it is gone
-			case "in-use":
-				if v.ServerID != "" {
-					if err := c.DetachVolume(ctx, v.ServerID, in.VolumeID); err != nil && !errors.Is(err, cloud.ErrNotFound) && !errors.Is(err, cloud.ErrConflict) {
-						return err
-					}
-				}
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(500 * time.Millisecond):
-			}
-		}
-	})
-	return cloudErr(err)
+	return cloudErr(heartbeatWhile(ctx, func() error { return c.RemoveVolume(ctx, in.VolumeID, 10*time.Minute) }))
 }
 
 // FindByLabel lists a project's servers and volumes with a metadata label.

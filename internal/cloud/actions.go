@@ -482,6 +482,42 @@ func (c *Client) DeleteServer(ctx context.Context, id string) error {
 	return nil
 }
 
+// WaitServerGone waits until a deleted server is gone.
+func (c *Client) WaitServerGone(ctx context.Context, id string, timeout time.Duration) error {
+	return c.poll(ctx, "wait for server "+id+" to be deleted", timeout, func() (bool, error) {
+		_, err := c.GetServer(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			return true, nil
+		}
+		return false, err
+	})
+}
+
+// RemoveVolume deletes a volume and waits until it is gone, detaching it
+// first from a server that still has it. A volume already gone is no error.
+func (c *Client) RemoveVolume(ctx context.Context, id string, timeout time.Duration) error {
+	return c.poll(ctx, "remove volume "+id, timeout, func() (bool, error) {
+		v, err := c.GetVolume(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		switch v.Status {
+		case "available", "error", "error_restoring":
+			return false, c.DeleteVolume(ctx, id)
+		case "in-use":
+			if v.ServerID != "" {
+				if err := c.DetachVolume(ctx, v.ServerID, id); err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrConflict) {
+					return false, err
+				}
+			}
+		}
+		return false, nil // deleting, detaching: wait
+	})
+}
+
 // AttachVolume attaches a volume to a server and returns the device Nova
 // chose; the volume becomes in-use asynchronously (WaitVolume).
 func (c *Client) AttachVolume(ctx context.Context, serverID, volumeID string) (string, error) {
