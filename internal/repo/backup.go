@@ -248,10 +248,13 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 	defer cancel(nil)
 	fail := func(err error) { cancel(err) }
 
-	plainPool := sync.Pool{New: func() any { b := make([]byte, cs); return &b }}
-	sealedPool := sync.Pool{New: func() any { b := make([]byte, 0, sealedCap(cs)); return &b }}
 	jobs := make(chan chunkJob, r.opts.Workers)
 	uploads := make(chan uploadJob, 2)
+	// At most one plain buffer per worker, and one sealed buffer per worker,
+	// queued upload and uploader, are in use at once.
+	plainPool := newBufList(r.opts.Workers, func() []byte { return make([]byte, cs) })
+	sealedPool := newBufList(r.opts.Workers+cap(uploads)+r.opts.Transfers,
+		func() []byte { return make([]byte, 0, sealedCap(cs)) })
 	results := make(chan chunkResult, window)
 	tokens := make(chan struct{}, window) // producer-ahead-of-collector bound
 
@@ -321,7 +324,7 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 				if ctx.Err() != nil {
 					continue
 				}
-				res, up, err := s.processChunk(ctx, src, j, &plainPool, &sealedPool)
+				res, up, err := s.processChunk(ctx, src, j, plainPool, sealedPool)
 				if err != nil {
 					fail(err)
 					continue
@@ -330,7 +333,7 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 					select {
 					case uploads <- *up:
 					case <-ctx.Done():
-						sealedPool.Put(up.sealed)
+						sealedPool.put(up.sealed)
 					}
 					continue
 				}
@@ -355,7 +358,7 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 				s.mu.Lock()
 				delete(s.inflight, u.id)
 				s.mu.Unlock()
-				sealedPool.Put(u.sealed)
+				sealedPool.put(u.sealed)
 			}
 		}()
 	}
@@ -462,12 +465,12 @@ func isZero(b []byte) bool {
 
 // processChunk reads one chunk and decides: hole, same as base, already
 // stored (dedup), or to upload (then it returns the sealed object).
-func (s *Session) processChunk(ctx context.Context, src disk.Source, j chunkJob, plainPool, sealedPool *sync.Pool) (chunkResult, *uploadJob, error) {
+func (s *Session) processChunk(ctx context.Context, src disk.Source, j chunkJob, plainPool, sealedPool *bufList) (chunkResult, *uploadJob, error) {
 	r := s.r
 	res := chunkResult{i: j.i}
 	res.stats.ChunksRead = 1
-	bufp := plainPool.Get().(*[]byte)
-	defer plainPool.Put(bufp)
+	bufp := plainPool.get()
+	defer plainPool.put(bufp)
 	buf := (*bufp)[:j.n]
 	read, err := readChunk(src, buf, j.off, j.parts)
 	if err != nil {
@@ -509,7 +512,7 @@ func (s *Session) processChunk(ctx context.Context, src disk.Source, j chunkJob,
 		s.mu.Unlock()
 		return reused()
 	}
-	sp := sealedPool.Get().(*[]byte)
+	sp := sealedPool.get()
 	*sp = r.codec.sealChunk(buf, chunkAAD(id), (*sp)[:0])
 	res.stats.BytesNew, res.stats.ChunksNew = int64(j.n), 1
 	return res, &uploadJob{i: j.i, id: id, sealed: sp, stats: res.stats}, nil

@@ -91,16 +91,23 @@ func (c *codec) seal(plain, aad, buf []byte) []byte {
 // appendPayload appends flag and payload for plain: zstd, or raw when
 // compression is off or does not pay.
 func (c *codec) appendPayload(container, plain []byte) []byte {
-	start := len(container)
 	if c.compress && !c.incompressible(plain) {
-		container = append(container, flagZstd)
-		container = c.enc.EncodeAll(plain, container)
-		if len(container)-start-1 < len(plain) {
-			return container
-		}
-		container = container[:start]
+		return c.appendCompressed(container, plain)
 	}
 	container = append(container, flagRaw)
+	return append(container, plain...)
+}
+
+// appendCompressed appends flag and payload for plain: zstd, or raw when
+// that is not smaller.
+func (c *codec) appendCompressed(container, plain []byte) []byte {
+	start := len(container)
+	container = append(container, flagZstd)
+	container = c.enc.EncodeAll(plain, container)
+	if len(container)-start-1 < len(plain) {
+		return container
+	}
+	container = append(container[:start], flagRaw)
 	return append(container, plain...)
 }
 
@@ -113,29 +120,54 @@ func (c *codec) sealChunk(plain, aad, buf []byte) []byte {
 
 // prepareChunk is the part of sealChunk that needs no key: header room,
 // flag and (compressed) payload, in buf's storage. finish completes it.
+//
+// A sparse chunk's payload is its non-zero blocks back to back. When they
+// will be stored raw (compression off, or a sample says they would not
+// shrink) they are copied straight into the container; only data to be
+// compressed is gathered into a scratch buffer first.
 func (c *codec) prepareChunk(plain, buf []byte) (container []byte, hdr int) {
 	container = c.header(buf)
 	hdr = len(container)
-	nblocks := (len(plain) + zeroBlock - 1) / zeroBlock
-	if nblocks < sparseMinZeroBlocks {
+	if len(plain) < sparseMinZeroBlocks*zeroBlock {
 		return c.appendPayload(container, plain), hdr
 	}
-	zmap := make([]byte, (nblocks+7)/8)
-	zeros := 0
+	zmap, nblocks, zeros := zeroMap(plain)
+	if zeros < sparseMinZeroBlocks || zeros == nblocks {
+		return c.appendPayload(container, plain), hdr
+	}
+	container = append(container, flagSparse)
+	container = binary.AppendUvarint(container, uint64(len(plain)))
+	container = append(container, zmap...)
+	if c.compress && !c.sparseIncompressible(plain, zmap, nblocks) {
+		gp := c.gather.Get().(*[]byte)
+		defer c.gather.Put(gp)
+		if cap(*gp) < len(plain) {
+			*gp = make([]byte, 0, len(plain))
+		}
+		*gp = appendNonZero((*gp)[:0], plain, zmap, nblocks)
+		return c.appendCompressed(container, *gp), hdr
+	}
+	container = append(container, flagRaw)
+	return appendNonZero(container, plain, zmap, nblocks), hdr
+}
+
+// zeroMap marks plain's all-zero blocks of zeroBlock bytes (the last one may
+// be shorter): bit b%8 of zmap[b/8] is block b. It counts blocks and zeros.
+func zeroMap(plain []byte) (zmap []byte, nblocks, zeros int) {
+	nblocks = (len(plain) + zeroBlock - 1) / zeroBlock
+	zmap = make([]byte, (nblocks+7)/8)
 	for b := range nblocks {
-		blk := plain[b*zeroBlock : min((b+1)*zeroBlock, len(plain))]
-		if isZero(blk) {
+		if isZero(plain[b*zeroBlock : min((b+1)*zeroBlock, len(plain))]) {
 			zmap[b/8] |= 1 << (b % 8)
 			zeros++
 		}
 	}
-	if zeros < sparseMinZeroBlocks || zeros == nblocks {
-		return c.appendPayload(container, plain), hdr
-	}
-	// Gather the non-zero blocks.
-	gp := c.gather.Get().(*[]byte)
-	defer c.gather.Put(gp)
-	data := (*gp)[:0]
+	return zmap, nblocks, zeros
+}
+
+// nonZeroRuns calls fn for each run [from, to) of plain's blocks that the
+// zero map does not mark, in order.
+func nonZeroRuns(plain, zmap []byte, nblocks int, fn func(from, to int)) {
 	for b := 0; b < nblocks; {
 		if zmap[b/8]&(1<<(b%8)) != 0 {
 			b++
@@ -145,14 +177,47 @@ func (c *codec) prepareChunk(plain, buf []byte) (container []byte, hdr int) {
 		for e < nblocks && zmap[e/8]&(1<<(e%8)) == 0 {
 			e++
 		}
-		data = append(data, plain[b*zeroBlock:min(e*zeroBlock, len(plain))]...)
+		fn(b*zeroBlock, min(e*zeroBlock, len(plain)))
 		b = e
 	}
-	*gp = data
-	container = append(container, flagSparse)
-	container = binary.AppendUvarint(container, uint64(len(plain)))
-	container = append(container, zmap...)
-	return c.appendPayload(container, data), hdr
+}
+
+// appendNonZero appends plain's non-zero blocks to dst, back to back.
+func appendNonZero(dst, plain, zmap []byte, nblocks int) []byte {
+	nonZeroRuns(plain, zmap, nblocks, func(from, to int) { dst = append(dst, plain[from:to]...) })
+	return dst
+}
+
+// sparseIncompressible is incompressible for the non-zero blocks of plain,
+// without gathering them.
+func (c *codec) sparseIncompressible(plain, zmap []byte, nblocks int) bool {
+	sample := sparseSample(plain, zmap, nblocks)
+	if sample == nil {
+		return false // small payloads: just try
+	}
+	return c.sampleIncompressible(sample)
+}
+
+// sparseSample returns the sample incompressible would take from plain's
+// non-zero blocks put back to back (the sampleSize bytes from their middle),
+// or nil when they are too short to sample.
+func sparseSample(plain, zmap []byte, nblocks int) []byte {
+	total := 0
+	nonZeroRuns(plain, zmap, nblocks, func(from, to int) { total += to - from })
+	if total < 4*sampleSize {
+		return nil
+	}
+	lo, hi := total/2, total/2+sampleSize
+	sample := make([]byte, 0, sampleSize)
+	pos := 0 // offset of the current run in the gathered payload
+	nonZeroRuns(plain, zmap, nblocks, func(from, to int) {
+		n := to - from
+		if a, b := max(lo, pos), min(hi, pos+n); a < b {
+			sample = append(sample, plain[from+a-pos:from+b-pos]...)
+		}
+		pos += n
+	})
+	return sample
 }
 
 // gcmNonceSize is the nonce size of AES-256-GCM as used here.
@@ -193,9 +258,13 @@ func (c *codec) incompressible(plain []byte) bool {
 	if len(plain) < 4*sampleSize {
 		return false // small objects: just try
 	}
-	sample := plain[len(plain)/2 : len(plain)/2+sampleSize]
-	out := c.enc.EncodeAll(sample, make([]byte, 0, sampleSize+1024))
-	return len(out) > sampleSize*97/100
+	return c.sampleIncompressible(plain[len(plain)/2 : len(plain)/2+sampleSize])
+}
+
+// sampleIncompressible reports whether sample shrinks by less than 3 %.
+func (c *codec) sampleIncompressible(sample []byte) bool {
+	out := c.enc.EncodeAll(sample, make([]byte, 0, len(sample)+1024))
+	return len(out) > len(sample)*97/100
 }
 
 // open decodes a stored object. It decrypts in place: data is overwritten

@@ -133,3 +133,67 @@ func TestSparseContainerRejectsDamage(t *testing.T) {
 		}
 	}
 }
+
+func TestSparseSampleIsTheMiddleOfTheGatheredBlocks(t *testing.T) {
+	random := make([]byte, 1<<20)
+	rand.Read(random)
+	// Non-zero runs of 1, 3 and 40 blocks, a partial last block, zeros between.
+	plain := make([]byte, 2<<20+777)
+	for _, r := range [][2]int{{2, 3}, {10, 13}, {100, 140}, {300, 301}, {400, 470}} {
+		copy(plain[r[0]*zeroBlock:r[1]*zeroBlock], random)
+	}
+	copy(plain[len(plain)-500:], random)
+	zmap, nblocks, zeros := zeroMap(plain)
+	if zeros < sparseMinZeroBlocks {
+		t.Fatalf("test data has only %d zero blocks", zeros)
+	}
+	gathered := appendNonZero(nil, plain, zmap, nblocks)
+	if want := (1+3+40+1+70)*zeroBlock + 777; len(gathered) != want {
+		t.Fatalf("gathered %d bytes, want %d", len(gathered), want)
+	}
+	got := sparseSample(plain, zmap, nblocks)
+	want := gathered[len(gathered)/2 : len(gathered)/2+sampleSize]
+	if !bytes.Equal(got, want) {
+		t.Fatalf("sample of %d bytes is not the middle %d bytes of the gathered blocks", len(got), len(want))
+	}
+	small := make([]byte, 1<<20)
+	copy(small[8192:], random[:3*sampleSize])
+	zmap, nblocks, _ = zeroMap(small)
+	if s := sparseSample(small, zmap, nblocks); s != nil {
+		t.Fatalf("%d non-zero bytes gave a sample of %d bytes, want none", 3*sampleSize, len(s))
+	}
+}
+
+func TestSparsePayloadFlag(t *testing.T) {
+	random := make([]byte, 1<<20)
+	rand.Read(random)
+	text := bytes.Repeat([]byte("compressible text, again and again. "), 1<<20/36)
+	c, err := newCodec(false, true, 8<<20, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		fill []byte
+		flag byte
+	}{{"random", random[:700000], flagRaw}, {"text", text[:700000], flagZstd}, {"short random, tried and stored raw", random[:12*zeroBlock], flagRaw}} {
+		plain := make([]byte, 4<<20)
+		copy(plain[1<<20:], tc.fill)
+		obj := c.sealChunk(plain, nil, nil)
+		container := obj[4 : len(obj)-32]
+		if container[0] != flagSparse {
+			t.Fatalf("%s: flag %d, want sparse", tc.name, container[0])
+		}
+		n, k := binary.Uvarint(container[1:])
+		if n != uint64(len(plain)) || k <= 0 {
+			t.Fatalf("%s: sparse length %d", tc.name, n)
+		}
+		if got := container[1+k+(len(plain)/zeroBlock+7)/8]; got != tc.flag {
+			t.Errorf("%s: payload flag %d, want %d", tc.name, got, tc.flag)
+		}
+		back, err := c.open(obj, nil)
+		if err != nil || !bytes.Equal(back, plain) {
+			t.Errorf("%s: round trip failed: %v", tc.name, err)
+		}
+	}
+}
