@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"sort"
@@ -342,8 +343,6 @@ func TestMountExt4(t *testing.T) {
 // -u end the serving; Unmount refuses what is not a raksha mount.
 func TestMountUnmountFromOutside(t *testing.T) {
 	needFUSE(t)
-	// It hung once in a CI run (100% CPU, then a thread in D state on its
-	// own mount, holding go test's output): fail fast instead.
 	watchdog(t, 2*time.Minute)
 	staging := stage(t)
 	r, diskID, _ := backedUp(t, staging, "32M")
@@ -369,9 +368,7 @@ func TestMountUnmountFromOutside(t *testing.T) {
 		}
 		if how == "Unmount" {
 			// busy first: a process with its working directory inside
-			cmd := exec.Command("sleep", "30")
-			cmd.Dir = filepath.Join(dir, "data")
-			must(t, cmd.Start())
+			cmd := startInside(t, filepath.Join(dir, "data"))
 			if err := Unmount(ctx, dir, false); !errors.Is(err, syscall.EBUSY) {
 				t.Fatalf("unmount while busy: %v", err)
 			}
@@ -380,9 +377,7 @@ func TestMountUnmountFromOutside(t *testing.T) {
 			must(t, Unmount(ctx, dir, false))
 		} else if how == "lazy" {
 			// busy, detached at once; served until the last user is gone
-			cmd := exec.Command("sleep", "30")
-			cmd.Dir = filepath.Join(dir, "data")
-			must(t, cmd.Start())
+			cmd := startInside(t, filepath.Join(dir, "data"))
 			must(t, Unmount(ctx, dir, true))
 			if mi, err := mounted(dir); err != nil || mi != nil {
 				t.Fatalf("lazy unmount left %+v (%v)", mi, err)
@@ -408,6 +403,46 @@ func TestMountUnmountFromOutside(t *testing.T) {
 		}
 		assertClean(t, dir)
 	}
+}
+
+// TestStartInsideUnderCollections starts processes inside this process's
+// own mount while garbage collections run back to back. Starting them with
+// exec.Cmd.Dir inside the mount deadlocked on the first child this way (see
+// startInside); the shell that changes directory after its exec must not.
+func TestStartInsideUnderCollections(t *testing.T) {
+	needFUSE(t)
+	watchdog(t, 2*time.Minute)
+	staging := stage(t)
+	r, diskID, _ := backedUp(t, staging, "32M")
+	d, err := r.OpenDisk(context.Background(), diskID, repo.ReaderOptions{})
+	must(t, err)
+	x, err := filerestore.Open(d, d.Size())
+	must(t, err)
+	dir := t.TempDir()
+	m, err := MountExt4(dir, x, Options{})
+	must(t, err)
+	defer func() { must(t, m.Unmount()) }()
+	stop := make(chan struct{})
+	var collector sync.WaitGroup
+	collector.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				runtime.GC()
+			}
+		}
+	})
+	start := time.Now()
+	for range 100 {
+		cmd := startInside(t, filepath.Join(dir, "data"))
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	close(stop)
+	collector.Wait()
+	t.Logf("100 processes started inside the mount in %v", time.Since(start).Round(time.Millisecond))
 }
 
 // TestMountRaw serves the disk image and its partitions as files.
@@ -628,11 +663,36 @@ func TestMountCraftedNames(t *testing.T) {
 	assertClean(t, dir)
 }
 
+// startInside starts a process whose working directory is dir, a directory
+// in a mount this test process serves, and returns once the process is in
+// it. It never lets exec.Cmd change into dir itself: Go starts children with
+// vfork, and a child that changes into this process's FUSE mount between the
+// vfork and its exec waits for this process's FUSE server, while the parent
+// thread waits for the child without being preemptible; a garbage
+// collection that starts then waits for that thread forever and the
+// world never restarts (the 100% CPU hang of TestMountUnmountFromOutside in
+// CI). A shell started outside changes into dir after its exec instead.
+func startInside(t *testing.T, dir string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", `cd "$1" && echo in && exec sleep 30`, "sh", dir)
+	out, err := cmd.StdoutPipe()
+	must(t, err)
+	must(t, cmd.Start())
+	line := make([]byte, 3)
+	if _, err := io.ReadFull(out, line); err != nil || string(line) != "in\n" {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("a shell changing into %s: %q, %v", dir, line, err)
+	}
+	return cmd
+}
+
 // watchdog ends a test that hangs on its own FUSE mount: after d it aborts
 // the FUSE connection of every raksha mount under the test's temporary
 // directories (through fusectl, without touching the mounts, which may not
 // answer), so that no thread stays in D state holding go test's output, and
-// panics with every goroutine's stack.
+// panics with every goroutine's stack. It cannot end a hang in which the
+// world is stopped (see startInside), since its timer needs the scheduler.
 func watchdog(t *testing.T, d time.Duration) {
 	name, under := t.Name(), filepath.Dir(t.TempDir())+string(filepath.Separator)
 	timer := time.AfterFunc(d, func() {
