@@ -89,8 +89,9 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (*CommitResult,
 	s, err := r.JoinBackup(ctx, in.BackupID)
 	if err != nil {
 		if b, lerr := r.LoadBackup(ctx, in.BackupID); lerr == nil {
-			// An earlier attempt committed it (and may have stopped before
-			// recording the freeze windows).
+			// An earlier attempt committed it (a build from before the
+			// windows went into the record itself wrote them separately,
+			// and may have stopped before that).
 			return commitResult(a.recordFreezeWindows(ctx, r, b, in.FreezeWindows)), nil
 		}
 		return nil, fmt.Errorf("commit %s: %w", in.BackupID, err)
@@ -108,11 +109,12 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (*CommitResult,
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("commit %s: %d manifests in the session, %d expected", in.BackupID, len(have), len(in.Manifests)), ErrCorrupt, nil)
 	}
 	s.SetConsistency(in.Consistency)
+	s.SetFreezeWindows(in.FreezeWindows)
 	b, err := s.Commit(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", in.BackupID, err)
 	}
-	return commitResult(a.recordFreezeWindows(ctx, r, b, in.FreezeWindows)), nil
+	return commitResult(b), nil
 }
 
 // recordFreezeWindows adds the guests' freeze windows to a committed

@@ -490,3 +490,38 @@ func TestBadChangedExtentsAreRejected(t *testing.T) {
 		t.Fatalf("%d backups after a failed one, want 1", len(list))
 	}
 }
+
+// TestCommitWritesConsistencyAndFreezeWindows: what is known only after the
+// guests were thawed goes into the record in its one write.
+func TestCommitWritesConsistencyAndFreezeWindows(t *testing.T) {
+	r, _ := newLocalRepo(t)
+	im := newImage(t, 21)
+	im.create(2*testCS, map[int64][]byte{0: im.random(testCS)})
+	ctx := context.Background()
+	src, err := openFile(im.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	s, err := r.StartBackup(ctx, BackupSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.BackupDisk(ctx, "web", "vda", src, DiskOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w := map[string]time.Duration{"web": 640 * time.Millisecond}
+	s.SetConsistency("app")
+	s.SetFreezeWindows(w)
+	b, err := s.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := r.LoadBackup(ctx, b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.Consistency != "app" || len(stored.FreezeWindows) != 1 || stored.FreezeWindows["web"] != w["web"] {
+		t.Fatalf("stored record: consistency %q, freeze windows %v; want app, %v", stored.Consistency, stored.FreezeWindows, w)
+	}
+}

@@ -30,6 +30,8 @@ type BackupSpec struct {
 	Expires     *time.Time
 	Source      json.RawMessage
 	Consistency string
+	// FreezeWindows is how long each VM's guest was frozen (see Backup).
+	FreezeWindows map[string]time.Duration
 }
 
 // Session is a backup in progress: disks are added with BackupDisk (from any
@@ -154,6 +156,14 @@ func (s *Session) SetConsistency(c string) {
 	s.spec.Consistency = c
 }
 
+// SetFreezeWindows sets the guests' freeze windows the record will state,
+// known only after the guests were thawed.
+func (s *Session) SetFreezeWindows(w map[string]time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.spec.FreezeWindows = w
+}
+
 // Disks returns the disk manifests completed in this session so far.
 func (s *Session) Disks() []*DiskManifest {
 	s.mu.Lock()
@@ -194,7 +204,7 @@ func (s *Session) Commit(ctx context.Context) (*Backup, error) {
 	}
 	b := &Backup{Schema: SchemaVersion, ID: s.id, Created: s.started.UTC(), Completed: time.Now().UTC(),
 		Expires: s.spec.Expires, Tags: s.spec.Tags, Labels: s.spec.Labels, Source: s.spec.Source,
-		Consistency: s.spec.Consistency}
+		Consistency: s.spec.Consistency, FreezeWindows: s.spec.FreezeWindows}
 	for _, m := range s.disks {
 		b.Disks = append(b.Disks, DiskRef{ID: m.ID, VM: m.VM, Disk: m.Disk, Size: m.Size})
 		b.Stats.add(m.Stats)
