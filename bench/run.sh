@@ -12,7 +12,7 @@
 #   BENCH_TOOLS="raksha restic kopia"  which tools to run (others get "skipped" rows)
 #   BENCH_RESULTS=FILE     where the markdown report goes (default bench/RESULTS.md
 #                          at the default size, bench/work/RESULTS-<size>.md otherwise)
-#   BENCH_ROUNDS=3         rounds of the whole sequence; the report gives medians and spread
+#   BENCH_ROUNDS=5         rounds of the whole sequence; the report gives medians and spread
 #   BENCH_TIMEOUT=1200     seconds after which a measured command is killed (row: failed)
 #   BENCH_KEEP=0           1 = keep repositories and images of the run in bench/work/run
 #   RAKSHA_BIN=PATH        use this raksha binary (default: build ./starter into bench/work/bin)
@@ -31,7 +31,7 @@ BENCH_BIG_SIZE=${BENCH_BIG_SIZE:-64G}
 BENCH_BIG_DATA=${BENCH_BIG_DATA:-320M}
 BENCH_TOOLS=${BENCH_TOOLS:-raksha restic kopia}
 BENCH_KEEP=${BENCH_KEEP:-0}
-BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+BENCH_ROUNDS=${BENCH_ROUNDS:-5}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-1200}
 KOPIA_COMPRESSION=${KOPIA_COMPRESSION:-zstd}
 IMAGE_VERSION=1 # bump when the image recipe changes: cached images are keyed by it
