@@ -6,9 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -17,9 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/raksha-backup/raksha/internal/disk/file"
 	"github.com/raksha-backup/raksha/internal/repo"
-	"github.com/raksha-backup/raksha/internal/repo/backend/local"
+	"github.com/raksha-backup/raksha/internal/testenv/repotest"
 )
 
 // stamp is the modification time given to every staged entry.
@@ -393,21 +390,8 @@ func TestExtractFromBackup(t *testing.T) {
 	staging := stage(t)
 	img := mkfs(t, staging, "256M", false)
 	ctx := context.Background()
-	be, err := local.Open(filepath.Join(t.TempDir(), "repo"))
-	must(t, err)
-	kdf := repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}
-	opts := repo.Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), KDF: kdf}
-	r, err := repo.Init(ctx, be, repo.InitOptions{ChunkSize: 1 << 20, Password: "pw", KDF: kdf}, opts)
-	must(t, err)
-	src, err := file.Open(img)
-	must(t, err)
-	defer src.Close()
-	s, err := r.StartBackup(ctx, repo.BackupSpec{})
-	must(t, err)
-	m, err := s.BackupDisk(ctx, "local", "fs", src, repo.DiskOptions{})
-	must(t, err)
-	_, err = s.Commit(ctx)
-	must(t, err)
+	r := repotest.NewLocal(t, "", 1<<20)
+	m := repotest.BackUpFile(t, r, img, "local", "fs")
 	if m.Chunks != 256 {
 		t.Fatalf("%d chunks, want 256", m.Chunks)
 	}

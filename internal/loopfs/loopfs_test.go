@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"io/fs"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -15,13 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/raksha-backup/raksha/internal/disk/file"
 	"github.com/raksha-backup/raksha/internal/filerestore"
 	"github.com/raksha-backup/raksha/internal/loopfs"
 	"github.com/raksha-backup/raksha/internal/loopfs/xfstest"
 	"github.com/raksha-backup/raksha/internal/mountfs"
 	"github.com/raksha-backup/raksha/internal/repo"
-	"github.com/raksha-backup/raksha/internal/repo/backend/open"
+	"github.com/raksha-backup/raksha/internal/testenv/repotest"
 )
 
 func must(t *testing.T, err error) {
@@ -82,23 +80,9 @@ func populate(t *testing.T, dir string) map[string][32]byte {
 // the disk for reading.
 func backUp(t *testing.T, img string) *repo.DiskReader {
 	t.Helper()
-	ctx := context.Background()
-	log := slog.New(slog.DiscardHandler)
-	be, err := open.Open(ctx, "file://"+filepath.Join(t.TempDir(), "repo"), open.Options{Log: log})
-	must(t, err)
-	kdf := repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}
-	r, err := repo.Init(ctx, be, repo.InitOptions{ChunkSize: 1 << 20, Password: "pw", KDF: kdf}, repo.Options{Log: log, KDF: kdf})
-	must(t, err)
-	src, err := file.Open(img)
-	must(t, err)
-	defer src.Close()
-	s, err := r.StartBackup(ctx, repo.BackupSpec{})
-	must(t, err)
-	m, err := s.BackupDisk(ctx, "local", "disk", src, repo.DiskOptions{})
-	must(t, err)
-	_, err = s.Commit(ctx)
-	must(t, err)
-	d, err := r.OpenDisk(ctx, m.ID, repo.ReaderOptions{})
+	r := repotest.NewLocal(t, "", 1<<20)
+	m := repotest.BackUpFile(t, r, img, "local", "disk")
+	d, err := r.OpenDisk(context.Background(), m.ID, repo.ReaderOptions{})
 	must(t, err)
 	return d
 }

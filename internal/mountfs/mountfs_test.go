@@ -22,10 +22,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/raksha-backup/raksha/internal/disk/file"
 	"github.com/raksha-backup/raksha/internal/filerestore"
 	"github.com/raksha-backup/raksha/internal/repo"
-	"github.com/raksha-backup/raksha/internal/repo/backend/open"
+	"github.com/raksha-backup/raksha/internal/testenv/repotest"
 )
 
 // needFUSE fails under CI and skips loudly elsewhere when FUSE mounts
@@ -131,23 +130,8 @@ func backUp(t *testing.T, img string) (*repo.Repository, string, string) {
 
 func backUpTo(t *testing.T, img, repoDir string) (*repo.Repository, string, string) {
 	t.Helper()
-	ctx := context.Background()
-	log := slog.New(slog.DiscardHandler)
-	be, err := open.Open(ctx, "file://"+repoDir, open.Options{Log: log})
-	must(t, err)
-	kdf := repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}
-	r, err := repo.Init(ctx, be, repo.InitOptions{ChunkSize: 1 << 20, Password: "pw", KDF: kdf}, repo.Options{Log: log, KDF: kdf})
-	must(t, err)
-	src, err := file.Open(img)
-	must(t, err)
-	defer src.Close()
-	s, err := r.StartBackup(ctx, repo.BackupSpec{})
-	must(t, err)
-	m, err := s.BackupDisk(ctx, "local", "disk", src, repo.DiskOptions{})
-	must(t, err)
-	_, err = s.Commit(ctx)
-	must(t, err)
-	return r, m.ID, img
+	r := repotest.NewLocal(t, repoDir, 1<<20)
+	return r, repotest.BackUpFile(t, r, img, "local", "disk").ID, img
 }
 
 func sum(t *testing.T, p string) [32]byte {

@@ -17,6 +17,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/mem"
 	"github.com/raksha-backup/raksha/internal/testenv/blockvm"
+	"github.com/raksha-backup/raksha/internal/testenv/repotest"
 )
 
 const (
@@ -89,10 +90,7 @@ func TestCheckpointExportIncrementalAbortRelease(t *testing.T) {
 	v.Write(0x11, 0, 2*mib)
 	v.Write(0x22, 10*mib, mib)
 
-	r, err := repo.Init(ctx, mem.New(), repo.InitOptions{ChunkSize: mib, Password: "pw", KDF: repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}}, repo.Options{Log: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := repotest.New(t, mem.New(), mib)
 
 	// Backup 1: no previous bitmap, a full read of the point in time.
 	b1, err := qemu.Prepare(ctx, v.Mon, dir, "b1", []qemu.Drive{{Node: "data0"}}, quiet())

@@ -20,6 +20,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/mem"
+	"github.com/raksha-backup/raksha/internal/testenv/repotest"
 )
 
 // checkpointWithReference freezes the guest, has QEMU copy the whole disk
@@ -144,10 +145,7 @@ func TestIncrementalOfARunningGuestEqualsReferenceCopy(t *testing.T) {
 			}
 		}
 	}
-	r, err := repo.Init(ctx, mem.New(), repo.InitOptions{ChunkSize: 1 << 20, Password: "pw", KDF: repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}}, repo.Options{Log: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := repotest.New(t, mem.New(), 1<<20)
 	work := t.TempDir()
 	var base *repo.DiskManifest
 	prev, last := "", ""

@@ -7,16 +7,14 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
-	"log/slog"
 	"math/rand/v2"
-	"path/filepath"
 	"testing"
 
 	"github.com/raksha-backup/raksha/internal/disk"
 	"github.com/raksha-backup/raksha/internal/disk/rbd"
 	"github.com/raksha-backup/raksha/internal/repo"
-	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 	"github.com/raksha-backup/raksha/internal/testenv/cephlab"
+	"github.com/raksha-backup/raksha/internal/testenv/repotest"
 )
 
 func TestMain(m *testing.M) { cephlab.Main(m) }
@@ -40,17 +38,7 @@ func connect(t *testing.T) *rbd.Conn {
 
 func newRepo(t *testing.T) *repo.Repository {
 	t.Helper()
-	be, err := local.Open(filepath.Join(t.TempDir(), "repo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Init(context.Background(), be, repo.InitOptions{ChunkSize: cs, Password: "pw",
-		KDF: repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}},
-		repo.Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return repotest.NewLocal(t, "", cs)
 }
 
 // write puts n random bytes at each offset of image (live, not a snapshot).
