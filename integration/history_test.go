@@ -223,6 +223,8 @@ func TestRecordBackupHistories(t *testing.T) {
 		{"copydisks", 4, 10, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "app", CopyBatchSize: 16}},
 		// With the freeze-on-cancel marker too.
 		{"2vms-freeze-marker", 2, 2, workflows.BackupRequest{Workload: "shop", Repository: "main", Consistency: "app", Retention: activities.Retention{Daily: 7}}},
+		// With the finish-in-parallel marker too: checkpoints finish on all VMs at once.
+		{"2vms-parallel-finish", 2, 2, workflows.BackupRequest{Workload: "shop", Repository: "main", Consistency: "app", Retention: activities.Retention{Daily: 7}}},
 	} {
 		out := filepath.Join(dir, "history-"+tc.name+".json")
 		if _, err := os.Stat(out); err == nil {

@@ -108,6 +108,11 @@ const ProgressQuery = "progress"
 // and RBD snapshots to end when a backup is cancelled during them.
 const waitFreezeOnCancelChange = "wait-for-freeze-and-checkpoints-on-cancel"
 
+// finishInParallelChange gates finishing the VMs' checkpoints (cleanup before
+// the commit, release after it, abort after a failure) on all VMs at once
+// instead of one VM after another.
+const finishInParallelChange = "finish-checkpoints-in-parallel"
+
 // ErrNotAppConsistent is the failure type of a backup that had to be
 // application-consistent and could not be.
 const ErrNotAppConsistent = "NotApplicationConsistent"
@@ -237,6 +242,7 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	// new bitmap and leave a guest frozen until its guard's deadline, or a
 	// checkpoint behind. Earlier histories (no marker) did not wait.
 	waitCancel := workflow.GetVersion(ctx, waitFreezeOnCancelChange, workflow.DefaultVersion, 1) >= 1
+	st.parallelFinish = workflow.GetVersion(ctx, finishInParallelChange, workflow.DefaultVersion, 1) >= 1
 	inFreeze := func(actx workflow.Context) workflow.Context {
 		if !waitCancel {
 			return actx
@@ -378,14 +384,12 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 
 	// The exports of each VM can go now; the new bitmaps stay.
 	prog.Phase = "commit"
-	for _, vm := range begin.VMs {
-		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
-			continue
+	if failed := finishCheckpoints(ctx, backupID, begin.VMs, activities.FinishCleanup, 3, st.parallelFinish, true); len(failed) > 0 {
+		var errs []error
+		for _, f := range failed {
+			errs = append(errs, fmt.Errorf("finish checkpoint of %s: %w", f.vm, f.err))
 		}
-		if err := workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 5*time.Minute, 3), a.FinishCheckpoint,
-			activities.FinishInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks, Action: activities.FinishCleanup}).Get(ctx, nil); err != nil {
-			return nil, fmt.Errorf("finish checkpoint of %s: %w", vm.Name, err)
-		}
+		return nil, errors.Join(errs...)
 	}
 	var cres activities.CommitResult
 	if err := workflow.ExecuteActivity(controlOpts(ctx, 10*time.Minute), a.Commit, activities.CommitInput{
@@ -405,15 +409,8 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 			res.Warnings = append(res.Warnings, fmt.Sprintf("release older RBD snapshots: %v", err))
 		}
 	}
-	for _, vm := range begin.VMs {
-		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
-			continue
-		}
-		err := workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 5*time.Minute, 5), a.FinishCheckpoint,
-			activities.FinishInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks, Action: activities.FinishRelease}).Get(ctx, nil)
-		if err != nil {
-			res.Warnings = append(res.Warnings, fmt.Sprintf("release older checkpoints of %s: %v", vm.Name, err))
-		}
+	for _, f := range finishCheckpoints(ctx, backupID, begin.VMs, activities.FinishRelease, 5, st.parallelFinish, false) {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("release older checkpoints of %s: %v", f.vm, f.err))
 	}
 	if req.Retention != (activities.Retention{}) {
 		prog.Phase = "prune"
@@ -436,6 +433,53 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 type runState struct {
 	frozen       map[string]bool   // instance → a freeze may be in effect
 	checkpointed map[string]string // instance → new bitmap
+	// parallelFinish: this run finishes checkpoints on all VMs at once
+	// (finishInParallelChange).
+	parallelFinish bool
+}
+
+// vmFailure is an activity of one VM that failed.
+type vmFailure struct {
+	vm  string
+	err error
+}
+
+// finishCheckpoints runs FinishCheckpoint with action on every VM that has
+// qemu disks and returns the failures in VM order. In parallel it starts
+// them all and waits for all. Otherwise it runs them one after another, as
+// histories from before finishInParallelChange did, stopping at the first
+// failure when stopAtFirst is set.
+func finishCheckpoints(ctx workflow.Context, backupID string, vms []activities.VM, action string, attempts int32, parallel, stopAtFirst bool) []vmFailure {
+	start := func(vm activities.VM) workflow.Future {
+		return workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 5*time.Minute, attempts), a.FinishCheckpoint,
+			activities.FinishInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks, Action: action})
+	}
+	var failed []vmFailure
+	futures := make([]workflow.Future, len(vms))
+	for i, vm := range vms {
+		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
+			continue
+		}
+		if parallel {
+			futures[i] = start(vm)
+			continue
+		}
+		if err := start(vm).Get(ctx, nil); err != nil {
+			failed = append(failed, vmFailure{vm.Name, err})
+			if stopAtFirst {
+				return failed
+			}
+		}
+	}
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		if err := f.Get(ctx, nil); err != nil {
+			failed = append(failed, vmFailure{vms[i].Name, err})
+		}
+	}
+	return failed
 }
 
 // thawAll thaws every VM that may be frozen, in parallel, and returns the
@@ -482,15 +526,8 @@ func cleanupFailed(ctx workflow.Context, req BackupRequest, begin activities.Beg
 	if _, _, err := thawAll(ctx, begin.VMs, st); err != nil {
 		log.Error("thaw after a failure failed; the host guards thaw at the freeze deadline", "error", err)
 	}
-	for _, vm := range begin.VMs {
-		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
-			continue
-		}
-		err := workflow.ExecuteActivity(hostOpts(ctx, vm.Host, 5*time.Minute, 5), a.FinishCheckpoint,
-			activities.FinishInput{BackupID: begin.BackupID, Instance: vm.Instance, Disks: vm.Disks, Action: activities.FinishAbort}).Get(ctx, nil)
-		if err != nil {
-			log.Error("cleanup of a failed checkpoint failed", "vm", vm.Name, "error", err)
-		}
+	for _, f := range finishCheckpoints(ctx, begin.BackupID, begin.VMs, activities.FinishAbort, 5, st.parallelFinish, false) {
+		log.Error("cleanup of a failed checkpoint failed", "vm", f.vm, "error", f.err)
 	}
 	if rbdDisks := disksOfKind(begin.VMs, "rbd"); len(rbdDisks) > 0 {
 		err := workflow.ExecuteActivity(dataOpts(ctx, 5*time.Minute), a.FinishRBD,

@@ -61,6 +61,7 @@ type fixture struct {
 	thaw       func(context.Context, activities.ThawInput) (*activities.ThawResult, error)
 	copyDisk   func(context.Context, activities.CopyInput) (*activities.CopyResult, error)
 	commit     func(context.Context, activities.CommitInput) (*activities.CommitResult, error)
+	finish     func(context.Context, activities.FinishInput) error
 	// beginIn is what Begin was called with.
 	beginIn activities.BeginInput
 	// vms, if set, is the workload Begin discovers (default twoVMs).
@@ -114,8 +115,11 @@ func newFixture(t *testing.T) *fixture {
 		}
 		return &activities.CopyResult{Manifest: in.BackupID + "/" + in.VM + "/" + in.Disk.Name, BytesRead: 100, BytesNew: 10}, nil
 	})
-	env.OnActivity(acts.FinishCheckpoint, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.FinishInput) error {
+	env.OnActivity(acts.FinishCheckpoint, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.FinishInput) error {
 		rec.add("finish " + in.Action + " " + in.Instance)
+		if f.finish != nil {
+			return f.finish(ctx, in)
+		}
 		return nil
 	})
 	env.OnActivity(acts.Commit, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.CommitInput) (*activities.CommitResult, error) {
@@ -360,5 +364,82 @@ func TestExpiryReachesTheBackup(t *testing.T) {
 	got := f.beginIn.Expires
 	if got == nil || got.Sub(start) < 30*24*time.Hour-time.Minute || got.Sub(start) > 30*24*time.Hour+time.Minute {
 		t.Errorf("expiry %v, want 30 days after %v", got, start)
+	}
+}
+
+// TestCheckpointsFinishOnAllVMsAtOnce: cleanup before the commit, release
+// after it and abort after a failure each run on both VMs at once: each
+// call waits until the other VM's has started, which one VM after another
+// never does.
+func TestCheckpointsFinishOnAllVMsAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		actions []string
+		fail    bool
+	}{{"success", []string{activities.FinishCleanup, activities.FinishRelease}, false}, {"failure", []string{activities.FinishAbort}, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			var mu sync.Mutex
+			started := map[string]int{}
+			f.finish = func(_ context.Context, in activities.FinishInput) error {
+				mu.Lock()
+				started[in.Action]++
+				mu.Unlock()
+				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+					mu.Lock()
+					n := started[in.Action]
+					mu.Unlock()
+					if n == 2 {
+						return nil
+					}
+				}
+				return temporal.NewNonRetryableApplicationError(in.Action+" of "+in.Instance+" ran alone", "Test", nil)
+			}
+			if tc.fail {
+				f.commit = func(context.Context, activities.CommitInput) (*activities.CommitResult, error) {
+					return nil, temporal.NewNonRetryableApplicationError("boom at commit", "Test", nil)
+				}
+			}
+			f.env.ExecuteWorkflow(WorkloadBackup, appReq)
+			err := f.env.GetWorkflowError()
+			if tc.fail != (err != nil) {
+				t.Fatalf("workflow error %v", err)
+			}
+			var res BackupResult
+			if !tc.fail {
+				if err := f.env.GetWorkflowResult(&res); err != nil {
+					t.Fatal(err)
+				}
+				if len(res.Warnings) != 0 {
+					t.Errorf("warnings %v", res.Warnings)
+				}
+			}
+			for _, action := range tc.actions {
+				if started[action] != 2 {
+					t.Errorf("%s ran on %d VMs, want 2: %v", action, started[action], f.rec.calls)
+				}
+			}
+		})
+	}
+}
+
+// TestFailedCleanupOfOneVMFailsTheBackupAfterBoth: a cleanup failing on one
+// VM fails the backup with that VM's name, after the other VM's cleanup ran
+// too, and commits nothing.
+func TestFailedCleanupOfOneVMFailsTheBackupAfterBoth(t *testing.T) {
+	f := newFixture(t)
+	f.finish = func(_ context.Context, in activities.FinishInput) error {
+		if in.Action == activities.FinishCleanup && in.Instance == "instance-1" {
+			return temporal.NewNonRetryableApplicationError("export busy", "Test", nil)
+		}
+		return nil
+	}
+	f.env.ExecuteWorkflow(WorkloadBackup, appReq)
+	err := f.env.GetWorkflowError()
+	if err == nil || !strings.Contains(err.Error(), "finish checkpoint of db") || !strings.Contains(err.Error(), "export busy") {
+		t.Fatalf("workflow error %v, want db's cleanup failure", err)
+	}
+	if f.rec.count("finish cleanup") != 2 || f.rec.count("commit") != 0 || f.rec.count("finish abort") != 2 || f.rec.count("abort") != 1 {
+		t.Errorf("calls %v: want both cleanups, no commit, both checkpoints and the session aborted", f.rec.calls)
 	}
 }

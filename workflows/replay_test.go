@@ -25,6 +25,8 @@ var recordedHistories = map[string]string{
 	"history-40disks-children.json": "backup/big",
 	// After the freeze-on-cancel change (both version markers).
 	"history-2vms-freeze-marker.json": "backup/shop",
+	// After checkpoints finish on all VMs at once (three version markers).
+	"history-2vms-parallel-finish.json": "backup/shop",
 	// The first child of such a backup.
 	"history-copydisks.json": "backup/big/copy/20261123-154531-261492/1",
 }
