@@ -71,7 +71,7 @@ func startTemporal(t *testing.T) (client.Client, string) {
 func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, queues ...string) {
 	t.Helper()
 	for _, q := range queues {
-		w := worker.New(c, q, worker.Options{})
+		w := worker.New(c, q, worker.Options{MaxConcurrentActivityTaskPollers: activities.ActivityPollers})
 		if q == activities.ControlQueue {
 			w.RegisterWorkflow(workflows.WorkloadBackup)
 			w.RegisterWorkflow(workflows.CopyDisks)

@@ -169,7 +169,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	acts := activities.New(acfg)
 	defer activities.Shutdown(context.Background(), acts)
 
-	opts := worker.Options{WorkerStopTimeout: 30 * time.Second}
+	opts := worker.Options{WorkerStopTimeout: 30 * time.Second, MaxConcurrentActivityTaskPollers: activities.ActivityPollers}
 	var workers []worker.Worker
 	if has["control"] {
 		w := worker.New(c, activities.ControlQueue, opts)
