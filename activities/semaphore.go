@@ -45,6 +45,10 @@ type SemaphoreRequest struct {
 	RunID      string `json:"run_id"`
 	// Keys name the permits, unique within the run (a copy's disk).
 	Keys []string `json:"keys"`
+	// Group is whose share the permits count toward when they are scarce:
+	// the workflow a child run works for (a backup's copy children are one
+	// backup). Empty: the run itself.
+	Group string `json:"group,omitempty"`
 }
 
 // SemaphoreRelease returns a run's permits, or withdraws its requests.

@@ -49,6 +49,7 @@ type fakeActs struct {
 
 	mu     sync.Mutex
 	copier map[string]string // disk manifest → workflow id that ran its copy
+	groups map[string]int    // copy permits asked for, by the request's group
 }
 
 func (f *fakeActs) Begin(_ context.Context, in activities.BeginInput) (*activities.BeginResult, error) {
@@ -57,6 +58,14 @@ func (f *fakeActs) Begin(_ context.Context, in activities.BeginInput) (*activiti
 
 func (f *fakeActs) AcquirePermits(ctx context.Context, in activities.SemaphoreRequest) (*activities.AcquireResult, error) {
 	if f.sem != nil {
+		f.mu.Lock()
+		if f.groups == nil {
+			f.groups = map[string]int{}
+		}
+		if in.Semaphore == workflows.CopySemaphoreID {
+			f.groups[in.Group] += len(in.Keys)
+		}
+		f.mu.Unlock()
 		return f.sem.AcquirePermits(ctx, in)
 	}
 	return &activities.AcquireResult{Bypass: true}, nil
@@ -462,6 +471,12 @@ func TestLargeWorkloadUnderCopySemaphore(t *testing.T) {
 		st := semaphoreState(t, c, workflows.CopySemaphoreID)
 		return len(st.Holders) == 0 && len(st.Waiting) == 0 && st.Granted == 100
 	})
+	// The children asked as one share: their backup's.
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.groups) != 1 || f.groups["backup/big"] != 100 {
+		t.Errorf("copy permits asked for by group %v, want all 100 for backup/big", f.groups)
+	}
 }
 
 // TestCancelDuringFreezeThawsAfterIt: a backup cancelled while its guests'

@@ -57,6 +57,8 @@ type Permit struct {
 	WorkflowID string `json:"workflow_id"`
 	RunID      string `json:"run_id"`
 	Key        string `json:"key"`
+	// Group is the request's activities.SemaphoreRequest.Group.
+	Group string `json:"group,omitempty"`
 	// Since is when the permit was granted (holders) or asked for (waiting).
 	Since time.Time `json:"since"`
 }
@@ -65,13 +67,29 @@ func (p Permit) run() activities.WorkflowRun {
 	return activities.WorkflowRun{WorkflowID: p.WorkflowID, RunID: p.RunID}
 }
 
+// share is whose share p counts toward: its group, or else its run (and
+// always its run when byGroup is off).
+func (p Permit) share(byGroup bool) activities.WorkflowRun {
+	if byGroup && p.Group != "" {
+		return activities.WorkflowRun{WorkflowID: p.Group}
+	}
+	return p.run()
+}
+
+// semaphoreGroupsChange gates counting a request's share by its group
+// (activities.SemaphoreRequest.Group) instead of by its run. A semaphore
+// run that began without the marker keeps counting by run; the next run
+// (it continues as new) counts by group.
+const semaphoreGroupsChange = "semaphore-shares-by-group"
+
 // Semaphore is a workflow that holds a number of permits. Workflows ask for
 // permits with the AcquirePermits activity (signal-with-start of the
 // semaphore), get each as a activities.PermitGrantedSignal signal, and give
 // them back with the release signal (RequestPermits does all of that).
-// When permits are scarce, a waiting request of the run holding the fewest
-// permits goes first (in arrival order among equals), so one large backup
-// does not starve small ones. A holder or waiter whose run ends without
+// When permits are scarce, a waiting request of the share holding the
+// fewest permits goes first (in arrival order among equals), so one large
+// backup does not starve small ones; a share is the request's group (a
+// backup and its copy children), or else its run. A holder or waiter whose run ends without
 // releasing loses its permits at the next check (CheckInterval), and at
 // once when a grant to it fails. The history stays bounded: the semaphore
 // continues as new with its state after MaxHistory events.
@@ -88,6 +106,7 @@ func Semaphore(ctx workflow.Context, st SemaphoreState) error {
 		s.st.MaxHistory = DefaultSemaphoreMaxHistory
 	}
 	s.st.Runs++
+	s.byGroup = workflow.GetVersion(ctx, semaphoreGroupsChange, workflow.DefaultVersion, 1) >= 1
 	id := workflow.GetInfo(ctx).WorkflowExecution.ID
 	if err := workflow.SetQueryHandler(ctx, SemaphoreStateQuery, func() (SemaphoreState, error) { return s.st, nil }); err != nil {
 		return err
@@ -211,11 +230,15 @@ func Semaphore(ctx workflow.Context, st SemaphoreState) error {
 }
 
 // semaphore is the pure state machine of Semaphore.
-type semaphore struct{ st SemaphoreState }
+type semaphore struct {
+	st SemaphoreState
+	// byGroup: shares are groups (semaphoreGroupsChange).
+	byGroup bool
+}
 
 func (s *semaphore) acquire(now time.Time, r activities.SemaphoreRequest) {
 	for _, k := range r.Keys {
-		p := Permit{WorkflowID: r.WorkflowID, RunID: r.RunID, Key: k, Since: now}
+		p := Permit{WorkflowID: r.WorkflowID, RunID: r.RunID, Key: k, Group: r.Group, Since: now}
 		if indexOf(s.st.Holders, p) >= 0 || indexOf(s.st.Waiting, p) >= 0 {
 			continue // a repeated request
 		}
@@ -251,18 +274,18 @@ func (s *semaphore) dropRun(r activities.WorkflowRun) {
 }
 
 // grant moves waiting requests to the holders while permits are free: the
-// request of the run that holds the fewest permits first, in arrival
-// order among equals.
+// request of the share (Permit.share) that holds the fewest permits first,
+// in arrival order among equals.
 func (s *semaphore) grant(now time.Time) []Permit {
 	var out []Permit
 	for len(s.st.Holders) < s.st.Permits && len(s.st.Waiting) > 0 {
 		held := map[activities.WorkflowRun]int{}
 		for _, h := range s.st.Holders {
-			held[h.run()]++
+			held[h.share(s.byGroup)]++
 		}
 		best := 0
 		for i, w := range s.st.Waiting {
-			if held[w.run()] < held[s.st.Waiting[best].run()] {
+			if held[w.share(s.byGroup)] < held[s.st.Waiting[best].share(s.byGroup)] {
 				best = i
 			}
 		}
@@ -342,6 +365,10 @@ type grantResult struct {
 // Watch or Next.
 func RequestPermits(ctx workflow.Context, semaphoreID string, size int, keys ...string) *Permits {
 	info := workflow.GetInfo(ctx)
+	group := "" // a run of its own
+	if info.ParentWorkflowExecution != nil {
+		group = info.ParentWorkflowExecution.ID // a child counts toward its parent's share
+	}
 	p := &Permits{sem: semaphoreID, workflowID: info.WorkflowExecution.ID, runID: info.WorkflowExecution.RunID,
 		state: map[string]permitState{}, grants: workflow.GetSignalChannel(ctx, activities.PermitGrantedSignal(semaphoreID))}
 	for _, k := range keys {
@@ -361,7 +388,7 @@ func RequestPermits(ctx workflow.Context, semaphoreID string, size int, keys ...
 			MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable},
 	})
 	p.acquire = workflow.ExecuteActivity(actx, a.AcquirePermits, activities.SemaphoreRequest{
-		Semaphore: semaphoreID, Permits: size, WorkflowID: p.workflowID, RunID: p.runID, Keys: p.order})
+		Semaphore: semaphoreID, Permits: size, WorkflowID: p.workflowID, RunID: p.runID, Keys: p.order, Group: group})
 	return p
 }
 

@@ -76,6 +76,11 @@ func (f *semFixture) acquire(wf string, keys ...string) {
 	f.env.SignalWorkflow(activities.SemaphoreAcquireSignal, activities.SemaphoreRequest{Semaphore: testSem, WorkflowID: wf, RunID: "run-" + wf, Keys: keys})
 }
 
+// acquireIn is acquire for a run that counts toward group's share.
+func (f *semFixture) acquireIn(wf, group string, keys ...string) {
+	f.env.SignalWorkflow(activities.SemaphoreAcquireSignal, activities.SemaphoreRequest{Semaphore: testSem, WorkflowID: wf, RunID: "run-" + wf, Keys: keys, Group: group})
+}
+
 func (f *semFixture) release(wf string, keys ...string) {
 	f.env.SignalWorkflow(activities.SemaphoreReleaseSignal, activities.SemaphoreRelease{WorkflowID: wf, RunID: "run-" + wf, Keys: keys})
 }
@@ -163,6 +168,42 @@ func TestSemaphoreGrantsQueuesFairlyAndResizes(t *testing.T) {
 		if len(st.Holders) != 0 || len(st.Waiting) != 0 || st.Permits != 3 || st.Granted != 6 {
 			t.Errorf("final state %+v", st)
 		}
+	})
+	err := f.run(SemaphoreState{Permits: 2}, 10*time.Second)
+	if !temporal.IsCanceledError(err) {
+		t.Errorf("err %v, want cancelled", err)
+	}
+}
+
+// TestSemaphoreSharesByGroup: the copy children of one backup (one group)
+// count as one share. With a permit free, a small backup's request goes
+// before a second child's that came first, since the children's backup
+// holds one permit already (by run, the child would have gone first).
+func TestSemaphoreSharesByGroup(t *testing.T) {
+	f := newSemFixture(t, 0)
+	f.at(time.Second, func() {
+		f.acquireIn("big/copy/1", "big", "k1", "k2")
+	})
+	f.at(2*time.Second, func() {
+		f.acquireIn("big/copy/2", "big", "k1")
+		f.acquire("small", "k1")
+	})
+	f.at(3*time.Second, func() {
+		f.expect("after the requests", []string{"big/copy/1/k1", "big/copy/1/k2"}, []string{"big/copy/2/k1", "small/k1"},
+			[]string{"big/copy/1/k1", "big/copy/1/k2"})
+		f.release("big/copy/1", "k1")
+	})
+	f.at(4*time.Second, func() {
+		f.expect("after one release", []string{"big/copy/1/k2", "small/k1"}, []string{"big/copy/2/k1"},
+			[]string{"big/copy/1/k1", "big/copy/1/k2", "small/k1"})
+		if st := f.state(); st.Holders[0].Group != "big" || st.Waiting[0].Group != "big" || st.Holders[1].Group != "" {
+			t.Errorf("groups not kept: %+v", st)
+		}
+		f.release("small", "k1")
+	})
+	f.at(5*time.Second, func() {
+		f.expect("after the small backup's release", []string{"big/copy/1/k2", "big/copy/2/k1"}, []string{},
+			[]string{"big/copy/1/k1", "big/copy/1/k2", "small/k1", "big/copy/2/k1"})
 	})
 	err := f.run(SemaphoreState{Permits: 2}, 10*time.Second)
 	if !temporal.IsCanceledError(err) {
@@ -278,8 +319,8 @@ func newSemBackup(t *testing.T) *semBackup {
 			f.rec.add("workload lock")
 			return &activities.AcquireResult{Bypass: true}, nil // granted at once
 		}
-		if in.Semaphore != CopySemaphoreID || in.Permits != DefaultCopyPermits {
-			t.Errorf("request %+v", in)
+		if in.Semaphore != CopySemaphoreID || in.Permits != DefaultCopyPermits || in.Group != "" {
+			t.Errorf("request %+v (a backup copying itself is a share of its own: no group)", in)
 		}
 		f.keys = append(f.keys, in.Keys...)
 		f.rec.add("acquire")
