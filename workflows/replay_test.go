@@ -29,6 +29,10 @@ var recordedHistories = map[string]string{
 	"history-2vms-parallel-finish.json": "backup/shop",
 	// The first child of such a backup.
 	"history-copydisks.json": "backup/big/copy/20261123-154531-261492/1",
+	// The copy semaphore, recorded before it counted shares by group (no
+	// marker): a 40-disk backup's children and a small backup. The
+	// semaphore runs for long; its running history must replay.
+	"history-semaphore-by-run.json": CopySemaphoreID,
 }
 
 // TestReplayRecordedHistories replays the recorded histories with today's
@@ -58,6 +62,7 @@ func TestReplayRecordedHistories(t *testing.T) {
 			rp := worker.NewWorkflowReplayer()
 			rp.RegisterWorkflow(WorkloadBackup)
 			rp.RegisterWorkflow(CopyDisks)
+			rp.RegisterWorkflow(Semaphore)
 			if err := rp.ReplayWorkflowHistoryWithOptions(nil, h, worker.ReplayWorkflowHistoryOptions{
 				OriginalExecution: workflow.Execution{ID: id, RunID: runID}}); err != nil {
 				t.Fatal(err)
