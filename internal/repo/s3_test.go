@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -9,7 +10,12 @@ import (
 	"github.com/raksha-backup/raksha/internal/testenv/cephlab"
 )
 
-func TestMain(m *testing.M) { cephlab.Main(m) }
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(kdfFaultsChildEnv); mode != "" {
+		os.Exit(kdfFaultsChild(mode))
+	}
+	cephlab.Main(m)
+}
 
 // TestGCRaceS3 runs the forced gc race on a real radosgw (S3): ModTimes there
 // come from the store's clock at one-second resolution.

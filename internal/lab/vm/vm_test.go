@@ -161,14 +161,15 @@ func TestStartAgain(t *testing.T) {
 }
 
 // TestAccelAuto boots with AccelAuto: KVM when a boot within the deadline
-// proves it works, TCG otherwise. It takes up to KVMBootTimeout longer where
-// KVM is broken (nested), so it runs only with RAKSHA_TEST_KVM_AUTO=1.
+// proves it works, TCG otherwise. Where KVM is broken (nested, as on the CI
+// machines) it takes up to KVMBootTimeout longer; there the fallback is what
+// it proves (about 8 s in all).
 func TestAccelAuto(t *testing.T) {
-	if os.Getenv("RAKSHA_TEST_KVM_AUTO") != "1" {
-		t.Skip("set RAKSHA_TEST_KVM_AUTO=1 to try KVM with a fallback to TCG")
-	}
 	img := vmtest.Image(t)
 	v := vmtest.Boot(t, img, vmtest.Spec{LabDir: vmtest.LabDir(t), Instance: "auto", Labels: []string{"data"},
 		Configure: func(c *vm.Config) { c.Accel = vm.AccelAuto; c.KVMBootTimeout = 20 * time.Second }})
+	if v.Accel != vm.AccelKVM && v.Accel != vm.AccelTCG {
+		t.Fatalf("AccelAuto booted with %q, want kvm or tcg", v.Accel)
+	}
 	t.Logf("AccelAuto booted with %s in %v", v.Accel, v.BootDuration.Round(time.Millisecond))
 }
