@@ -90,7 +90,7 @@ func dirtyExt4Backup(t *testing.T, c *cli, how string) (string, []byte) {
 func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	ext4test.Need(t)
 	needFUSE(t)
-	tmp := privateTmpDir(t)
+	tmp := xfstest.PrivateTmp(t)
 	c := newCLI(t)
 	c.must("repo", "init", "--chunk-size", "1MiB")
 	id, recent := dirtyExt4Backup(t, c, "")
@@ -115,7 +115,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(to, "app/app.conf")); err != nil || string(b) != "v2\n" {
 		t.Fatalf("app.conf after the replay: %q %v", b, err)
 	}
-	assertNoLoopLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 
 	// one file, text output
 	to = filepath.Join(t.TempDir(), "one")
@@ -125,7 +125,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 		t.Fatalf("%v\n%s\n%s", err, out, errs)
 	}
 	t.Logf("replayed: %s", strings.TrimSpace(out))
-	assertNoLoopLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 
 	// --no-replay: raksha's reader, a warning naming the disk, the file
 	// that only the journal holds missing, app.conf stale
@@ -151,7 +151,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 		t.Fatalf("recent.bin without replay: %v", err)
 	}
 	t.Logf("--no-replay: %s", strings.TrimSpace(errs))
-	assertNoLoopLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 
 	// a journal the kernel refuses: mounted with noload, a warning
 	bad, _ := dirtyExt4Backup(t, c, "broken-journal")
@@ -170,7 +170,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 		t.Fatalf("json: %s\nstderr: %s", out, errs)
 	}
 	t.Logf("journal refused: %s", strings.TrimSpace(errs))
-	assertNoLoopLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 
 	// the file system in a GPT partition: replayed there too
 	part, _ := dirtyExt4Backup(t, c, "gpt")
@@ -186,7 +186,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	if res.Replay != "kernel" || res.Partition == nil || res.Partition.Number != 2 || sum(t, filepath.Join(to, "recent.bin")) != want {
 		t.Fatalf("gpt: %s\nstderr: %s", out, errs)
 	}
-	assertNoLoopLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 }
 
 func sumBytes(b []byte) [32]byte { return sha256.Sum256(b) }
@@ -220,7 +220,7 @@ func TestReplayBlocker(t *testing.T) {
 func TestCLIMountExt4Replay(t *testing.T) {
 	ext4test.Need(t)
 	needFUSE(t)
-	tmp := privateTmpDir(t)
+	tmp := xfstest.PrivateTmp(t)
 	c := newCLI(t)
 	c.must("repo", "init", "--chunk-size", "1MiB")
 	id, recent := dirtyExt4Backup(t, c, "")
@@ -258,7 +258,7 @@ func TestCLIMountExt4Replay(t *testing.T) {
 	if res.FSType != "ext" || !res.NeedsRecovery || res.Replay != "kernel" || res.OverlayBytes == 0 || strings.Contains(bg.errb.String(), "warning") {
 		t.Fatalf("json: %s\nstderr: %s", bg.out.String(), bg.errb.String())
 	}
-	assertNoLoopLeftovers(t, tmp, dir)
+	xfstest.AssertNoLeftovers(t, tmp, dir)
 
 	// --no-replay: the FUSE view, a warning, recent.bin missing
 	bg = c.start("mount", "--no-replay", id, dir)
@@ -275,7 +275,7 @@ func TestCLIMountExt4Replay(t *testing.T) {
 		t.Fatalf("stderr: %s", errs)
 	}
 	assertUnmounted(t, dir)
-	assertNoLoopLeftovers(t, tmp, dir)
+	xfstest.AssertNoLeftovers(t, tmp, dir)
 }
 
 // TestCLIRestoreFilesExt4NoLoopMounts: where loop mounts cannot work (the

@@ -86,32 +86,12 @@ func xfsDisks(t *testing.T) (whole, gpt, staging string) {
 	return whole, gpt, staging
 }
 
-// privateTmpDir points os.TempDir at a directory of the test's, so that
-// leftovers of its loop mounts can be found.
-func privateTmpDir(t *testing.T) string {
-	tmp := t.TempDir()
-	t.Setenv("TMPDIR", tmp)
-	return tmp
-}
-
-func assertNoLoopLeftovers(t *testing.T, dirs ...string) {
-	t.Helper()
-	for _, d := range dirs {
-		if left := xfstest.Leftovers(t, d); len(left) > 0 {
-			t.Fatalf("left behind:\n%s", strings.Join(left, "\n"))
-		}
-	}
-	if ents, _ := filepath.Glob(filepath.Join(os.TempDir(), "raksha-loop-*")); len(ents) > 0 {
-		t.Fatalf("private directories left: %v", ents)
-	}
-}
-
 // TestCLIRestoreFilesXFS: files out of backed-up XFS disks (whole disk and
 // a GPT partition) compared by sha256; links written as links, the fifo
 // skipped; the JSON result; nothing left mounted or attached; cancels at
 // different moments leave nothing either.
 func TestCLIRestoreFilesXFS(t *testing.T) {
-	tmp := privateTmpDir(t)
+	tmp := xfstest.PrivateTmp(t)
 	whole, gpt, staging := xfsDisks(t)
 	c := newCLI(t)
 	c.must("repo", "init", "--chunk-size", "1MiB")
@@ -147,7 +127,7 @@ func TestCLIRestoreFilesXFS(t *testing.T) {
 			t.Fatalf("big.bin: %v %v", fi, err)
 		}
 		t.Logf("%s: %s", filepath.Base(img), strings.TrimSpace(out))
-		assertNoLoopLeftovers(t, tmp)
+		xfstest.AssertNoLeftovers(t, tmp)
 	}
 
 	// one file, through a symlink to an absolute path inside the backup; JSON
@@ -166,7 +146,7 @@ func TestCLIRestoreFilesXFS(t *testing.T) {
 	}
 	t.Logf("one file from the XFS partition of a %d MiB disk: %v, %d of %d chunks fetched (%d bytes)",
 		res.DiskSize>>20, took.Round(time.Millisecond), res.Fetch.ChunksFetched, res.DiskChunks, res.Fetch.BytesFetched)
-	assertNoLoopLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 
 	// a crash-consistent copy of a live XFS (dirty log; the same file
 	// system still mounted here): the log is replayed into the overlay
@@ -181,14 +161,14 @@ func TestCLIRestoreFilesXFS(t *testing.T) {
 	if err != nil || strings.Contains(errs, "warning") || sum(t, filepath.Join(to, "big.bin")) != sum(t, filepath.Join(staging, "etc/app/big.bin")) {
 		t.Fatalf("dirty log: %v\n%s\n%s", err, out, errs)
 	}
-	assertNoLoopLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 
 	// errors name the backup and the path; nothing left
 	_, _, err = c.run("restore", "files", ids[whole], "--path", "/etc/nope", "--to", t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "no such file or directory in the backup: /etc/nope") || !strings.Contains(err.Error(), ids[whole]) {
 		t.Fatalf("missing path: %v", err)
 	}
-	assertNoLoopLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 
 	// a cancel (Ctrl-C and SIGTERM cancel the command's context) at any
 	// moment: the command ends and nothing is left
@@ -200,7 +180,7 @@ func TestCLIRestoreFilesXFS(t *testing.T) {
 		if err != nil && !errors.Is(err, errCanceled) && !strings.Contains(err.Error(), "context canceled") {
 			t.Fatalf("cancel after %v: %v", delay, err)
 		}
-		assertNoLoopLeftovers(t, tmp)
+		xfstest.AssertNoLeftovers(t, tmp)
 	}
 }
 
@@ -227,7 +207,7 @@ func waitLoopMounted(t *testing.T, dir string, done <-chan error) {
 // reading (sha256), writes refused, raksha umount refusing while busy;
 // then -f json ended by a cancel; nothing left mounted or attached.
 func TestCLIMountXFS(t *testing.T) {
-	tmp := privateTmpDir(t)
+	tmp := xfstest.PrivateTmp(t)
 	_, gpt, staging := xfsDisks(t)
 	c := newCLI(t)
 	c.must("repo", "init", "--chunk-size", "1MiB")
@@ -273,7 +253,7 @@ func TestCLIMountXFS(t *testing.T) {
 	if !strings.Contains(out, "XFS file system (300.0 MiB) on ") || !strings.Contains(out, "read-only, log recovered into a private overlay (") || !strings.Contains(out, "partition 2") || !strings.Contains(out, "'umount "+dir+"'") {
 		t.Fatalf("output: %s", out)
 	}
-	assertNoLoopLeftovers(t, tmp, dir)
+	xfstest.AssertNoLeftovers(t, tmp, dir)
 	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
 		t.Fatalf("mount point after unmount: %v %v", ents, err)
 	}
@@ -297,7 +277,7 @@ func TestCLIMountXFS(t *testing.T) {
 		t.Fatalf("json: %s", bg.out.String())
 	}
 	t.Logf("read one file through the XFS mount: %d of %d chunks fetched; mount took %.3f s", res.Fetch.ChunksFetched, res.DiskChunks, res.MountSeconds)
-	assertNoLoopLeftovers(t, tmp, dir)
+	xfstest.AssertNoLeftovers(t, tmp, dir)
 
 	// --raw still serves the partition file for a manual loop mount
 	bg = c.start("mount", "--raw", b.ID, dir)
@@ -321,7 +301,7 @@ func TestCLIMountXFS(t *testing.T) {
 	if err := bg.wait(t); err != nil {
 		t.Fatal(err)
 	}
-	assertNoLoopLeftovers(t, tmp, dir)
+	xfstest.AssertNoLeftovers(t, tmp, dir)
 }
 
 // TestCLIXFSSignals runs the raksha binary: SIGTERM ends an XFS mount,
@@ -329,7 +309,7 @@ func TestCLIMountXFS(t *testing.T) {
 // left mounted or attached.
 func TestCLIXFSSignals(t *testing.T) {
 	xfstest.Need(t)
-	tmp := privateTmpDir(t)
+	tmp := xfstest.PrivateTmp(t)
 	img := filepath.Join(t.TempDir(), "xfs.img")
 	var largeSum [32]byte
 	xfstest.Image(t, img, xfstest.MinSize, func(mnt string) {
@@ -407,7 +387,7 @@ func TestCLIXFSSignals(t *testing.T) {
 	if err := waitExit(done, errb); err != nil {
 		t.Fatalf("mount after SIGTERM: %v\n%s", err, errb.String())
 	}
-	assertNoLoopLeftovers(t, tmp, dir)
+	xfstest.AssertNoLeftovers(t, tmp, dir)
 
 	// a killed mount command: raksha umount cleans up its XFS mount, loop
 	// device and FUSE view
@@ -423,7 +403,7 @@ func TestCLIXFSSignals(t *testing.T) {
 	if _, errs, err := c.run("umount", dir); err != nil {
 		t.Fatalf("umount after the kill: %v\n%s", err, errs)
 	}
-	assertNoLoopLeftovers(t, tmp, dir)
+	xfstest.AssertNoLeftovers(t, tmp, dir)
 
 	// the whole 96 MiB file, timed
 	to := filepath.Join(t.TempDir(), "full")
@@ -441,7 +421,7 @@ func TestCLIXFSSignals(t *testing.T) {
 		t.Fatal("large.bin differs")
 	}
 	t.Logf("96 MiB file from XFS: %v (%.0f MiB/s), %d of %d chunks fetched", took.Round(time.Millisecond), 96/took.Seconds(), res.Fetch.ChunksFetched, res.DiskChunks)
-	assertNoLoopLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 
 	// SIGINT while the loop mount is set up, and once the copy has begun
 	for _, early := range []bool{true, false} {
@@ -468,6 +448,6 @@ func TestCLIXFSSignals(t *testing.T) {
 		if err != nil && !strings.Contains(errb.String(), "context canceled") {
 			t.Fatalf("restore after SIGINT: %v\n%s", err, errb.String())
 		}
-		assertNoLoopLeftovers(t, tmp)
+		xfstest.AssertNoLeftovers(t, tmp)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/filerestore"
 	"github.com/raksha-backup/raksha/internal/loopfs"
 	"github.com/raksha-backup/raksha/internal/loopfs/ext4test"
+	"github.com/raksha-backup/raksha/internal/loopfs/xfstest"
 )
 
 // dirtyExt4 makes a crash-consistent ext4 image: etc/app/app.conf "v1"
@@ -39,7 +40,7 @@ func dirtyExt4(t *testing.T) (string, []byte) {
 // nothing is left.
 func TestExt4JournalReplay(t *testing.T) {
 	ext4test.Need(t)
-	tmp := privateTmp(t)
+	tmp := xfstest.PrivateTmp(t)
 	img, recent := dirtyExt4(t)
 	d := backUp(t, img)
 	j, err := filerestore.ReadJournal(d, d.Size())
@@ -64,7 +65,7 @@ func TestExt4JournalReplay(t *testing.T) {
 		t.Fatalf("app.conf after replay: %q %v", got, err)
 	}
 	must(t, m.Close())
-	assertNoLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 	if readAll(t, d) != before {
 		t.Fatal("the backup's disk reads differently after the replay")
 	}
@@ -83,7 +84,7 @@ func TestExt4JournalReplay(t *testing.T) {
 // area holds them, and nothing is left.
 func TestExt4ReplayFailsNoload(t *testing.T) {
 	ext4test.Need(t)
-	tmp := privateTmp(t)
+	tmp := xfstest.PrivateTmp(t)
 	img, _ := dirtyExt4(t)
 	ext4test.BreakJournalChecksum(t, img)
 	d := backUp(t, img)
@@ -100,6 +101,6 @@ func TestExt4ReplayFailsNoload(t *testing.T) {
 		t.Fatalf("without replay: %+v %v", st, err)
 	}
 	must(t, m.Close())
-	assertNoLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 	t.Logf("recovery error: %v", m.RecoveryErr)
 }

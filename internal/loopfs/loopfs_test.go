@@ -87,32 +87,12 @@ func backUp(t *testing.T, img string) *repo.DiskReader {
 	return d
 }
 
-// privateTmp points os.TempDir at a directory of the test's, so that what
-// is left of its loop mounts can be found.
-func privateTmp(t *testing.T) string {
-	tmp := t.TempDir()
-	t.Setenv("TMPDIR", tmp)
-	return tmp
-}
-
-func assertNoLeftovers(t *testing.T, dirs ...string) {
-	t.Helper()
-	for _, d := range dirs {
-		if left := xfstest.Leftovers(t, d); len(left) > 0 {
-			t.Fatalf("left behind:\n%s", strings.Join(left, "\n"))
-		}
-	}
-	if ents, _ := filepath.Glob(filepath.Join(os.TempDir(), "raksha-loop-*")); len(ents) > 0 {
-		t.Fatalf("private directories left: %v", ents)
-	}
-}
-
 // TestExtractXFS: a real XFS image backed up, loop-mounted from the
 // repository, files copied out and compared by sha256; links not followed,
 // the fifo skipped; everything cleaned up.
 func TestExtractXFS(t *testing.T) {
 	xfstest.Need(t)
-	tmp := privateTmp(t)
+	tmp := xfstest.PrivateTmp(t)
 	img := filepath.Join(t.TempDir(), "xfs.img")
 	var sums map[string][32]byte
 	xfstest.Image(t, img, xfstest.MinSize, func(dir string) { sums = populate(t, dir) })
@@ -198,7 +178,7 @@ func TestExtractXFS(t *testing.T) {
 	default:
 		t.Fatal("Done not closed after Close")
 	}
-	assertNoLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 	st2 := d.Stats()
 	t.Logf("mounted in %v; one file in %v with %d of %d chunks fetched; all done with %d chunks (%d bytes)",
 		mounted.Round(time.Millisecond), one.Round(time.Millisecond), oneChunks, d.Manifest().Chunks, st2.ChunksFetched, st2.BytesFetched)
@@ -209,7 +189,7 @@ func TestExtractXFS(t *testing.T) {
 // by the watcher.
 func TestMountAtDirUnmountFromOutside(t *testing.T) {
 	xfstest.Need(t)
-	tmp := privateTmp(t)
+	tmp := xfstest.PrivateTmp(t)
 	img := filepath.Join(t.TempDir(), "xfs.img")
 	var sums map[string][32]byte
 	xfstest.Image(t, img, xfstest.MinSize, func(dir string) { sums = populate(t, dir) })
@@ -243,7 +223,7 @@ func TestMountAtDirUnmountFromOutside(t *testing.T) {
 		t.Fatal("not cleaned up 10 s after the unmount from outside")
 	}
 	must(t, m.Err())
-	assertNoLeftovers(t, tmp, dir)
+	xfstest.AssertNoLeftovers(t, tmp, dir)
 	// other mounts are refused
 	if err := mountfs.Unmount(context.Background(), "/proc", false); !errors.Is(err, mountfs.ErrNotMounted) {
 		t.Fatalf("/proc: %v", err)
@@ -256,7 +236,7 @@ func TestMountAtDirUnmountFromOutside(t *testing.T) {
 // copy are there, and the backup is not written.
 func TestDirtyLog(t *testing.T) {
 	xfstest.Need(t)
-	tmp := privateTmp(t)
+	tmp := xfstest.PrivateTmp(t)
 	img := filepath.Join(t.TempDir(), "dirty.img")
 	var sums map[string][32]byte
 	xfstest.DirtyImage(t, img, xfstest.MinSize, func(dir string) { sums = populate(t, dir) })
@@ -277,7 +257,7 @@ func TestDirtyLog(t *testing.T) {
 		}
 	}
 	must(t, m.Close())
-	assertNoLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 	if readAll(t, d) != before {
 		t.Fatal("the backup's disk reads differently after the recovery")
 	}
@@ -288,7 +268,7 @@ func TestDirtyLog(t *testing.T) {
 // and without recovery), clearly, and leaves nothing.
 func TestNotMountable(t *testing.T) {
 	xfstest.Need(t)
-	tmp := privateTmp(t)
+	tmp := xfstest.PrivateTmp(t)
 	img := filepath.Join(t.TempDir(), "bad.img")
 	b := make([]byte, 8<<20)
 	for i := range b {
@@ -301,7 +281,7 @@ func TestNotMountable(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not a mountable xfs file system, or damaged") || !strings.Contains(err.Error(), "and without log recovery: mount") {
 		t.Fatalf("%v", err)
 	}
-	assertNoLeftovers(t, tmp)
+	xfstest.AssertNoLeftovers(t, tmp)
 }
 
 func readAll(t *testing.T, d *repo.DiskReader) [32]byte {

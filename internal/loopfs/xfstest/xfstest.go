@@ -161,6 +161,30 @@ func CopyInto(t testing.TB, dst string, off int64, src string) {
 	}
 }
 
+// PrivateTmp points os.TempDir at a directory of the test's (TMPDIR), so
+// that AssertNoLeftovers finds what its loop mounts leave there, and
+// returns it.
+func PrivateTmp(t testing.TB) string {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	return tmp
+}
+
+// AssertNoLeftovers fails the test if anything of a loop mount remains
+// under any of dirs (Leftovers), or a private raksha-loop-* directory in
+// os.TempDir.
+func AssertNoLeftovers(t testing.TB, dirs ...string) {
+	t.Helper()
+	for _, d := range dirs {
+		if left := Leftovers(t, d); len(left) > 0 {
+			t.Fatalf("left behind:\n%s", strings.Join(left, "\n"))
+		}
+	}
+	if ents, _ := filepath.Glob(filepath.Join(os.TempDir(), "raksha-loop-*")); len(ents) > 0 {
+		t.Fatalf("private directories left: %v", ents)
+	}
+}
+
 // Leftovers lists what remains of loop mounts under dir: mounts in
 // /proc/self/mounts and attached loop devices (losetup -a) whose paths lie
 // under dir.
