@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -13,7 +11,6 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
-	"github.com/raksha-backup/raksha/internal/lab/guestapp"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 	"github.com/raksha-backup/raksha/workflows"
@@ -113,30 +110,7 @@ func TestAppConsistentBackupOfLabWorkload(t *testing.T) {
 	// Every restored disk: file system clean, records intact up to the backup.
 	r := mustRepo(t, be)
 	for _, d := range second.Disks {
-		out := filepath.Join(dir, "restored.raw")
-		f, err := os.Create(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.Truncate(d.Size)
-		st, err := r.RestoreDisk(ctx, d.Manifest, f, repo.RestoreOptions{})
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if out, err := exec.Command("e2fsck", "-fn", out).CombinedOutput(); err != nil {
-			t.Errorf("e2fsck -fn on restored %s: %v\n%s", d.Manifest, err, out)
-		}
-		reps, err := guestapp.CheckImage(ctx, out, guestapp.CheckOptions{})
-		if err != nil {
-			t.Fatalf("check records on restored %s: %v", d.Manifest, err)
-		}
-		for _, rep := range reps {
-			if !rep.OK() || rep.Good == 0 {
-				t.Errorf("restored %s: %s", d.Manifest, rep)
-			}
-		}
-		t.Logf("restored %s: %d MiB in %.1fs; %d record files intact", d.Manifest, st.BytesWritten>>20, st.Seconds, len(reps))
-		os.Remove(out)
+		st, files := restoreAndCheck(ctx, t, r, d.Manifest, d.Size, filepath.Join(dir, "restored.raw"))
+		t.Logf("restored %s: %d MiB in %.1fs; %d record files intact", d.Manifest, st.BytesWritten>>20, st.Seconds, files)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/lab"
 	"github.com/raksha-backup/raksha/internal/lab/demo"
+	"github.com/raksha-backup/raksha/internal/lab/guestapp"
 	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
@@ -144,4 +146,37 @@ func newLabEnvWith(t *testing.T, o labEnvOptions) *labEnv {
 	}
 	startWorkers(t, c, d.acts, queues...)
 	return &labEnv{labDemo: d, temporal: c}
+}
+
+// restoreAndCheck restores the backed-up disk manifest (size bytes) of a
+// demo guest into out and checks it as the guest's data disk: e2fsck finds
+// the file system clean, and every record file the writer keeps is intact
+// with at least one good record. It removes out and returns the restore's
+// figures and the number of record files.
+func restoreAndCheck(ctx context.Context, t *testing.T, r *repo.Repository, manifest string, size int64, out string) (repo.RestoreStats, int) {
+	t.Helper()
+	defer os.Remove(out)
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(size)
+	st, err := r.RestoreDisk(ctx, manifest, f, repo.RestoreOptions{})
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := exec.Command("e2fsck", "-fn", out).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck -fn on restored %s: %v\n%s", manifest, err, msg)
+	}
+	reps, err := guestapp.CheckImage(ctx, out, guestapp.CheckOptions{})
+	if err != nil {
+		t.Fatalf("check records on restored %s: %v", manifest, err)
+	}
+	for _, rep := range reps {
+		if !rep.OK() || rep.Good == 0 {
+			t.Errorf("restored %s: %s", manifest, rep)
+		}
+	}
+	return st, len(reps)
 }

@@ -3,8 +3,6 @@ package integration
 import (
 	"context"
 	"errors"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -13,7 +11,6 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
-	"github.com/raksha-backup/raksha/internal/lab/guestapp"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/policies"
 	"github.com/raksha-backup/raksha/workflows"
@@ -166,30 +163,7 @@ func TestLabBackupInChildWorkflows(t *testing.T) {
 	d.assertThawed(t)
 	r := mustRepo(t, d.be)
 	for _, disk := range second.Disks {
-		out := filepath.Join(d.dir, "restored.raw")
-		f, err := os.Create(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.Truncate(disk.Size)
-		_, err = r.RestoreDisk(ctx, disk.Manifest, f, repo.RestoreOptions{})
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if out, err := exec.Command("e2fsck", "-fn", out).CombinedOutput(); err != nil {
-			t.Errorf("e2fsck -fn on restored %s: %v\n%s", disk.Manifest, err, out)
-		}
-		reps, err := guestapp.CheckImage(ctx, out, guestapp.CheckOptions{})
-		if err != nil {
-			t.Fatalf("check records on restored %s: %v", disk.Manifest, err)
-		}
-		for _, rep := range reps {
-			if !rep.OK() || rep.Good == 0 {
-				t.Errorf("restored %s: %s", disk.Manifest, rep)
-			}
-		}
-		os.Remove(out)
+		restoreAndCheck(ctx, t, r, disk.Manifest, disk.Size, filepath.Join(d.dir, "restored.raw"))
 	}
 	t.Logf("whole test %v", time.Since(begin).Round(time.Millisecond))
 }
