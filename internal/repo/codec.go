@@ -182,6 +182,18 @@ func nonZeroRuns(plain, zmap []byte, nblocks int, fn func(from, to int)) {
 	}
 }
 
+// nonZeroLen is how many bytes of a size-byte chunk with nblocks blocks the
+// zero map does not mark: the length of its packed non-zero blocks.
+func nonZeroLen(zmap []byte, nblocks, size int) int {
+	n := size
+	for b := range nblocks {
+		if zmap[b/8]&(1<<(b%8)) != 0 {
+			n -= min(zeroBlock, size-b*zeroBlock)
+		}
+	}
+	return n
+}
+
 // appendNonZero appends plain's non-zero blocks to dst, back to back.
 func appendNonZero(dst, plain, zmap []byte, nblocks int) []byte {
 	nonZeroRuns(plain, zmap, nblocks, func(from, to int) { dst = append(dst, plain[from:to]...) })
@@ -202,8 +214,7 @@ func (c *codec) sparseIncompressible(plain, zmap []byte, nblocks int) bool {
 // non-zero blocks put back to back (the sampleSize bytes from their middle),
 // or nil when they are too short to sample.
 func sparseSample(plain, zmap []byte, nblocks int) []byte {
-	total := 0
-	nonZeroRuns(plain, zmap, nblocks, func(from, to int) { total += to - from })
+	total := nonZeroLen(zmap, nblocks, len(plain))
 	if total < 4*sampleSize {
 		return nil
 	}
@@ -353,12 +364,7 @@ func (c *codec) openSparse(p, dst []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: sparse object's zero map has bits past its end", ErrCorrupt)
 	}
 	isZero := func(b int) bool { return zmap[b/8]&(1<<(b%8)) != 0 }
-	want := int(size)
-	for b := range nblocks {
-		if isZero(b) {
-			want -= min(zeroBlock, int(size)-b*zeroBlock)
-		}
-	}
+	want := nonZeroLen(zmap, nblocks, int(size))
 	if inner[0] != flagRaw && inner[0] != flagZstd {
 		return nil, fmt.Errorf("%w: unknown compression flag %d in a sparse object", ErrCorrupt, inner[0])
 	}
