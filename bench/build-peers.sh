@@ -21,7 +21,7 @@ mkdir -p "$BIN" "$WORK"
 # Go binary (as its main module or as a dependency).
 module_version() {
 	[[ -x $1 ]] || return 0
-	go version -m "$1" 2>/dev/null | awk -v m="$2" '($1 == "mod" || $1 == "dep") && $2 == m { print $3; exit }'
+	go version -m "$1" 2>/dev/null | awk -v m="$2" '!v && ($1 == "mod" || $1 == "dep") && $2 == m { v = $3 } END { if (v) print v }'
 }
 
 # build NAME PACKAGE MODULE VERSION

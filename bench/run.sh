@@ -118,7 +118,7 @@ for t in restic kopia; do
 		PROBLEMS+=("$t did not build from the module proxy with $(go env GOVERSION); its rows are marked skipped")
 	fi
 done
-modver() { go version -m "$1" 2>/dev/null | awk -v m="$2" '($1 == "mod" || $1 == "dep") && $2 == m { print $3; exit }'; }
+modver() { go version -m "$1" 2>/dev/null | awk -v m="$2" '!v && ($1 == "mod" || $1 == "dep") && $2 == m { v = $3 } END { if (v) print v }'; }
 RESTIC_VER="not built" KOPIA_VER="not built"
 [[ -x $RESTIC ]] && RESTIC_VER="restic $(modver "$RESTIC" github.com/restic/restic) ($(go version "$RESTIC" | awk '{ print $2 }'))"
 [[ -x $KOPIA ]] && KOPIA_VER="kopia $(modver "$KOPIA" github.com/kopia/kopia) ($(go version "$KOPIA" | awk '{ print $2 }'))"

@@ -55,7 +55,10 @@ exec 9>"$OUT/.lock"
 flock 9   # one build at a time (test packages run in parallel)
 
 # --- the kernel package: the current dependency of linux-image-amd64 ---
-kpkg_name() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+# Every reader of a pipe here reads to the end (no awk 'exit', head, grep -q):
+# under pipefail a writer killed by SIGPIPE fails the script (exit 141),
+# depending on how the writer splits its output.
+kpkg_name() { apt-cache depends linux-image-amd64 2>/dev/null | awk '!v && /Depends: linux-image-[0-9]/ {v = $2} END {if (v) print v}'; }
 KPKG=${KPKG:-$(kpkg_name)}
 if [ -z "$KPKG" ] && [ "$(id -u)" = 0 ]; then
   apt-get update -qq >/dev/null 2>&1 || true
@@ -66,7 +69,7 @@ if [ -z "$KPKG" ]; then
   KPKG=$(ls "$OUT/debs" 2>/dev/null | sed -n 's/^\(linux-image-[0-9][^_]*-amd64\)_.*\.deb$/\1/p' | sort -V | tail -1)
 fi
 [ -n "$KPKG" ] || die "cannot tell the kernel package: apt-cache knows no linux-image-amd64 (run apt-get update)"
-KPKG_VER=$(apt-cache policy "$KPKG" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
+KPKG_VER=$(apt-cache policy "$KPKG" 2>/dev/null | awk '!v && /Candidate:/ {v = $2} END {if (v) print v}')
 if [ -z "$KPKG_VER" ] || [ "$KPKG_VER" = "(none)" ]; then
   KPKG_VER=$(ls "$OUT/debs" | sed -n "s/^${KPKG}_\([^_]*\)_amd64\.deb$/\1/p" | tail -1)
 fi
@@ -96,7 +99,7 @@ WORK=$(mktemp -d "$OUT/build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 # --- 1. kernel and modules: download the package, unpack it, never install ---
-DEB=$(ls "$OUT"/debs/"${KPKG}_${KPKG_VER//:/%3a}"_*.deb 2>/dev/null | head -1 || true)
+DEB=$(ls "$OUT"/debs/"${KPKG}_${KPKG_VER//:/%3a}"_*.deb 2>/dev/null | sed -n 1p || true)
 if [ -z "$DEB" ]; then
   for i in 1 2 3 4 5; do
     (cd "$OUT/debs" && apt-get download "$KPKG=$KPKG_VER" >&2) && break
@@ -108,7 +111,7 @@ if [ -z "$DEB" ]; then
   for d in "$OUT"/debs/linux-image-*.deb; do [ "$d" = "$DEB" ] || rm -f "$d"; done
 fi
 dpkg -x "$DEB" "$WORK/kpkg"
-KVER=$(ls "$WORK/kpkg/lib/modules" | head -1)
+KVER=$(ls "$WORK/kpkg/lib/modules" | sed -n 1p)
 cp "$WORK/kpkg/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
 
 # --- 2. the initramfs tree ---
@@ -135,7 +138,7 @@ done
 MDIR="$WORK/kpkg/lib/modules/$KVER/kernel"
 : > "$R/lib/modules/load-order"
 for m in $MODS; do
-  f=$(find "$MDIR" \( -name "$m.ko" -o -name "$m.ko.xz" \) | head -1)
+  f=$(find "$MDIR" \( -name "$m.ko" -o -name "$m.ko.xz" \) | sed -n 1p)
   [ -n "$f" ] || { echo "build-guest: module $m not in the package (built in?)" >&2; continue; }
   case "$f" in
     *.xz) xz -dc "$f" > "$R/lib/modules/$m.ko" ;;

@@ -31,7 +31,7 @@ stop_group() {
     pid=$(cat "$f")
     [[ $pid =~ ^[0-9]+$ ]] || continue
     # only signal it if it still is a Ceph daemon (the PID may have been reused)
-    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qE '^(/usr/bin/)?(ceph-mon|ceph-mgr|ceph-osd|radosgw) '; then
+    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -E '^(/usr/bin/)?(ceph-mon|ceph-mgr|ceph-osd|radosgw) ' >/dev/null; then
       kill -s "$SIG" "$pid" 2>/dev/null && pids+=("$pid")
     fi
   done

@@ -208,7 +208,7 @@ rm -f "$D/osd/new.json"
 printf '[osd.%s]\n\tkey = %s\n' "$OSD_ID" "$OSD_SECRET" >"$D/osd/keyring"
 ceph-osd -i "$OSD_ID" --mkfs --key "$OSD_SECRET" --osd-uuid "$OSD_UUID" >"$D/log/osd-mkfs.log" 2>&1
 ceph-osd -i "$OSD_ID"
-osd_up() { ceph osd dump 2>/dev/null | grep -q "^osd.$OSD_ID up"; }
+osd_up() { ceph osd dump 2>/dev/null | grep "^osd.$OSD_ID up" >/dev/null; }
 wait_for "osd.$OSD_ID up" osd_up
 ts "osd.$OSD_ID up ($OSD_STORE)"
 
@@ -229,7 +229,7 @@ if [ "$WITH_RGW" = 1 ]; then
   wait_for "radosgw on 127.0.0.1:$RGW_PORT" curl -sf -o /dev/null "http://127.0.0.1:$RGW_PORT/"
   ts "radosgw answering on 127.0.0.1:$RGW_PORT"
   # Keys: given, or generated (alphanumeric so the env file needs no quoting).
-  gen() { head -c 256 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c "$1"; }
+  gen() { local s; s=$(head -c 256 /dev/urandom | LC_ALL=C tr -dc 'A-Za-z0-9'); printf '%s' "${s:0:$1}"; }
   AK=${CEPHLAB_S3_ACCESS_KEY:-$(gen 20)}
   SK=${CEPHLAB_S3_SECRET_KEY:-$(gen 40)}
   SWK=${CEPHLAB_SWIFT_KEY:-$(gen 40)}

@@ -32,7 +32,7 @@ run repo init --chunk-size 1MiB
 say "3. Full backup"
 run disk backup --label vm=demo --label disk=data -f json "$W/disk.img" > "$W/b1.json"
 [ $QUIET = 1 ] || cat "$W/b1.json"
-B1=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["id"])' "$W/b1.json" 2>/dev/null || grep -o '"id": *"[^"]*"' "$W/b1.json" | head -1 | cut -d'"' -f4)
+B1=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["id"])' "$W/b1.json" 2>/dev/null || grep -o '"id": *"[^"]*"' "$W/b1.json" | sed -n 1p | cut -d'"' -f4)
 SHA1=$(sha "$W/disk.img")
 
 say "4. The application rewrites 4 MiB of its database file in place (we know which bytes changed)"
@@ -45,7 +45,7 @@ say "5. Incremental backup with the changed-extent list: only the touched chunks
 run disk backup --label vm=demo --label disk=data --changed-extents "$W/changed.json" -f json "$W/disk.img" > "$W/b2.json"
 [ $QUIET = 1 ] || cat "$W/b2.json"
 grep -q '"bytes_read": 4194304,' "$W/b2.json" || fail "incremental with extents should read exactly 4 MiB"
-B2=$(grep -o '"id": *"[^"]*"' "$W/b2.json" | head -1 | cut -d'"' -f4)
+B2=$(grep -o '"id": *"[^"]*"' "$W/b2.json" | sed -n 1p | cut -d'"' -f4)
 SHA2=$(sha "$W/disk.img")
 
 say "6. Another change, this time without an extent list: every allocated chunk is read, only changed ones uploaded"
@@ -53,7 +53,7 @@ dd if=/dev/urandom of="$W/disk.img" bs=4k count=1 seek=10000 conv=notrunc status
 run disk backup --label vm=demo --label disk=data -f json "$W/disk.img" > "$W/b3.json"
 [ $QUIET = 1 ] || cat "$W/b3.json"
 grep -q '"chunks_new": 1,' "$W/b3.json" || fail "incremental without extents should upload exactly one chunk"
-B3=$(grep -o '"id": *"[^"]*"' "$W/b3.json" | head -1 | cut -d'"' -f4)
+B3=$(grep -o '"id": *"[^"]*"' "$W/b3.json" | sed -n 1p | cut -d'"' -f4)
 SHA3=$(sha "$W/disk.img")
 
 say "7. The backups"

@@ -10,10 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/raksha-backup/raksha/internal/loopfs"
+	"github.com/raksha-backup/raksha/internal/mountfs"
 )
 
 // MinSize is the smallest file system mkfs.xfs makes (xfsprogs 5.19 on).
@@ -170,43 +173,82 @@ func PrivateTmp(t testing.TB) string {
 	return tmp
 }
 
+// DetachWait bounds how long AssertNoLeftovers waits for what a test
+// unmounted to go: an autoclear loop device detaches a moment after the
+// last unmount of its file system, not during it.
+const DetachWait = 10 * time.Second
+
 // AssertNoLeftovers fails the test if anything of a loop mount remains
-// under any of dirs (Leftovers), or a private raksha-loop-* directory in
-// os.TempDir.
+// under any of dirs (Leftovers) after waiting up to DetachWait for it to
+// go, or a private raksha-loop-* directory in os.TempDir. Only what lies
+// under dirs counts: other tests' loop devices and mounts, in this package
+// or in another test binary running beside it, are not this test's.
 func AssertNoLeftovers(t testing.TB, dirs ...string) {
 	t.Helper()
-	for _, d := range dirs {
-		if left := Leftovers(t, d); len(left) > 0 {
-			t.Fatalf("left behind:\n%s", strings.Join(left, "\n"))
+	var left []string
+	for deadline := time.Now().Add(DetachWait); ; time.Sleep(50 * time.Millisecond) {
+		left = left[:0]
+		for _, d := range dirs {
+			left = append(left, Leftovers(t, d)...)
 		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(left) > 0 {
+		t.Fatalf("left behind (still there after %v):\n%s", DetachWait, strings.Join(left, "\n"))
 	}
 	if ents, _ := filepath.Glob(filepath.Join(os.TempDir(), "raksha-loop-*")); len(ents) > 0 {
 		t.Fatalf("private directories left: %v", ents)
 	}
 }
 
-// Leftovers lists what remains of loop mounts under dir: mounts in
-// /proc/self/mounts and attached loop devices (losetup -a) whose paths lie
-// under dir.
+// Leftovers lists what remains of loop mounts under dir, now: mounts
+// (/proc/self/mountinfo) whose mount point or source lies under dir, and
+// attached loop devices whose backing file lies under dir (read from
+// sysfs, which holds the whole path; losetup's listing may cut it).
 func Leftovers(t testing.TB, dir string) []string {
 	t.Helper()
+	roots := []string{filepath.Clean(dir)}
+	if real, err := filepath.EvalSymlinks(dir); err == nil && real != roots[0] {
+		roots = append(roots, real)
+	}
+	under := func(p string) bool {
+		for _, r := range roots {
+			if p == r || strings.HasPrefix(p, r+string(filepath.Separator)) {
+				return true
+			}
+		}
+		return false
+	}
 	var left []string
-	mounts, err := os.ReadFile("/proc/self/mounts")
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(mounts), "\n") {
-		if strings.Contains(line, dir) {
+		f := strings.Fields(line)
+		sep := slices.Index(f, "-")
+		if len(f) < 5 || sep < 0 || sep+2 >= len(f) {
+			continue
+		}
+		if under(mountfs.Unescape(f[4])) || under(mountfs.Unescape(f[sep+2])) {
 			left = append(left, "mount: "+line)
 		}
 	}
-	out, err := exec.Command("losetup", "-a").CombinedOutput()
+	devs, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	if err != nil {
-		t.Fatalf("losetup -a: %v\n%s", err, out)
+		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.Contains(line, dir) || strings.Contains(line, filepath.Base(dir)) {
-			left = append(left, "loop device: "+line)
+	for _, bf := range devs {
+		b, err := os.ReadFile(bf)
+		if err != nil {
+			continue // detached since the glob
+		}
+		backing := strings.TrimSuffix(strings.TrimRight(string(b), "\n"), " (deleted)")
+		if under(backing) {
+			dev := filepath.Base(filepath.Dir(filepath.Dir(bf)))
+			left = append(left, "loop device: /dev/"+dev+": "+backing)
 		}
 	}
 	return left
