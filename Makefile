@@ -24,9 +24,12 @@ TEMPORAL_CLI_VERSION := v1.5.1
 # (qemu-block-extra) for the lab's volumes on RBD, GNU time for peak-RSS
 # figures, e2fsprogs for ext4 images, fdisk (sfdisk) for partitioned test images,
 # fuse3 (fusermount3) for 'raksha mount', xfsprogs (mkfs.xfs) for the XFS images
-# that 'raksha restore files' and 'raksha mount' loop-mount (root, loop devices).
+# that 'raksha restore files' and 'raksha mount' loop-mount (root, loop devices),
+# libvirt (the daemon with its QEMU driver, and virsh) for the libvirt host
+# driver, as on a Nova compute node.
+APT_LIBVIRT := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 APT_QEMU := qemu-system-x86 qemu-utils qemu-guest-agent busybox-static e2fsprogs
-APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev qemu-block-extra uuid-runtime time curl python3-openstackclient fdisk fuse3 xfsprogs $(APT_QEMU)
+APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev qemu-block-extra uuid-runtime time curl python3-openstackclient fdisk fuse3 xfsprogs $(APT_LIBVIRT) $(APT_QEMU)
 APT_DEMO := $(APT_QEMU)
 
 # Build with Ceph support when librbd is there (test-deps installs it; '=' so
@@ -70,12 +73,14 @@ demo: demo-deps build $(BIN)/temporal
 test: test-deps
 	@scripts/phase.sh "temporal CLI $(TEMPORAL_CLI_VERSION) (dev server for the integration tests)" $(MAKE) --no-print-directory $(BIN)/temporal
 	@scripts/phase.sh "build (plain and with Ceph)" $(MAKE) --no-print-directory build-all
+	@scripts/phase.sh "libvirtd (the system instance, as on a compute node; no systemd here)" scripts/libvirtd-up.sh
 	@scripts/phase.sh "go vet" $(GO) vet ./...
 	@scripts/phase.sh "go test (unit; S3, Swift and RBD on a throwaway Ceph; QEMU guests)" $(GO) test $(CEPH_TAGS) -count=1 -timeout 20m $$($(GO) list ./... | grep -v /integration)
 	@scripts/phase.sh "integration (Temporal dev server, QEMU, lab cloud; one package at a time)" $(GO) test $(CEPH_TAGS) -count=1 -p 1 -timeout 20m ./integration/...
 	@scripts/phase.sh "fuzz targets over their seed corpus (manifest decoding; make fuzz fuzzes)" $(GO) test -count=1 -run='^Fuzz' ./internal/repo/
 	@scripts/phase.sh "CLI end to end (disk-image demo)" scripts/demo-disk.sh --quiet
 	@scripts/phase.sh "make demo (Temporal, lab cloud, workers; DEMO_EXIT=1)" env DEMO_EXIT=1 DEMO_TEMPORAL_PORT=17233 DEMO_UI_PORT=18233 $(MAKE) --no-print-directory demo
+	@scripts/phase.sh "libvirtd stopped (if make test started it)" scripts/libvirtd-down.sh
 
 .PHONY: build-all
 build-all:

@@ -161,7 +161,7 @@ func Start(ctx context.Context, img vm.Image, s Spec) (*vm.VM, func() error, err
 // machine-wide guest slots; it returns the guest and the function that stops
 // it and frees its slot (call it exactly once).
 func StartConfig(ctx context.Context, cfg vm.Config) (*vm.VM, func() error, error) {
-	release, err := acquireSlot(ctx)
+	release, err := AcquireSlot(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -179,9 +179,10 @@ func StartConfig(ctx context.Context, cfg vm.Config) (*vm.VM, func() error, erro
 	return v, stop, nil
 }
 
-// acquireSlot takes one of the machine-wide guest slots, waiting for one
-// until ctx ends.
-func acquireSlot(ctx context.Context) (release func(), err error) {
+// AcquireSlot takes one of the machine-wide guest slots (shared by every
+// test process, QEMU and libvirt guests alike), waiting for one until ctx
+// ends.
+func AcquireSlot(ctx context.Context) (release func(), err error) {
 	max := DefaultMaxGuests
 	if v, err := strconv.Atoi(os.Getenv("RAKSHA_TEST_MAX_GUESTS")); err == nil && v > 0 {
 		max = v

@@ -1,0 +1,305 @@
+// Package libvirttest boots lab guests as libvirt domains, the way Nova's
+// libvirt driver runs them (TCG, the guest agent on the
+// org.qemu.guest_agent.0 channel that libvirtd owns, qcow2 disks on
+// virtio), for the tests of the libvirt host driver:
+//
+//   - Require starts the system libvirtd when none answers
+//     (scripts/libvirtd-up.sh; there is no systemd here) and skips the test
+//     loudly naming what is missing, except under CI, where it fails it.
+//   - Boot defines and starts a domain in a machine-wide guest slot (shared
+//     with vmtest's QEMU guests) and, when the test ends, destroys and
+//     undefines it (with any checkpoint metadata), removing only what the
+//     test made.
+package libvirttest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	lv "github.com/digitalocean/go-libvirt"
+
+	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/host/libvirt"
+	"github.com/raksha-backup/raksha/internal/lab/vm"
+	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
+)
+
+// Packages are the Debian packages the libvirt tests need beyond vmtest's.
+func Packages() []string {
+	return []string{"libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients"}
+}
+
+func underCI() bool {
+	v := os.Getenv("CI")
+	return v != "" && v != "0" && v != "false"
+}
+
+func need(t testing.TB, msg string) {
+	t.Helper()
+	if underCI() {
+		t.Fatal("CI: " + msg)
+	}
+	t.Skip("SKIP: " + msg)
+}
+
+// Require makes sure the system libvirtd answers, starting it with
+// scripts/libvirtd-up.sh when it does not, and that the lab guests can run
+// (vmtest.Require); it skips the test loudly (fails it under CI) otherwise.
+func Require(t testing.TB) {
+	t.Helper()
+	vmtest.Require(t)
+	var missing []string
+	for _, p := range []string{"libvirtd", "virtlogd", "virsh"} {
+		if _, err := exec.LookPath(p); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		need(t, fmt.Sprintf("libvirt tests need %s (Debian packages %s): run `make test-deps`", strings.Join(missing, ", "), strings.Join(Packages(), " ")))
+	}
+	if os.Geteuid() != 0 {
+		need(t, "libvirt tests need root (libvirtd's system instance, as on a compute node)")
+	}
+	root, err := vm.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, filepath.Join(root, "scripts", "libvirtd-up.sh")).CombinedOutput()
+	if err != nil {
+		need(t, fmt.Sprintf("scripts/libvirtd-up.sh: %v: %s", err, strings.TrimSpace(string(out))))
+	}
+}
+
+// Conn connects to the system libvirtd for the test (closed when it ends).
+func Conn(t testing.TB) *libvirt.Conn {
+	t.Helper()
+	Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := libvirt.Dial(ctx, "", libvirt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Spec describes a guest for Boot.
+type Spec struct {
+	// Name is the domain's name (a random raksha-test-… name when empty).
+	Name string
+	// Labels are the data disks to create (vda, vdb, … in order), by file
+	// system label: the guest mounts each at /data/<label> and, unless
+	// NoWriter, its record writer writes to each.
+	Labels []string
+	// DiskSize is the size of each data disk (vmtest.DefaultDiskSize when 0).
+	DiskSize int64
+	// NoWriter boots the guest without its record writer.
+	NoWriter bool
+	// MemoryMB is the guest's memory (256 when 0).
+	MemoryMB int
+}
+
+// Domain is a booted test domain.
+type Domain struct {
+	// Name and UUID identify the domain; Dom is its go-libvirt handle.
+	Name, UUID string
+	Dom        lv.Domain
+	// Dir is the test's directory holding its disks and console log.
+	Dir string
+	// Disks are its data disks in target order.
+	Disks []Disk
+	// Console is the serial console log.
+	Console string
+}
+
+// Disk is one disk of a test domain.
+type Disk struct {
+	// Path is the qcow2 file; Target the guest device (vda, …); Label its
+	// file system label.
+	Path, Target, Label string
+}
+
+// Boot creates the disks in a directory of the test's, defines and starts
+// the domain within a guest slot, waits until its agent answers through
+// libvirt, and undefines it when the test ends.
+func Boot(t testing.TB, c *libvirt.Conn, img vm.Image, s Spec) *Domain {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if s.Name == "" {
+		s.Name = "raksha-test-" + randHex(4)
+	}
+	if s.DiskSize == 0 {
+		s.DiskSize = vmtest.DefaultDiskSize
+	}
+	if s.MemoryMB == 0 {
+		s.MemoryMB = 256
+	}
+	d := &Domain{Name: s.Name, Dir: t.TempDir()}
+	d.Console = filepath.Join(d.Dir, "console.log")
+	for i, l := range s.Labels {
+		p := filepath.Join(d.Dir, l+".qcow2")
+		if err := vm.CreateDisk(ctx, p, l, s.DiskSize); err != nil {
+			t.Fatal(err)
+		}
+		d.Disks = append(d.Disks, Disk{Path: p, Target: "vd" + string(rune('a'+i)), Label: l})
+	}
+	release, err := vmtest.AcquireSlot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	l := c.Libvirt()
+	dom, err := l.DomainDefineXMLFlags(DomainXML(img, s, d), 0)
+	if err != nil {
+		t.Fatalf("define domain %s: %v", s.Name, err)
+	}
+	d.Dom, d.UUID = dom, libvirt.UUIDString(dom.UUID)
+	t.Cleanup(func() { Remove(t, c, d.Name) })
+	start := time.Now()
+	if err := l.DomainCreate(dom); err != nil {
+		t.Fatalf("start domain %s: %v", s.Name, err)
+	}
+	if err := WaitAgent(ctx, c, d); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("domain %s (%s) booted in %v", d.Name, d.UUID, time.Since(start).Round(time.Millisecond))
+	return d
+}
+
+// WaitAgent pings the domain's agent through libvirt until it answers, the
+// domain stops or ctx ends.
+func WaitAgent(ctx context.Context, c *libvirt.Conn, d *Domain) error {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := libvirt.NewAgentTransport(c, d.Dom).Ping(pctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if up, serr := c.Running(ctx, d.Dom); serr == nil && !up {
+			return fmt.Errorf("domain %s stopped before its agent answered; console: %s", d.Name, tail(d.Console, 2000))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("domain %s: agent did not answer: %w (last: %v); console: %s", d.Name, ctx.Err(), err, tail(d.Console, 2000))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// Remove destroys and undefines the domain name with its checkpoint
+// metadata (if it is still defined), failing the test on errors.
+func Remove(t testing.TB, c *libvirt.Conn, name string) {
+	t.Helper()
+	l := c.Libvirt()
+	dom, err := l.DomainLookupByName(name)
+	if lv.IsNotFound(err) {
+		return
+	}
+	if err != nil {
+		t.Errorf("remove domain %s: %v", name, err)
+		return
+	}
+	if err := l.DomainDestroy(dom); err != nil && !isNotRunning(err) {
+		t.Errorf("destroy domain %s: %v", name, err)
+	}
+	if err := l.DomainUndefineFlags(dom, lv.DomainUndefineCheckpointsMetadata|lv.DomainUndefineSnapshotsMetadata|lv.DomainUndefineNvram); err != nil && !lv.IsNotFound(err) {
+		t.Errorf("undefine domain %s: %v", name, err)
+	}
+}
+
+func isNotRunning(err error) bool {
+	var e lv.Error
+	return errors.As(err, &e) && lv.ErrorNumber(e.Code) == lv.ErrOperationInvalid
+}
+
+// DomainXML is the domain definition Boot uses: the lab guest's kernel and
+// initramfs, TCG, the data disks as qcow2 virtio disks with their labels as
+// serials, the serial console to a file, and the guest agent's channel.
+func DomainXML(img vm.Image, s Spec, d *Domain) string {
+	esc := func(v string) string {
+		var b strings.Builder
+		_ = xml.EscapeText(&b, []byte(v))
+		return b.String()
+	}
+	cmdline := "console=ttyS0 quiet panic=-1"
+	if s.NoWriter {
+		cmdline += " raksha.writer=0"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `<domain type='qemu'>
+  <name>%s</name>
+  <memory unit='MiB'>%d</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>%s</kernel>
+    <initrd>%s</initrd>
+    <cmdline>%s</cmdline>
+  </os>
+  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+`, esc(s.Name), s.MemoryMB, esc(img.Kernel), esc(img.Initrd), esc(cmdline))
+	for _, dk := range d.Disks {
+		fmt.Fprintf(&b, `    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='%s'/>
+      <target dev='%s' bus='virtio'/>
+      <serial>%s</serial>
+    </disk>
+`, esc(dk.Path), dk.Target, esc(dk.Label))
+	}
+	fmt.Fprintf(&b, `    <serial type='file'><source path='%s'/><target port='0'/></serial>
+    <channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+`, esc(d.Console))
+	return b.String()
+}
+
+// Agent opens a guest.Client on the domain's agent through libvirt, with
+// its lock file in a directory of the test's, closed when the test ends.
+func Agent(t testing.TB, c *libvirt.Conn, d *Domain) *guest.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, err := libvirt.OpenAgent(ctx, c, d.UUID, libvirt.AgentOptions{LockDir: filepath.Join(d.Dir, "locks"), Guest: guest.Options{Owner: "libvirttest"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return strings.TrimSpace(string(b))
+}
