@@ -18,6 +18,30 @@ type Source struct {
 	bitmap string // metadata context of the previous bitmap, "" if none
 }
 
+// OpenExport opens the NBD export named export on the unix socket sock as a
+// Source over n connections (4 when n <= 0): a point-in-time export such as
+// QEMU's fleecing node or libvirt's pull-mode backup. bitmapContext, when
+// not empty, is the export's dirty-bitmap metadata context
+// (qemu:dirty-bitmap:NAME) that Changed reads; the export must offer it.
+func OpenExport(ctx context.Context, sock, export, bitmapContext string, n int) (*Source, error) {
+	contexts := []string{"base:allocation"}
+	if bitmapContext != "" {
+		contexts = append(contexts, bitmapContext)
+	}
+	s, err := openSource(ctx, sock, export, contexts, n)
+	if err != nil {
+		return nil, err
+	}
+	if bitmapContext != "" {
+		if !s.conns[0].HasContext(bitmapContext) {
+			s.Close()
+			return nil, fmt.Errorf("export %s on %s: metadata context %s not offered", export, sock, bitmapContext)
+		}
+		s.bitmap = bitmapContext
+	}
+	return s, nil
+}
+
 func openSource(ctx context.Context, sock, export string, contexts []string, n int) (*Source, error) {
 	if n <= 0 {
 		n = 4
