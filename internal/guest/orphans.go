@@ -68,6 +68,33 @@ type OrphanOptions struct {
 // running). It returns one result per guest, sorted by instance, and the
 // errors of guests that could not be checked or thawed, joined.
 func ThawOrphans(ctx context.Context, hostDir string, opts OrphanOptions) ([]OrphanResult, error) {
+	socks, err := filepath.Glob(filepath.Join(hostDir, "instances", "*", AgentSocketName))
+	if err != nil {
+		return nil, fmt.Errorf("thaw orphans in %s: %w", hostDir, err)
+	}
+	sort.Strings(socks)
+	guests := make([]OrphanGuest, len(socks))
+	for i, sock := range socks {
+		guests[i] = OrphanGuest{Instance: filepath.Base(filepath.Dir(sock)), Socket: sock, LockPath: LockPath(sock),
+			Open: func(ctx context.Context, o Options) (*Client, error) { return Dial(ctx, sock, o) }}
+	}
+	return ThawOrphanGuests(ctx, guests, opts)
+}
+
+// OrphanGuest is one guest for ThawOrphanGuests.
+type OrphanGuest struct {
+	// Instance names the guest; Socket is its agent socket, if it has one.
+	Instance, Socket string
+	// LockPath is the guest's lock file (read for the owner of a held lock).
+	LockPath string
+	// Open opens a Client on the guest with the options given (it must
+	// honour Options.NoWait, failing with ErrLocked).
+	Open func(ctx context.Context, opts Options) (*Client, error)
+}
+
+// ThawOrphanGuests is ThawOrphans over any guests, whatever their
+// transport (the agent sockets, or libvirt's domains on a compute node).
+func ThawOrphanGuests(ctx context.Context, guests []OrphanGuest, opts OrphanOptions) ([]OrphanResult, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -78,15 +105,10 @@ func ThawOrphans(ctx context.Context, hostDir string, opts OrphanOptions) ([]Orp
 	if opts.Parallel <= 0 {
 		opts.Parallel = 4
 	}
-	socks, err := filepath.Glob(filepath.Join(hostDir, "instances", "*", AgentSocketName))
-	if err != nil {
-		return nil, fmt.Errorf("thaw orphans in %s: %w", hostDir, err)
-	}
-	sort.Strings(socks)
-	results := make([]OrphanResult, len(socks))
+	results := make([]OrphanResult, len(guests))
 	sem := make(chan struct{}, opts.Parallel)
 	var wg sync.WaitGroup
-	for i, sock := range socks {
+	for i, g := range guests {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -94,7 +116,7 @@ func ThawOrphans(ctx context.Context, hostDir string, opts OrphanOptions) ([]Orp
 			defer func() { <-sem }()
 			gctx, cancel := context.WithTimeout(ctx, opts.PerGuestTimeout)
 			defer cancel()
-			results[i] = thawOrphan(gctx, sock, log)
+			results[i] = thawOrphan(gctx, g, log)
 		}()
 	}
 	wg.Wait()
@@ -113,15 +135,18 @@ func ThawOrphans(ctx context.Context, hostDir string, opts OrphanOptions) ([]Orp
 	return results, errors.Join(errs...)
 }
 
-func thawOrphan(ctx context.Context, sock string, log *slog.Logger) OrphanResult {
-	r := OrphanResult{Instance: filepath.Base(filepath.Dir(sock)), Socket: sock}
-	c, err := Dial(ctx, sock, Options{Logger: log, NoWait: true, Owner: "thaw-orphans"})
+func thawOrphan(ctx context.Context, g OrphanGuest, log *slog.Logger) OrphanResult {
+	r := OrphanResult{Instance: g.Instance, Socket: g.Socket}
+	c, err := g.Open(ctx, Options{Logger: log, NoWait: true, Owner: "thaw-orphans"})
 	switch {
 	case errors.Is(err, ErrLocked):
-		r.Skipped = "locked by a live owner: " + readOwner(LockPath(sock))
+		r.Skipped = "locked by a live owner: " + readOwner(g.LockPath)
 		return r
 	case err != nil && isNoServer(err):
 		r.Skipped = "socket does not answer (QEMU not running)"
+		return r
+	case err != nil && errors.Is(err, ErrNotAnswering) && g.Socket == "":
+		r.Skipped = "agent does not answer"
 		return r
 	case err != nil:
 		r.Err = fmt.Errorf("thaw orphans: %w", err)

@@ -177,3 +177,33 @@ func OpenAgent(ctx context.Context, c *Conn, ref string, opts AgentOptions) (*gu
 	}
 	return guest.Open(ctx, NewAgentTransport(c, dom), LockPath(opts.LockDir, UUIDString(dom.UUID)), opts.Guest)
 }
+
+// ThawOrphans thaws every running domain's guest that is frozen without a
+// live owner (no host worker holds its lock in lockDir): run it when a host
+// worker starts on a compute node. Guests whose agents do not answer are
+// skipped; see guest.ThawOrphanGuests. only, when not nil, limits the
+// sweep to the domains it accepts (by name and UUID).
+func ThawOrphans(ctx context.Context, c *Conn, lockDir string, only func(name, uuid string) bool, opts guest.OrphanOptions) ([]guest.OrphanResult, error) {
+	all, err := c.RunningDomains(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("thaw orphans: %w", err)
+	}
+	var doms []lv.Domain
+	for _, d := range all {
+		if only == nil || only(d.Name, UUIDString(d.UUID)) {
+			doms = append(doms, d)
+		}
+	}
+	if err := os.MkdirAll(lockDir, 0o700); err != nil {
+		return nil, fmt.Errorf("thaw orphans: %w", err)
+	}
+	guests := make([]guest.OrphanGuest, len(doms))
+	for i, d := range doms {
+		uuid := UUIDString(d.UUID)
+		guests[i] = guest.OrphanGuest{Instance: d.Name + " (" + uuid + ")", LockPath: LockPath(lockDir, uuid),
+			Open: func(ctx context.Context, o guest.Options) (*guest.Client, error) {
+				return OpenAgent(ctx, c, uuid, AgentOptions{LockDir: lockDir, Guest: o})
+			}}
+	}
+	return guest.ThawOrphanGuests(ctx, guests, opts)
+}

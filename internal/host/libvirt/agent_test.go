@@ -94,3 +94,46 @@ func TestAgentErrors(t *testing.T) {
 		t.Fatalf("stopped domain: err = %v, want ErrNotAnswering and ErrNotRunning naming %s", err, d.Name)
 	}
 }
+
+// TestThawOrphans: a guest frozen by a host worker that died (its lock
+// released by the kernel, no guard left) is thawed by the sweep a new
+// worker runs at start; while a live owner holds the lock, it is skipped.
+func TestThawOrphans(t *testing.T) {
+	c := libvirttest.Conn(t)
+	img := vmtest.Image(t)
+	d := libvirttest.Boot(t, c, img, libvirttest.Spec{Labels: []string{"data"}, NoWriter: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	locks := t.TempDir()
+	mine := func(name, _ string) bool { return name == d.Name }
+
+	// Frozen behind libvirt's back, as by a worker that was then SIGKILLed.
+	raw := libvirt.NewAgentTransport(c, d.Dom)
+	if _, err := raw.Call(ctx, "guest-fsfreeze-freeze", nil); err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Call(context.Background(), "guest-fsfreeze-thaw", nil)
+
+	live, err := libvirt.OpenAgent(ctx, c, d.UUID, libvirt.AgentOptions{LockDir: locks, Guest: guest.Options{Owner: "a live worker"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := libvirt.ThawOrphans(ctx, c, locks, mine, guest.OrphanOptions{})
+	if err != nil || len(res) != 1 || !strings.Contains(res[0].Skipped, "a live worker") || res[0].WasFrozen {
+		t.Fatalf("sweep with a live owner: %+v, %v; want it skipped naming the owner", res, err)
+	}
+	if st, err := live.FsfreezeStatus(ctx); err != nil || st != guest.Frozen {
+		t.Fatalf("status: %q, %v", st, err)
+	}
+	// Closing the client thaws only its own freezes: this one is not.
+	live.Close()
+
+	res, err = libvirt.ThawOrphans(ctx, c, locks, mine, guest.OrphanOptions{})
+	if err != nil || len(res) != 1 || !res[0].WasFrozen || res[0].Thawed != 1 {
+		t.Fatalf("sweep without an owner: %+v, %v; want the guest thawed", res, err)
+	}
+	a := libvirttest.Agent(t, c, d)
+	if st, err := a.FsfreezeStatus(ctx); err != nil || st != guest.Thawed {
+		t.Fatalf("status after the sweep: %q, %v", st, err)
+	}
+}
