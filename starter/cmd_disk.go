@@ -15,6 +15,7 @@ import (
 
 	"github.com/raksha-backup/raksha/internal/disk"
 	"github.com/raksha-backup/raksha/internal/disk/file"
+	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/repo"
 )
 
@@ -112,13 +113,18 @@ type diskBackupResult struct {
 	Base   string            `json:"base,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
 	Stats  repo.DiskStats    `json:"stats"`
+	// Mode and Reason: how the disk was read, where the source says
+	// (libvirt: "incremental", or "full" and why).
+	Mode   string `json:"mode,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 func (a *app) diskBackupCmd() *cobra.Command {
 	var labels, tags []string
 	var extentsFile, baseID, expires, diskName, baseSnap, cephConf string
+	var lf libvirtFlags
 	c := &cobra.Command{
-		Use:   "backup --repo URL [--label k=v]... [--changed-extents FILE] [--base ID] PATH | rbd:POOL/IMAGE@SNAP [--base-snapshot SNAP0]",
+		Use:   "backup --repo URL [--label k=v]... [--changed-extents FILE] [--base ID] PATH | rbd:POOL/IMAGE@SNAP [--base-snapshot SNAP0] | libvirt:DOMAIN/TARGET",
 		Short: "Back up a disk image, block device or RBD snapshot; prints the new backup id",
 		Long: `Back up a disk image or block device.
 
@@ -135,7 +141,16 @@ SNAP0, the snapshot the base backup was taken from, the changed extents come
 from the RBD snapshot diff SNAP0..SNAP and only the chunks they touch are
 read. A base backup of another disk or snapshot, or a SNAP0 that is missing
 or not older than SNAP, means a full read (with a warning), never an
-incomplete backup.`,
+incomplete backup.
+
+libvirt:DOMAIN/TARGET backs up a disk of a running libvirt domain (DOMAIN a
+UUID, such as a Nova instance id, or a name; TARGET the guest device, such
+as vda) through libvirt's pull-mode backup, on the host that runs it: the
+guest is frozen through its agent (--no-freeze: crash-consistent), a
+libvirt checkpoint is made, and the guest thawed. With a base backup of the
+same disk that recorded a checkpoint whose bitmaps still validate, only the
+extents written since are read; otherwise the whole disk, with the reason
+in the manifest. No checkpoint metadata stays in libvirt.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -168,6 +183,20 @@ incomplete backup.`,
 			} else if baseSnap != "" {
 				return usagef("--base-snapshot applies to rbd:POOL/IMAGE@SNAP sources only")
 			}
+			var lloc *libvirtLocator
+			if isLibvirt(path) {
+				l, err := parseLibvirtLocator(path)
+				if err != nil {
+					return err
+				}
+				if extentsFile != "" {
+					return usagef("--changed-extents does not apply to %s: libvirt's dirty bitmaps give the changed extents", path)
+				}
+				if diskName == "" {
+					diskName = l.Target
+				}
+				lloc = &l
+			}
 			if diskName == "" {
 				diskName = diskNameFor(path)
 			} else if !repo.ValidName(diskName) {
@@ -180,6 +209,8 @@ incomplete backup.`,
 				}
 				src, abs = rsrc, loc.image()
 				checkpoint = &repo.Checkpoint{Kind: "rbd-snapshot", Name: loc.String()}
+			} else if lloc != nil {
+				abs = path
 			} else {
 				fsrc, err := file.Open(path)
 				if err != nil {
@@ -188,7 +219,9 @@ incomplete backup.`,
 				src = fsrc
 				abs, _ = filepath.Abs(path)
 			}
-			defer src.Close()
+			if src != nil {
+				defer src.Close()
+			}
 			var changed []disk.Extent
 			changedKnown := extentsFile != ""
 			if extentsFile != "" {
@@ -217,6 +250,22 @@ incomplete backup.`,
 					return err
 				}
 			}
+			var lc *libvirtCopy
+			committedOK := false
+			if lloc != nil {
+				if lc, err = a.beginLibvirt(ctx, r, *lloc, base, lf); err != nil {
+					return fmt.Errorf("backup %s: %w", path, err)
+				}
+				src, changed, changedKnown, checkpoint = lc.src, lc.changed, lc.known, lc.cp
+				if lc.mode.Mode == "full" && base != "" {
+					a.log.Warn("reading the whole disk", "disk", path, "reason", lc.mode.Reason)
+				}
+				defer func() {
+					if err := lc.finish(context.WithoutCancel(ctx), committedOK); err != nil {
+						a.log.Warn("libvirt backup clean-up", "disk", path, "err", err)
+					}
+				}()
+			}
 			s, err := r.StartBackup(ctx, repo.BackupSpec{Labels: lbl, Tags: tags, Expires: exp})
 			if err != nil {
 				return err
@@ -239,8 +288,12 @@ incomplete backup.`,
 				}
 				return err
 			}
+			committedOK = true
 			a.phase("committed")
 			res := diskBackupResult{ID: b.ID, Disk: m.ID, Base: m.Base, Labels: lbl, Stats: m.Stats}
+			if m.Checkpoint != nil {
+				res.Mode, res.Reason = m.Checkpoint.Mode, m.Checkpoint.Reason
+			}
 			if a.format == "json" {
 				return a.printJSON(res)
 			}
@@ -265,6 +318,11 @@ incomplete backup.`,
 	f.StringVar(&diskName, "disk-name", "", "disk name in the manifest (default: from the file or RBD image name)")
 	f.StringVar(&baseSnap, "base-snapshot", "", "rbd: the RBD snapshot the base backup was taken from (diff base)")
 	f.StringVar(&cephConf, "ceph-conf", "", "rbd: ceph.conf of the cluster (default: $CEPH_CONF, then librados' default)")
+	f.StringVar(&lf.uri, "libvirt-uri", libvirt.DefaultURI, "libvirt: the libvirt URI of the host that runs the domain (local only)")
+	f.StringVar(&lf.lockDir, "lock-dir", libvirt.DefaultLockDir, "libvirt: directory of the guests' lock files (the host worker's)")
+	f.StringVar(&lf.workDir, "work-dir", libvirt.DefaultWorkDir, "libvirt: directory for the backup job's socket and scratch files")
+	f.BoolVar(&lf.noFreeze, "no-freeze", false, "libvirt: do not freeze the guest (crash-consistent)")
+	f.DurationVar(&lf.freezeTimeout, "freeze-timeout", 30*time.Second, "libvirt: the guest is thawed by then at the latest")
 	return c
 }
 

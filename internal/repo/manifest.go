@@ -52,9 +52,19 @@ type DiskRef struct {
 // Checkpoint is the changed-block-tracking token a disk manifest was taken at:
 // a QEMU dirty bitmap (name and generation) or an RBD snapshot name.
 type Checkpoint struct {
-	Kind       string `json:"kind"` // "qemu-bitmap", "rbd-snapshot", ...
+	Kind       string `json:"kind"` // "qemu-bitmap", "rbd-snapshot", "libvirt-checkpoint", ...
 	Name       string `json:"name"`
 	Generation int64  `json:"generation,omitempty"`
+	// Mode is how the disk was read: "incremental" (changed extents against
+	// the base) or "full"; Reason says why a disk that could have been read
+	// incrementally was read in full (no base, base checkpoint invalid, new
+	// disk, no bitmaps). Empty in manifests of older builds.
+	Mode   string `json:"mode,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// Data is what the source needs to diff against this checkpoint again:
+	// a libvirt checkpoint's XML, which is redefined before the next backup
+	// (libvirt keeps no checkpoint metadata between backups).
+	Data string `json:"data,omitempty"`
 }
 
 // DiskStats count what a backup did for a disk (or, summed, for a backup).

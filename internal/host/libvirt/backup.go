@@ -149,10 +149,16 @@ func Begin(ctx context.Context, c *Conn, dom lv.Domain, opts BeginOptions) (_ *B
 	// The base: redefined with validation, per disk when the whole fails.
 	incr := map[string]bool{}
 	reason := map[string]string{}
+	var baseErr error
+	if opts.Base != nil {
+		baseErr = CheckRecorded(*opts.Base)
+	}
 	for _, t := range opts.Disks {
 		switch d := byTarget[t]; {
 		case !d.Bitmaps():
 			reason[t] = fmt.Sprintf("%s image (%s): no persistent dirty bitmaps", orUnknown(d.Format), d.Source())
+		case baseErr != nil:
+			reason[t] = baseErr.Error()
 		case opts.Base == nil:
 			reason[t] = "no base checkpoint (first backup)"
 		case !slices.Contains(opts.Base.Disks, t):
@@ -596,4 +602,25 @@ func orUnknown(s string) string {
 		return "unknown-format"
 	}
 	return s
+}
+
+// CheckpointKind is the repo.Checkpoint kind of a libvirt checkpoint.
+const CheckpointKind = "libvirt-checkpoint"
+
+// maxCheckpointXML bounds a recorded checkpoint XML taken back from a
+// repository.
+const maxCheckpointXML = 1 << 20
+
+// CheckRecorded checks a checkpoint taken back from Raksha's records
+// before it is redefined: Raksha's name, bounded XML that names it.
+func CheckRecorded(cp Checkpoint) error {
+	switch {
+	case !strings.HasPrefix(cp.Name, CheckpointPrefix) || strings.ContainsAny(cp.Name, "/ '\"<>&"):
+		return fmt.Errorf("recorded checkpoint %q: not a name Raksha gives", cp.Name)
+	case len(cp.XML) > maxCheckpointXML:
+		return fmt.Errorf("recorded checkpoint %s: XML of %d bytes, more than %d", cp.Name, len(cp.XML), maxCheckpointXML)
+	case !strings.Contains(cp.XML, "<name>"+cp.Name+"</name>"):
+		return fmt.Errorf("recorded checkpoint %s: its XML does not name it", cp.Name)
+	}
+	return nil
 }

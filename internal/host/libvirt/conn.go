@@ -240,3 +240,11 @@ func callCtx(ctx context.Context, f func() error) error {
 		return ctx.Err()
 	}
 }
+
+// DefaultLockDir is where a compute node's Raksha processes keep the
+// guests' lock files (<uuid>.lock): the host worker and the CLI agree on it.
+const DefaultLockDir = "/run/raksha/libvirt-locks"
+
+// DefaultWorkDir holds the pull backups' sockets and scratch files, one
+// directory per domain UUID.
+const DefaultWorkDir = "/var/lib/raksha/libvirt"
