@@ -94,8 +94,12 @@ fuzz:
 	$(GO) test -run=NONE -fuzz=FuzzDecodePage -fuzztime=$(FUZZTIME) ./internal/repo/
 	$(GO) test -run=NONE -fuzz=FuzzLoadManifest -fuzztime=$(FUZZTIME) ./internal/repo/
 
+# bench/libvirt.sh: the libvirt pull-export path beside the file path of the
+# same image (bench/RESULTS-libvirt.md); BENCH_LIBVIRT=0 skips it.
+BENCH_LIBVIRT ?= 1
 bench: test-deps build
 	bench/run.sh
+	if [ "$(BENCH_LIBVIRT)" = 1 ]; then bench/libvirt.sh; fi
 
 lint: $(BIN)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -153,18 +153,7 @@ BASE=$IMGDIR/base-v$IMAGE_VERSION-$BENCH_SIZE.img
 mkdir -p "$IMGDIR"
 if [[ ! -f $BASE.ok ]]; then
 	log "making the $BENCH_SIZE ext4 image (once; cached as $(basename "$BASE"))"
-	rm -f "$BASE" "$BASE.ok"
-	stage=$IMGDIR/staging.tmp
-	rm -rf "$stage"
-	mkdir -p "$stage"
-	budget=$((SIZE_BYTES * 35 / 100))
-	# Real files of this machine: the Go toolchain, libraries, shared data.
-	"$BT" stage -budget "$budget" -dest "$stage" "$(go env GOROOT)" /usr/lib /usr/share /usr/bin >&2
-	E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -t ext4 -L raksha-bench \
-		-U 6b1c4f52-3e0a-4d7e-9a55-2f1c0b7a9e10 -E root_owner=0:0,hash_seed=0f3c2d1e-5a6b-4c7d-8e9f-0a1b2c3d4e5f \
-		-d "$stage" "$BASE" "$BENCH_SIZE" >&2 || die "mkfs.ext4 failed"
-	rm -rf "$stage"
-	echo "version=$IMAGE_VERSION size=$BENCH_SIZE" >"$BASE.ok"
+	bench/make-image.sh "$BASE" "$BENCH_SIZE" "$BT" || die "could not make the image"
 fi
 img_alloc=$(du -k "$BASE" | cut -f1)
 IMG_DESC="$BENCH_SIZE ext4 image ($SIZE_BYTES bytes), $((img_alloc / 1024)) MiB allocated (real files of this machine: Go toolchain, /usr/lib, /usr/share), the rest holes"
