@@ -65,6 +65,7 @@ func (a *app) beginLibvirt(ctx context.Context, r *repo.Repository, loc libvirtL
 		c.Close()
 		return nil, err
 	}
+	a.phase("libvirt connected", "domain", dom.Name)
 	var baseCP *libvirt.Checkpoint
 	if base != "" {
 		if m, err := r.LoadManifest(ctx, base); err == nil && m.Checkpoint != nil && m.Checkpoint.Kind == libvirt.CheckpointKind {
@@ -93,7 +94,9 @@ func (a *app) beginLibvirt(ctx context.Context, r *repo.Repository, loc libvirtL
 	}
 	name := libvirt.CheckpointPrefix + newCheckpointID()
 	work := filepath.Join(f.workDir, libvirt.UUIDString(dom.UUID))
+	a.phase("ready to begin", "frozen", h != nil, "base", baseCP != nil)
 	bk, berr := libvirt.Begin(ctx, c, dom, libvirt.BeginOptions{Name: name, Disks: []string{loc.Target}, Base: baseCP, WorkDir: work})
+	a.phase("checkpoint and backup job begun")
 	if h != nil {
 		rep, terr := h.Thaw(context.WithoutCancel(ctx))
 		ag.Close()
@@ -122,6 +125,7 @@ func (a *app) beginLibvirt(ctx context.Context, r *repo.Repository, loc libvirtL
 		c.Close()
 		return nil, err
 	}
+	a.phase("export open")
 	lc := &libvirtCopy{src: src, mode: bk.Modes[0]}
 	if lc.mode.Mode == "incremental" {
 		if lc.changed, err = src.Changed(); err != nil {
@@ -139,6 +143,7 @@ func (a *app) beginLibvirt(ctx context.Context, r *repo.Repository, loc libvirtL
 	lc.finish = func(ctx context.Context, committed bool) error {
 		defer c.Close()
 		err := errors.Join(src.Close(), bk.End(ctx))
+		a.phase("backup job ended")
 		if committed {
 			if baseCP != nil {
 				err = errors.Join(err, libvirt.Release(ctx, c, dom, *baseCP))
