@@ -32,12 +32,30 @@ func HostQueue(host string) string { return "raksha-host-" + host }
 const ActivityPollers = 8
 
 // Locator says where a disk is and so which worker can read it:
-// "qemu:HOST/INSTANCE/NODE" (only the host worker of HOST), or
-// "rbd:POOL/IMAGE" (any data worker with Ceph access).
+// "qemu:HOST/INSTANCE/NODE" (a QEMU drive reached through the host's
+// sockets: only the host worker of HOST), "libvirt:HOST/DOMAIN/DISK" (a
+// disk of a libvirt domain, DOMAIN its UUID or name and DISK what the
+// domain XML is searched for, see libvirt.ResolveDisk: only the host worker
+// of HOST), or "rbd:POOL/IMAGE" (any data worker with Ceph access).
 type Locator string
 
-// Kind is "qemu" or "rbd".
+// Kind is "qemu", "libvirt" or "rbd".
 func (l Locator) Kind() string { k, _, _ := strings.Cut(string(l), ":"); return k }
+
+// HostLocal reports whether only the host worker of the disk's compute host
+// can read it (qemu: and libvirt: disks): its checkpoint and copy run on
+// that host's queue.
+func (l Locator) HostLocal() bool { k := l.Kind(); return k == "qemu" || k == "libvirt" }
+
+// Libvirt splits a libvirt: locator.
+func (l Locator) Libvirt() (host, domain, disk string, err error) {
+	rest, ok := strings.CutPrefix(string(l), "libvirt:")
+	parts := strings.Split(rest, "/")
+	if !ok || len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		return "", "", "", fmt.Errorf("locator %q: want libvirt:HOST/DOMAIN/DISK", l)
+	}
+	return parts[0], parts[1], parts[2], nil
+}
 
 // QEMU splits a qemu: locator.
 func (l Locator) QEMU() (host, instance, node string, err error) {

@@ -143,7 +143,7 @@ func copyOpts(ctx workflow.Context, d activities.Disk, host string, heartbeat ti
 		heartbeat = time.Minute
 	}
 	queue := activities.DataQueue
-	if d.Locator.Kind() == "qemu" {
+	if d.Locator.HostLocal() {
 		queue = activities.HostQueue(host)
 	}
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
@@ -289,7 +289,7 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	prog.Phase = "snapshot"
 	cpFutures := map[string]workflow.Future{}
 	for _, vm := range begin.VMs {
-		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
+		if !hasHostLocal(vm) {
 			continue // no host-local disk: nothing for the host worker to fix
 		}
 		cpFutures[vm.Instance] = workflow.ExecuteActivity(inFreeze(hostOpts(ctx, vm.Host, freezeTimeout, 1)), a.Checkpoint,
@@ -457,7 +457,7 @@ func finishCheckpoints(ctx workflow.Context, backupID string, vms []activities.V
 	var failed []vmFailure
 	futures := make([]workflow.Future, len(vms))
 	for i, vm := range vms {
-		if len(disksOfKind([]activities.VM{vm}, "qemu")) == 0 {
+		if !hasHostLocal(vm) {
 			continue
 		}
 		if parallel {
@@ -541,6 +541,17 @@ func cleanupFailed(ctx workflow.Context, req BackupRequest, begin activities.Beg
 	if err != nil {
 		log.Error("abort of the repository session failed; gc cleans up after it", "error", err)
 	}
+}
+
+// hasHostLocal reports whether vm has a disk only its host worker reads
+// (qemu: or libvirt:): its checkpoint and finish run on the host's queue.
+func hasHostLocal(vm activities.VM) bool {
+	for _, d := range vm.Disks {
+		if d.Locator.HostLocal() {
+			return true
+		}
+	}
+	return false
 }
 
 // disksOfKind lists the disks of every VM whose locator is of kind.

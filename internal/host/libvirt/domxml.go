@@ -2,6 +2,7 @@ package libvirt
 
 import (
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -121,4 +122,65 @@ func ParseDisks(domainXML string) ([]DomainDisk, error) {
 		out = append(out, dd)
 	}
 	return out, nil
+}
+
+// ResolveDisk finds the disk a libvirt: locator names in a domain's disks,
+// the way Nova lays them out:
+//
+//   - "vol-<volume id>": the Cinder volume (its serial is the volume id,
+//     or its source, a file, device or network name, holds it);
+//   - "disk", "disk.eph0", "disk.swap", "disk.config", …: the file of that
+//     name in the instance directory (an image-booted server's root disk is
+//     "disk");
+//   - "target=<dev>": the disk whose guest device is dev (vda, sdb).
+//
+// Exactly one disk must match.
+func ResolveDisk(disks []DomainDisk, ref string) (DomainDisk, error) {
+	var match func(d DomainDisk) bool
+	switch {
+	case strings.HasPrefix(ref, "vol-"):
+		id := strings.TrimPrefix(ref, "vol-")
+		if len(id) < 8 {
+			return DomainDisk{}, fmt.Errorf("disk %q: volume id too short", ref)
+		}
+		match = func(d DomainDisk) bool {
+			return d.Serial == id || (len(d.Serial) >= 20 && strings.HasPrefix(id, d.Serial)) ||
+				strings.Contains(d.File, id) || strings.Contains(d.Dev, id) || strings.Contains(d.Name, id)
+		}
+	case strings.HasPrefix(ref, "target="):
+		t := strings.TrimPrefix(ref, "target=")
+		match = func(d DomainDisk) bool { return d.Target == t }
+	case ref == "disk" || strings.HasPrefix(ref, "disk."):
+		match = func(d DomainDisk) bool { return d.File != "" && baseName(d.File) == ref }
+	default:
+		return DomainDisk{}, fmt.Errorf("disk %q: want vol-<volume id>, disk, disk.<name> or target=<dev>", ref)
+	}
+	var found []DomainDisk
+	for _, d := range disks {
+		if d.Device != "cdrom" && d.Device != "floppy" && match(d) {
+			found = append(found, d)
+		}
+	}
+	switch len(found) {
+	case 0:
+		var have []string
+		for _, d := range disks {
+			have = append(have, d.Target+"="+d.Source())
+		}
+		return DomainDisk{}, fmt.Errorf("disk %q: %w (the domain has %s)", ref, ErrNoDisk, strings.Join(have, ", "))
+	case 1:
+		return found[0], nil
+	}
+	return DomainDisk{}, fmt.Errorf("disk %q matches %d disks of the domain", ref, len(found))
+}
+
+// ErrNoDisk: the domain has no disk that a locator names (detached, or
+// the server was resized or rebuilt without it).
+var ErrNoDisk = errors.New("no such disk in the domain")
+
+func baseName(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[i+1:]
+	}
+	return p
 }
