@@ -17,6 +17,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/disk/qemu"
 	"github.com/raksha-backup/raksha/internal/disk/rbd"
 	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/open"
 )
@@ -65,7 +66,14 @@ type Config struct {
 	Cloud *cloud.Client
 	// CephConf is the ceph.conf of the cluster holding rbd: disks; data role.
 	CephConf string
-	Log      *slog.Logger
+	// Libvirt is the host worker's connection to libvirtd on a libvirt
+	// compute node (a Nova compute host): guests' agents and libvirt:
+	// disks go through it. Nil: the socket layout under HostDir.
+	Libvirt *libvirt.Conn
+	// LockDir holds the guests' lock files on a libvirt host
+	// (libvirt.DefaultLockDir when empty).
+	LockDir string
+	Log     *slog.Logger
 	// Temporal is the worker's client, for the semaphore activities
 	// (AcquirePermits, ClosedRuns); control role. Nil: AcquirePermits
 	// grants everything at once (unit tests and test workers).
@@ -84,6 +92,7 @@ type Activities struct {
 	freezes     map[string]*guest.FreezeHandle // instance → freeze in effect
 	monitors    map[string]*qemu.Monitor       // instance → QMP
 	checkpoints map[string]*vmCheckpoint       // backup/instance → checkpoint cycle
+	lvcps       map[string]*lvCheckpoint       // backup/instance → libvirt backup job
 	rbdConn     *rbd.Conn
 	projects    map[string]*cloud.Client // project → client scoped to it
 }
@@ -102,7 +111,7 @@ func New(cfg Config) *Activities {
 	}
 	return &Activities{cfg: cfg, log: cfg.Log, repos: map[string]*repo.Repository{},
 		agents: map[string]*guest.Client{}, freezes: map[string]*guest.FreezeHandle{},
-		monitors: map[string]*qemu.Monitor{}, checkpoints: map[string]*vmCheckpoint{},
+		monitors: map[string]*qemu.Monitor{}, checkpoints: map[string]*vmCheckpoint{}, lvcps: map[string]*lvCheckpoint{},
 		projects: map[string]*cloud.Client{}}
 }
 

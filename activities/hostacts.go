@@ -30,10 +30,6 @@ func toGuestHooks(hs []Hook) []guest.Hook {
 // come first. Run it with a single attempt. A guest whose agent does not
 // answer is reported (NoAgent), not frozen.
 func (a *Activities) Freeze(ctx context.Context, in FreezeInput) (*FreezeResult, error) {
-	dir, err := a.instanceDir(in.Instance)
-	if err != nil {
-		return nil, err
-	}
 	a.mu.Lock()
 	if _, busy := a.freezes[in.Instance]; busy {
 		a.mu.Unlock()
@@ -42,7 +38,7 @@ func (a *Activities) Freeze(ctx context.Context, in FreezeInput) (*FreezeResult,
 	a.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	c, err := guest.Dial(dctx, filepath.Join(dir, "qga.sock"), guest.Options{Logger: a.log, Owner: "raksha freeze " + activity.GetInfo(ctx).WorkflowExecution.ID})
+	c, err := a.openAgent(dctx, in.Instance, guest.Options{Logger: a.log, Owner: "raksha freeze " + activity.GetInfo(ctx).WorkflowExecution.ID})
 	if errors.Is(err, guest.ErrNotAnswering) {
 		return &FreezeResult{NoAgent: true}, nil
 	}
@@ -94,11 +90,7 @@ func (a *Activities) Thaw(ctx context.Context, in ThawInput) (*ThawResult, error
 }
 
 func (a *Activities) thawOrphan(ctx context.Context, instance string) (*ThawResult, error) {
-	dir, err := a.instanceDir(instance)
-	if err != nil {
-		return nil, err
-	}
-	c, err := guest.Dial(ctx, filepath.Join(dir, "qga.sock"), guest.Options{Logger: a.log, Owner: "raksha thaw"})
+	c, err := a.openAgent(ctx, instance, guest.Options{Logger: a.log, Owner: "raksha thaw"})
 	if errors.Is(err, guest.ErrNotAnswering) {
 		return &ThawResult{}, nil // no agent, nothing frozen
 	}
@@ -129,6 +121,11 @@ func NewBitmapName(backupID string) string { return qemu.BitmapPrefix + backupID
 // transaction (new persistent bitmap, previous one disabled, fleecing) and
 // keeps the cycle on this worker for CopyDisk. Run it inside the freeze window.
 func (a *Activities) Checkpoint(ctx context.Context, in CheckpointInput) (*CheckpointResult, error) {
+	for _, d := range in.Disks {
+		if d.Locator.Kind() == "libvirt" {
+			return a.checkpointLibvirt(ctx, in)
+		}
+	}
 	var drives []qemu.Drive
 	for _, d := range in.Disks {
 		if d.Locator.Kind() != "qemu" {
@@ -195,11 +192,20 @@ func (a *Activities) CopyDisk(ctx context.Context, in CopyInput) (*CopyResult, e
 		return nil, err
 	}
 	defer release()
+	ck := copyCheckpoint(in)
+	if in.Disk.Locator.Kind() == "libvirt" {
+		var lsrc disk.Source
+		lsrc, changed, known, ck, err = a.openLibvirt(ctx, in)
+		if err != nil {
+			return nil, err
+		}
+		src = lsrc
+	}
 	var last CopyProgress
 	var resumedFrom int64
 	m, err := s.BackupDisk(ctx, in.VM, in.Disk.Name, src, repo.DiskOptions{
 		Name: string(in.Disk.Locator), Base: in.Disk.Base, Changed: changed, ChangedKnown: known,
-		Checkpoint: copyCheckpoint(in),
+		Checkpoint: ck,
 		Resumable:  true,
 		Progress: func(p repo.Progress) {
 			last.Done, last.Total, last.BytesRead, last.BytesNew = p.Done, p.Total, p.BytesRead, p.BytesNew
@@ -255,6 +261,8 @@ func (a *Activities) openSource(ctx context.Context, in CopyInput) (disk.Source,
 		return src, changed, known, func() {}, nil
 	case "rbd":
 		return a.openRBD(ctx, in)
+	case "libvirt":
+		return nil, nil, false, func() {}, nil // CopyDisk opens it (openLibvirt)
 	default:
 		return nil, nil, false, nil, invalid("disk %s: locator kind %q is not supported by this worker", in.Disk.Name, in.Disk.Locator.Kind())
 	}
@@ -309,6 +317,11 @@ func (a *Activities) checkpointFor(ctx context.Context, backupID, instance strin
 // remains) or abort (the backup failed: the previous bitmap absorbs the new
 // one and stays the base). Idempotent.
 func (a *Activities) FinishCheckpoint(ctx context.Context, in FinishInput) error {
+	for _, d := range in.Disks {
+		if d.Locator.Kind() == "libvirt" {
+			return a.finishLibvirt(ctx, in)
+		}
+	}
 	key := cpKey(in.BackupID, in.Instance)
 	cp, cerr := a.checkpointFor(ctx, in.BackupID, in.Instance, in.Disks)
 	if cerr != nil {

@@ -489,17 +489,15 @@ func (a *Activities) FindByLabel(ctx context.Context, in FindByLabelInput) (*Res
 // GuestRun runs a command in a guest through its agent and waits for it
 // (on the guest's host queue). A non-zero exit is reported, not an error.
 func (a *Activities) GuestRun(ctx context.Context, in GuestRunInput) (*GuestRunResult, error) {
-	dir, err := a.instanceDir(in.Instance)
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	wait := time.Duration(max(in.WaitAgent, 15)) * time.Second
 	dctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	var c *guest.Client
 	for {
-		c, err = guest.Dial(dctx, filepath.Join(dir, "qga.sock"), guest.Options{Logger: a.log, Owner: "raksha guest-run " + activity.GetInfo(ctx).WorkflowExecution.ID})
-		if err == nil || dctx.Err() != nil {
+		c, err = a.openAgent(dctx, in.Instance, guest.Options{Logger: a.log, Owner: "raksha guest-run " + activity.GetInfo(ctx).WorkflowExecution.ID})
+		var ae *temporal.ApplicationError
+		if err == nil || dctx.Err() != nil || (errors.As(err, &ae) && ae.NonRetryable()) {
 			break
 		}
 		select {

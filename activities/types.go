@@ -161,11 +161,15 @@ type ThawResult struct {
 	Window      time.Duration `json:"window"`
 }
 
-// CheckpointInput fixes the point in time of one VM's qemu: disks.
+// CheckpointInput fixes the point in time of one VM's host-local disks.
 type CheckpointInput struct {
 	BackupID string `json:"backup_id"`
 	Instance string `json:"instance"`
 	Disks    []Disk `json:"disks"`
+	// Repository holds the disks' base manifests, whose recorded libvirt
+	// checkpoint the host worker redefines (libvirt: disks); "" in
+	// histories from before it.
+	Repository string `json:"repository,omitempty"`
 }
 
 // CheckpointResult names the new checkpoint.

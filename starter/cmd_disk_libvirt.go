@@ -114,6 +114,7 @@ func (a *app) beginLibvirt(ctx context.Context, r *repo.Repository, loc libvirtL
 		if bk != nil {
 			_ = bk.End(context.WithoutCancel(ctx))
 			_ = libvirt.Release(context.WithoutCancel(ctx), c, dom, bk.Checkpoint)
+			_ = bk.Forget()
 		}
 		c.Close()
 		return nil, berr
@@ -122,6 +123,7 @@ func (a *app) beginLibvirt(ctx context.Context, r *repo.Repository, loc libvirtL
 	if err != nil {
 		_ = bk.End(context.WithoutCancel(ctx))
 		_ = libvirt.Release(context.WithoutCancel(ctx), c, dom, bk.Checkpoint)
+		_ = bk.Forget()
 		c.Close()
 		return nil, err
 	}
@@ -151,7 +153,7 @@ func (a *app) beginLibvirt(ctx context.Context, r *repo.Repository, loc libvirtL
 		} else {
 			err = errors.Join(err, libvirt.Release(ctx, c, dom, bk.Checkpoint))
 		}
-		return err
+		return errors.Join(err, bk.Forget())
 	}
 	return lc, nil
 }

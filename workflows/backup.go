@@ -293,7 +293,7 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 			continue // no host-local disk: nothing for the host worker to fix
 		}
 		cpFutures[vm.Instance] = workflow.ExecuteActivity(inFreeze(hostOpts(ctx, vm.Host, freezeTimeout, 1)), a.Checkpoint,
-			activities.CheckpointInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks})
+			activities.CheckpointInput{BackupID: backupID, Instance: vm.Instance, Disks: vm.Disks, Repository: req.Repository})
 	}
 	var rbdFuture workflow.Future
 	if rbdDisks := disksOfKind(begin.VMs, "rbd"); len(rbdDisks) > 0 {

@@ -2,6 +2,7 @@ package libvirt
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -70,6 +71,8 @@ type BeginOptions struct {
 	Disks []string
 	// Base is the checkpoint of the previous backup, if any.
 	Base *Checkpoint
+	// Full lists disks (target → reason) to read in full whatever the base.
+	Full map[string]string
 	// WorkDir holds the export's socket and the scratch files (a directory
 	// of the host worker's; its path must fit a unix socket name).
 	WorkDir string
@@ -85,11 +88,86 @@ type Backup struct {
 	// Checkpoint is the new checkpoint, as Raksha records it.
 	Checkpoint Checkpoint
 	// Modes says how each disk of BeginOptions.Disks is read, in order.
-	Modes   []DiskMode
+	Modes []DiskMode
+	// Base is the base checkpoint the job diffed against (nil: none);
+	// Release it once the new backup is committed.
+	Base    *Checkpoint
 	exports map[string]export
 }
 
 type export struct{ name, bitmap string }
+
+// stateFile is where Begin records the job in its work directory, so that
+// a host worker that restarted finds it again (Attach).
+const stateFile = "job.json"
+
+type jobState struct {
+	Domain     string            `json:"domain"`
+	Checkpoint Checkpoint        `json:"checkpoint"`
+	Base       *Checkpoint       `json:"base,omitempty"`
+	Modes      []DiskMode        `json:"modes"`
+	Exports    map[string]string `json:"exports"`
+	Bitmaps    map[string]string `json:"bitmaps"`
+}
+
+func (b *Backup) save() error {
+	st := jobState{Domain: UUIDString(b.dom.UUID), Checkpoint: b.Checkpoint, Base: b.Base, Modes: b.Modes,
+		Exports: map[string]string{}, Bitmaps: map[string]string{}}
+	for t, e := range b.exports {
+		st.Exports[t], st.Bitmaps[t] = e.name, e.bitmap
+	}
+	data, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(b.work, stateFile+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("save job state: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(b.work, stateFile)); err != nil {
+		return fmt.Errorf("save job state: %w", err)
+	}
+	return nil
+}
+
+// ErrNoJobState: the work directory holds no job that Begin recorded.
+var ErrNoJobState = errors.New("libvirt: no recorded backup job")
+
+// Attach finds the job that Begin recorded in workDir for dom (a host
+// worker that restarted): the Backup it returns serves Open while libvirt
+// still runs the job, and End, Release of its checkpoints and Forget in any
+// case. No recorded job is ErrNoJobState.
+func Attach(ctx context.Context, c *Conn, dom lv.Domain, workDir string) (*Backup, error) {
+	data, err := os.ReadFile(filepath.Join(workDir, stateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("attach to the backup of %s: %w", dom.Name, ErrNoJobState)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attach to the backup of %s: %w", dom.Name, err)
+	}
+	var st jobState
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("attach to the backup of %s: job state: %w", dom.Name, err)
+	}
+	if st.Domain != UUIDString(dom.UUID) {
+		return nil, fmt.Errorf("attach to the backup of %s: the recorded job is of domain %s", dom.Name, st.Domain)
+	}
+	b := &Backup{c: c, dom: dom, work: workDir, sock: filepath.Join(workDir, "nbd.sock"), Checkpoint: st.Checkpoint,
+		Base: st.Base, Modes: st.Modes, exports: map[string]export{}}
+	for t, n := range st.Exports {
+		b.exports[t] = export{name: n, bitmap: st.Bitmaps[t]}
+	}
+	return b, nil
+}
+
+// Forget removes the job's record from its work directory (after End and
+// the Release that follows the commit or the failure).
+func (b *Backup) Forget() error {
+	if err := os.Remove(filepath.Join(b.work, stateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("forget the backup of %s: %w", b.dom.Name, err)
+	}
+	return nil
+}
 
 // ErrJobActive: the domain already runs a job (another backup, a
 // migration); libvirt allows one.
@@ -157,6 +235,8 @@ func Begin(ctx context.Context, c *Conn, dom lv.Domain, opts BeginOptions) (_ *B
 		switch d := byTarget[t]; {
 		case !d.Bitmaps():
 			reason[t] = fmt.Sprintf("%s image (%s): no persistent dirty bitmaps", orUnknown(d.Format), d.Source())
+		case opts.Full[t] != "":
+			reason[t] = opts.Full[t]
 		case baseErr != nil:
 			reason[t] = baseErr.Error()
 		case opts.Base == nil:
@@ -238,8 +318,28 @@ func Begin(ctx context.Context, c *Conn, dom lv.Domain, opts BeginOptions) (_ *B
 		}
 		b.Modes = append(b.Modes, m)
 	}
+	if opts.Base != nil {
+		base := *opts.Base
+		b.Base = &base
+	}
+	if err := b.save(); err != nil {
+		return nil, fmt.Errorf("libvirt backup of %s: %w", dom.Name, err)
+	}
 	return b, nil
 }
+
+// Mode returns how the disk target is read.
+func (b *Backup) Mode(target string) (DiskMode, bool) {
+	for _, m := range b.Modes {
+		if m.Target == target {
+			return m, true
+		}
+	}
+	return DiskMode{}, false
+}
+
+// Domain is the job's domain.
+func (b *Backup) Domain() lv.Domain { return b.dom }
 
 // Socket is the unix socket of the job's NBD server.
 func (b *Backup) Socket() string { return b.sock }

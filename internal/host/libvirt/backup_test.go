@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -74,6 +75,18 @@ func backupCycle(t *testing.T, c *libvirt.Conn, d *libvirttest.Domain, a *guest.
 	}
 	if err := bk.End(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// The job's record stays until Forget (after the release that follows
+	// the commit), so that a restarted worker finds what to release.
+	re, err := libvirt.Attach(ctx, c, d.Dom, filepath.Join(d.Dir, "work"))
+	if err != nil || re.Checkpoint.Name != name || (base != nil && (re.Base == nil || re.Base.Name != base.Name)) {
+		t.Fatalf("attach after End: %+v, %v", re, err)
+	}
+	if err := re.Forget(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := libvirt.Attach(ctx, c, d.Dom, filepath.Join(d.Dir, "work")); !errors.Is(err, libvirt.ErrNoJobState) {
+		t.Fatalf("attach after Forget: err = %v, want ErrNoJobState", err)
 	}
 	assertClean(t, c, d)
 	return cy
