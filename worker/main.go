@@ -23,6 +23,7 @@ import (
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/temporalx"
 	"github.com/raksha-backup/raksha/workflows"
 )
@@ -38,6 +39,12 @@ type Config struct {
 	Host    string   `yaml:"host"`
 	HostDir string   `yaml:"host_dir"`
 	WorkDir string   `yaml:"work_dir"`
+	// LibvirtURI makes a host worker reach its guests through libvirtd
+	// (a Nova compute node): "qemu:///system", or with ?socket=PATH.
+	LibvirtURI string `yaml:"libvirt_uri"`
+	// LockDir holds the guests' lock files on a libvirt host (default
+	// /run/raksha/libvirt-locks; `raksha disk backup libvirt:` uses the same).
+	LockDir string `yaml:"lock_dir"`
 	// Cloud names a clouds.yaml entry; empty: OS_* variables.
 	Cloud string `yaml:"cloud"`
 	// Repositories is the registry: id → URL and password file.
@@ -62,7 +69,9 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	roles := fs.String("roles", "", "comma-separated roles: control, data, host")
 	host := fs.String("host", "", "compute host name this host worker serves (host role)")
 	hostDir := fs.String("host-dir", "", "directory with instances/NAME/{qmp,qga}.sock (host role)")
-	workDir := fs.String("work-dir", "", "directory for temporary fleecing images (host role)")
+	workDir := fs.String("work-dir", "", "directory for temporary fleecing images and backup jobs' sockets (host role)")
+	libvirtURI := fs.String("libvirt-uri", "", "reach guests through libvirtd at this URI, e.g. qemu:///system (host role on a Nova compute node)")
+	lockDir := fs.String("lock-dir", "", "directory of the guests' lock files on a libvirt host (default "+libvirt.DefaultLockDir+")")
 	address := fs.String("temporal", "", "Temporal frontend HOST:PORT (default 127.0.0.1:7233)")
 	namespace := fs.String("namespace", "", "Temporal namespace (default \"default\")")
 	tlsCert := fs.String("tls-cert", "", "client certificate for mutual TLS to Temporal")
@@ -95,6 +104,8 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	set(&cfg.Host, *host)
 	set(&cfg.HostDir, *hostDir)
 	set(&cfg.WorkDir, *workDir)
+	set(&cfg.LibvirtURI, *libvirtURI)
+	set(&cfg.LockDir, *lockDir)
 	set(&cfg.Temporal.Address, *address)
 	set(&cfg.Temporal.Namespace, *namespace)
 	set(&cfg.Temporal.TLS.CertFile, *tlsCert)
@@ -121,8 +132,14 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		}
 		has[r] = true
 	}
-	if has["host"] && (cfg.Host == "" || cfg.HostDir == "") {
-		return errors.New("the host role needs --host and --host-dir")
+	if has["host"] && (cfg.Host == "" || (cfg.HostDir == "" && cfg.LibvirtURI == "")) {
+		return errors.New("the host role needs --host, and --libvirt-uri (a libvirt compute node) or --host-dir (the socket layout)")
+	}
+	if cfg.HostDir != "" && cfg.LibvirtURI != "" {
+		return errors.New("give --libvirt-uri or --host-dir, not both: a host worker reaches its guests one way")
+	}
+	if cfg.LockDir == "" {
+		cfg.LockDir = libvirt.DefaultLockDir
 	}
 	if cfg.WorkDir == "" {
 		cfg.WorkDir = os.TempDir()
@@ -131,7 +148,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, CephConf: cfg.CephConf, Log: log}
+	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, CephConf: cfg.CephConf, LockDir: cfg.LockDir, Log: log}
 	if has["control"] {
 		ccfg := cloud.ConfigFromEnv(getenv)
 		if cfg.Cloud != "" {
@@ -145,7 +162,22 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		acfg.Discoverer = &activities.CloudDiscoverer{Client: cl}
 		acfg.Cloud = cl
 	}
-	if has["host"] {
+	if has["host"] && cfg.LibvirtURI != "" {
+		lc, err := libvirt.Dial(ctx, cfg.LibvirtURI, libvirt.Options{Logger: log})
+		if err != nil {
+			return fmt.Errorf("host role: %w", err)
+		}
+		defer lc.Close()
+		acfg.Libvirt = lc
+		// A guest left frozen by a dead worker stays frozen forever: thaw it now.
+		res, err := libvirt.ThawOrphans(ctx, lc, cfg.LockDir, nil, guest.OrphanOptions{Logger: log})
+		if err != nil {
+			log.Warn("thawing orphaned freezes", "err", err)
+		}
+		for _, r := range res {
+			log.Info("orphan check", "result", fmt.Sprintf("%+v", r))
+		}
+	} else if has["host"] {
 		// A guest left frozen by a dead worker stays frozen forever: thaw it now.
 		res, err := guest.ThawOrphans(ctx, cfg.HostDir, guest.OrphanOptions{Logger: log})
 		if err != nil {
