@@ -119,6 +119,23 @@ func mode(t *testing.T, bk *libvirt.Backup, target string) libvirt.DiskMode {
 	return libvirt.DiskMode{}
 }
 
+// assertRebuilds checks that target's image in base, overwritten with the
+// changed extents of next taken from next's image, is next's image, and
+// returns how many bytes changed.
+func assertRebuilds(t *testing.T, target string, base, next *cycle) int64 {
+	t.Helper()
+	rebuilt := bytes.Clone(base.images[target])
+	var n int64
+	for _, e := range next.change[target] {
+		copy(rebuilt[e.Offset:e.End()], next.images[target][e.Offset:e.End()])
+		n += e.Length
+	}
+	if !bytes.Equal(rebuilt, next.images[target]) {
+		t.Fatalf("%s: base + %d changed bytes (%s) != the new point in time (%s)", target, n, sum(rebuilt), sum(next.images[target]))
+	}
+	return n
+}
+
 func sum(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:8]) }
 
 func run(t *testing.T, a *guest.Client, script string) {
@@ -174,15 +191,7 @@ func TestBackupChain(t *testing.T) {
 		t.Fatalf("vda changed %d bytes for a 2 MiB write (extents %v)", changedA, c2.change["vda"])
 	}
 	for _, tg := range []string{"vda", "vdb"} {
-		rebuilt := bytes.Clone(c1.images[tg])
-		var n int64
-		for _, e := range c2.change[tg] {
-			copy(rebuilt[e.Offset:e.End()], c2.images[tg][e.Offset:e.End()])
-			n += e.Length
-		}
-		if !bytes.Equal(rebuilt, c2.images[tg]) {
-			t.Fatalf("%s: base + %d changed bytes (%s) != the new point in time (%s)", tg, n, sum(rebuilt), sum(c2.images[tg]))
-		}
+		n := assertRebuilds(t, tg, c1, c2)
 		t.Logf("%s: %d bytes changed of %d, base + changes = new image (%s)", tg, n, len(c2.images[tg]), sum(c2.images[tg]))
 	}
 	if err := libvirt.Release(context.Background(), c, d.Dom, base1); err != nil {
@@ -203,12 +212,8 @@ func TestBackupChain(t *testing.T) {
 			t.Fatalf("backup after a hard reboot, %s: %+v, want incremental", tg, m)
 		}
 	}
-	rebuilt := bytes.Clone(c2.images["vdb"])
-	for _, e := range c3.change["vdb"] {
-		copy(rebuilt[e.Offset:e.End()], c3.images["vdb"][e.Offset:e.End()])
-	}
-	if !bytes.Equal(rebuilt, c3.images["vdb"]) || len(c3.change["vdb"]) == 0 {
-		t.Fatalf("vdb after a hard reboot: base + %d changed extents != the new point in time", len(c3.change["vdb"]))
+	if n := assertRebuilds(t, "vdb", c2, c3); n == 0 {
+		t.Fatal("vdb after a hard reboot: no changed extents for the write")
 	}
 	if err := libvirt.Release(context.Background(), c, d.Dom, base2); err != nil {
 		t.Fatal(err)
