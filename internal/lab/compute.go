@@ -34,6 +34,8 @@ type Disk struct {
 // Instance is everything a compute backend needs to run a lab server.
 type Instance struct {
 	InstanceRef
+	// ID is the server's id (a libvirt domain's UUID, as in Nova).
+	ID string `json:"id"`
 	// Dir is the instance directory, <labdir>/hosts/<host>/instances/<name>,
 	// where the backend publishes qmp.sock and qga.sock (DESIGN.md, Sockets).
 	Dir      string `json:"dir"`
@@ -61,6 +63,13 @@ type Compute interface {
 	// qcow2 file at target (QEMU: a sync=full backup job, whose
 	// copy-before-write keeps the content as of the job's start).
 	CopyDisk(ctx context.Context, ref InstanceRef, node, target string) error
+}
+
+// Remover is a Compute whose servers have a definition to remove when they
+// are deleted (libvirt domains: Nova's delete undefines the domain).
+type Remover interface {
+	// Remove stops the instance and removes its definition.
+	Remove(ctx context.Context, ref InstanceRef) error
 }
 
 // VolumeNode is the QEMU node name the lab gives the drive of a Cinder

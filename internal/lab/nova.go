@@ -792,7 +792,7 @@ func nextDevice(st *state, s *server) string {
 // instanceLocked describes a server to the compute backend.
 func (l *Lab) instanceLocked(s *server) Instance {
 	ref := InstanceRef{s.Host, s.InstanceName}
-	inst := Instance{InstanceRef: ref, Dir: InstanceDir(l.dir, ref), VCPUs: 1, MemoryMB: 256}
+	inst := Instance{InstanceRef: ref, ID: s.ID, Dir: InstanceDir(l.dir, ref), VCPUs: 1, MemoryMB: 256}
 	if f := l.st.Flavors[s.FlavorID]; f != nil {
 		inst.VCPUs, inst.MemoryMB = f.VCPUs, f.RAM
 		if f.Ephemeral > 0 {
@@ -835,7 +835,11 @@ func (l *Lab) destroyServer(ctx context.Context, id string) {
 	s := l.st.Servers[id]
 	ref := InstanceRef{s.Host, s.InstanceName}
 	l.mu.Unlock()
-	if err := l.opts.Compute.Stop(ctx, ref); err != nil {
+	stop := l.opts.Compute.Stop
+	if r, ok := l.opts.Compute.(Remover); ok {
+		stop = r.Remove
+	}
+	if err := stop(ctx, ref); err != nil {
 		l.log.Error("lab nova: stop for delete", "server", id, "err", err)
 	}
 	l.mu.Lock()
