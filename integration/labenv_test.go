@@ -15,6 +15,8 @@ import (
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/host/libvirt"
+	"github.com/raksha-backup/raksha/internal/host/libvirt/libvirttest"
 	"github.com/raksha-backup/raksha/internal/lab"
 	"github.com/raksha-backup/raksha/internal/lab/demo"
 	"github.com/raksha-backup/raksha/internal/lab/guestapp"
@@ -38,6 +40,10 @@ type labDemo struct {
 	repoDir string
 	hostDir string
 	acts    *activities.Activities
+	// lv is the libvirt connection when the lab runs on libvirt (nil: the
+	// QEMU backend and the socket layout); lockDir its guests' locks.
+	lv      *libvirt.Conn
+	lockDir string
 }
 
 // labEnvOptions vary the lab environment: with RBD the lab keeps its
@@ -45,6 +51,10 @@ type labDemo struct {
 // runs too.
 type labEnvOptions struct {
 	RBD *lab.RBDConfig
+	// Libvirt runs the lab's servers as libvirt domains (lab.LibvirtCompute)
+	// and the host worker on libvirt (--libvirt-uri), discovery giving
+	// libvirt: locators (host driver libvirt), as on a Nova compute node.
+	Libvirt bool
 }
 
 // startLabDemo brings up the lab and the demo workload for the test's
@@ -57,9 +67,32 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 	ctx := context.Background()
 	dir := vmtest.LabDir(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	comp := lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
-		Log: quiet, StartVM: vmtest.StartConfig})
-	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, RBD: o.RBD, Log: quiet})
+	var comp interface {
+		lab.Compute
+		StopAll(context.Context)
+	}
+	var lvc *libvirt.Conn
+	lockDir := filepath.Join(dir, "locks")
+	if o.Libvirt {
+		lvc = libvirttest.Conn(t)
+		// The lab's two guests run in guest slots like every test guest.
+		for range 2 {
+			release, err := vmtest.AcquireSlot(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(release)
+		}
+		comp = lab.NewLibvirtCompute(lab.LibvirtOptions{Conn: lvc, Image: img, LockDir: lockDir, WriterInterval: 100 * time.Millisecond, Log: quiet})
+	} else {
+		comp = lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
+			Log: quiet, StartVM: vmtest.StartConfig})
+	}
+	first := 0
+	if o.Libvirt {
+		first = libvirttest.FirstInstance()
+	}
+	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, RBD: o.RBD, Log: quiet, FirstInstance: first})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,11 +115,18 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 		t.Fatal(err)
 	}
 	t.Logf("lab with the demo workload (2 guests, 2 disks each) up in %v", time.Since(start).Round(time.Millisecond))
-	admin, err := cloud.Connect(ctx, cloud.Config{Cloud: demo.AdminCloud, CloudsFile: clouds, PollInterval: 200 * time.Millisecond})
+	hostDriver := ""
+	if o.Libvirt {
+		hostDriver = "libvirt"
+	}
+	admin, err := cloud.Connect(ctx, cloud.Config{Cloud: demo.AdminCloud, CloudsFile: clouds, PollInterval: 200 * time.Millisecond, HostDriver: hostDriver})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &labDemo{t: t, ctx: ctx, dir: dir, lab: l, admin: admin, repoDir: filepath.Join(dir, "repo"), hostDir: guest.HostDir(dir, "h1")}
+	d := &labDemo{t: t, ctx: ctx, dir: dir, lab: l, admin: admin, repoDir: filepath.Join(dir, "repo"), hostDir: guest.HostDir(dir, "h1"), lv: lvc, lockDir: lockDir}
+	if o.Libvirt {
+		d.hostDir = ""
+	}
 	pwFile := filepath.Join(dir, "repo-pw")
 	if err := os.WriteFile(pwFile, []byte("secret"), 0o600); err != nil {
 		t.Fatal(err)
@@ -106,6 +146,7 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 		HostDir: d.hostDir, WorkDir: filepath.Join(dir, "work"),
 		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Discoverer: &activities.CloudDiscoverer{Client: admin}, CephConf: cephConf,
+		Libvirt: lvc, LockDir: lockDir,
 	})
 	t.Cleanup(func() { activities.Shutdown(context.Background(), d.acts) })
 	return d
@@ -116,7 +157,13 @@ func (d *labDemo) assertThawed(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
 	for _, s := range d.lab.Servers() {
-		ag, err := guest.Dial(ctx, filepath.Join(guest.InstanceDir(d.hostDir, s.InstanceRef.Name), guest.AgentSocketName), guest.Options{Owner: "test"})
+		var ag *guest.Client
+		var err error
+		if d.lv != nil {
+			ag, err = libvirt.OpenAgent(ctx, d.lv, s.InstanceRef.Name, libvirt.AgentOptions{LockDir: d.lockDir, Guest: guest.Options{Owner: "test"}})
+		} else {
+			ag, err = guest.Dial(ctx, filepath.Join(guest.InstanceDir(d.hostDir, s.InstanceRef.Name), guest.AgentSocketName), guest.Options{Owner: "test"})
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -47,6 +47,10 @@ type Config struct {
 	LockDir string `yaml:"lock_dir"`
 	// Cloud names a clouds.yaml entry; empty: OS_* variables.
 	Cloud string `yaml:"cloud"`
+	// HostDriver (control role) is how the host workers reach guests, and
+	// so the locators discovery gives: "libvirt" (Nova compute nodes) or
+	// "socket" (the lab's socket layout, the default).
+	HostDriver string `yaml:"host_driver"`
 	// Repositories is the registry: id → URL and password file.
 	Repositories map[string]activities.RepoConfig `yaml:"repositories"`
 	// CephConf is the ceph.conf of the cluster holding rbd: disks (data role).
@@ -71,6 +75,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	hostDir := fs.String("host-dir", "", "directory with instances/NAME/{qmp,qga}.sock (host role)")
 	workDir := fs.String("work-dir", "", "directory for temporary fleecing images and backup jobs' sockets (host role)")
 	libvirtURI := fs.String("libvirt-uri", "", "reach guests through libvirtd at this URI, e.g. qemu:///system (host role on a Nova compute node)")
+	hostDriver := fs.String("host-driver", "", "control role: how host workers reach guests, libvirt (Nova compute nodes) or socket (the lab's layout; default)")
 	lockDir := fs.String("lock-dir", "", "directory of the guests' lock files on a libvirt host (default "+libvirt.DefaultLockDir+")")
 	address := fs.String("temporal", "", "Temporal frontend HOST:PORT (default 127.0.0.1:7233)")
 	namespace := fs.String("namespace", "", "Temporal namespace (default \"default\")")
@@ -106,6 +111,10 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	set(&cfg.WorkDir, *workDir)
 	set(&cfg.LibvirtURI, *libvirtURI)
 	set(&cfg.LockDir, *lockDir)
+	set(&cfg.HostDriver, *hostDriver)
+	if cfg.HostDriver != "" && cfg.HostDriver != "libvirt" && cfg.HostDriver != "socket" {
+		return fmt.Errorf("host driver %q: want libvirt or socket", cfg.HostDriver)
+	}
 	set(&cfg.Temporal.Address, *address)
 	set(&cfg.Temporal.Namespace, *namespace)
 	set(&cfg.Temporal.TLS.CertFile, *tlsCert)
@@ -154,6 +163,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		if cfg.Cloud != "" {
 			ccfg.Cloud = cfg.Cloud
 		}
+		ccfg.HostDriver = cfg.HostDriver
 		ccfg.Log = log
 		cl, err := cloud.Connect(ctx, ccfg)
 		if err != nil {

@@ -69,6 +69,9 @@ func (c *Client) captureServer(ctx context.Context, s *servers.Server) (*ServerM
 		e := EphemeralMeta{Index: i, SizeGB: m.Flavor.Ephemeral}
 		if m.Host != "" && m.InstanceName != "" {
 			e.Locator = Locator{Scheme: "qemu", Host: m.Host, Instance: m.InstanceName, Node: QEMUEphemeralNode(i), Serial: QEMUEphemeralNode(i)}
+			if c.cfg.HostDriver == "libvirt" {
+				e.Locator = Locator{Scheme: "libvirt", Host: m.Host, Instance: m.ID, Node: fmt.Sprintf("disk.eph%d", i)}
+			}
 		}
 		m.Ephemeral = append(m.Ephemeral, e)
 	}
@@ -198,6 +201,9 @@ func (c *Client) captureVolumes(ctx context.Context, m *ServerMeta, s *servers.S
 		}
 		if m.Host != "" && m.InstanceName != "" {
 			vm.Locator = Locator{Scheme: "qemu", Host: m.Host, Instance: m.InstanceName, Node: QEMUVolumeNode(v.ID), Serial: volumeSerial(v.ID)}
+			if c.cfg.HostDriver == "libvirt" {
+				vm.Locator = Locator{Scheme: "libvirt", Host: m.Host, Instance: m.ID, Node: "vol-" + v.ID}
+			}
 		}
 		for _, va := range v.Attachments {
 			if va.ServerID != s.ID || va.AttachmentID == "" {

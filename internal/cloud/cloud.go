@@ -73,6 +73,13 @@ type Config struct {
 	// PollInterval is how often Wait* functions look; default one second.
 	PollInterval time.Duration
 
+	// HostDriver says how the host workers reach the compute hosts' guests,
+	// and so which locators discovery gives host-local disks: "libvirt"
+	// (libvirt:HOST/<server id>/vol-<volume id> and disk.eph<N>: a Nova
+	// compute node, or the lab on libvirt) or "socket" (qemu:
+	// HOST/INSTANCE/NODE: the lab's socket layout); "" is "socket".
+	HostDriver string
+
 	// HTTPClient, if set, carries every request (tests, proxies).
 	HTTPClient *http.Client
 	// Log receives debug logs of the calls; default: discard.

@@ -135,7 +135,9 @@ type EphemeralMeta struct {
 }
 
 // Locator is DESIGN.md's disk locator: "qemu" (host, instance, drive node;
-// read by the host worker of that compute host on raksha-host-<host>) or
+// read by the host worker of that compute host on raksha-host-<host>),
+// "libvirt" (host, domain UUID or name in Instance, the disk's reference in
+// the domain XML in Node; read by that host's worker through libvirt) or
 // "rbd" (pool, image, snapshot; read by any data worker with Ceph access).
 type Locator struct {
 	Scheme   string `json:"scheme"`
@@ -156,8 +158,8 @@ func (l Locator) IsZero() bool { return l.Scheme == "" }
 // String renders qemu:HOST/INSTANCE/NODE or rbd:POOL/IMAGE[@SNAPSHOT].
 func (l Locator) String() string {
 	switch l.Scheme {
-	case "qemu":
-		return "qemu:" + l.Host + "/" + l.Instance + "/" + l.Node
+	case "qemu", "libvirt":
+		return l.Scheme + ":" + l.Host + "/" + l.Instance + "/" + l.Node
 	case "rbd":
 		s := "rbd:" + l.Pool + "/" + l.Image
 		if l.Snapshot != "" {
@@ -172,12 +174,12 @@ func (l Locator) String() string {
 func ParseLocator(s string) (Locator, error) {
 	scheme, rest, ok := strings.Cut(s, ":")
 	switch {
-	case ok && scheme == "qemu":
+	case ok && (scheme == "qemu" || scheme == "libvirt"):
 		parts := strings.Split(rest, "/")
 		if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
-			return Locator{}, fmt.Errorf("locator %q: want qemu:HOST/INSTANCE/NODE", s)
+			return Locator{}, fmt.Errorf("locator %q: want %s:HOST/INSTANCE/DISK", s, scheme)
 		}
-		return Locator{Scheme: "qemu", Host: parts[0], Instance: parts[1], Node: parts[2]}, nil
+		return Locator{Scheme: scheme, Host: parts[0], Instance: parts[1], Node: parts[2]}, nil
 	case ok && scheme == "rbd":
 		img, snap, _ := strings.Cut(rest, "@")
 		pool, image, ok := strings.Cut(img, "/")

@@ -62,6 +62,10 @@ type Options struct {
 	// RBD, when set, keeps volumes of type VolumeTypeRBD — the default type
 	// then — as RBD images in a Ceph cluster (see RBDConfig).
 	RBD *RBDConfig
+	// FirstInstance numbers the first server's instance name
+	// (instance-%08x); default 1. Labs that share one libvirtd (tests)
+	// start at different numbers, since domain names are the host's.
+	FirstInstance int
 	// Log receives the lab's structured log; default: discard.
 	Log *slog.Logger
 }
@@ -149,6 +153,9 @@ func Start(ctx context.Context, opts Options) (*Lab, error) {
 	st, err := loadState(dir)
 	if err != nil {
 		return nil, fmt.Errorf("start lab: %w", err)
+	}
+	if opts.FirstInstance > 0 && st.NextInst <= 1 && len(st.Servers) == 0 {
+		st.NextInst = opts.FirstInstance
 	}
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {

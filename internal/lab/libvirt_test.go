@@ -38,7 +38,8 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 	dir := vmtest.LabDir(t)
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	comp := NewLibvirtCompute(LibvirtOptions{Conn: conn, Image: img, LockDir: t.TempDir(), WriterInterval: 200 * time.Millisecond, Log: logger})
-	l, err := Start(context.Background(), Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, Log: logger})
+	l, err := Start(context.Background(), Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, Log: logger,
+		FirstInstance: libvirttest.FirstInstance()})
 	if err != nil {
 		t.Fatal(err)
 	}

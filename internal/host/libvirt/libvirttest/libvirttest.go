@@ -287,6 +287,15 @@ func Agent(t testing.TB, c *libvirt.Conn, d *Domain) *guest.Client {
 	return a
 }
 
+// FirstInstance is a random first instance number for a lab on libvirt
+// (lab.Options.FirstInstance), so that labs of tests running at once on
+// the machine's one libvirtd never name two domains alike.
+func FirstInstance() int {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return 0x10000000 + int(b[0])<<16 | int(b[1])<<8 | int(b[2])
+}
+
 func randHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
