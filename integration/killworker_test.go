@@ -29,13 +29,13 @@ type hostWorker struct {
 	cmd *exec.Cmd
 }
 
-func startHostWorker(t *testing.T, bin, cfg, hostDir, addr, logFile string) *hostWorker {
+func startHostWorker(t *testing.T, bin, cfg, addr, logFile string, reach ...string) *hostWorker {
 	t.Helper()
 	lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--config", cfg, "--roles", "host", "--host", "h1", "--host-dir", hostDir, "--temporal", addr)
+	cmd := exec.Command(bin, append([]string{"--config", cfg, "--roles", "host", "--host", "h1", "--temporal", addr}, reach...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -98,7 +98,7 @@ func TestHostWorkerKilledMidCopyResumes(t *testing.T) {
 	})
 	startWorkers(t, c, acts, activities.ControlQueue)
 	logFile := filepath.Join(dir, "host-worker.log")
-	first := startHostWorker(t, bin, cfg, hostDir, addr, logFile)
+	first := startHostWorker(t, bin, cfg, addr, logFile, "--host-dir", hostDir)
 
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("big"), TaskQueue: activities.ControlQueue},
 		workflows.WorkloadBackup, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "crash", CopyHeartbeatTimeout: 5 * time.Second})
@@ -121,7 +121,7 @@ func TestHostWorkerKilledMidCopyResumes(t *testing.T) {
 	}
 	first.kill()
 	t.Logf("host worker SIGKILLed after the copy saved its position at %d MiB", resume>>20)
-	startHostWorker(t, bin, cfg, hostDir, addr, logFile)
+	startHostWorker(t, bin, cfg, addr, logFile, "--host-dir", hostDir)
 
 	var res workflows.BackupResult
 	if err := run.Get(ctx, &res); err != nil {

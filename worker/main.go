@@ -179,14 +179,18 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		}
 		defer lc.Close()
 		acfg.Libvirt = lc
-		// A guest left frozen by a dead worker stays frozen forever: thaw it now.
-		res, err := libvirt.ThawOrphans(ctx, lc, cfg.LockDir, nil, guest.OrphanOptions{Logger: log})
-		if err != nil {
-			log.Warn("thawing orphaned freezes", "err", err)
-		}
-		for _, r := range res {
-			log.Info("orphan check", "result", fmt.Sprintf("%+v", r))
-		}
+		// A guest left frozen by a dead worker stays frozen forever: thaw
+		// it now. On a compute node with many domains (some booting, some
+		// without an agent) the sweep takes a while, so it runs beside the
+		// worker rather than before it: a freeze the worker is asked for
+		// meanwhile holds its guest's lock, and the sweep skips that guest.
+		go func() {
+			res, err := libvirt.ThawOrphans(ctx, lc, cfg.LockDir, nil, guest.OrphanOptions{Logger: log, PerGuestTimeout: 5 * time.Second, Parallel: 8})
+			if err != nil {
+				log.Warn("thawing orphaned freezes", "err", err)
+			}
+			log.Info("orphan sweep done", "domains", len(res))
+		}()
 	} else if has["host"] {
 		// A guest left frozen by a dead worker stays frozen forever: thaw it now.
 		res, err := guest.ThawOrphans(ctx, cfg.HostDir, guest.OrphanOptions{Logger: log})

@@ -106,6 +106,9 @@ type Spec struct {
 	Labels []string
 	// DiskSize is the size of each data disk (vmtest.DefaultDiskSize when 0).
 	DiskSize int64
+	// Images are qcow2 files of the test's to attach after the labelled
+	// disks (the guest mounts them only if they hold an ext file system).
+	Images []string
 	// NoWriter boots the guest without its record writer.
 	NoWriter bool
 	// MemoryMB is the guest's memory (256 when 0).
@@ -156,6 +159,9 @@ func Boot(t testing.TB, c *libvirt.Conn, img vm.Image, s Spec) *Domain {
 			t.Fatal(err)
 		}
 		d.Disks = append(d.Disks, Disk{Path: p, Target: "vd" + string(rune('a'+i)), Label: l})
+	}
+	for _, p := range s.Images {
+		d.Disks = append(d.Disks, Disk{Path: p, Target: "vd" + string(rune('a'+len(d.Disks))), Label: filepath.Base(p)})
 	}
 	release, err := vmtest.AcquireSlot(ctx)
 	if err != nil {
