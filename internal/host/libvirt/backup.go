@@ -2,6 +2,8 @@ package libvirt
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -97,6 +99,21 @@ type Backup struct {
 
 type export struct{ name, bitmap string }
 
+// maxSocketPath is the longest unix socket path this package gives QEMU
+// (sun_path holds 108 bytes with its NUL).
+const maxSocketPath = 100
+
+// socketPath is the NBD socket of the job in work: work/nbd.sock, or, when
+// that path is too long for a unix socket, one in the temporary directory
+// named after work (the same for a worker that restarted).
+func socketPath(work string) string {
+	if p := filepath.Join(work, "nbd.sock"); len(p) <= maxSocketPath {
+		return p
+	}
+	h := sha256.Sum256([]byte(filepath.Clean(work)))
+	return filepath.Join(os.TempDir(), "raksha-nbd-"+hex.EncodeToString(h[:8])+".sock")
+}
+
 // stateFile is where Begin records the job in its work directory, so that
 // a host worker that restarted finds it again (Attach).
 const stateFile = "job.json"
@@ -152,7 +169,7 @@ func Attach(ctx context.Context, c *Conn, dom lv.Domain, workDir string) (*Backu
 	if st.Domain != UUIDString(dom.UUID) {
 		return nil, fmt.Errorf("attach to the backup of %s: the recorded job is of domain %s", dom.Name, st.Domain)
 	}
-	b := &Backup{c: c, dom: dom, work: workDir, sock: filepath.Join(workDir, "nbd.sock"), Checkpoint: st.Checkpoint,
+	b := &Backup{c: c, dom: dom, work: workDir, sock: socketPath(workDir), Checkpoint: st.Checkpoint,
 		Base: st.Base, Modes: st.Modes, exports: map[string]export{}}
 	for t, n := range st.Exports {
 		b.exports[t] = export{name: n, bitmap: st.Bitmaps[t]}
@@ -204,7 +221,7 @@ func Begin(ctx context.Context, c *Conn, dom lv.Domain, opts BeginOptions) (_ *B
 	} else if active {
 		return nil, fmt.Errorf("libvirt backup of %s: %w", dom.Name, ErrJobActive)
 	}
-	b := &Backup{c: c, dom: dom, work: opts.WorkDir, sock: filepath.Join(opts.WorkDir, "nbd.sock"), exports: map[string]export{}}
+	b := &Backup{c: c, dom: dom, work: opts.WorkDir, sock: socketPath(opts.WorkDir), exports: map[string]export{}}
 	if err := os.MkdirAll(opts.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("libvirt backup of %s: %w", dom.Name, err)
 	}
@@ -401,7 +418,7 @@ func (c *Conn) endJob(ctx context.Context, dom lv.Domain, work string) error {
 	}
 	if work != "" {
 		scratch, _ := filepath.Glob(filepath.Join(work, "*.scratch"))
-		for _, f := range append(scratch, filepath.Join(work, "nbd.sock")) {
+		for _, f := range append(scratch, socketPath(work)) {
 			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("end backup of %s: %w", dom.Name, err)
 			}

@@ -85,3 +85,15 @@ func FuzzParseDisks(f *testing.F) {
 		_, _ = ResolveDisk(ds, ref)
 	})
 }
+
+func TestSocketPathFitsAUnixSocket(t *testing.T) {
+	short := "/var/lib/raksha/libvirt/5f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
+	if p := socketPath(short); p != short+"/nbd.sock" {
+		t.Errorf("short work dir: %s", p)
+	}
+	long := "/tmp/" + strings.Repeat("d", 80) + "/work/libvirt/5f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
+	p := socketPath(long)
+	if len(p) > maxSocketPath || p != socketPath(long+"/") || p == socketPath(long+"x") {
+		t.Errorf("long work dir: %s (%d bytes); must fit, be stable and differ per directory", p, len(p))
+	}
+}
