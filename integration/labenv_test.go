@@ -83,7 +83,7 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 			}
 			t.Cleanup(release)
 		}
-		comp = lab.NewLibvirtCompute(lab.LibvirtOptions{Conn: lvc, Image: img, LockDir: lockDir, WriterInterval: 100 * time.Millisecond, Log: quiet})
+		comp = lab.NewLibvirtCompute(lab.LibvirtOptions{Conn: lvc, Image: img, Description: libvirttest.Owner(), LockDir: lockDir, WriterInterval: 100 * time.Millisecond, Log: quiet})
 	} else {
 		comp = lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
 			Log: quiet, StartVM: vmtest.StartConfig})

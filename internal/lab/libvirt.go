@@ -32,6 +32,9 @@ type LibvirtOptions struct {
 	// WriterInterval is its pause between records.
 	NoWriter       bool
 	WriterInterval time.Duration
+	// Description is put into each domain's description (tests mark the
+	// domains they own, see libvirttest.Owner).
+	Description string
 	// Log receives the backend's logs; default: discard.
 	Log *slog.Logger
 }
@@ -143,6 +146,7 @@ func (l *LibvirtCompute) domainXML(inst Instance) string {
 	return fmt.Sprintf(`<domain type='qemu'>
   <name>%s</name>
   <uuid>%s</uuid>
+  <description>%s</description>
   <memory unit='MiB'>%d</memory>
   <vcpu>%d</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><kernel>%s</kernel><initrd>%s</initrd>
@@ -155,7 +159,7 @@ func (l *LibvirtCompute) domainXML(inst Instance) string {
     <channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <memballoon model='none'/>
   </devices>
-</domain>`, esc(inst.Name), esc(inst.ID), mem, cpus, esc(l.opts.Image.Kernel), esc(l.opts.Image.Initrd), esc(inst.Dir))
+</domain>`, esc(inst.Name), esc(inst.ID), esc(l.opts.Description), mem, cpus, esc(l.opts.Image.Kernel), esc(l.opts.Image.Initrd), esc(inst.Dir))
 }
 
 func (l *LibvirtCompute) waitAgent(ctx context.Context, name string) error {

@@ -37,7 +37,7 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 	defer release()
 	dir := vmtest.LabDir(t)
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	comp := NewLibvirtCompute(LibvirtOptions{Conn: conn, Image: img, LockDir: t.TempDir(), WriterInterval: 200 * time.Millisecond, Log: logger})
+	comp := NewLibvirtCompute(LibvirtOptions{Conn: conn, Image: img, Description: libvirttest.Owner(), LockDir: t.TempDir(), WriterInterval: 200 * time.Millisecond, Log: logger})
 	l, err := Start(context.Background(), Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, Log: logger,
 		FirstInstance: libvirttest.FirstInstance()})
 	if err != nil {

@@ -22,7 +22,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -82,7 +85,9 @@ func Require(t testing.TB) {
 	}
 }
 
-// Conn connects to the system libvirtd for the test (closed when it ends).
+// Conn connects to the system libvirtd for the test (closed when it ends),
+// after removing the domains of test processes that died without cleaning
+// up (SweepDead).
 func Conn(t testing.TB) *libvirt.Conn {
 	t.Helper()
 	Require(t)
@@ -93,7 +98,47 @@ func Conn(t testing.TB) *libvirt.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	for _, n := range SweepDead(t, c) {
+		t.Logf("removed domain %s of a test process that died", n)
+	}
 	return c
+}
+
+// Owner is the description a test marks its domains with (Boot, and the
+// lab's libvirt backend in tests): this process owns them.
+func Owner() string { return fmt.Sprintf("raksha-test-owner pid=%d", os.Getpid()) }
+
+var ownerRE = regexp.MustCompile(`raksha-test-owner pid=(\d+)`)
+
+// SweepDead destroys and undefines the domains whose description names an
+// owner test process that is gone (killed by a timeout or a signal before
+// its cleanups ran) and returns their names. Domains of live processes,
+// and every domain not marked by a test, are left alone.
+func SweepDead(t testing.TB, c *libvirt.Conn) []string {
+	t.Helper()
+	l := c.Libvirt()
+	doms, _, err := l.ConnectListAllDomains(1, 0)
+	if err != nil {
+		t.Fatalf("list domains: %v", err)
+	}
+	var removed []string
+	for _, d := range doms {
+		desc, err := l.DomainGetMetadata(d, int32(lv.DomainMetadataDescription), nil, 0)
+		if err != nil {
+			continue
+		}
+		m := ownerRE.FindStringSubmatch(desc)
+		if m == nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(m[1])
+		if pid <= 0 || syscall.Kill(pid, 0) == nil || !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+			continue
+		}
+		Remove(t, c, d.Name)
+		removed = append(removed, d.Name)
+	}
+	return removed
 }
 
 // Spec describes a guest for Boot.
@@ -249,6 +294,7 @@ func DomainXML(img vm.Image, s Spec, d *Domain) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<domain type='qemu'>
   <name>%s</name>
+  <description>%s</description>
   <memory unit='MiB'>%d</memory>
   <vcpu>1</vcpu>
   <os>
@@ -260,7 +306,7 @@ func DomainXML(img vm.Image, s Spec, d *Domain) string {
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
   <on_reboot>destroy</on_reboot>
   <devices>
-`, esc(s.Name), s.MemoryMB, esc(img.Kernel), esc(img.Initrd), esc(cmdline))
+`, esc(s.Name), esc(Owner()), s.MemoryMB, esc(img.Kernel), esc(img.Initrd), esc(cmdline))
 	for _, dk := range d.Disks {
 		fmt.Fprintf(&b, `    <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/>
