@@ -88,11 +88,14 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 		comp = lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
 			Log: quiet, StartVM: vmtest.StartConfig})
 	}
-	first := 0
+	first, labLog := 0, quiet
 	if o.Libvirt {
+		// The lab on libvirt is newer: its warnings and errors go to the
+		// test's log.
 		first = libvirttest.FirstInstance()
+		labLog = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, RBD: o.RBD, Log: quiet, FirstInstance: first})
+	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, RBD: o.RBD, Log: labLog, FirstInstance: first})
 	if err != nil {
 		t.Fatal(err)
 	}
