@@ -280,6 +280,26 @@ func TestCaptureRoundTripAndMemberIsolation(t *testing.T) {
 	if l, err := ParseLocator(wantLoc); err != nil || l.String() != wantLoc {
 		t.Errorf("parse locator: %v %v", l, err)
 	}
+	// With host driver libvirt (Nova compute nodes) the same disks are
+	// libvirt: locators by server id, volume id and Nova's disk file name.
+	lvc, err := Connect(ctx, Config{Cloud: "lab-admin", CloudsFile: f.cloudsYA, PollInterval: 10 * time.Millisecond, HostDriver: "libvirt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lm, err := lvc.Capture(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLV := "libvirt:" + m.Host + "/" + id + "/vol-" + vol
+	if got := lm.Volumes[0].Locator.String(); got != wantLV {
+		t.Errorf("libvirt volume locator %s, want %s", got, wantLV)
+	}
+	if got := lm.Ephemeral[0].Locator.String(); got != "libvirt:"+m.Host+"/"+id+"/disk.eph0" {
+		t.Errorf("libvirt ephemeral locator %s", got)
+	}
+	if l, err := ParseLocator(wantLV); err != nil || l.String() != wantLV {
+		t.Errorf("parse libvirt locator: %v %v", l, err)
+	}
 	// Round trip through JSON, as the backup's source metadata.
 	data, err := json.Marshal(w)
 	if err != nil {
