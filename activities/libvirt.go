@@ -310,3 +310,28 @@ func (a *Activities) finishLibvirt(ctx context.Context, in FinishInput) error {
 	}
 	return nil
 }
+
+// openLibvirtDisk opens the disk file t.File of the (shut off) domain
+// t.Instance as a restore target: the file its definition names.
+func (a *Activities) openLibvirtDisk(ctx context.Context, t WriteTarget) (writer, error) {
+	if t.Instance == "" || strings.ContainsAny(t.Instance, "/\\") {
+		return nil, invalid("target %s: invalid instance name", t)
+	}
+	dom, err := a.cfg.Libvirt.Domain(ctx, t.Instance)
+	if err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("target %s: %v", t, err), ErrNotFound, err)
+	}
+	all, err := a.cfg.Libvirt.Disks(ctx, dom)
+	if err != nil {
+		return nil, err
+	}
+	d, err := libvirt.ResolveDisk(all, t.File)
+	if err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("target %s: %v", t, err), ErrNotFound, err)
+	}
+	format := t.Format
+	if format == "" {
+		format = d.Format
+	}
+	return a.openTarget(ctx, WriteTarget{Kind: "image", Path: d.File, Format: format})
+}

@@ -306,12 +306,17 @@ func (a *Activities) openTarget(ctx context.Context, t WriteTarget) (writer, err
 		}
 		return im, err
 	case "instance-disk":
+		if t.File == "" || strings.ContainsAny(t.File, "/\\") || t.File == "." || t.File == ".." {
+			return nil, invalid("target %s: invalid file name", t)
+		}
+		if a.cfg.Libvirt != nil {
+			// On a libvirt host the file is the one the domain's
+			// definition names (Nova's <instances_path>/<uuid>/disk.eph0).
+			return a.openLibvirtDisk(ctx, t)
+		}
 		dir, err := a.instanceDir(t.Instance)
 		if err != nil {
 			return nil, err
-		}
-		if t.File == "" || strings.ContainsAny(t.File, "/\\") || t.File == "." || t.File == ".." {
-			return nil, invalid("target %s: invalid file name", t)
 		}
 		return a.openTarget(ctx, WriteTarget{Kind: "image", Path: filepath.Join(dir, t.File), Format: t.Format})
 	case "rbd":

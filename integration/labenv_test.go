@@ -155,18 +155,21 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 	return d
 }
 
+// agent opens a lab guest's agent: through libvirt when the lab runs on
+// libvirt, else its socket.
+func (d *labDemo) agent(ctx context.Context, instance string) (*guest.Client, error) {
+	if d.lv != nil {
+		return libvirt.OpenAgent(ctx, d.lv, instance, libvirt.AgentOptions{LockDir: d.lockDir, Guest: guest.Options{Owner: "test"}})
+	}
+	return guest.Dial(ctx, filepath.Join(guest.InstanceDir(d.hostDir, instance), guest.AgentSocketName), guest.Options{Owner: "test"})
+}
+
 // assertThawed fails the test if a guest of the lab is frozen.
 func (d *labDemo) assertThawed(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
 	for _, s := range d.lab.Servers() {
-		var ag *guest.Client
-		var err error
-		if d.lv != nil {
-			ag, err = libvirt.OpenAgent(ctx, d.lv, s.InstanceRef.Name, libvirt.AgentOptions{LockDir: d.lockDir, Guest: guest.Options{Owner: "test"}})
-		} else {
-			ag, err = guest.Dial(ctx, filepath.Join(guest.InstanceDir(d.hostDir, s.InstanceRef.Name), guest.AgentSocketName), guest.Options{Owner: "test"})
-		}
+		ag, err := d.agent(ctx, s.InstanceRef.Name)
 		if err != nil {
 			t.Fatal(err)
 		}

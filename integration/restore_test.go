@@ -105,7 +105,7 @@ func (e *labEnv) guestCheck(instance string) string {
 	var ag *guest.Client
 	var err error
 	for ctx.Err() == nil {
-		if ag, err = guest.Dial(ctx, filepath.Join(guest.InstanceDir(e.hostDir, instance), guest.AgentSocketName), guest.Options{Owner: "test"}); err == nil {
+		if ag, err = e.agent(ctx, instance); err == nil {
 			break
 		}
 		time.Sleep(time.Second)
