@@ -53,52 +53,64 @@ func (w *hostWorker) kill() {
 	}
 }
 
-// TestHostWorkerKilledMidCopyResumes SIGKILLs the host worker while it copies
-// a disk, starts a new one, and checks that the backup completes from the
-// saved position (not from the start) with a byte-identical restore.
-func TestHostWorkerKilledMidCopyResumes(t *testing.T) {
-	blockvm.Require(t)
-	c, addr := startTemporal(t)
-	ctx := context.Background()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "raksha-worker")
-	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(repoRoot(t), "worker")).CombinedOutput(); err != nil {
-		t.Fatalf("build raksha-worker: %v\n%s", err, out)
-	}
-	const size = 1 << 30
+// randomDisk writes size random bytes as a qcow2 image in dir and returns
+// the bytes and the image's path.
+func randomDisk(t *testing.T, dir string, size int) ([]byte, string) {
+	t.Helper()
 	raw := filepath.Join(dir, "random.raw")
 	data := make([]byte, size)
 	rand.Read(data)
-	os.WriteFile(raw, data, 0o600)
+	if err := os.WriteFile(raw, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(raw)
 	img := filepath.Join(dir, "vda.qcow2")
 	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, img).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	os.Remove(raw)
-	hostDir := filepath.Join(dir, "hosts", "h1")
-	blockvm.Start(t, img, filepath.Join(hostDir, "instances", "instance-1", "qmp.sock"), data)
+	return data, img
+}
 
-	pwFile := filepath.Join(dir, "pw")
+// killMidCopy is one run of the kill test: a backup of one disk (data, at
+// locator, of VM instance) whose host worker, raksha-worker with the reach
+// arguments in a separate process, is SIGKILLed once the copy has saved a
+// position; a new worker must finish the copy from there, and the restore
+// must equal data.
+type killMidCopy struct {
+	dir               string
+	data              []byte
+	instance, locator string
+	reach             []string
+}
+
+func (k killMidCopy) run(t *testing.T, c client.Client, addr string) *workflows.BackupResult {
+	t.Helper()
+	ctx := context.Background()
+	bin := filepath.Join(k.dir, "raksha-worker")
+	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(repoRoot(t), "worker")).CombinedOutput(); err != nil {
+		t.Fatalf("build raksha-worker: %v\n%s", err, out)
+	}
+	pwFile := filepath.Join(k.dir, "pw")
 	os.WriteFile(pwFile, []byte("secret"), 0o600)
-	repoDir := filepath.Join(dir, "repo")
+	repoDir := filepath.Join(k.dir, "repo")
 	be, _ := local.Open(repoDir)
 	if _, err := repo.Init(ctx, be, repo.InitOptions{ChunkSize: 1 << 20, Password: "secret", Compression: "none"}, repo.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	cfg := filepath.Join(dir, "worker.yaml")
+	cfg := filepath.Join(k.dir, "worker.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("work_dir: %s\nrepositories:\n  main: {url: \"file://%s\", password_file: \"%s\"}\n",
-		filepath.Join(dir, "work"), repoDir, pwFile)), 0o600)
+		filepath.Join(k.dir, "work"), repoDir, pwFile)), 0o600)
 
 	// control role in this process (the test's stand-in cloud), host role in a child
 	acts := activities.New(activities.Config{
 		Repos: map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
 		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Discoverer: staticDiscoverer{vms: []activities.VM{{ID: "srv-1", Name: "db", Host: "h1", Instance: "instance-1",
-			Disks: []activities.Disk{{Name: "vda", Locator: "qemu:h1/instance-1/data0", Size: size}}}}},
+		Discoverer: staticDiscoverer{vms: []activities.VM{{ID: "srv-1", Name: "db", Host: "h1", Instance: k.instance,
+			Disks: []activities.Disk{{Name: "vda", Locator: activities.Locator(k.locator), Size: int64(len(k.data))}}}}},
 	})
 	startWorkers(t, c, acts, activities.ControlQueue)
-	logFile := filepath.Join(dir, "host-worker.log")
-	first := startHostWorker(t, bin, cfg, addr, logFile, "--host-dir", hostDir)
+	logFile := filepath.Join(k.dir, "host-worker.log")
+	first := startHostWorker(t, bin, cfg, addr, logFile, k.reach...)
 
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("big"), TaskQueue: activities.ControlQueue},
 		workflows.WorkloadBackup, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "crash", CopyHeartbeatTimeout: 5 * time.Second})
@@ -121,7 +133,7 @@ func TestHostWorkerKilledMidCopyResumes(t *testing.T) {
 	}
 	first.kill()
 	t.Logf("host worker SIGKILLed after the copy saved its position at %d MiB", resume>>20)
-	startHostWorker(t, bin, cfg, addr, logFile, "--host-dir", hostDir)
+	startHostWorker(t, bin, cfg, addr, logFile, k.reach...)
 
 	var res workflows.BackupResult
 	if err := run.Get(ctx, &res); err != nil {
@@ -132,19 +144,33 @@ func TestHostWorkerKilledMidCopyResumes(t *testing.T) {
 	if d.ResumedFrom < resume {
 		t.Errorf("the retried copy resumed from %d, want at least the saved %d", d.ResumedFrom, resume)
 	}
-	t.Logf("backup %s completed after the kill; the retry resumed at %d MiB of %d MiB", res.BackupID, d.ResumedFrom>>20, int64(size)>>20)
+	t.Logf("backup %s completed after the kill; the retry resumed at %d MiB of %d MiB", res.BackupID, d.ResumedFrom>>20, len(k.data)>>20)
 	r, err := repo.Open(ctx, be, "secret", repo.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := &memWriter{b: make([]byte, size)}
+	out := &memWriter{b: make([]byte, len(k.data))}
 	if _, err := r.RestoreDisk(ctx, d.Manifest, out, repo.RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if sha256.Sum256(out.b) != sha256.Sum256(data) {
+	if sha256.Sum256(out.b) != sha256.Sum256(k.data) {
 		t.Fatal("restore after the kill differs from the disk")
 	}
 	if _, err := r.Check(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return &res
+}
+
+// TestHostWorkerKilledMidCopyResumes SIGKILLs the host worker while it copies
+// a disk, starts a new one, and checks that the backup completes from the
+// saved position (not from the start) with a byte-identical restore.
+func TestHostWorkerKilledMidCopyResumes(t *testing.T) {
+	blockvm.Require(t)
+	c, addr := startTemporal(t)
+	dir := t.TempDir()
+	data, img := randomDisk(t, dir, 1<<30)
+	hostDir := filepath.Join(dir, "hosts", "h1")
+	blockvm.Start(t, img, filepath.Join(hostDir, "instances", "instance-1", "qmp.sock"), data)
+	killMidCopy{dir: dir, data: data, instance: "instance-1", locator: "qemu:h1/instance-1/data0", reach: []string{"--host-dir", hostDir}}.run(t, c, addr)
 }

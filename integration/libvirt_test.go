@@ -2,20 +2,14 @@ package integration
 
 import (
 	"context"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"go.temporal.io/sdk/client"
-
-	"github.com/raksha-backup/raksha/activities"
-	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
+	"github.com/raksha-backup/raksha/internal/host/libvirt/libvirttest"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/workflows"
 )
@@ -33,26 +27,16 @@ import (
 // Nova's API afterwards (its domain undefined).
 func TestWorkloadBackupOnLibvirt(t *testing.T) {
 	e := newLabEnvWith(t, labEnvOptions{Libvirt: true})
-	c, ctx, dir, be := e.temporal, e.ctx, e.dir, e.be
-	req := workflows.BackupRequest{Workload: "demo", Project: "demo", Repository: "main", Consistency: "app",
-		Selector: cloud.Selector{Workload: "demo"}, FreezeTimeout: 30 * time.Second}
+	ctx, dir, be := e.ctx, e.dir, e.be
 	run := func() *workflows.BackupResult {
 		t.Helper()
 		start := time.Now()
-		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("demo"),
-			TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var res workflows.BackupResult
-		if err := wr.Get(ctx, &res); err != nil {
-			t.Fatal(err)
-		}
+		res := e.backup()
 		t.Logf("backup %s (%s) in %v: %d VMs, %d disks, read %d KiB, new %d KiB; freeze windows %v",
 			res.BackupID, res.Consistency, time.Since(start).Round(time.Millisecond), res.VMs, len(res.Disks),
 			res.BytesRead>>10, res.BytesNew>>10, res.FreezeWindows)
 		e.assertClean(t)
-		return &res
+		return res
 	}
 	first := run()
 	if first.Consistency != "app" || first.VMs != 2 || len(first.Disks) != 4 {
@@ -170,34 +154,14 @@ func ckReason(c *repo.Checkpoint) string {
 	return c.Reason
 }
 
-// killQEMU SIGKILLs the QEMU process of the server's domain and waits
-// until libvirt sees it gone.
+// killQEMU SIGKILLs the QEMU process of the server's domain.
 func (d *labDemo) killQEMU(t *testing.T, serverID string) {
 	t.Helper()
-	ctx := context.Background()
-	dom, err := d.lv.Domain(ctx, serverID)
+	dom, err := d.lv.Domain(context.Background(), serverID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile("/run/libvirt/qemu/" + dom.Name + ".pid")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		if up, err := d.lv.Running(ctx, dom); err == nil && !up {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("domain %s still running a minute after SIGKILL of its QEMU", dom.Name)
-		}
-	}
+	libvirttest.KillQEMU(t, d.lv, dom)
 }
 
 // assertClean fails the test if a domain of the lab has checkpoint

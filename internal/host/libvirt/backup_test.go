@@ -6,13 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -286,30 +282,9 @@ func hardReboot(t *testing.T, c *libvirt.Conn, d *libvirttest.Domain) {
 // killQEMU SIGKILLs the domain's QEMU process and starts the domain again.
 func killQEMU(t *testing.T, c *libvirt.Conn, d *libvirttest.Domain) {
 	t.Helper()
-	pidFile := fmt.Sprintf("/run/libvirt/qemu/%s.pid", d.Name)
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	libvirttest.KillQEMU(t, c, d.Dom)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	for {
-		up, err := c.Running(ctx, d.Dom)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !up {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 	if out, err := exec.Command("qemu-img", "info", "-U", d.Disks[0].Path).CombinedOutput(); err == nil {
 		t.Logf("after SIGKILL: %s", strings.TrimSpace(string(out)))
 	}

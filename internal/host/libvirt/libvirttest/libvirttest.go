@@ -325,6 +325,40 @@ func DomainXML(img vm.Image, s Spec, d *Domain) string {
 	return b.String()
 }
 
+// KillQEMU SIGKILLs the QEMU process of the running domain dom (an unclean
+// stop: its persistent bitmaps are not stored) and waits until libvirt
+// sees the domain shut off.
+func KillQEMU(t testing.TB, c *libvirt.Conn, dom lv.Domain) {
+	t.Helper()
+	b, err := os.ReadFile("/run/libvirt/qemu/" + dom.Name + ".pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		up, err := c.Running(ctx, dom)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !up {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("domain %s still running a minute after SIGKILL of its QEMU", dom.Name)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // Agent opens a guest.Client on the domain's agent through libvirt, with
 // its lock file in a directory of the test's, closed when the test ends.
 func Agent(t testing.TB, c *libvirt.Conn, d *Domain) *guest.Client {
