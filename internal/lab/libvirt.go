@@ -165,26 +165,11 @@ func (l *LibvirtCompute) domainXML(inst Instance) string {
 func (l *LibvirtCompute) waitAgent(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	for {
-		dom, err := l.opts.Conn.Domain(ctx, name)
-		if err != nil {
-			return err
-		}
-		pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
-		err = libvirt.NewAgentTransport(l.opts.Conn, dom).Ping(pctx)
-		pcancel()
-		if err == nil {
-			return nil
-		}
-		if up, _ := l.opts.Conn.Running(ctx, dom); !up {
-			return errors.New("the domain stopped before its agent answered")
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("agent did not answer: %w (last: %v)", ctx.Err(), err)
-		case <-time.After(500 * time.Millisecond):
-		}
+	dom, err := l.opts.Conn.Domain(ctx, name)
+	if err != nil {
+		return err
 	}
+	return libvirt.WaitAgent(ctx, l.opts.Conn, dom)
 }
 
 // Stop destroys the domain (QEMU exits cleanly on SIGTERM); its definition

@@ -207,3 +207,27 @@ func ThawOrphans(ctx context.Context, c *Conn, lockDir string, only func(name, u
 	}
 	return guest.ThawOrphanGuests(ctx, guests, opts)
 }
+
+// ErrStopped: the domain stopped while something waited for it.
+var ErrStopped = errors.New("libvirt: the domain stopped")
+
+// WaitAgent pings dom's agent every half second until it answers (nil),
+// the domain stops (ErrStopped) or ctx ends.
+func WaitAgent(ctx context.Context, c *Conn, dom lv.Domain) error {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := NewAgentTransport(c, dom).Ping(pctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if up, serr := c.Running(ctx, dom); serr == nil && !up {
+			return fmt.Errorf("wait for the agent of %s: %w before its agent answered", dom.Name, ErrStopped)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the agent of %s: %w (last: %v)", dom.Name, ctx.Err(), err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

@@ -234,22 +234,10 @@ func Boot(t testing.TB, c *libvirt.Conn, img vm.Image, s Spec) *Domain {
 // WaitAgent pings the domain's agent through libvirt until it answers, the
 // domain stops or ctx ends.
 func WaitAgent(ctx context.Context, c *libvirt.Conn, d *Domain) error {
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := libvirt.NewAgentTransport(c, d.Dom).Ping(pctx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if up, serr := c.Running(ctx, d.Dom); serr == nil && !up {
-			return fmt.Errorf("domain %s stopped before its agent answered; console: %s", d.Name, tail(d.Console, 2000))
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("domain %s: agent did not answer: %w (last: %v); console: %s", d.Name, ctx.Err(), err, tail(d.Console, 2000))
-		case <-time.After(500 * time.Millisecond):
-		}
+	if err := libvirt.WaitAgent(ctx, c, d.Dom); err != nil {
+		return fmt.Errorf("domain %s: %w; console: %s", d.Name, err, tail(d.Console, 2000))
 	}
+	return nil
 }
 
 // Remove destroys and undefines the domain name with its checkpoint
