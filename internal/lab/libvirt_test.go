@@ -3,8 +3,6 @@ package lab
 import (
 	"context"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +12,6 @@ import (
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/host/libvirt/libvirttest"
-	"github.com/raksha-backup/raksha/internal/lab/guestapp"
 	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
 )
 
@@ -38,46 +35,16 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 	dir := vmtest.LabDir(t)
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	comp := NewLibvirtCompute(LibvirtOptions{Conn: conn, Image: img, Description: libvirttest.Owner(), LockDir: t.TempDir(), WriterInterval: 200 * time.Millisecond, Log: logger})
-	l, err := Start(context.Background(), Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, Log: logger,
-		FirstInstance: libvirttest.FirstInstance()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, c, id, name, vol := novaServerWithVolume(t, Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, Log: logger,
+		FirstInstance: libvirttest.FirstInstance()}, "lv-1")
 	defer l.Close()
 	defer comp.StopAll(context.Background())
-	if _, err := l.EnsureUser(AdminUser, testAdminPassword, AdminProject, "admin"); err != nil {
-		t.Fatal(err)
-	}
-	c := login(t, l, AdminUser, testAdminPassword, AdminProject)
-	c.headers["OpenStack-API-Version"] = "compute 2.79"
-	var images struct{ Images []struct{ ID string } }
-	c.do("GET", "/image/v2/images?name="+GuestImage, nil, &images)
-	vol := c.createVolume("appdata", 1)
-	var created struct{ Server struct{ ID string } }
-	if st := c.do("POST", "/compute/v2.1/servers", obj{"server": obj{"name": "lv-1", "flavorRef": "1", "imageRef": images.Images[0].ID, "networks": "none"}}, &created); st != 202 {
-		t.Fatalf("create server: %d", st)
-	}
-	l.Wait()
-	id := created.Server.ID
-	var show struct{ Server map[string]any }
-	c.do("GET", "/compute/v2.1/servers/"+id, nil, &show)
-	if show.Server["status"] != "ACTIVE" {
-		t.Fatalf("server: %v %v", show.Server["status"], show.Server["fault"])
-	}
-	name := show.Server["OS-EXT-SRV-ATTR:instance_name"].(string)
 	t.Cleanup(func() { libvirttest.Remove(t, conn, name) })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	dom, err := conn.Domain(ctx, id)
 	if err != nil || dom.Name != name || !strings.HasPrefix(name, "instance-") {
 		t.Fatalf("domain of server %s: %+v, %v; want %s", id, dom, err, name)
-	}
-	if st := c.do("POST", "/compute/v2.1/servers/"+id+"/os-volume_attachments", obj{"volumeAttachment": obj{"volumeId": vol}}, nil); st != 200 {
-		t.Fatalf("attach: %d", st)
-	}
-	l.Wait()
-	if s := c.volumeStatus(vol); s != "in-use" {
-		t.Fatalf("volume %s after attach", s)
 	}
 	disks, err := conn.Disks(ctx, dom)
 	if err != nil {
@@ -90,26 +57,9 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := ag.Run(ctx, guest.ExecRequest{Path: "/bin/sh", Args: []string{"-c", "cat /proc/mounts; ls /data/*/raksha-writer"}, Capture: true})
+	checkGuestMounts(t, ag)
 	ag.Close()
-	if err != nil || !strings.Contains(string(res.Stdout), "/data/ephemeral0") || !strings.Contains(string(res.Stdout), "/data/appdata") || strings.Count(string(res.Stdout), ".rec") < 2 {
-		t.Fatalf("guest mounts and writer files: %v\n%s", err, res.Stdout)
-	}
-
-	var snap struct{ Snapshot struct{ ID string } }
-	if st := c.do("POST", "/volume/v3/{project}/snapshots", obj{"snapshot": obj{"volume_id": vol, "force": true}}, &snap); st != 202 {
-		t.Fatalf("snapshot: %d", st)
-	}
-	l.Wait()
-	snapPath := filepath.Join(dir, "snapshots", "snapshot-"+snap.Snapshot.ID+".qcow2")
-	if fi, err := os.Stat(snapPath); err != nil || fi.Size() == 0 {
-		t.Fatalf("snapshot file: %v", err)
-	}
-	reports, err := guestapp.CheckImage(context.Background(), snapPath, guestapp.CheckOptions{})
-	if err != nil || len(reports) == 0 || reports[0].Good == 0 {
-		t.Fatalf("records in the snapshot: %+v %v", reports, err)
-	}
-	t.Logf("snapshot (push-mode libvirt backup) holds %d good records", reports[0].Good)
+	t.Logf("snapshot (push-mode libvirt backup) holds %d good records", checkVolumeSnapshot(t, l, c, dir, vol))
 
 	// Stop, start: the domain is defined again with the same UUID and its disks.
 	for _, action := range []string{"os-stop", "os-start"} {
@@ -118,6 +68,7 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 		}
 		l.Wait()
 	}
+	var show struct{ Server map[string]any }
 	c.do("GET", "/compute/v2.1/servers/"+id, nil, &show)
 	if show.Server["status"] != "ACTIVE" {
 		t.Fatalf("server after stop and start: %v %v", show.Server["status"], show.Server["fault"])
