@@ -61,6 +61,9 @@ func (d *CloudDiscoverer) Discover(ctx context.Context, sel Selector, project st
 			}
 			vm.Disks = append(vm.Disks, newDisk("vol-"+v.ID, v.Locator, v.ID, int64(v.SizeGB)<<30))
 		}
+		if s.Root != nil && !s.Root.Locator.IsZero() {
+			vm.Disks = append(vm.Disks, newDisk(RootDiskName, s.Root.Locator, "", int64(s.Root.SizeGB)<<30))
+		}
 		for _, e := range s.Ephemeral {
 			if e.Locator.IsZero() {
 				continue

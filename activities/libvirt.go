@@ -108,6 +108,7 @@ func (a *Activities) checkpointLibvirt(ctx context.Context, in CheckpointInput) 
 	targets := map[string]string{}
 	var list []string
 	baseOf := map[string]*libvirt.Checkpoint{} // target → the checkpoint its base manifest recorded
+	resized := map[string]string{}             // target → why it is read in full
 	var base *libvirt.Checkpoint
 	for _, d := range in.Disks {
 		if d.Locator.Kind() != "libvirt" {
@@ -120,16 +121,30 @@ func (a *Activities) checkpointLibvirt(ctx context.Context, in CheckpointInput) 
 		}
 		targets[ref] = dd.Target
 		list = append(list, dd.Target)
-		if cp := a.recordedCheckpoint(ctx, in.Repository, d.Base); cp != nil {
+		cp, baseSize := a.recordedCheckpoint(ctx, in.Repository, d.Base)
+		if cp != nil {
 			baseOf[dd.Target] = cp
 			if base == nil {
 				base = cp
 			}
 		}
+		if cp != nil && baseSize > 0 {
+			size, err := c.Capacity(ctx, dom, dd.Target)
+			if err != nil {
+				return nil, err
+			}
+			if size != baseSize {
+				resized[dd.Target] = fmt.Sprintf("disk size changed from %d to %d bytes since the base backup (resized)", baseSize, size)
+			}
+		}
 	}
 	full := map[string]string{}
+	for t, why := range resized {
+		full[t] = why
+	}
 	for _, t := range list {
 		switch cp := baseOf[t]; {
+		case full[t] != "":
 		case cp == nil && base != nil:
 			full[t] = "no checkpoint recorded in the disk's base backup"
 		case cp != nil && cp.Name != base.Name:
@@ -160,26 +175,27 @@ func newLVCheckpoint(b *libvirt.Backup, targets map[string]string) *lvCheckpoint
 }
 
 // recordedCheckpoint is the libvirt checkpoint the manifest base recorded,
-// or nil (none, another kind, unreadable: the disk is read in full).
-func (a *Activities) recordedCheckpoint(ctx context.Context, repoID, base string) *libvirt.Checkpoint {
+// with the size of the disk it recorded, or nil (none, another kind,
+// unreadable: the disk is read in full).
+func (a *Activities) recordedCheckpoint(ctx context.Context, repoID, base string) (*libvirt.Checkpoint, int64) {
 	if base == "" || repoID == "" {
-		return nil
+		return nil, 0
 	}
 	r, err := a.repo(ctx, repoID)
 	if err != nil {
 		a.log.Warn("repository unreadable for the base checkpoint; full read", "repository", repoID, "err", err)
-		return nil
+		return nil, 0
 	}
 	m, err := r.LoadManifest(ctx, base)
 	if err != nil || m.Checkpoint == nil || m.Checkpoint.Kind != libvirt.CheckpointKind {
-		return nil
+		return nil, 0
 	}
 	var cp libvirt.Checkpoint
 	if err := json.Unmarshal([]byte(m.Checkpoint.Data), &cp); err != nil || libvirt.CheckRecorded(cp) != nil {
 		a.log.Warn("base manifest's libvirt checkpoint unusable; full read", "manifest", base, "err", err)
-		return nil
+		return nil, 0
 	}
-	return &cp
+	return &cp, m.Size
 }
 
 // lvCheckpointFor returns a VM's libvirt job for a backup: the one this

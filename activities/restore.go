@@ -194,12 +194,19 @@ func (a *Activities) PlanRestore(ctx context.Context, in PlanRestoreInput) (*Res
 				v := s.Volumes[k]
 				d.VolumeID, d.VolumeName, d.VolumeType, d.SizeGB, d.Bootable = v.ID, v.Name, v.Type, v.SizeGB, v.Bootable
 				d.Metadata = v.Metadata
+			} else if ref.Disk == RootDiskName {
+				if s.Image == nil {
+					return nil, invalid("backup %s vm %s: a root disk, but the server was captured as booted from a volume", b.ID, names[i])
+				}
+				d.File = cloud.RootDiskNode
+				d.SizeGB = int((ref.Size + 1<<30 - 1) >> 30)
 			} else if n, ok := strings.CutPrefix(ref.Disk, "disk"); ok {
 				idx, err := strconv.Atoi(n)
-				if err != nil {
+				if err != nil || idx < 0 {
 					return nil, invalid("backup %s vm %s: unknown disk %s", b.ID, names[i], ref.Disk)
 				}
 				d.Ephemeral = idx
+				d.File = fmt.Sprintf("disk.eph%d", idx)
 				d.SizeGB = int((ref.Size + 1<<30 - 1) >> 30)
 			}
 			if len(in.Volumes) > 0 {

@@ -1,6 +1,10 @@
 package activities
 
-import "github.com/raksha-backup/raksha/internal/cloud"
+import (
+	"fmt"
+
+	"github.com/raksha-backup/raksha/internal/cloud"
+)
 
 // PlanRestoreInput names what to restore from a backup.
 type PlanRestoreInput struct {
@@ -54,6 +58,25 @@ type RestorePlanDisk struct {
 	Bootable   bool              `json:"bootable,omitempty"`
 	Metadata   map[string]string `json:"metadata,omitempty"`
 	Ephemeral  int               `json:"ephemeral"`
+	// File is the disk's file in the instance directory of its server
+	// ("disk" for the root disk of an image-booted server, "disk.eph0"),
+	// where a restore writes it with the server stopped; "" for a volume.
+	// Plans made before root disks were backed up leave it empty for
+	// ephemeral disks: InstanceFile fills it in.
+	File string `json:"file,omitempty"`
+}
+
+// RootDiskName is the backup's name of a server's root disk (the one
+// booted from an image; a root volume is named by its volume id).
+const RootDiskName = "root"
+
+// InstanceFile is the file in the server's instance directory that a
+// disk other than a volume is written to.
+func (d RestorePlanDisk) InstanceFile() string {
+	if d.File != "" {
+		return d.File
+	}
+	return fmt.Sprintf("disk.eph%d", d.Ephemeral)
 }
 
 // CreateVolumeInput makes an empty volume for a restore.

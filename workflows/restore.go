@@ -437,7 +437,8 @@ func (run *restoreRun) fresh(ctx workflow.Context, plan *activities.RestorePlan)
 			Name: si.Name, Host: si.Host, Instance: si.Instance})
 	}
 
-	// Ephemeral disks belong to the new servers: stop them, write, start.
+	// Root and ephemeral disks belong to the new servers (made from the
+	// captured image and flavor): stop them, write, start.
 	var eph []diskJob
 	var stopped []activities.ServerRef
 	for i, s := range srvs {
@@ -448,7 +449,7 @@ func (run *restoreRun) fresh(ctx workflow.Context, plan *activities.RestorePlan)
 			}
 			has = true
 			eph = append(eph, diskJob{vm: s.vm.Name, disk: d, queue: activities.HostQueue(infos[i].Host),
-				target: activities.WriteTarget{Kind: "instance-disk", Instance: infos[i].Instance, File: fmt.Sprintf("disk.eph%d", d.Ephemeral)}})
+				target: activities.WriteTarget{Kind: "instance-disk", Instance: infos[i].Instance, File: d.InstanceFile()}})
 		}
 		if has {
 			stopped = append(stopped, activities.ServerRef{Project: run.project, ServerID: s.id})
@@ -556,7 +557,7 @@ func (run *restoreRun) inPlace(ctx workflow.Context, plan *activities.RestorePla
 				continue
 			}
 			jobs = append(jobs, diskJob{vm: vm.Name, disk: d, queue: activities.HostQueue(si.Host),
-				target: activities.WriteTarget{Kind: "instance-disk", Instance: si.Instance, File: fmt.Sprintf("disk.eph%d", d.Ephemeral)}})
+				target: activities.WriteTarget{Kind: "instance-disk", Instance: si.Instance, File: d.InstanceFile()}})
 		}
 	}
 	if err := run.writeDisks(ctx, jobs); err != nil {

@@ -471,6 +471,29 @@ func (c *Client) StartServer(ctx context.Context, id string) error {
 	return classify("start server "+id, servers.Start(ctx, c.compute, id).ExtractErr())
 }
 
+// RebootServer asks Nova to reboot a server, the hard way (the guest
+// destroyed and started again; the libvirt driver defines its domain anew)
+// or the soft way; WaitServer waits for ACTIVE.
+func (c *Client) RebootServer(ctx context.Context, id string, hard bool) error {
+	how := servers.SoftReboot
+	if hard {
+		how = servers.HardReboot
+	}
+	return classify("reboot server "+id, servers.Reboot(ctx, c.compute, id, servers.RebootOpts{Type: how}).ExtractErr())
+}
+
+// ResizeServer asks Nova to give a server another flavor; WaitServer waits
+// for VERIFY_RESIZE, then ConfirmResize makes it final.
+func (c *Client) ResizeServer(ctx context.Context, id, flavorID string) error {
+	return classify("resize server "+id, servers.Resize(ctx, c.compute, id, servers.ResizeOpts{FlavorRef: flavorID}).ExtractErr())
+}
+
+// ConfirmResize confirms a server's resize (VERIFY_RESIZE to ACTIVE or
+// SHUTOFF).
+func (c *Client) ConfirmResize(ctx context.Context, id string) error {
+	return classify("confirm the resize of server "+id, servers.ConfirmResize(ctx, c.compute, id).ExtractErr())
+}
+
 // DeleteServer deletes a server; one already gone is no error.
 func (c *Client) DeleteServer(ctx context.Context, id string) error {
 	if err := servers.Delete(ctx, c.compute, id).ExtractErr(); err != nil {

@@ -75,6 +75,13 @@ func (c *Client) captureServer(ctx context.Context, s *servers.Server) (*ServerM
 		}
 		m.Ephemeral = append(m.Ephemeral, e)
 	}
+	if !m.BootFromVolume && c.cfg.HostDriver == "libvirt" && m.Host != "" && m.InstanceName != "" {
+		size := m.Flavor.Disk
+		if size == 0 && m.Image != nil {
+			size = m.Image.MinDisk
+		}
+		m.Root = &RootDiskMeta{SizeGB: size, Locator: Locator{Scheme: "libvirt", Host: m.Host, Instance: m.ID, Node: RootDiskNode}}
+	}
 	return m, nil
 }
 

@@ -75,7 +75,8 @@ type Config struct {
 
 	// HostDriver says how the host workers reach the compute hosts' guests,
 	// and so which locators discovery gives host-local disks: "libvirt"
-	// (libvirt:HOST/<server id>/vol-<volume id> and disk.eph<N>: a Nova
+	// (libvirt:HOST/<server id>/vol-<volume id>, disk.eph<N> and, for a
+	// server booted from an image, its root disk "disk": a Nova
 	// compute node, or the lab on libvirt) or "socket" (qemu:
 	// HOST/INSTANCE/NODE: the lab's socket layout); "" is "socket".
 	HostDriver string

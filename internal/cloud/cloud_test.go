@@ -297,6 +297,15 @@ func TestCaptureRoundTripAndMemberIsolation(t *testing.T) {
 	if got := lm.Ephemeral[0].Locator.String(); got != "libvirt:"+m.Host+"/"+id+"/disk.eph0" {
 		t.Errorf("libvirt ephemeral locator %s", got)
 	}
+	// The server booted from an image: its root disk is Nova's
+	// <instance dir>/disk, of the flavor's root size; the socket layout
+	// has no root disk to read.
+	if lm.Root == nil || lm.Root.Locator.String() != "libvirt:"+m.Host+"/"+id+"/disk" || lm.Root.SizeGB != m.Flavor.Disk || m.Flavor.Disk == 0 {
+		t.Errorf("libvirt root disk %+v (flavor root %d GiB)", lm.Root, m.Flavor.Disk)
+	}
+	if m.Root != nil {
+		t.Errorf("root disk in the socket layout: %+v", m.Root)
+	}
 	if l, err := ParseLocator(wantLV); err != nil || l.String() != wantLV {
 		t.Errorf("parse libvirt locator: %v %v", l, err)
 	}

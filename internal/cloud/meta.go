@@ -41,7 +41,11 @@ type ServerMeta struct {
 	SecurityGroups []SecurityGroupMeta `json:"security_groups,omitempty"`
 	Volumes        []VolumeMeta        `json:"volumes,omitempty"`
 	Ephemeral      []EphemeralMeta     `json:"ephemeral,omitempty"`
-	BootFromVolume bool                `json:"boot_from_volume"`
+	// Root is the root disk of a server booted from an image, when the
+	// compute hosts run libvirt (Config.HostDriver): Nova's
+	// <instances_path>/<uuid>/disk; nil otherwise.
+	Root           *RootDiskMeta `json:"root_disk,omitempty"`
+	BootFromVolume bool          `json:"boot_from_volume"`
 
 	// Host and InstanceName (admin view): the compute host whose
 	// raksha-host-<host> queue runs host work, and the hypervisor's name for
@@ -126,6 +130,18 @@ type VolumeMeta struct {
 	// view, which names the host).
 	Locator Locator `json:"locator,omitzero"`
 }
+
+// RootDiskMeta is the root disk of an image-booted server: the flavor's
+// root size (the image's minimum when the flavor says 0) and where the host
+// worker reads it.
+type RootDiskMeta struct {
+	SizeGB  int     `json:"size_gib"`
+	Locator Locator `json:"locator,omitzero"`
+}
+
+// RootDiskNode is a root disk's reference in a libvirt locator: the file
+// name Nova gives it in the instance directory.
+const RootDiskNode = "disk"
 
 // EphemeralMeta is an ephemeral disk of the flavor.
 type EphemeralMeta struct {

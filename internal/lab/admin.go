@@ -29,10 +29,12 @@ const (
 	// 10.30.0.0/24); a restore can remap from one to the other.
 	Network  = "lab-net"
 	Network2 = "lab-net-2"
-	// Flavor has one vCPU, 256 MiB RAM and a 1 GiB ephemeral disk;
-	// FlavorNoEphemeral has none.
+	// Flavor has one vCPU, 256 MiB RAM, a 1 GiB root disk and a 1 GiB
+	// ephemeral disk; FlavorNoEphemeral has no ephemeral disk;
+	// FlavorBigRoot is Flavor with a 2 GiB root disk (a resize target).
 	Flavor            = "m1.lab"
 	FlavorNoEphemeral = "m1.lab.noeph"
+	FlavorBigRoot     = "m1.lab.bigroot"
 	// VolumeType is the lab's default volume type (qcow2 files).
 	VolumeType = "lab-qcow2"
 )
@@ -48,6 +50,10 @@ func (l *Lab) seedDefaults() {
 			ExtraSpecs: map[string]string{"hw:cpu_policy": "shared"}}
 		st.Flavors["3"] = &flavor{ID: "3", Name: "m1.lab.large", VCPUs: 2, RAM: 512, Disk: 1, Ephemeral: 2, IsPublic: true,
 			ExtraSpecs: map[string]string{"hw:cpu_policy": "shared", "hw:mem_page_size": "small"}}
+	}
+	if st.Flavors["4"] == nil {
+		st.Flavors["4"] = &flavor{ID: "4", Name: FlavorBigRoot, VCPUs: 1, RAM: 256, Disk: 2, Ephemeral: 1, IsPublic: true,
+			ExtraSpecs: map[string]string{"hw:cpu_policy": "shared"}}
 	}
 	if len(st.VolumeTypes) == 0 {
 		id := newID()

@@ -41,9 +41,29 @@ type Instance struct {
 	Dir      string `json:"dir"`
 	VCPUs    int    `json:"vcpus"`
 	MemoryMB int    `json:"memory_mb"`
+	// Root is the root disk of a server booted from an image; nil for one
+	// booted from a volume.
+	Root *RootDisk `json:"root,omitempty"`
 	// Disks in attach order: ephemeral disks first, then volumes.
 	Disks []Disk `json:"disks"`
 }
+
+// RootDisk is the root disk of an image-booted server. A backend that
+// boots servers from their root disk (the libvirt one) keeps it where
+// Nova's libvirt driver does: <Dir>/disk, a qcow2 overlay on the image's
+// raw base file in the host's instances/_base directory, created on the
+// first start and kept across stops, starts and hard reboots. The QEMU
+// backend boots its guests from kernel and initramfs and ignores it.
+type RootDisk struct {
+	// ImageID names the Glance image the base file holds.
+	ImageID string `json:"image_id"`
+	// SizeGB is the overlay's virtual size (the flavor's root disk); the
+	// base file's size when zero.
+	SizeGB int `json:"size_gib"`
+}
+
+// RootFile is the root disk's file name in the instance directory.
+const RootFile = "disk"
 
 // Compute runs the lab's servers. The lab's real backend runs each server as
 // a QEMU process of the lab guest; the Nova API only ever talks to this
@@ -70,6 +90,15 @@ type Compute interface {
 type Remover interface {
 	// Remove stops the instance and removes its definition.
 	Remove(ctx context.Context, ref InstanceRef) error
+}
+
+// Resizer is a Compute that can give a server a new flavor the way Nova's
+// libvirt driver does on one host: the guest stopped, its root disk grown
+// to the new flavor's size, the domain defined anew with the flavor's CPUs
+// and memory, started again when it ran before.
+type Resizer interface {
+	// Resize applies inst (its new flavor) to the server.
+	Resize(ctx context.Context, inst Instance, start bool) error
 }
 
 // VolumeNode is the QEMU node name the lab gives the drive of a Cinder

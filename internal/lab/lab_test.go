@@ -409,11 +409,32 @@ func TestServerLifecycleAndSnapshotForce(t *testing.T) {
 	if st := c.do("POST", "/compute/v2.1/servers/"+created.Server.ID+"/action", obj{"os-start": nil}, nil); st != 409 {
 		t.Fatalf("start an active server: %d, want 409", st)
 	}
+	// A hard reboot stops and starts the guest; a bad reboot type and a
+	// resize on a backend that cannot resize are refused.
+	n := len(comp.calls)
+	if st := c.do("POST", "/compute/v2.1/servers/"+created.Server.ID+"/action", obj{"reboot": obj{"type": "HARD"}}, nil); st != 202 {
+		t.Fatalf("hard reboot: %d", st)
+	}
+	l.Wait()
+	c.do("GET", "/compute/v2.1/servers/"+created.Server.ID, nil, &show)
+	inst := show.Server["OS-EXT-SRV-ATTR:instance_name"].(string)
+	if show.Server["status"] != "ACTIVE" || !contains(comp.calls[n:], "stop "+inst) || !contains(comp.calls[n:], "start "+inst+" 2") {
+		t.Fatalf("after a hard reboot: %v; calls %v", show.Server["status"], comp.calls[n:])
+	}
+	if st := c.do("POST", "/compute/v2.1/servers/"+created.Server.ID+"/action", obj{"reboot": obj{"type": "WARM"}}, nil); st != 400 {
+		t.Fatalf("reboot of type WARM: %d, want 400", st)
+	}
+	if st := c.do("POST", "/compute/v2.1/servers/"+created.Server.ID+"/action", obj{"resize": obj{"flavorRef": "4"}}, nil); st != 400 {
+		t.Fatalf("resize on a backend without resize: %d, want 400", st)
+	}
 	c.do("POST", "/compute/v2.1/servers/"+created.Server.ID+"/action", obj{"os-stop": nil}, nil)
 	l.Wait()
 	c.do("GET", "/compute/v2.1/servers/"+created.Server.ID, nil, &show)
 	if show.Server["status"] != "SHUTOFF" {
 		t.Fatalf("after stop: %v", show.Server["status"])
+	}
+	if st := c.do("POST", "/compute/v2.1/servers/"+created.Server.ID+"/action", obj{"reboot": obj{"type": "SOFT"}}, nil); st != 409 {
+		t.Fatalf("soft reboot of a stopped server: %d, want 409", st)
 	}
 	c.do("DELETE", "/compute/v2.1/servers/"+created.Server.ID+"/os-volume_attachments/"+vol, nil, nil)
 	l.Wait()

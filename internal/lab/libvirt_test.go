@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +21,10 @@ import (
 // domain instance-%08x whose UUID is the server id, with its ephemeral disk
 // and then a volume attached (serial = volume id) and mounted, the writer
 // writing; its agent answers through libvirt; a snapshot of the in-use
-// volume holds the writer's records; stop and start redefine the domain
-// (Nova's start); a checkpoint left on the domain makes the undefine of
+// volume holds the writer's records; the server boots from its root disk
+// (a qcow2 overlay on the image's base file) with records written there
+// too; stop and start, a hard reboot and a resize redefine the domain as
+// Nova does; a checkpoint left on the domain makes the undefine of
 // Nova's delete fail, as it does on Nova; without one the delete undefines
 // the domain.
 func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
@@ -53,11 +56,17 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 	if d, err := libvirt.ResolveDisk(disks, "vol-"+vol); err != nil || d.Format != "qcow2" {
 		t.Fatalf("the volume in the domain XML: %+v, %v (disks %+v)", d, err, disks)
 	}
+	root, err := libvirt.ResolveDisk(disks, "disk")
+	if err != nil || root.Target != "vda" || root.Format != "qcow2" || len(root.Backing) != 1 ||
+		filepath.Base(root.File) != RootFile || filepath.Base(filepath.Dir(root.Backing[0])) != "_base" {
+		t.Fatalf("the root disk in the domain XML: %+v, %v; want vda, a qcow2 overlay on instances/_base/<image id>", root, err)
+	}
 	ag, err := libvirt.OpenAgent(ctx, conn, id, libvirt.AgentOptions{LockDir: comp.opts.LockDir, Guest: guest.Options{Owner: "lab test"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkGuestMounts(t, ag)
+	checkRootMount(t, ag)
 	ag.Close()
 	t.Logf("snapshot (push-mode libvirt backup) holds %d good records", checkVolumeSnapshot(t, l, c, dir, vol))
 
@@ -68,17 +77,58 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 		}
 		l.Wait()
 	}
-	var show struct{ Server map[string]any }
-	c.do("GET", "/compute/v2.1/servers/"+id, nil, &show)
-	if show.Server["status"] != "ACTIVE" {
-		t.Fatalf("server after stop and start: %v %v", show.Server["status"], show.Server["fault"])
+	status := func(want string) {
+		t.Helper()
+		var show struct{ Server map[string]any }
+		c.do("GET", "/compute/v2.1/servers/"+id, nil, &show)
+		if show.Server["status"] != want {
+			t.Fatalf("server status %v (fault %v), want %s", show.Server["status"], show.Server["fault"], want)
+		}
 	}
+	status("ACTIVE")
 	if dom, err = conn.Domain(ctx, id); err != nil {
 		t.Fatal(err)
 	}
 	if up, err := conn.Running(ctx, dom); err != nil || !up {
 		t.Fatalf("domain after start: running %v, %v", up, err)
 	}
+
+	// A hard reboot defines the domain anew; the root disk keeps what the
+	// guest wrote (the writer's files of the first boot are still there).
+	if st := c.do("POST", "/compute/v2.1/servers/"+id+"/action", obj{"reboot": obj{"type": "HARD"}}, nil); st != 202 {
+		t.Fatalf("reboot: %d", st)
+	}
+	l.Wait()
+	status("ACTIVE")
+	ag, err = libvirt.OpenAgent(ctx, conn, id, libvirt.AgentOptions{LockDir: comp.opts.LockDir, Guest: guest.Options{Owner: "lab test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := checkRootMount(t, ag); n < 2 {
+		t.Errorf("root disk after a stop, a start and a hard reboot: %d record files, want those of every boot", n)
+	}
+	ag.Close()
+
+	// A resize to a bigger root disk: VERIFY_RESIZE with the disk grown,
+	// then ACTIVE on confirmation; a flavor with a smaller disk is refused.
+	if st := c.do("POST", "/compute/v2.1/servers/"+id+"/action", obj{"resize": obj{"flavorRef": "2"}}, nil); st != 400 {
+		t.Fatalf("resize to a flavor without the ephemeral disk: %d, want 400", st)
+	}
+	if st := c.do("POST", "/compute/v2.1/servers/"+id+"/action", obj{"resize": obj{"flavorRef": "4"}}, nil); st != 202 {
+		t.Fatalf("resize: %d", st)
+	}
+	l.Wait()
+	status("VERIFY_RESIZE")
+	if dom, err = conn.Domain(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if size, err := conn.Capacity(ctx, dom, "vda"); err != nil || size != 2<<30 {
+		t.Fatalf("root disk after the resize: %d bytes, %v; want 2 GiB", size, err)
+	}
+	if st := c.do("POST", "/compute/v2.1/servers/"+id+"/action", obj{"confirmResize": nil}, nil); st != 202 {
+		t.Fatalf("confirmResize: %d", st)
+	}
+	status("ACTIVE")
 
 	// Checkpoint metadata on the domain blocks the undefine of a delete.
 	if _, err := conn.Libvirt().DomainCheckpointCreateXML(dom, "<domaincheckpoint><name>left-behind</name></domaincheckpoint>", 0); err != nil {
@@ -103,4 +153,22 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 	if _, err := conn.Domain(ctx, id); err == nil {
 		t.Fatal("the domain is still defined after the delete")
 	}
+}
+
+// checkRootMount checks that the guest runs on its root disk (/ on vda)
+// bound at /data/root with the record writer writing there, and returns
+// the number of record files on it.
+func checkRootMount(t *testing.T, ag *guest.Client) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := ag.Run(ctx, guest.ExecRequest{Path: "/bin/sh", Args: []string{"-c", "cat /proc/mounts; ls /data/root/raksha-writer"}, Capture: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(res.Stdout)
+	if !strings.Contains(out, "/dev/vda / ext4") || !strings.Contains(out, "/dev/vda /data/root ext4") || !strings.Contains(out, ".rec") {
+		t.Fatalf("guest root disk and its writer files:\n%s%s", out, res.Stderr)
+	}
+	return strings.Count(out, ".rec")
 }

@@ -81,11 +81,24 @@ func (l *Lab) novaVersion() map[string]any {
 func novaStatus(s *server) string {
 	switch s.VMState {
 	case vmActive:
-		if s.TaskState == "rebooting" {
+		switch s.TaskState {
+		case "rebooting":
 			return "REBOOT"
+		case "rebooting_hard":
+			return "HARD_REBOOT"
+		case "resize_prep":
+			return "RESIZE"
 		}
 		return "ACTIVE"
+	case vmResized:
+		return "VERIFY_RESIZE"
 	case vmStopped:
+		switch s.TaskState {
+		case "rebooting_hard":
+			return "HARD_REBOOT"
+		case "resize_prep":
+			return "RESIZE"
+		}
 		return "SHUTOFF"
 	case vmBuild:
 		return "BUILD"
@@ -101,6 +114,11 @@ func powerState(s *server) int {
 	switch s.VMState {
 	case vmActive:
 		return 1
+	case vmResized:
+		if s.ResizedFrom == vmActive {
+			return 1
+		}
+		return 4
 	case vmStopped:
 		return 4
 	}
@@ -793,8 +811,14 @@ func nextDevice(st *state, s *server) string {
 func (l *Lab) instanceLocked(s *server) Instance {
 	ref := InstanceRef{s.Host, s.InstanceName}
 	inst := Instance{InstanceRef: ref, ID: s.ID, Dir: InstanceDir(l.dir, ref), VCPUs: 1, MemoryMB: 256}
+	if s.ImageID != "" && s.BootVolume == "" {
+		inst.Root = &RootDisk{ImageID: s.ImageID}
+	}
 	if f := l.st.Flavors[s.FlavorID]; f != nil {
 		inst.VCPUs, inst.MemoryMB = f.VCPUs, f.RAM
+		if inst.Root != nil {
+			inst.Root.SizeGB = f.Disk
+		}
 		if f.Ephemeral > 0 {
 			inst.Disks = append(inst.Disks, Disk{Node: EphemeralNode(0), Path: filepath.Join(inst.Dir, "disk.eph0"), Serial: EphemeralNode(0)})
 		}
@@ -867,8 +891,10 @@ func (l *Lab) destroyServer(ctx context.Context, id string) {
 		g.Members = remove(g.Members, id)
 	}
 	delete(l.st.Servers, id)
-	if err := os.RemoveAll(filepath.Join(InstanceDir(l.dir, ref), "disk.eph0")); err != nil {
-		l.log.Error("lab nova: remove ephemeral disk", "server", id, "err", err)
+	for _, f := range []string{"disk.eph0", RootFile} {
+		if err := os.RemoveAll(filepath.Join(InstanceDir(l.dir, ref), f)); err != nil {
+			l.log.Error("lab nova: remove instance disk", "server", id, "file", f, "err", err)
+		}
 	}
 	for _, v := range doomed {
 		if err := l.removeVolume(ctx, l.volumeRef(v)); err != nil {
@@ -951,6 +977,79 @@ func (l *Lab) serverAction(w http.ResponseWriter, r *http.Request, c *call) erro
 				_ = l.saveLocked()
 			}
 		})
+	case has(body, "reboot"):
+		var rb struct {
+			Type string `json:"type"`
+		}
+		if err := json.Unmarshal(body["reboot"], &rb); err != nil || (rb.Type != "HARD" && rb.Type != "SOFT") {
+			return errBadRequest("Invalid input for field/attribute type. Value: %s. 'type' must be one of HARD, SOFT", rb.Type)
+		}
+		// Nova reboots a stopped server only the hard way.
+		if s.TaskState != "" || !(s.VMState == vmActive || rb.Type == "HARD" && s.VMState == vmStopped) {
+			return busy("reboot")
+		}
+		s.TaskState = "rebooting"
+		if rb.Type == "HARD" {
+			s.TaskState = "rebooting_hard"
+		}
+		inst := l.instanceLocked(s)
+		l.async(func(ctx context.Context) {
+			// Both kinds stop the guest and start it again; on libvirt the
+			// start defines the domain anew, as Nova's hard reboot does.
+			err := l.opts.Compute.Stop(ctx, inst.InstanceRef)
+			if err == nil {
+				err = l.opts.Compute.Start(ctx, inst)
+			}
+			l.powerDone(id, "reboot", err, vmActive)
+		})
+	case has(body, "resize"):
+		var rz struct {
+			FlavorRef string `json:"flavorRef"`
+		}
+		if err := json.Unmarshal(body["resize"], &rz); err != nil || rz.FlavorRef == "" {
+			return errBadRequest("Invalid input for field/attribute resize: flavorRef is required")
+		}
+		if s.TaskState != "" || (s.VMState != vmActive && s.VMState != vmStopped) {
+			return busy("resize")
+		}
+		nf := l.st.Flavors[rz.FlavorRef]
+		if nf == nil {
+			return errBadRequest("Flavor %s could not be found.", rz.FlavorRef)
+		}
+		if nf.ID == s.FlavorID {
+			return errBadRequest("When resizing, instances must change flavor!")
+		}
+		if of := l.st.Flavors[s.FlavorID]; of != nil && (nf.Disk < of.Disk || nf.Ephemeral != of.Ephemeral) {
+			return errBadRequest("Resize error: Unable to resize disk down, or to change the ephemeral disk (lab).")
+		}
+		rs, ok := l.opts.Compute.(Resizer)
+		if !ok {
+			return errBadRequest("Resize is not supported by the lab's compute backend.")
+		}
+		wasActive := s.VMState == vmActive
+		s.TaskState, s.OldFlavorID, s.FlavorID = "resize_prep", s.FlavorID, nf.ID
+		inst := l.instanceLocked(s)
+		l.async(func(ctx context.Context) {
+			err := rs.Resize(ctx, inst, wasActive)
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			if s := l.st.Servers[id]; s != nil {
+				s.TaskState, s.Updated = "", time.Now()
+				if err != nil {
+					l.log.Error("lab nova: resize", "server", id, "err", err)
+					s.FlavorID, s.OldFlavorID = s.OldFlavorID, ""
+					s.Fault = err.Error()
+				} else {
+					s.VMState, s.ResizedFrom = vmResized, map[bool]string{true: vmActive, false: vmStopped}[wasActive]
+				}
+				_ = l.saveLocked()
+			}
+		})
+	case has(body, "confirmResize"):
+		if s.VMState != vmResized || s.TaskState != "" {
+			return busy("confirmResize")
+		}
+		s.VMState, s.OldFlavorID, s.ResizedFrom = s.ResizedFrom, "", ""
 	default:
 		keys := make([]string, 0, len(body))
 		for k := range body {
@@ -967,6 +1066,22 @@ func (l *Lab) serverAction(w http.ResponseWriter, r *http.Request, c *call) erro
 }
 
 func has(m map[string]json.RawMessage, k string) bool { _, ok := m[k]; return ok }
+
+// powerDone records the end of a power action: the new vm state, or the
+// error logged and the state left as it was.
+func (l *Lab) powerDone(id, action string, err error, state string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s := l.st.Servers[id]; s != nil {
+		s.TaskState, s.Updated = "", time.Now()
+		if err != nil {
+			l.log.Error("lab nova: "+action, "server", id, "err", err)
+		} else {
+			s.VMState = state
+		}
+		_ = l.saveLocked()
+	}
+}
 
 func (l *Lab) serverMetadata(w http.ResponseWriter, r *http.Request, c *call) error {
 	return l.metadata(w, r, func() (*map[string]string, func(), error) {

@@ -95,6 +95,7 @@ type image struct {
 const (
 	vmActive  = "active"
 	vmStopped = "stopped"
+	vmResized = "resized"
 	vmBuild   = "building"
 	vmError   = "error"
 	vmDeleted = "deleted"
@@ -127,6 +128,10 @@ type server struct {
 	// from a volume (the lab guest itself boots from its kernel and
 	// initramfs; the volume is attached as its first disk).
 	BootVolume string `json:"boot_volume,omitempty"`
+	// OldFlavorID is the flavor before a resize that is not confirmed yet;
+	// ResizedFrom the vm state to go back to on confirmation.
+	OldFlavorID string `json:"old_flavor_id,omitempty"`
+	ResizedFrom string `json:"resized_from,omitempty"`
 	// Attachments in attach order.
 	Attachments []attachment `json:"attachments"`
 }

@@ -149,6 +149,21 @@ func (c *Conn) Domain(ctx context.Context, ref string) (lv.Domain, error) {
 	return d, nil
 }
 
+// Capacity is the size in bytes of the domain's disk with the given target
+// as the guest sees it (a resized disk reports its new size).
+func (c *Conn) Capacity(ctx context.Context, d lv.Domain, target string) (int64, error) {
+	var capacity uint64
+	err := callCtx(ctx, func() error {
+		var err error
+		_, capacity, _, err = c.l.DomainGetBlockInfo(d, target, 0)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("libvirt: size of %s's disk %s: %w", d.Name, target, err)
+	}
+	return int64(capacity), nil
+}
+
 // Running reports whether d is running (or paused: QEMU is there).
 func (c *Conn) Running(ctx context.Context, d lv.Domain) (bool, error) {
 	var st int32
