@@ -14,10 +14,22 @@ import (
 	"time"
 )
 
-// Image is a built lab guest: kernel and initramfs (scripts/build-guest.sh).
+// Image is a built lab guest: kernel, initramfs and root disk image
+// (scripts/build-guest.sh).
 type Image struct {
-	// Kernel and Initrd are the paths of vmlinuz and initrd.gz.
+	// Kernel and Initrd are the paths of vmlinuz and initrd.gz. Booted
+	// without root= on the kernel command line, the guest runs from the
+	// initramfs alone.
 	Kernel, Initrd string
+	// Root is the path of root.img: a sparse raw ext4 image labelled "root"
+	// holding the initramfs's tree (and the marker /etc/raksha-rootfs). Boot
+	// it, or a qcow2 overlay on it, as the first virtio disk with
+	// "root=/dev/vda" on the kernel command line (Config.ExtraAppend), as
+	// Nova boots an AMI-style image: the initramfs's /init mounts it
+	// read-write as / and switch_roots into it, and the guest also mounts it
+	// at /data/root, where the record writer writes too. The file is the
+	// cached build: boot copies or overlays of it, never the file itself.
+	Root string
 	// Key is the hash of the image's inputs.
 	Key string
 	// BuildDuration is how long BuildImage took (a cache hit is quick).
@@ -68,12 +80,14 @@ func BuildImage(ctx context.Context, opts ImageOptions) (*Image, error) {
 			img.Kernel = v
 		case "initrd":
 			img.Initrd = v
+		case "root":
+			img.Root = v
 		case "key":
 			img.Key = v
 		}
 	}
-	if img.Kernel == "" || img.Initrd == "" {
-		return nil, fmt.Errorf("build guest image: scripts/build-guest.sh printed no kernel= and initrd= lines: %s", tail(stdout.Bytes(), 500))
+	if img.Kernel == "" || img.Initrd == "" || img.Root == "" {
+		return nil, fmt.Errorf("build guest image: scripts/build-guest.sh printed no kernel=, initrd= and root= lines: %s", tail(stdout.Bytes(), 500))
 	}
 	img.BuildDuration = time.Since(start)
 	return img, nil

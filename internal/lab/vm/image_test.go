@@ -67,7 +67,7 @@ echo "$*" >>` + shellQuote(calls) + `
 	if !strings.Contains(string(got), "policy ") {
 		t.Fatalf("apt-cache policy was not read through the wrapper; calls:\n%s", got)
 	}
-	for _, p := range []string{img.Kernel, img.Initrd} {
+	for _, p := range []string{img.Kernel, img.Initrd, img.Root} {
 		if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
 			t.Fatalf("built image file %s: %v", p, err)
 		}
