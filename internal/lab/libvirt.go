@@ -2,11 +2,15 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -55,6 +59,8 @@ type LibvirtCompute struct {
 
 	mu     sync.Mutex
 	guests map[InstanceRef]*lvGuest
+	// baseMu serialises the writing of base images.
+	baseMu sync.Mutex
 }
 
 type lvGuest struct {
@@ -101,6 +107,11 @@ func (l *LibvirtCompute) Start(ctx context.Context, inst Instance) error {
 			return fmt.Errorf("start %s: undefine the old definition: %w", inst.InstanceRef, err)
 		}
 	}
+	if inst.Root != nil {
+		if err := l.rootDisk(ctx, inst); err != nil {
+			return fmt.Errorf("start %s: %w", inst.InstanceRef, err)
+		}
+	}
 	dom, err := c.DomainDefineXMLFlags(l.domainXML(inst), 0)
 	if err != nil {
 		return fmt.Errorf("start %s: define: %w", inst.InstanceRef, err)
@@ -117,6 +128,14 @@ func (l *LibvirtCompute) Start(ctx context.Context, inst Instance) error {
 		_ = c.DomainDestroy(dom)
 		return fmt.Errorf("start %s: %w", inst.InstanceRef, err)
 	}
+	if inst.Root != nil {
+		out, err := l.inGuest(ctx, inst.InstanceRef, "root disk writer", rootScript, "root-disk", "root", l.writerArgs()[0], l.writerArgs()[1])
+		if err != nil {
+			_ = c.DomainDestroy(dom)
+			return fmt.Errorf("start %s: the root disk in the guest: %w", inst.InstanceRef, err)
+		}
+		l.log.Debug("root disk", "instance", inst.InstanceRef.String(), "guest", out)
+	}
 	for _, d := range inst.Disks {
 		if err := l.attach(ctx, inst.InstanceRef, g, d); err != nil {
 			_ = c.DomainDestroy(dom)
@@ -127,7 +146,76 @@ func (l *LibvirtCompute) Start(ctx context.Context, inst Instance) error {
 	return nil
 }
 
-// domainXML is the domain of a lab server: no disk at boot (they are
+// rootScript runs in the guest once it has booted from its root disk: it
+// checks that / is the root disk (vda) and that the guest's init bound it
+// at /data/root, and, when $2 is 1, starts a record writer there (pause
+// $3), so that records land on the root file system.
+const rootScript = `
+l="$1"; w="$2"; iv="$3"
+dev=$(awk '$2 == "/" && $1 ~ /^\/dev\// { d = $1 } END { print d }' /proc/mounts)
+[ "$dev" = /dev/vda ] || { echo "the guest did not boot from its root disk: / is ${dev:-not a block device}" >&2; exit 1; }
+m=$(awk -v p="/data/$l" '$2 == p { d = $1 } END { print d }' /proc/mounts)
+[ "$m" = "$dev" ] || { echo "/data/$l is not the root disk bound there (${m:-not mounted})" >&2; exit 1; }
+if [ "$w" = 1 ]; then
+  mkdir -p /run/raksha; rm -f /run/raksha/w-$l.ready
+  guestapp write -interval "$iv" -ready /run/raksha/w-$l.ready /data/$l >>/run/raksha/guestapp.log 2>&1 </dev/null &
+  echo $! > /run/raksha/w-$l.pid
+  i=0; while [ ! -e /run/raksha/w-$l.ready ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+  [ -e /run/raksha/w-$l.ready ] || { echo "record writer on /data/$l not ready after 30s" >&2; exit 1; }
+fi
+echo "/ on $dev, records in /data/$l"
+`
+
+// rootDisk makes the root disk of an image-booted server the way Nova's
+// libvirt driver does, unless it exists (a stopped server keeps its disk):
+// the image's raw base file in the host's instances/_base directory,
+// written once, and <Dir>/disk, a qcow2 overlay on it grown to the
+// flavor's root size.
+func (l *LibvirtCompute) rootDisk(ctx context.Context, inst Instance) error {
+	disk := filepath.Join(inst.Dir, RootFile)
+	if _, err := os.Stat(disk); err == nil {
+		return nil
+	}
+	if l.opts.Image.Root == "" {
+		return fmt.Errorf("root disk: the lab guest image has no root file system (vm.Image.Root)")
+	}
+	if strings.ContainsAny(inst.Root.ImageID, "/\\") || inst.Root.ImageID == "" || strings.HasPrefix(inst.Root.ImageID, ".") {
+		return fmt.Errorf("root disk: invalid image id %q", inst.Root.ImageID)
+	}
+	baseDir := filepath.Join(filepath.Dir(inst.Dir), "_base")
+	base := filepath.Join(baseDir, inst.Root.ImageID)
+	l.baseMu.Lock()
+	defer l.baseMu.Unlock()
+	if _, err := os.Stat(base); err != nil {
+		if err := os.MkdirAll(baseDir, 0o755); err != nil {
+			return fmt.Errorf("root disk: %w", err)
+		}
+		tmp := base + ".part"
+		if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "raw", "-S", "4k", l.opts.Image.Root, tmp).CombinedOutput(); err != nil {
+			return fmt.Errorf("root disk: write the base image %s: %w: %s", base, err, strings.TrimSpace(string(out)))
+		}
+		if err := os.Rename(tmp, base); err != nil {
+			return fmt.Errorf("root disk: %w", err)
+		}
+	}
+	args := []string{"create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", disk + ".part"}
+	if st, err := os.Stat(base); err != nil {
+		return fmt.Errorf("root disk: %w", err)
+	} else if size := int64(inst.Root.SizeGB) << 30; size > st.Size() {
+		args = append(args, strconv.FormatInt(size, 10))
+	}
+	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("root disk: create the overlay %s: %w: %s", disk, err, strings.TrimSpace(string(out)))
+	}
+	if err := os.Rename(disk+".part", disk); err != nil {
+		return fmt.Errorf("root disk: %w", err)
+	}
+	return nil
+}
+
+// domainXML is the domain of a lab server: the root disk of an
+// image-booted server as vda (the kernel told root=/dev/vda, as Nova does
+// for an image with kernel and ramdisk), no other disk at boot (they are
 // attached after, as Nova attaches volumes), the serial console in the
 // instance directory.
 func (l *LibvirtCompute) domainXML(inst Instance) string {
@@ -143,6 +231,12 @@ func (l *LibvirtCompute) domainXML(inst Instance) string {
 	if cpus <= 0 {
 		cpus = 1
 	}
+	rootDisk, rootArg := "", ""
+	if inst.Root != nil {
+		rootDisk = fmt.Sprintf("\n    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vda' bus='virtio'/></disk>",
+			esc(filepath.Join(inst.Dir, RootFile)))
+		rootArg = "root=/dev/vda "
+	}
 	return fmt.Sprintf(`<domain type='qemu'>
   <name>%s</name>
   <uuid>%s</uuid>
@@ -150,16 +244,16 @@ func (l *LibvirtCompute) domainXML(inst Instance) string {
   <memory unit='MiB'>%d</memory>
   <vcpu>%d</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><kernel>%s</kernel><initrd>%s</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 raksha.writer=0</cmdline></os>
+    <cmdline>%sconsole=ttyS0 quiet panic=-1 raksha.writer=0</cmdline></os>
   <features><acpi/><apic/></features>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
   <on_reboot>destroy</on_reboot>
-  <devices>
+  <devices>%s
     <serial type='file'><source path='%s/console.log'/><target port='0'/></serial>
     <channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <memballoon model='none'/>
   </devices>
-</domain>`, esc(inst.Name), esc(inst.ID), esc(l.opts.Description), mem, cpus, esc(l.opts.Image.Kernel), esc(l.opts.Image.Initrd), esc(inst.Dir))
+</domain>`, esc(inst.Name), esc(inst.ID), esc(l.opts.Description), mem, cpus, esc(l.opts.Image.Kernel), esc(l.opts.Image.Initrd), rootArg, rootDisk, esc(inst.Dir))
 }
 
 func (l *LibvirtCompute) waitAgent(ctx context.Context, name string) error {
@@ -170,6 +264,62 @@ func (l *LibvirtCompute) waitAgent(ctx context.Context, name string) error {
 		return err
 	}
 	return libvirt.WaitAgent(ctx, l.opts.Conn, dom)
+}
+
+var _ Resizer = (*LibvirtCompute)(nil)
+
+// Resize stops the domain, grows its root disk to the new flavor's size
+// (qemu-img resize on the overlay, as Nova's libvirt driver does; QEMU
+// grows the disk's persistent bitmaps with it, leaving the new area clean)
+// and defines it anew with the flavor's CPUs and memory; it starts it again
+// when start is set.
+func (l *LibvirtCompute) Resize(ctx context.Context, inst Instance, start bool) error {
+	if err := l.Stop(ctx, inst.InstanceRef); err != nil {
+		return fmt.Errorf("resize %s: %w", inst.InstanceRef, err)
+	}
+	if inst.Root != nil && inst.Root.SizeGB > 0 {
+		disk := filepath.Join(inst.Dir, RootFile)
+		out, err := exec.CommandContext(ctx, "qemu-img", "info", "--output=json", disk).Output()
+		if err != nil {
+			return fmt.Errorf("resize %s: qemu-img info %s: %w", inst.InstanceRef, disk, err)
+		}
+		var info struct {
+			VirtualSize int64 `json:"virtual-size"`
+		}
+		if err := json.Unmarshal(out, &info); err != nil {
+			return fmt.Errorf("resize %s: qemu-img info %s: %w", inst.InstanceRef, disk, err)
+		}
+		if size := int64(inst.Root.SizeGB) << 30; size > info.VirtualSize {
+			if out, err := exec.CommandContext(ctx, "qemu-img", "resize", "-q", disk, strconv.FormatInt(size, 10)).CombinedOutput(); err != nil {
+				return fmt.Errorf("resize %s: grow the root disk: %w: %s", inst.InstanceRef, err, strings.TrimSpace(string(out)))
+			}
+		}
+	}
+	c := l.opts.Conn.Libvirt()
+	if dom, err := c.DomainLookupByName(inst.Name); err == nil {
+		if err := c.DomainUndefineFlags(dom, 0); err != nil {
+			return fmt.Errorf("resize %s: undefine the old definition: %w", inst.InstanceRef, err)
+		}
+	}
+	if !start {
+		// Defined with every disk, as a stopped server's domain is.
+		dom, err := c.DomainDefineXMLFlags(l.domainXML(inst), 0)
+		if err != nil {
+			return fmt.Errorf("resize %s: define: %w", inst.InstanceRef, err)
+		}
+		next := 'a'
+		if inst.Root != nil {
+			next = 'b'
+		}
+		for _, d := range inst.Disks {
+			if err := c.DomainAttachDeviceFlags(dom, diskXML(d, "vd"+string(next)), uint32(lv.DomainDeviceModifyConfig)); err != nil {
+				return fmt.Errorf("resize %s: define disk %s: %w", inst.InstanceRef, d.Node, err)
+			}
+			next++
+		}
+		return nil
+	}
+	return l.Start(ctx, inst)
 }
 
 // Stop destroys the domain (QEMU exits cleanly on SIGTERM); its definition

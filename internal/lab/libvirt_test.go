@@ -170,5 +170,10 @@ func checkRootMount(t *testing.T, ag *guest.Client) int {
 	if !strings.Contains(out, "/dev/vda / ext4") || !strings.Contains(out, "/dev/vda /data/root ext4") || !strings.Contains(out, ".rec") {
 		t.Fatalf("guest root disk and its writer files:\n%s%s", out, res.Stderr)
 	}
+	// The /data/<label> directories of earlier boots stay on the root
+	// disk; each disk is still mounted at its own label's directory.
+	if strings.Contains(out, "-vd") {
+		t.Fatalf("a disk mounted beside its label's directory:\n%s", out)
+	}
 	return strings.Count(out, ".rec")
 }

@@ -462,7 +462,9 @@ magic=$(dd if=$dev bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n
 if [ "$magic" != 53ef ]; then echo "$dev: no ext filesystem, not mounted"; exit 0; fi
 label=$(dd if=$dev bs=1 skip=1144 count=16 2>/dev/null | tr -d '\000' | tr -c 'A-Za-z0-9._-' '_')
 [ -n "$label" ] || label=${dev##*/}
-[ -e /data/$label ] && label=$label-${dev##*/}
+# taken only when something is mounted there: on a guest booted from its
+# root disk, /data/<label> directories of earlier boots stay on it.
+awk -v p="/data/$label" '$2 == p { f = 1 } END { exit !f }' /proc/mounts && label=$label-${dev##*/}
 mkdir -p /data/$label /run/raksha
 mount -t ext4 $dev /data/$label || { echo "mount $dev at /data/$label failed" >&2; exit 1; }
 echo "mounted $dev at /data/$label" > /dev/ttyS0
