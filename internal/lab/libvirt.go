@@ -47,7 +47,9 @@ type LibvirtOptions struct {
 // Nova's libvirt driver does: named instance-%08x, its UUID the server id,
 // TCG, the guest agent on the org.qemu.guest_agent.0 channel that libvirtd
 // owns, volumes and ephemeral disks attached as virtio disks (live and in
-// the definition) with their Nova serials. Start undefines a domain that is
+// the definition) with their Nova serials: qcow2 files, or RBD volumes as
+// network disks of protocol rbd authenticated by a libvirt secret of
+// usage ceph that the backend defines (and StopAll removes). Start undefines a domain that is
 // defined already and defines it again (Nova's start and hard reboot);
 // Remove destroys and undefines it (Nova's delete), which libvirt refuses
 // while checkpoint metadata is left on the domain. The guest's disks are
@@ -61,6 +63,10 @@ type LibvirtCompute struct {
 	guests map[InstanceRef]*lvGuest
 	// baseMu serialises the writing of base images.
 	baseMu sync.Mutex
+	// secrets are the libvirt secrets holding Ceph keys for RBD disks, by
+	// ceph.conf and user (libvirt_rbd.go).
+	secretMu sync.Mutex
+	secrets  map[string]lvSecret
 }
 
 type lvGuest struct {
@@ -73,6 +79,7 @@ type lvGuest struct {
 type lvDisk struct {
 	Disk
 	target string
+	xml    string // as attached
 }
 
 // NewLibvirtCompute returns the libvirt backend.
@@ -83,7 +90,7 @@ func NewLibvirtCompute(opts LibvirtOptions) *LibvirtCompute {
 	if opts.LockDir == "" {
 		opts.LockDir = libvirt.DefaultLockDir
 	}
-	return &LibvirtCompute{opts: opts, log: opts.Log, guests: map[InstanceRef]*lvGuest{}}
+	return &LibvirtCompute{opts: opts, log: opts.Log, guests: map[InstanceRef]*lvGuest{}, secrets: map[string]lvSecret{}}
 }
 
 var _ Compute = (*LibvirtCompute)(nil)
@@ -312,7 +319,11 @@ func (l *LibvirtCompute) Resize(ctx context.Context, inst Instance, start bool) 
 			next = 'b'
 		}
 		for _, d := range inst.Disks {
-			if err := c.DomainAttachDeviceFlags(dom, diskXML(d, "vd"+string(next)), uint32(lv.DomainDeviceModifyConfig)); err != nil {
+			x, err := l.diskXML(d, "vd"+string(next))
+			if err != nil {
+				return fmt.Errorf("resize %s: define disk %s: %w", inst.InstanceRef, d.Node, err)
+			}
+			if err := c.DomainAttachDeviceFlags(dom, x, uint32(lv.DomainDeviceModifyConfig)); err != nil {
 				return fmt.Errorf("resize %s: define disk %s: %w", inst.InstanceRef, d.Node, err)
 			}
 			next++
@@ -365,7 +376,8 @@ func (l *LibvirtCompute) Remove(ctx context.Context, ref InstanceRef) error {
 	return nil
 }
 
-// StopAll destroys and undefines every domain this backend started.
+// StopAll destroys and undefines every domain this backend started, then
+// removes the Ceph secrets it defined.
 func (l *LibvirtCompute) StopAll(ctx context.Context) {
 	l.mu.Lock()
 	refs := make([]InstanceRef, 0, len(l.guests))
@@ -377,6 +389,9 @@ func (l *LibvirtCompute) StopAll(ctx context.Context) {
 		if err := l.Remove(ctx, r); err != nil {
 			l.log.Error("lab libvirt: remove", "instance", r.String(), "err", err)
 		}
+	}
+	if err := l.removeSecrets(); err != nil {
+		l.log.Error("lab libvirt: remove the Ceph secrets", "err", err)
 	}
 }
 
@@ -412,9 +427,6 @@ func (l *LibvirtCompute) Attach(ctx context.Context, ref InstanceRef, d Disk) er
 }
 
 func (l *LibvirtCompute) attach(ctx context.Context, ref InstanceRef, g *lvGuest, d Disk) error {
-	if d.RBD != nil {
-		return fmt.Errorf("attach %s to %s: RBD volumes are not supported on the lab's libvirt backend yet", d.Node, ref)
-	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	c := l.opts.Conn
@@ -440,11 +452,14 @@ func (l *LibvirtCompute) attach(ctx context.Context, ref InstanceRef, g *lvGuest
 	if target == "" {
 		return fmt.Errorf("attach %s to %s: no free virtio target", d.Node, ref)
 	}
-	x := diskXML(d, target)
+	x, err := l.diskXML(d, target)
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: %w", d.Node, ref, err)
+	}
 	if err := c.Libvirt().DomainAttachDeviceFlags(dom, x, uint32(lv.DomainDeviceModifyLive|lv.DomainDeviceModifyConfig)); err != nil {
 		return fmt.Errorf("attach %s to %s: %w", d.Node, ref, err)
 	}
-	g.targets[d.Node] = lvDisk{Disk: d, target: target}
+	g.targets[d.Node] = lvDisk{Disk: d, target: target, xml: x}
 	out, err := l.inGuest(ctx, ref, "attach "+d.Node, mountScript, "mount", d.Serial, l.writerArgs()[0], l.writerArgs()[1])
 	if err != nil {
 		return fmt.Errorf("attach %s to %s: mount in the guest: %w", d.Node, ref, err)
@@ -464,9 +479,9 @@ func (l *LibvirtCompute) writerArgs() [2]string {
 	return [2]string{w, iv}
 }
 
-// diskXML is a lab disk as libvirt attaches it: a qcow2 file on virtio
-// with its Nova serial.
-func diskXML(d Disk, target string) string {
+// fileDiskXML is a qcow2 lab disk as libvirt attaches it: a file on
+// virtio with its Nova serial.
+func fileDiskXML(d Disk, target string) string {
 	var b strings.Builder
 	_ = xml.EscapeText(&b, []byte(d.Path))
 	var s strings.Builder
@@ -517,7 +532,7 @@ func (l *LibvirtCompute) Detach(ctx context.Context, ref InstanceRef, node strin
 	if err != nil {
 		return fmt.Errorf("detach %s: %w", node, err)
 	}
-	if err := c.Libvirt().DomainDetachDeviceFlags(dom, diskXML(d.Disk, d.target), uint32(lv.DomainDeviceModifyLive|lv.DomainDeviceModifyConfig)); err != nil {
+	if err := c.Libvirt().DomainDetachDeviceFlags(dom, d.xml, uint32(lv.DomainDeviceModifyLive|lv.DomainDeviceModifyConfig)); err != nil {
 		return fmt.Errorf("detach %s from %s: %w", node, ref, err)
 	}
 	// The guest acknowledges the unplug asynchronously.
