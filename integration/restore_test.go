@@ -21,6 +21,7 @@ import (
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/lab"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/workflows"
@@ -146,20 +147,26 @@ func diskOf(t *testing.T, b *workflows.BackupResult, vm, prefix string) activiti
 	return activities.CopyResult{}
 }
 
-// TestRestoreCloneAndRollbackOfLabWorkload restores the demo workload (two
-// QEMU guests, each with a volume and an ephemeral disk) through the
-// Restore and Clone workflows on a real Temporal server: an in-place
-// rollback (hash equal to the backup), a staging clone into another project
-// with a remapped network, post-restore hook and health check (the
-// original keeps running), a cancelled restore (nothing left), a disaster
-// restore of both servers (new guests run on the restored disks and the
-// in-guest checker finds every record intact), and a restore from a
-// backup with a missing chunk (a clear error, nothing left).
+// TestRestoreCloneAndRollbackOfLabWorkload restores the demo workload on
+// libvirt compute hosts (two image-booted guests as libvirt domains, each
+// with its root disk, an ephemeral disk and a volume; the host worker on
+// --libvirt-uri) through the Restore and Clone workflows on a real
+// Temporal server: an in-place rollback (volume, root and ephemeral disk
+// hash equal to the backup), a staging clone into another project with a
+// remapped network, post-restore hook and health check (the original
+// keeps running), a cancelled restore (nothing left), a disaster restore
+// of both servers (new guests boot from their restored root disks and the
+// in-guest checker finds every record intact on all three disks), and a
+// restore from a backup with a missing chunk (a clear error, nothing
+// left).
 func TestRestoreCloneAndRollbackOfLabWorkload(t *testing.T) {
-	e := newLabEnv(t)
+	e := newLabEnvWith(t, labEnvOptions{Libvirt: true})
 	ctx := e.ctx
 	b := e.backup()
 	t.Logf("backup %s: %d disks, %d MiB read", b.BackupID, len(b.Disks), b.BytesRead>>20)
+	if len(b.Disks) != 6 {
+		t.Fatalf("backup of 2 servers with 3 disks each: %d disks (%+v)", len(b.Disks), b.Disks)
+	}
 	for _, d := range b.Disks {
 		if d.Size == 0 {
 			t.Fatalf("disk %+v", d)
@@ -182,15 +189,19 @@ func TestRestoreCloneAndRollbackOfLabWorkload(t *testing.T) {
 	}
 	vol := diskOf(t, b, "demo-1", "vol-")
 	eph := diskOf(t, b, "demo-1", "disk0")
+	root := diskOf(t, b, "demo-1", "root")
 	volID := strings.TrimPrefix(strings.Split(vol.Manifest, "/")[2], "vol-")
 	conn, err := e.admin.ConnectVolume(ctx, volID, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ephPath := filepath.Join(lab.InstanceDir(e.dir, d1.InstanceRef), "disk.eph0")
-	wantVol, wantEph := e.backupHash(vol.Manifest, vol.Size), e.backupHash(eph.Manifest, eph.Size)
+	rootPath, ephPath := e.instanceFiles(t, d1.ID)
+	wantVol, wantEph, wantRoot := e.backupHash(vol.Manifest, vol.Size), e.backupHash(eph.Manifest, eph.Size), e.backupHash(root.Manifest, root.Size)
 	if rawHash(t, conn.Path) == wantVol {
 		t.Fatal("the volume already equals the backup: the writer wrote nothing after it, the rollback test proves nothing")
+	}
+	if rawHash(t, rootPath) == wantRoot {
+		t.Fatal("the root disk already equals the backup: the writer wrote nothing after it, the rollback test proves nothing")
 	}
 	res, took, err := e.restore("restore/inplace", workflows.RestoreRequest{Repository: "main", BackupID: b.BackupID, VMs: []string{"demo-1"}, InPlace: true})
 	if err != nil {
@@ -200,12 +211,15 @@ func TestRestoreCloneAndRollbackOfLabWorkload(t *testing.T) {
 		t.Errorf("volume after the in-place rollback: %s, backup %s", got, wantVol)
 	}
 	if got := rawHash(t, ephPath); got != wantEph {
-		t.Errorf("ephemeral disk after the in-place rollback: %s, backup %s", got, wantEph)
+		t.Errorf("ephemeral disk %s after the in-place rollback: %s, backup %s", ephPath, got, wantEph)
+	}
+	if got := rawHash(t, rootPath); got != wantRoot {
+		t.Errorf("root disk %s after the in-place rollback: %s, backup %s", rootPath, got, wantRoot)
 	}
 	if s := e.serverByName("demo-1"); s.Status != "SHUTOFF" {
 		t.Errorf("a server stopped before the rollback is %s after it", s.Status)
 	}
-	t.Logf("in-place rollback of demo-1 (2 disks, %d MiB) in %v: volume and ephemeral disk equal the backup", res.Bytes>>20, took.Round(time.Millisecond))
+	t.Logf("in-place rollback of demo-1 (3 disks, %d MiB) in %v: volume, root and ephemeral disk equal the backup", res.Bytes>>20, took.Round(time.Millisecond))
 	if err := e.admin.StartServer(ctx, d1.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +227,7 @@ func TestRestoreCloneAndRollbackOfLabWorkload(t *testing.T) {
 		t.Fatal(err)
 	}
 	d1 = e.serverByName("demo-1")
-	e.guestCheck(e.serverByName("demo-1").InstanceRef.Name)
+	checkAllDisks(t, "demo-1 after the rollback", "demo-1", e.guestCheck(e.serverByName("demo-1").InstanceRef.Name))
 
 	// 1b. One volume restored to a new volume (no server).
 	v2 := diskOf(t, b, "demo-2", "vol-")
@@ -350,7 +364,7 @@ func TestRestoreCloneAndRollbackOfLabWorkload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Servers) != 2 || len(res.Volumes) != 2 || len(res.Disks) != 4 || res.Project != demoProject {
+	if len(res.Servers) != 2 || len(res.Volumes) != 2 || len(res.Disks) != 6 || res.Project != demoProject {
 		t.Fatalf("restore result %+v", res)
 	}
 	var captured cloud.Workload
@@ -373,20 +387,21 @@ func TestRestoreCloneAndRollbackOfLabWorkload(t *testing.T) {
 			}
 		}
 		if m.Name != orig.Name || m.Flavor.Name != orig.Flavor.Name || m.Metadata[cloud.WorkloadKey] != "demo" || m.Metadata[activities.MetaRestoredFrom] != orig.ID ||
-			len(m.SecurityGroups) != len(orig.SecurityGroups) || m.SecurityGroups[0].Name != orig.SecurityGroups[0].Name || len(m.Volumes) != 1 || len(m.Ephemeral) != 1 {
+			len(m.SecurityGroups) != len(orig.SecurityGroups) || m.SecurityGroups[0].Name != orig.SecurityGroups[0].Name || len(m.Volumes) != 1 || len(m.Ephemeral) != 1 || m.Root == nil {
 			t.Errorf("restored server %s: %+v\ncaptured: %+v", rs.ServerID, m, orig)
 		}
 		if !slices.Equal(m.Tags, orig.Tags) {
 			t.Errorf("restored server %s tags %v, captured %v", m.Name, m.Tags, orig.Tags)
 		}
 		out := e.guestCheck(rs.Instance)
+		checkAllDisks(t, "restored "+m.Name, m.Name, out)
 		t.Logf("restored %s (from %s): in-guest check:\n%s", m.Name, orig.ID, out)
 	}
 	var written int64
 	for _, d := range res.Disks {
 		written += d.Size
 	}
-	t.Logf("disaster restore of 2 VMs (4 disks, %d MiB of disk, %d MiB of chunk data fetched) in %v; data phases %.2fs (%.0f MiB/s of chunk data, %.0f MiB/s of disk)",
+	t.Logf("disaster restore of 2 VMs (6 disks, %d MiB of disk, %d MiB of chunk data fetched) in %v; data phases %.2fs (%.0f MiB/s of chunk data, %.0f MiB/s of disk)",
 		written>>20, res.BytesFetched>>20, took.Round(time.Millisecond), res.WriteSeconds, float64(res.BytesFetched>>20)/res.WriteSeconds, float64(written>>20)/res.WriteSeconds)
 
 	// 5. A missing chunk: the restore fails naming the backup, VM and disk,
@@ -403,6 +418,45 @@ func TestRestoreCloneAndRollbackOfLabWorkload(t *testing.T) {
 	}
 	if s, v, err := dc.FindByMetadata(ctx, activities.MetaRestore, "restore/broken"); err != nil || len(s)+len(v) != 0 {
 		t.Errorf("after the failed restore: servers %v volumes %v (%v)", s, v, err)
+	}
+}
+
+// instanceFiles returns the files of a server's root disk (disk) and
+// first ephemeral disk (disk.eph0) as its libvirt domain's definition names
+// them.
+func (e *labEnv) instanceFiles(t *testing.T, serverID string) (root, eph string) {
+	t.Helper()
+	dom, err := e.lv.Domain(e.ctx, serverID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disks, err := e.lv.Disks(e.ctx, dom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := libvirt.ResolveDisk(disks, "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Target != "vda" || r.Format != "qcow2" {
+		t.Fatalf("root disk of server %s: %+v; want vda, a qcow2 overlay", serverID, r)
+	}
+	x, err := libvirt.ResolveDisk(disks, "disk.eph0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.File, x.File
+}
+
+// checkAllDisks fails the test unless the in-guest check's output of a
+// demo server shows every record intact on its root disk, its ephemeral
+// disk and its volume.
+func checkAllDisks(t *testing.T, what, server, out string) {
+	t.Helper()
+	for _, dir := range []string{"/data/root/", "/data/ephemeral0/", "/data/" + server + "-data/"} {
+		if !strings.Contains(out, "OK "+dir) {
+			t.Errorf("%s: the in-guest check does not find %s intact:\n%s", what, dir, out)
+		}
 	}
 }
 
