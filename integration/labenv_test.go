@@ -25,8 +25,9 @@ import (
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 )
 
-// labDemo is the lab cloud with its demo workload (two real QEMU guests
-// running the in-guest writer, an ephemeral disk and a volume each), a
+// labDemo is the lab cloud with its demo workload (two real guests running
+// the in-guest writer, an ephemeral disk and a volume each; on libvirt a
+// root disk each too), a
 // repository "main", and the activities of a control + host (+ data, with
 // RBD) worker. Projects demo and staging exist; the admin has the admin
 // role in both.
@@ -117,7 +118,11 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 	if err := demo.Ensure(ctx, clouds, quiet); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("lab with the demo workload (2 guests, 2 disks each) up in %v", time.Since(start).Round(time.Millisecond))
+	disks := "an ephemeral disk and a volume"
+	if o.Libvirt {
+		disks = "a root disk, an ephemeral disk and a volume"
+	}
+	t.Logf("lab with the demo workload (2 guests, each with %s) up in %v", disks, time.Since(start).Round(time.Millisecond))
 	hostDriver := ""
 	if o.Libvirt {
 		hostDriver = "libvirt"

@@ -11,20 +11,23 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
+	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/policies"
 	"github.com/raksha-backup/raksha/workflows"
 )
 
-// TestPolicyScheduleRunsRealBackup is a policy's schedule end to end: the
-// demo example policy, applied as a Temporal Schedule on a real dev
-// server, is triggered (paused, so it runs exactly once); the
-// WorkloadBackup it starts freezes and backs up the lab's two real QEMU
-// guests; the backup lands in the repository with the policy's labels and
-// expiry; the schedule is deleted.
+// TestPolicyScheduleRunsRealBackup is a policy's schedule end to end on
+// libvirt compute hosts: the demo example policy, applied as a Temporal
+// Schedule on a real dev server, is triggered (paused, so it runs exactly
+// once); the WorkloadBackup it starts freezes and backs up the lab's two
+// guests, libvirt domains reached by the host worker through libvirtd
+// (their root, ephemeral and volume disks through libvirt checkpoints);
+// the backup lands in the repository with the policy's labels and expiry;
+// the schedule is deleted.
 func TestPolicyScheduleRunsRealBackup(t *testing.T) {
 	begin := time.Now()
-	d := startLabDemo(t)
+	d := startLabDemoWith(t, labEnvOptions{Libvirt: true})
 	c, _ := startTemporal(t)
 	ctx := context.Background()
 	startWorkers(t, c, d.acts, activities.ControlQueue, activities.HostQueue("h1"))
@@ -65,14 +68,28 @@ func TestPolicyScheduleRunsRealBackup(t *testing.T) {
 	t.Logf("scheduled backup %s (workflow %s) done %v after the trigger: %d VMs, %d disks, read %d MiB, new %d MiB; freeze windows %v",
 		res.BackupID, run.WorkflowID, time.Since(triggered).Round(time.Millisecond), res.VMs, len(res.Disks),
 		res.BytesRead>>20, res.BytesNew>>20, res.FreezeWindows)
-	if res.Consistency != "app" || res.VMs != 2 || len(res.Disks) != 4 || len(res.FreezeWindows) != 2 {
+	if res.Consistency != "app" || res.VMs != 2 || len(res.Disks) != 6 || len(res.FreezeWindows) != 2 {
 		t.Errorf("result %+v", res)
+	}
+	for _, vm := range []string{"demo-1", "demo-2"} {
+		for _, disk := range []string{"root", "disk0", "vol-"} {
+			diskOf(t, &res, vm, disk)
+		}
 	}
 
 	r := mustRepo(t, d.be)
 	b, err := r.LoadBackup(ctx, res.BackupID)
 	if err != nil {
 		t.Fatalf("the scheduled backup is not in the repository: %v", err)
+	}
+	for _, disk := range res.Disks {
+		m, err := r.LoadManifest(ctx, disk.Manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Checkpoint == nil || m.Checkpoint.Kind != libvirt.CheckpointKind {
+			t.Errorf("disk %s: checkpoint %+v; want a libvirt checkpoint", disk.Manifest, m.Checkpoint)
+		}
 	}
 	for k, want := range map[string]string{"policy": "demo-daily", "workload": "demo", "project": "demo"} {
 		if b.Labels[k] != want {
@@ -82,7 +99,7 @@ func TestPolicyScheduleRunsRealBackup(t *testing.T) {
 	if len(b.FreezeWindows) != 2 || b.FreezeWindows["demo-1"] != res.FreezeWindows["demo-1"] {
 		t.Errorf("record's freeze windows %v, the workflow's %v", b.FreezeWindows, res.FreezeWindows)
 	}
-	if b.Consistency != "app" || len(b.Disks) != 4 || b.Expires == nil || b.Expires.Sub(b.Created) < 399*24*time.Hour {
+	if b.Consistency != "app" || len(b.Disks) != 6 || b.Expires == nil || b.Expires.Sub(b.Created) < 399*24*time.Hour {
 		t.Errorf("record: consistency %q, %d disks, expires %v (created %v)", b.Consistency, len(b.Disks), b.Expires, b.Created)
 	}
 	if list, err := r.ListBackups(ctx, repo.Filter{Labels: map[string]string{"policy": "demo-daily"}}); err != nil || len(list) != 1 {
