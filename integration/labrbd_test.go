@@ -20,7 +20,7 @@ import (
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/disk/rbd"
-	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/lab"
 	"github.com/raksha-backup/raksha/internal/lab/demo"
 	"github.com/raksha-backup/raksha/internal/lab/guestapp"
@@ -202,20 +202,26 @@ func TestLabCinderOnRBD(t *testing.T) {
 }
 
 // TestAppConsistentBackupOfLabWorkloadOnRBD is the whole product against a
-// Ceph-backed cloud: the lab keeps the demo workload's volumes as RBD
-// images in a throwaway cluster (QEMU attaches them with its rbd driver),
-// and two app-consistent WorkloadBackups run on a real Temporal dev server
-// with control, host and data workers. Discovery gives the volumes rbd:
+// Ceph-backed cloud on libvirt compute hosts: the lab keeps the demo
+// workload's volumes as RBD images in a throwaway cluster (libvirt
+// attaches them as rbd network disks, as Nova does), its servers are
+// libvirt domains booted from root disks, and two app-consistent
+// WorkloadBackups run on a real Temporal dev server with control, host
+// (--libvirt-uri) and data workers. Discovery gives the volumes rbd:
 // locators, so the data worker snapshots them inside the freeze window and
-// the second backup reads only the chunks the RBD snapshot diff touches;
-// each restored volume equals its RBD snapshot (sha256) and holds a clean
-// file system with intact records; Restore writes a volume into a new RBD
-// volume (sparse), rolls a stopped server's RBD volume back in place, and
-// recreates a deleted server on a new RBD volume whose guest finds every
-// record; no guest is left frozen.
+// the second backup reads only the chunks the RBD snapshot diff touches,
+// while the root and ephemeral disks go through libvirt checkpoints (full,
+// then incremental); each restored volume equals its RBD snapshot (sha256)
+// and holds a clean file system with intact records; Restore writes a
+// volume into a new RBD volume (sparse), rolls a stopped server's RBD
+// volume, root and ephemeral disk back in place (each equal to the
+// backup), and recreates a deleted server on a new RBD volume whose guest,
+// booted from its restored root disk, finds every record on all three
+// disks; no guest is left frozen and no checkpoint metadata or job is left
+// on a domain.
 func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 	cl := cephlab.Require(t)
-	e := newLabEnvWith(t, labEnvOptions{RBD: &lab.RBDConfig{CephConf: cl.CephConf}})
+	e := newLabEnvWith(t, labEnvOptions{Libvirt: true, RBD: &lab.RBDConfig{CephConf: cl.CephConf}})
 	ctx := e.ctx
 	conn, err := rbd.Connect(ctx, rbd.Config{CephConf: cl.CephConf})
 	if err != nil {
@@ -240,11 +246,38 @@ func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 		return b
 	}
 
+	// checkpoints checks how a backup read each disk: the volumes from
+	// RBD snapshots of the backup, the root and ephemeral disks through
+	// libvirt checkpoints in the mode given.
+	checkpoints := func(b *workflows.BackupResult, mode string) {
+		t.Helper()
+		r := mustRepo(t, e.be)
+		for _, vm := range []string{"demo-1", "demo-2"} {
+			for _, disk := range []string{"root", "disk0", "vol-"} {
+				d := diskOf(t, b, vm, disk)
+				m, err := r.LoadManifest(ctx, d.Manifest)
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch {
+				case m.Checkpoint == nil:
+					t.Errorf("%s: no checkpoint", d.Manifest)
+				case disk == "vol-" && (m.Checkpoint.Kind != "rbd-snapshot" || m.Checkpoint.Name != activities.RBDSnapshotName(b.BackupID)):
+					t.Errorf("%s: checkpoint %s %s; want the RBD snapshot %s", d.Manifest, m.Checkpoint.Kind, m.Checkpoint.Name, activities.RBDSnapshotName(b.BackupID))
+				case disk != "vol-" && (m.Checkpoint.Kind != libvirt.CheckpointKind || m.Checkpoint.Mode != mode):
+					t.Errorf("%s: checkpoint %s, mode %q (%s); want a libvirt checkpoint read %s", d.Manifest, m.Checkpoint.Kind, m.Checkpoint.Mode, m.Checkpoint.Reason, mode)
+				}
+			}
+		}
+		e.assertClean(t)
+	}
+
 	first := timed("first")
 	vols1 := volumes(first)
-	if first.Consistency != "app" || first.VMs != 2 || len(first.Disks) != 4 || len(vols1) != 2 {
+	if first.Consistency != "app" || first.VMs != 2 || len(first.Disks) != 6 || len(vols1) != 2 {
 		t.Fatalf("first backup: %+v", first)
 	}
+	checkpoints(first, "full")
 	snap1 := activities.RBDSnapshotName(first.BackupID)
 	for id, d := range vols1 {
 		if d.Incremental {
@@ -258,9 +291,10 @@ func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 	time.Sleep(3 * time.Second) // the in-guest writers go on
 	second := timed("second")
 	vols2 := volumes(second)
-	if second.Consistency != "app" || len(vols2) != 2 {
+	if second.Consistency != "app" || len(second.Disks) != 6 || len(vols2) != 2 {
 		t.Fatalf("second backup: %+v", second)
 	}
+	checkpoints(second, "incremental")
 	if !slices.ContainsFunc(second.Warnings, func(w string) bool { return strings.Contains(w, "release older RBD snapshots") }) {
 		t.Errorf("second backup: no warning about the protected snapshots it could not release: %q", second.Warnings)
 	}
@@ -351,17 +385,7 @@ func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 	}
 
 	// No guest is left frozen.
-	for _, s := range e.lab.Servers() {
-		ag, err := guest.Dial(ctx, filepath.Join(guest.InstanceDir(e.hostDir, s.InstanceRef.Name), guest.AgentSocketName), guest.Options{Owner: "test"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := ag.FsfreezeStatus(ctx)
-		ag.Close()
-		if err != nil || st != "thawed" {
-			t.Errorf("guest %s after the backups: freeze status %q, %v", s.Name, st, err)
-		}
-	}
+	e.assertThawed(t)
 
 	// One volume restored into a new RBD volume.
 	dc, err := e.admin.ForProject(ctx, "demo")
@@ -401,7 +425,8 @@ func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 
 	// In-place rollback of demo-2, stopped first so that its disks can be
 	// compared with the backup: the RBD volume is overwritten by the data
-	// worker (zero ranges discarded), the ephemeral disk by the host worker.
+	// worker (zero ranges discarded), the root and ephemeral disks by the
+	// host worker.
 	d2 := e.serverByName("demo-2")
 	if err := e.admin.StopServer(ctx, d2.ID); err != nil {
 		t.Fatal(err)
@@ -409,25 +434,36 @@ func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 	if err := e.admin.WaitServer(ctx, d2.ID, "SHUTOFF", 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	eph2 := diskOf(t, second, "demo-2", "disk0")
+	eph2, root2 := diskOf(t, second, "demo-2", "disk0"), diskOf(t, second, "demo-2", "root")
+	rootPath, ephPath := e.instanceFiles(t, d2.ID)
+	wantVol, wantRoot := e.backupHash(v2.Manifest, v2.Size), e.backupHash(root2.Manifest, root2.Size)
+	if rbdHash(t, cl.CephConf, "rbd/volume-"+v2ID) == wantVol {
+		t.Fatal("the RBD volume already equals the backup: the writer wrote nothing after it, the rollback test proves nothing")
+	}
+	if rawHash(t, rootPath) == wantRoot {
+		t.Fatal("the root disk already equals the backup: the writer wrote nothing after it, the rollback test proves nothing")
+	}
 	res, took, err = e.restore("restore/rbd-inplace", workflows.RestoreRequest{Repository: "main", BackupID: second.BackupID, VMs: []string{"demo-2"}, InPlace: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := rbdHash(t, cl.CephConf, "rbd/volume-"+v2ID), e.backupHash(v2.Manifest, v2.Size); got != want {
-		t.Errorf("RBD volume after the in-place rollback: %s, backup %s", got, want)
+	if got := rbdHash(t, cl.CephConf, "rbd/volume-"+v2ID); got != wantVol {
+		t.Errorf("RBD volume after the in-place rollback: %s, backup %s", got, wantVol)
 	}
-	if got, want := rawHash(t, filepath.Join(lab.InstanceDir(e.dir, d2.InstanceRef), "disk.eph0")), e.backupHash(eph2.Manifest, eph2.Size); got != want {
-		t.Errorf("ephemeral disk after the in-place rollback: %s, backup %s", got, want)
+	if got, want := rawHash(t, ephPath), e.backupHash(eph2.Manifest, eph2.Size); got != want {
+		t.Errorf("ephemeral disk %s after the in-place rollback: %s, backup %s", ephPath, got, want)
 	}
-	t.Logf("in-place rollback of demo-2 (RBD volume and ephemeral disk, %d MiB) in %v: both equal the backup", res.Bytes>>20, took.Round(time.Millisecond))
+	if got := rawHash(t, rootPath); got != wantRoot {
+		t.Errorf("root disk %s after the in-place rollback: %s, backup %s", rootPath, got, wantRoot)
+	}
+	t.Logf("in-place rollback of demo-2 (RBD volume, root and ephemeral disk, %d MiB) in %v: all three equal the backup", res.Bytes>>20, took.Round(time.Millisecond))
 	if err := e.admin.StartServer(ctx, d2.ID); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.admin.WaitServer(ctx, d2.ID, "ACTIVE", 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	e.guestCheck(e.serverByName("demo-2").InstanceRef.Name)
+	checkAllDisks(t, "demo-2 after the rollback", "demo-2", e.guestCheck(e.serverByName("demo-2").InstanceRef.Name))
 
 	// A Cinder snapshot of the running guest's volume is an RBD snapshot
 	// taken while QEMU holds the image.
@@ -465,6 +501,12 @@ func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 	if nc, err := dc.ConnectVolume(ctx, res.Volumes[0].VolumeID, "test"); err != nil || nc.Type != "rbd" {
 		t.Errorf("connection of demo-1's restored volume: %+v, %v", nc, err)
 	}
+	if len(res.Disks) != 3 {
+		t.Errorf("restore of demo-1 wrote %d disks, want its root, ephemeral disk and volume: %+v", len(res.Disks), res.Disks)
+	}
 	out := e.guestCheck(res.Servers[0].Instance)
+	checkAllDisks(t, "demo-1 restored on a new RBD volume", "demo-1", out)
 	t.Logf("demo-1 restored on a new RBD volume in %v; in-guest check:\n%s", took.Round(time.Millisecond), out)
+	e.assertThawed(t)
+	e.assertClean(t)
 }
