@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 
@@ -14,10 +13,11 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/raksha-backup/raksha/internal/cloud"
-	"github.com/raksha-backup/raksha/internal/disk/qemu"
 	"github.com/raksha-backup/raksha/internal/disk/rbd"
 	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/host"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
+	"github.com/raksha-backup/raksha/internal/host/socket"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/open"
 )
@@ -70,6 +70,10 @@ type Config struct {
 	// compute node (a Nova compute host): guests' agents and libvirt:
 	// disks go through it. Nil: the socket layout under HostDir.
 	Libvirt *libvirt.Conn
+	// Host is the host worker's compute host (host.Driver); nil: the
+	// libvirt driver on Libvirt when set, else the socket layout under
+	// HostDir when set, else none (not a host worker).
+	Host host.Driver
 	// LockDir holds the guests' lock files on a libvirt host
 	// (libvirt.DefaultLockDir when empty).
 	LockDir string
@@ -86,22 +90,12 @@ type Activities struct {
 	cfg Config
 	log *slog.Logger
 
-	mu          sync.Mutex
-	repos       map[string]*repo.Repository
-	agents      map[string]*guest.Client       // instance → agent client (holds the guest's lock)
-	freezes     map[string]*guest.FreezeHandle // instance → freeze in effect
-	monitors    map[string]*qemu.Monitor       // instance → QMP
-	checkpoints map[string]*vmCheckpoint       // backup/instance → checkpoint cycle
-	lvcps       map[string]*lvCheckpoint       // backup/instance → libvirt backup job
-	rbdConn     *rbd.Conn
-	projects    map[string]*cloud.Client // project → client scoped to it
-}
-
-type vmCheckpoint struct {
-	mu      sync.Mutex
-	b       *qemu.Backup
-	bitmap  string
-	sources map[string]*qemu.Source // node → export
+	mu       sync.Mutex
+	repos    map[string]*repo.Repository
+	agents   map[string]*guest.Client       // instance → agent client (holds the guest's lock)
+	freezes  map[string]*guest.FreezeHandle // instance → freeze in effect
+	rbdConn  *rbd.Conn
+	projects map[string]*cloud.Client // project → client scoped to it
 }
 
 // New returns the activities of a worker.
@@ -109,9 +103,16 @@ func New(cfg Config) *Activities {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.Host == nil {
+		switch {
+		case cfg.Libvirt != nil:
+			cfg.Host = libvirt.NewDriver(cfg.Libvirt, libvirt.DriverOptions{LockDir: cfg.LockDir, WorkDir: cfg.WorkDir, Log: cfg.Log})
+		case cfg.HostDir != "":
+			cfg.Host = socket.New(socket.Options{HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, Log: cfg.Log})
+		}
+	}
 	return &Activities{cfg: cfg, log: cfg.Log, repos: map[string]*repo.Repository{},
 		agents: map[string]*guest.Client{}, freezes: map[string]*guest.FreezeHandle{},
-		monitors: map[string]*qemu.Monitor{}, checkpoints: map[string]*vmCheckpoint{}, lvcps: map[string]*lvCheckpoint{},
 		projects: map[string]*cloud.Client{}}
 }
 
@@ -150,45 +151,6 @@ func (a *Activities) repo(ctx context.Context, id string) (*repo.Repository, err
 	return r, nil
 }
 
-func (a *Activities) instanceDir(instance string) (string, error) {
-	if a.cfg.HostDir == "" {
-		return "", invalid("this worker has no host directory (not a host worker)")
-	}
-	if instance == "" || strings.ContainsAny(instance, "/\\") || instance == "." || instance == ".." {
-		return "", invalid("invalid instance name %q", instance)
-	}
-	return filepath.Join(a.cfg.HostDir, "instances", instance), nil
-}
-
-// monitor returns the QMP connection of an instance, dialing it once.
-func (a *Activities) monitor(ctx context.Context, instance string) (*qemu.Monitor, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if m, ok := a.monitors[instance]; ok {
-		return m, nil
-	}
-	dir, err := a.instanceDir(instance)
-	if err != nil {
-		return nil, err
-	}
-	m, err := qemu.DialMonitor(ctx, filepath.Join(dir, "qmp.sock"))
-	if err != nil {
-		return nil, err
-	}
-	a.monitors[instance] = m
-	return m, nil
-}
-
-// dropMonitor forgets a broken QMP connection.
-func (a *Activities) dropMonitor(instance string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if m, ok := a.monitors[instance]; ok {
-		m.Close()
-		delete(a.monitors, instance)
-	}
-}
-
 // Shutdown releases every connection and lock the activities hold; frozen
 // guests are thawed first. (A function, not a method: every exported method
 // of Activities is registered as an activity.)
@@ -203,8 +165,8 @@ func Shutdown(ctx context.Context, a *Activities) {
 	for _, c := range a.agents {
 		c.Close()
 	}
-	for _, m := range a.monitors {
-		m.Close()
+	if a.cfg.Host != nil {
+		a.cfg.Host.Close()
 	}
 	if a.rbdConn != nil {
 		a.rbdConn.Close()

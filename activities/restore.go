@@ -313,19 +313,21 @@ func (a *Activities) openTarget(ctx context.Context, t WriteTarget) (writer, err
 		}
 		return im, err
 	case "instance-disk":
-		if t.File == "" || strings.ContainsAny(t.File, "/\\") || t.File == "." || t.File == ".." {
-			return nil, invalid("target %s: invalid file name", t)
-		}
-		if a.cfg.Libvirt != nil {
-			// On a libvirt host the file is the one the domain's
-			// definition names (Nova's <instances_path>/<uuid>/disk.eph0).
-			return a.openLibvirtDisk(ctx, t)
-		}
-		dir, err := a.instanceDir(t.Instance)
+		// The file the instance's disk is kept in (Nova's
+		// <instances_path>/<uuid>/disk.eph0 on libvirt, as the domain's
+		// definition names it; the instance directory on the socket layout).
+		h, err := a.hostDriver()
 		if err != nil {
 			return nil, err
 		}
-		return a.openTarget(ctx, WriteTarget{Kind: "image", Path: filepath.Join(dir, t.File), Format: t.Format})
+		path, format, err := h.DiskFile(ctx, t.Instance, t.File)
+		if err != nil {
+			return nil, hostErr(fmt.Errorf("target %s: %w", t, err))
+		}
+		if t.Format != "" {
+			format = t.Format
+		}
+		return a.openTarget(ctx, WriteTarget{Kind: "image", Path: path, Format: format})
 	case "rbd":
 		c, err := a.ceph(ctx)
 		if err != nil {

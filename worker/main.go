@@ -24,6 +24,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
+	"github.com/raksha-backup/raksha/internal/host/socket"
 	"github.com/raksha-backup/raksha/internal/temporalx"
 	"github.com/raksha-backup/raksha/workflows"
 )
@@ -179,26 +180,34 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		}
 		defer lc.Close()
 		acfg.Libvirt = lc
+		acfg.Host = libvirt.NewDriver(lc, libvirt.DriverOptions{LockDir: cfg.LockDir, WorkDir: cfg.WorkDir, Log: log})
+	} else if has["host"] {
+		acfg.Host = socket.New(socket.Options{HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, Log: log})
+	}
+	if acfg.Host != nil {
 		// A guest left frozen by a dead worker stays frozen forever: thaw
 		// it now. On a compute node with many domains (some booting, some
-		// without an agent) the sweep takes a while, so it runs beside the
-		// worker rather than before it: a freeze the worker is asked for
-		// meanwhile holds its guest's lock, and the sweep skips that guest.
-		go func() {
-			res, err := libvirt.ThawOrphans(ctx, lc, cfg.LockDir, nil, guest.OrphanOptions{Logger: log, PerGuestTimeout: 5 * time.Second, Parallel: 8})
+		// without an agent) the sweep takes a while, so there it runs
+		// beside the worker rather than before it: a freeze the worker is
+		// asked for meanwhile holds its guest's lock, and the sweep skips
+		// that guest. The lab's socket layout is swept before the worker
+		// starts.
+		sweep := func() {
+			res, err := acfg.Host.ThawOrphans(ctx, nil, guest.OrphanOptions{Logger: log, PerGuestTimeout: 5 * time.Second, Parallel: 8})
 			if err != nil {
 				log.Warn("thawing orphaned freezes", "err", err)
 			}
-			log.Info("orphan sweep done", "domains", len(res))
-		}()
-	} else if has["host"] {
-		// A guest left frozen by a dead worker stays frozen forever: thaw it now.
-		res, err := guest.ThawOrphans(ctx, cfg.HostDir, guest.OrphanOptions{Logger: log})
-		if err != nil {
-			log.Warn("thawing orphaned freezes", "err", err)
+			for _, r := range res {
+				if r.WasFrozen || r.Err != nil {
+					log.Info("orphan check", "result", fmt.Sprintf("%+v", r))
+				}
+			}
+			log.Info("orphan sweep done", "guests", len(res))
 		}
-		for _, r := range res {
-			log.Info("orphan check", "result", fmt.Sprintf("%+v", r))
+		if acfg.Libvirt != nil {
+			go sweep()
+		} else {
+			sweep()
 		}
 	}
 	tlsCfg, err := cfg.Temporal.TLS.Config()
