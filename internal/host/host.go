@@ -11,6 +11,7 @@ package host
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/raksha-backup/raksha/internal/disk"
 	"github.com/raksha-backup/raksha/internal/guest"
@@ -54,6 +55,17 @@ type Request struct {
 	BackupID string
 	// Disks are the VM's disks this host reads.
 	Disks []Disk
+}
+
+// Disk returns the request's disk named ref; an ErrInvalid error when the
+// request has none of that name.
+func (r Request) Disk(ref string) (*Disk, error) {
+	for i := range r.Disks {
+		if r.Disks[i].Ref == ref {
+			return &r.Disks[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: disk %s is not a disk of the request for %s", ErrInvalid, ref, r.Instance)
 }
 
 // Export is one disk as it was at the job's checkpoint.

@@ -943,40 +943,14 @@ func (l *Lab) serverAction(w http.ResponseWriter, r *http.Request, c *call) erro
 		}
 		s.TaskState = "powering-off"
 		ref := InstanceRef{s.Host, s.InstanceName}
-		l.async(func(ctx context.Context) {
-			err := l.opts.Compute.Stop(ctx, ref)
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			if s := l.st.Servers[id]; s != nil {
-				s.TaskState, s.Updated = "", time.Now()
-				if err != nil {
-					l.log.Error("lab nova: stop", "server", id, "err", err)
-				} else {
-					s.VMState = vmStopped
-				}
-				_ = l.saveLocked()
-			}
-		})
+		l.async(func(ctx context.Context) { l.powerDone(id, "stop", l.opts.Compute.Stop(ctx, ref), vmStopped) })
 	case has(body, "os-start"):
 		if s.VMState != vmStopped || s.TaskState != "" {
 			return busy("start")
 		}
 		s.TaskState = "powering-on"
 		inst := l.instanceLocked(s)
-		l.async(func(ctx context.Context) {
-			err := l.opts.Compute.Start(ctx, inst)
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			if s := l.st.Servers[id]; s != nil {
-				s.TaskState, s.Updated = "", time.Now()
-				if err != nil {
-					l.log.Error("lab nova: start", "server", id, "err", err)
-				} else {
-					s.VMState = vmActive
-				}
-				_ = l.saveLocked()
-			}
-		})
+		l.async(func(ctx context.Context) { l.powerDone(id, "start", l.opts.Compute.Start(ctx, inst), vmActive) })
 	case has(body, "reboot"):
 		var rb struct {
 			Type string `json:"type"`

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +45,22 @@ type Harness struct {
 }
 
 const mib = 1 << 20
+
+// BlankDisks creates n blank qcow2 images of size bytes in a directory of
+// the test's and returns their paths, for a harness's guest.
+func BlankDisks(t *testing.T, n int, size int64) []string {
+	t.Helper()
+	dir := t.TempDir()
+	var paths []string
+	for i := range n {
+		p := filepath.Join(dir, fmt.Sprintf("disk%d.qcow2", i))
+		if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", p, fmt.Sprint(size)).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img create %s: %v: %s", p, err, out)
+		}
+		paths = append(paths, p)
+	}
+	return paths
+}
 
 // Run runs the suite.
 func Run(t *testing.T, h Harness) {

@@ -3,7 +3,6 @@ package libvirt_test
 import (
 	"context"
 	"encoding/json"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,14 +20,7 @@ func TestDriverSharedSuite(t *testing.T) {
 	c := libvirttest.Conn(t)
 	img := vmtest.Image(t)
 	const size = 64 << 20
-	var paths []string
-	for _, n := range []string{"a", "b"} {
-		p := filepath.Join(t.TempDir(), n+".qcow2")
-		if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", p, "64M").CombinedOutput(); err != nil {
-			t.Fatalf("qemu-img create: %v: %s", err, out)
-		}
-		paths = append(paths, p)
-	}
+	paths := hosttest.BlankDisks(t, 2, size)
 	d := libvirttest.Boot(t, c, img, libvirttest.Spec{Images: paths, NoWriter: true})
 	work, locks := t.TempDir(), t.TempDir()
 	newDriver := func(t *testing.T) host.Driver {

@@ -212,14 +212,9 @@ func (d *Driver) find(ctx context.Context, req host.Request) (*job, error) {
 // Open implements host.Driver: the fleecing export of the disk's node; its
 // changed extents are the previous bitmap's when it was usable.
 func (d *Driver) Open(ctx context.Context, req host.Request, ref string) (*host.Export, error) {
-	var dk *host.Disk
-	for i := range req.Disks {
-		if req.Disks[i].Ref == ref {
-			dk = &req.Disks[i]
-		}
-	}
-	if dk == nil {
-		return nil, fmt.Errorf("%w: disk node %s is not a disk of the request for %s", host.ErrInvalid, ref, req.Instance)
+	dk, err := req.Disk(ref)
+	if err != nil {
+		return nil, err
 	}
 	j, err := d.find(ctx, req)
 	if err != nil {

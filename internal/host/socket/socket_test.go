@@ -3,7 +3,6 @@ package socket_test
 import (
 	"context"
 	"encoding/json"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,14 +23,7 @@ func TestSharedSuite(t *testing.T) {
 	img := vmtest.Image(t)
 	dir := vmtest.LabDir(t)
 	const size = 64 << 20
-	var paths []string
-	for _, n := range []string{"a", "b"} {
-		p := filepath.Join(t.TempDir(), n+".qcow2")
-		if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", p, "64M").CombinedOutput(); err != nil {
-			t.Fatalf("qemu-img create: %v: %s", err, out)
-		}
-		paths = append(paths, p)
-	}
+	paths := hosttest.BlankDisks(t, 2, size)
 	v := vmtest.Boot(t, img, vmtest.Spec{LabDir: dir, Instance: "hosttest-1", Configure: func(c *vm.Config) {
 		c.NoWriter = true
 		for _, p := range paths {
