@@ -75,6 +75,10 @@ type BeginOptions struct {
 	Base *Checkpoint
 	// Full lists disks (target → reason) to read in full whatever the base.
 	Full map[string]string
+	// Stale are other checkpoints the disks' base backups recorded (a disk
+	// whose base is older than the VM's other disks'): no longer any
+	// disk's base once the new backup is committed, to be released then.
+	Stale []Checkpoint
 	// WorkDir holds the export's socket and the scratch files (a directory
 	// of the host worker's; its path must fit a unix socket name).
 	WorkDir string
@@ -92,8 +96,10 @@ type Backup struct {
 	// Modes says how each disk of BeginOptions.Disks is read, in order.
 	Modes []DiskMode
 	// Base is the base checkpoint the job diffed against (nil: none);
-	// Release it once the new backup is committed.
-	Base    *Checkpoint
+	// Release it once the new backup is committed, with Stale.
+	Base *Checkpoint
+	// Stale are BeginOptions.Stale.
+	Stale   []Checkpoint
 	exports map[string]export
 }
 
@@ -122,13 +128,14 @@ type jobState struct {
 	Domain     string            `json:"domain"`
 	Checkpoint Checkpoint        `json:"checkpoint"`
 	Base       *Checkpoint       `json:"base,omitempty"`
+	Stale      []Checkpoint      `json:"stale,omitempty"`
 	Modes      []DiskMode        `json:"modes"`
 	Exports    map[string]string `json:"exports"`
 	Bitmaps    map[string]string `json:"bitmaps"`
 }
 
 func (b *Backup) save() error {
-	st := jobState{Domain: UUIDString(b.dom.UUID), Checkpoint: b.Checkpoint, Base: b.Base, Modes: b.Modes,
+	st := jobState{Domain: UUIDString(b.dom.UUID), Checkpoint: b.Checkpoint, Base: b.Base, Stale: b.Stale, Modes: b.Modes,
 		Exports: map[string]string{}, Bitmaps: map[string]string{}}
 	for t, e := range b.exports {
 		st.Exports[t], st.Bitmaps[t] = e.name, e.bitmap
@@ -170,7 +177,7 @@ func Attach(ctx context.Context, c *Conn, dom lv.Domain, workDir string) (*Backu
 		return nil, fmt.Errorf("attach to the backup of %s: the recorded job is of domain %s", dom.Name, st.Domain)
 	}
 	b := &Backup{c: c, dom: dom, work: workDir, sock: socketPath(workDir), Checkpoint: st.Checkpoint,
-		Base: st.Base, Modes: st.Modes, exports: map[string]export{}}
+		Base: st.Base, Stale: st.Stale, Modes: st.Modes, exports: map[string]export{}}
 	for t, n := range st.Exports {
 		b.exports[t] = export{name: n, bitmap: st.Bitmaps[t]}
 	}
@@ -339,6 +346,7 @@ func Begin(ctx context.Context, c *Conn, dom lv.Domain, opts BeginOptions) (_ *B
 		base := *opts.Base
 		b.Base = &base
 	}
+	b.Stale = slices.Clone(opts.Stale)
 	if err := b.save(); err != nil {
 		return nil, fmt.Errorf("libvirt backup of %s: %w", dom.Name, err)
 	}
@@ -435,8 +443,11 @@ func EndJob(ctx context.Context, c *Conn, dom lv.Domain, work string) error {
 
 // Release removes the bitmaps of the checkpoints cps from dom's disks
 // (the checkpoints of backups no longer needed as a base): each is
-// redefined and deleted, which drops its bitmaps; one whose bitmaps are
-// gone already only loses its metadata. No metadata stays.
+// redefined and deleted, which drops its bitmaps. A checkpoint whose
+// bitmaps are gone from some disks (a disk detached, replaced, or its QEMU
+// killed) is released disk by disk: its bitmap goes from every disk that
+// still has it. One whose bitmaps are gone everywhere only loses its
+// metadata. No metadata stays.
 func Release(ctx context.Context, c *Conn, dom lv.Domain, cps ...Checkpoint) error {
 	var errs []error
 	for _, cp := range cps {
@@ -447,24 +458,49 @@ func Release(ctx context.Context, c *Conn, dom lv.Domain, cps ...Checkpoint) err
 			errs = append(errs, err)
 			continue
 		}
-		x := stripParent(cp.XML)
-		var h lv.DomainCheckpoint
-		err := callCtx(ctx, func() error {
-			var err error
-			h, err = c.l.DomainCheckpointCreateXML(dom, x, uint32(lv.DomainCheckpointCreateRedefine|lv.DomainCheckpointCreateRedefineValidate))
-			return err
-		})
+		ok, err := c.deleteValid(ctx, dom, cp.Name, stripParent(cp.XML))
 		if err != nil {
-			// Its bitmaps are gone or broken: nothing of it to release.
-			c.log.Info("checkpoint to release does not validate; nothing to remove", "domain", dom.Name, "checkpoint", cp.Name, "err", err)
+			errs = append(errs, err)
 			continue
 		}
-		if err := callCtx(ctx, func() error { return c.l.DomainCheckpointDelete(h, 0) }); err != nil {
-			errs = append(errs, fmt.Errorf("release checkpoint %s of %s: %w", cp.Name, dom.Name, err))
-			_ = c.dropMetadata(context.WithoutCancel(ctx), dom, cp.Name)
+		if ok {
+			continue
 		}
+		var kept []string
+		for _, t := range cp.Disks {
+			x, err := restrictCheckpoint(stripParent(cp.XML), []string{t})
+			if err != nil {
+				continue
+			}
+			ok, err := c.deleteValid(ctx, dom, cp.Name, x)
+			if err != nil {
+				errs = append(errs, err)
+			} else if ok {
+				kept = append(kept, t)
+			}
+		}
+		c.log.Info("checkpoint to release does not validate on every disk; released where it does", "domain", dom.Name, "checkpoint", cp.Name, "released on", kept)
 	}
 	return errors.Join(errs...)
+}
+
+// deleteValid redefines checkpoint x with validation and deletes it (its
+// bitmaps go); false when it does not validate (nothing done).
+func (c *Conn) deleteValid(ctx context.Context, dom lv.Domain, name, x string) (bool, error) {
+	var h lv.DomainCheckpoint
+	err := callCtx(ctx, func() error {
+		var err error
+		h, err = c.l.DomainCheckpointCreateXML(dom, x, uint32(lv.DomainCheckpointCreateRedefine|lv.DomainCheckpointCreateRedefineValidate))
+		return err
+	})
+	if err != nil {
+		return false, nil
+	}
+	if err := callCtx(ctx, func() error { return c.l.DomainCheckpointDelete(h, 0) }); err != nil {
+		_ = c.dropMetadata(context.WithoutCancel(ctx), dom, name)
+		return false, fmt.Errorf("release checkpoint %s of %s: %w", name, dom.Name, err)
+	}
+	return true, nil
 }
 
 // Disks returns the disks of dom's live XML.

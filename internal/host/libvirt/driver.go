@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -152,8 +153,13 @@ func (d *Driver) Begin(ctx context.Context, req host.Request) (string, error) {
 			}
 		}
 	}
+	var stale []Checkpoint
 	for _, t := range list {
-		switch cp := baseOf[t]; {
+		cp := baseOf[t]
+		if cp != nil && cp.Name != base.Name && !slices.ContainsFunc(stale, func(s Checkpoint) bool { return s.Name == cp.Name }) {
+			stale = append(stale, *cp)
+		}
+		switch {
 		case full[t] != "":
 		case cp == nil && base != nil:
 			full[t] = "no checkpoint recorded in the disk's base backup"
@@ -162,7 +168,7 @@ func (d *Driver) Begin(ctx context.Context, req host.Request) (string, error) {
 		}
 	}
 	b, err := Begin(ctx, d.c, dom, BeginOptions{Name: CheckpointPrefix + req.BackupID, Disks: list,
-		Base: base, Full: full, WorkDir: d.work(UUIDString(dom.UUID))})
+		Base: base, Full: full, Stale: stale, WorkDir: d.work(UUIDString(dom.UUID))})
 	if err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", req.Instance, err)
 	}
@@ -281,9 +287,10 @@ func (d *Driver) Open(ctx context.Context, req host.Request, ref string) (*host.
 }
 
 // End implements host.Driver. Every ending stops the job (exports closed,
-// scratch files gone); Commit removes the base's bitmaps (the new
-// checkpoint's stay and record), Abort the new ones (the base's never
-// stopped recording).
+// scratch files gone); Commit removes the bitmaps of the base and of any
+// other checkpoint a disk's base backup recorded (the new checkpoint's
+// stay and record), Abort the new ones (the bases' never stopped
+// recording).
 func (d *Driver) End(ctx context.Context, req host.Request, how host.Ending) error {
 	j, err := d.find(ctx, req)
 	if err != nil {
@@ -300,9 +307,13 @@ func (d *Driver) End(ctx context.Context, req host.Request, how host.Ending) err
 	errs = append(errs, j.b.End(ctx))
 	switch how {
 	case host.Commit:
+		// The base and any other checkpoint a disk's base backup recorded
+		// are no disk's base any more.
+		old := j.b.Stale
 		if j.b.Base != nil {
-			errs = append(errs, Release(ctx, d.c, j.b.Domain(), *j.b.Base))
+			old = append([]Checkpoint{*j.b.Base}, old...)
 		}
+		errs = append(errs, Release(ctx, d.c, j.b.Domain(), old...))
 	case host.Abort:
 		errs = append(errs, Release(ctx, d.c, j.b.Domain(), j.b.Checkpoint))
 	}

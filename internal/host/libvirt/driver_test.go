@@ -3,6 +3,7 @@ package libvirt_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/host/libvirt/libvirttest"
 	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
+	"github.com/raksha-backup/raksha/internal/repo"
 )
 
 // TestDriverSharedSuite runs the host drivers' shared suite on libvirt: a
@@ -42,40 +44,135 @@ func TestDriverSharedSuite(t *testing.T) {
 				t.Errorf("scratch files left: %v", m)
 			}
 			// One of Raksha's bitmaps per disk: the base.
-			out, err := c.Libvirt().QEMUDomainMonitorCommand(d.Dom, `{"execute":"query-named-block-nodes","arguments":{"flat":true}}`, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var reply struct {
-				Return []struct {
-					Name    string `json:"node-name"`
-					File    string `json:"file"`
-					Bitmaps []struct {
-						Name string `json:"name"`
-					} `json:"dirty-bitmaps"`
-				} `json:"return"`
-			}
-			if err := json.Unmarshal([]byte(out), &reply); err != nil {
-				t.Fatal(err)
-			}
-			based := 0
-			for _, n := range reply.Return {
-				var ours []string
-				for _, b := range n.Bitmaps {
-					if strings.HasPrefix(b.Name, libvirt.CheckpointPrefix) {
-						ours = append(ours, b.Name)
-					}
-				}
+			bms := bitmaps(t, c, d)
+			for n, ours := range bms {
 				if len(ours) > 1 {
-					t.Errorf("node %s (%s) keeps %d of Raksha's bitmaps: %v", n.Name, n.File, len(ours), ours)
-				}
-				if len(ours) == 1 {
-					based++
+					t.Errorf("node %s keeps %d of Raksha's bitmaps: %v", n, len(ours), ours)
 				}
 			}
-			if based != 2 {
-				t.Errorf("%d nodes keep a base bitmap, want the 2 disks'", based)
+			if len(bms) != 2 {
+				t.Errorf("%d nodes keep a base bitmap, want the 2 disks': %v", len(bms), bms)
 			}
 		},
 	})
+}
+
+// TestDriverReleasesStaleCheckpoints: when a disk's base backup recorded
+// an older checkpoint than the VM's other disks (its bitmap of that
+// checkpoint is still in its image), the disk is read in full and the
+// commit releases that checkpoint's bitmap too, on the disks that still
+// have it; no disk is left with more than one of Raksha's bitmaps.
+func TestDriverReleasesStaleCheckpoints(t *testing.T) {
+	c := libvirttest.Conn(t)
+	img := vmtest.Image(t)
+	const size = 64 << 20
+	paths := hosttest.BlankDisks(t, 2, size)
+	dom := libvirttest.Boot(t, c, img, libvirttest.Spec{Images: paths, NoWriter: true})
+	d := libvirt.NewDriver(c, libvirt.DriverOptions{LockDir: t.TempDir(), WorkDir: t.TempDir()})
+	ctx := context.Background()
+	refs := []string{"target=vda", "target=vdb"}
+	job := func(id string, bases ...*repo.Checkpoint) map[string]repo.Checkpoint {
+		t.Helper()
+		req := host.Request{Instance: dom.UUID, BackupID: id}
+		for i, r := range refs {
+			dk := host.Disk{Ref: r}
+			if bases != nil && bases[i] != nil {
+				dk.Base, dk.BaseSize = bases[i], size
+			}
+			req.Disks = append(req.Disks, dk)
+		}
+		if _, err := d.Begin(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+		recs := map[string]repo.Checkpoint{}
+		for _, r := range refs {
+			e, err := d.Open(ctx, req, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs[r] = e.Record
+		}
+		if err := d.End(ctx, req, host.Commit); err != nil {
+			t.Fatal(err)
+		}
+		return recs
+	}
+	x := job("20261207-000001-stale1")
+	rx := x["target=vda"]
+	y := job("20261207-000002-stale2", &rx, &rx)
+	ry := y["target=vda"]
+	if y["target=vdb"].Mode != "incremental" {
+		t.Fatalf("second job on vdb: %+v", y["target=vdb"])
+	}
+	// vdb keeps a bitmap of checkpoint X, as after a detach during the
+	// release of X; its base backup recorded X.
+	node := formatNode(t, c, dom, paths[1])
+	if _, err := c.Libvirt().QEMUDomainMonitorCommand(dom.Dom, fmt.Sprintf(`{"execute":"block-dirty-bitmap-add","arguments":{"node":%q,"name":%q,"persistent":true}}`, node, rx.Name), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := bitmaps(t, c, dom)[node]; len(got) != 2 {
+		t.Fatalf("vdb's bitmaps before: %v, want X and Y", got)
+	}
+	z := job("20261207-000003-stale3", &ry, &rx)
+	if z["target=vda"].Mode != "incremental" || z["target=vdb"].Mode != "full" || !strings.Contains(z["target=vdb"].Reason, rx.Name) {
+		t.Errorf("third job: vda %+v, vdb %+v; want vda incremental, vdb full naming %s", z["target=vda"], z["target=vdb"], rx.Name)
+	}
+	for n, bms := range bitmaps(t, c, dom) {
+		if len(bms) != 1 || bms[0] != z["target=vda"].Name {
+			t.Errorf("node %s after the commit: bitmaps %v, want only %s", n, bms, z["target=vda"].Name)
+		}
+	}
+	if names, err := c.CheckpointNames(ctx, dom.Dom); err != nil || len(names) > 0 {
+		t.Errorf("checkpoint metadata left: %v %v", names, err)
+	}
+}
+
+type blockNode struct {
+	Name    string `json:"node-name"`
+	File    string `json:"file"`
+	Drv     string `json:"drv"`
+	Bitmaps []struct {
+		Name string `json:"name"`
+	} `json:"dirty-bitmaps"`
+}
+
+func blockNodes(t *testing.T, c *libvirt.Conn, dom *libvirttest.Domain) []blockNode {
+	t.Helper()
+	out, err := c.Libvirt().QEMUDomainMonitorCommand(dom.Dom, `{"execute":"query-named-block-nodes","arguments":{"flat":true}}`, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply struct {
+		Return []blockNode `json:"return"`
+	}
+	if err := json.Unmarshal([]byte(out), &reply); err != nil {
+		t.Fatal(err)
+	}
+	return reply.Return
+}
+
+// formatNode is the qcow2 node of the image file path.
+func formatNode(t *testing.T, c *libvirt.Conn, dom *libvirttest.Domain, path string) string {
+	t.Helper()
+	for _, n := range blockNodes(t, c, dom) {
+		if n.Drv == "qcow2" && n.File == path {
+			return n.Name
+		}
+	}
+	t.Fatalf("no qcow2 node of %s", path)
+	return ""
+}
+
+// bitmaps lists Raksha's bitmaps per node that has any.
+func bitmaps(t *testing.T, c *libvirt.Conn, dom *libvirttest.Domain) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	for _, n := range blockNodes(t, c, dom) {
+		for _, b := range n.Bitmaps {
+			if strings.HasPrefix(b.Name, libvirt.CheckpointPrefix) {
+				out[n.Name] = append(out[n.Name], b.Name)
+			}
+		}
+	}
+	return out
 }
