@@ -56,6 +56,10 @@ type labEnvOptions struct {
 	// and the host worker on libvirt (--libvirt-uri), discovery giving
 	// libvirt: locators (host driver libvirt), as on a Nova compute node.
 	Libvirt bool
+	// RBDVolumes is the control worker's rbd_volumes: "host" has the host
+	// worker read RBD volumes through libvirt, and the workers get no
+	// ceph.conf (a deployment that gives Raksha no Ceph access).
+	RBDVolumes string
 }
 
 // startLabDemo brings up the lab and the demo workload for the test's
@@ -127,7 +131,8 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 	if o.Libvirt {
 		hostDriver = "libvirt"
 	}
-	admin, err := cloud.Connect(ctx, cloud.Config{Cloud: demo.AdminCloud, CloudsFile: clouds, PollInterval: 200 * time.Millisecond, HostDriver: hostDriver})
+	admin, err := cloud.Connect(ctx, cloud.Config{Cloud: demo.AdminCloud, CloudsFile: clouds, PollInterval: 200 * time.Millisecond, HostDriver: hostDriver,
+		RBDVolumes: o.RBDVolumes})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +151,7 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 		t.Fatal(err)
 	}
 	cephConf := ""
-	if o.RBD != nil {
+	if o.RBD != nil && o.RBDVolumes != "host" {
 		cephConf = o.RBD.CephConf
 	}
 	d.acts = activities.New(activities.Config{
@@ -199,7 +204,7 @@ func newLabEnvWith(t *testing.T, o labEnvOptions) *labEnv {
 	c, _ := startTemporal(t)
 	d := startLabDemoWith(t, o)
 	queues := []string{activities.ControlQueue, activities.HostQueue("h1")}
-	if o.RBD != nil {
+	if o.RBD != nil && o.RBDVolumes != "host" {
 		queues = append(queues, activities.DataQueue)
 	}
 	startWorkers(t, c, d.acts, queues...)

@@ -510,3 +510,51 @@ func TestAppConsistentBackupOfLabWorkloadOnRBD(t *testing.T) {
 	e.assertThawed(t)
 	e.assertClean(t)
 }
+
+// TestRBDVolumesReadThroughLibvirt is a Ceph-backed cloud whose operator
+// gives Raksha no Ceph access (rbd_volumes: host): no data worker runs and
+// no worker has a ceph.conf. The host worker reads the RBD volumes through
+// libvirt's pull-mode export like any other disk (libvirt: locators); a
+// raw network disk keeps no dirty bitmaps, so each backup reads them in
+// full and says why, while the root and ephemeral disks go incremental;
+// every restored volume holds a clean file system with intact records.
+func TestRBDVolumesReadThroughLibvirt(t *testing.T) {
+	cl := cephlab.Require(t)
+	e := newLabEnvWith(t, labEnvOptions{Libvirt: true, RBD: &lab.RBDConfig{CephConf: cl.CephConf}, RBDVolumes: "host"})
+	ctx := e.ctx
+	check := func(b *workflows.BackupResult, mode string) {
+		t.Helper()
+		if b.Consistency != "app" || len(b.Disks) != 6 {
+			t.Fatalf("backup: %+v", b)
+		}
+		r := mustRepo(t, e.be)
+		for _, vm := range []string{"demo-1", "demo-2"} {
+			for _, disk := range []string{"root", "disk0", "vol-"} {
+				d := diskOf(t, b, vm, disk)
+				m, err := r.LoadManifest(ctx, d.Manifest)
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch {
+				case !strings.HasPrefix(m.Name, "libvirt:"):
+					t.Errorf("%s: read from %s, want a libvirt: locator", d.Manifest, m.Name)
+				case m.Checkpoint == nil || m.Checkpoint.Kind != libvirt.CheckpointKind:
+					t.Errorf("%s: checkpoint %+v, want a libvirt checkpoint", d.Manifest, m.Checkpoint)
+				case disk == "vol-" && (m.Checkpoint.Mode != "full" || !strings.Contains(m.Checkpoint.Reason, "no persistent dirty bitmaps")):
+					t.Errorf("%s: mode %q (%s); want a full read because the RBD disk keeps no bitmaps", d.Manifest, m.Checkpoint.Mode, m.Checkpoint.Reason)
+				case disk != "vol-" && m.Checkpoint.Mode != mode:
+					t.Errorf("%s: mode %q (%s); want %s", d.Manifest, m.Checkpoint.Mode, m.Checkpoint.Reason, mode)
+				}
+				if disk == "vol-" {
+					st, files := restoreAndCheck(ctx, t, r, d.Manifest, d.Size, filepath.Join(e.dir, "restored.raw"))
+					t.Logf("restored %s (%s): %d MiB; %d record files intact", d.Manifest, m.Checkpoint.Reason, st.BytesWritten>>20, files)
+				}
+			}
+		}
+		e.assertClean(t)
+	}
+	check(e.backup(), "full")
+	time.Sleep(2 * time.Second) // the in-guest writers go on
+	check(e.backup(), "incremental")
+	e.assertThawed(t)
+}

@@ -52,6 +52,11 @@ type Config struct {
 	// so the locators discovery gives: "libvirt" (Nova compute nodes) or
 	// "socket" (the lab's socket layout, the default).
 	HostDriver string `yaml:"host_driver"`
+	// RBDVolumes (control role) says who reads volumes Cinder keeps in
+	// RBD: "ceph" (the default: data workers, from RBD snapshots, with
+	// ceph_conf) or "host" (the host workers, through the hypervisor, as
+	// any other volume: for deployments that give Raksha no Ceph access).
+	RBDVolumes string `yaml:"rbd_volumes"`
 	// Repositories is the registry: id → URL and password file.
 	Repositories map[string]activities.RepoConfig `yaml:"repositories"`
 	// CephConf is the ceph.conf of the cluster holding rbd: disks (data role).
@@ -77,6 +82,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	workDir := fs.String("work-dir", "", "directory for temporary fleecing images and backup jobs' sockets (host role)")
 	libvirtURI := fs.String("libvirt-uri", "", "reach guests through libvirtd at this URI, e.g. qemu:///system (host role on a Nova compute node)")
 	hostDriver := fs.String("host-driver", "", "control role: how host workers reach guests, libvirt (Nova compute nodes) or socket (the lab's layout; default)")
+	rbdVolumes := fs.String("rbd-volumes", "", "control role: who reads RBD volumes, ceph (data workers from RBD snapshots; default) or host (host workers through the hypervisor, no Ceph access needed)")
 	lockDir := fs.String("lock-dir", "", "directory of the guests' lock files on a libvirt host (default "+libvirt.DefaultLockDir+")")
 	address := fs.String("temporal", "", "Temporal frontend HOST:PORT (default 127.0.0.1:7233)")
 	namespace := fs.String("namespace", "", "Temporal namespace (default \"default\")")
@@ -113,6 +119,10 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	set(&cfg.LibvirtURI, *libvirtURI)
 	set(&cfg.LockDir, *lockDir)
 	set(&cfg.HostDriver, *hostDriver)
+	set(&cfg.RBDVolumes, *rbdVolumes)
+	if cfg.RBDVolumes != "" && cfg.RBDVolumes != "ceph" && cfg.RBDVolumes != "host" {
+		return fmt.Errorf("rbd volumes %q: want ceph or host", cfg.RBDVolumes)
+	}
 	if cfg.HostDriver != "" && cfg.HostDriver != "libvirt" && cfg.HostDriver != "socket" {
 		return fmt.Errorf("host driver %q: want libvirt or socket", cfg.HostDriver)
 	}
@@ -165,6 +175,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 			ccfg.Cloud = cfg.Cloud
 		}
 		ccfg.HostDriver = cfg.HostDriver
+		ccfg.RBDVolumes = cfg.RBDVolumes
 		ccfg.Log = log
 		cl, err := cloud.Connect(ctx, ccfg)
 		if err != nil {

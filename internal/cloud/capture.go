@@ -213,7 +213,7 @@ func (c *Client) captureVolumes(ctx context.Context, m *ServerMeta, s *servers.S
 			}
 		}
 		for _, va := range v.Attachments {
-			if va.ServerID != s.ID || va.AttachmentID == "" {
+			if va.ServerID != s.ID || va.AttachmentID == "" || c.cfg.RBDVolumes == "host" {
 				continue
 			}
 			if l, ok := c.rbdLocator(ctx, va.AttachmentID); ok {

@@ -80,6 +80,12 @@ type Config struct {
 	// compute node, or the lab on libvirt) or "socket" (qemu:
 	// HOST/INSTANCE/NODE: the lab's socket layout); "" is "socket".
 	HostDriver string
+	// RBDVolumes says who reads volumes Cinder keeps in RBD: "ceph" or ""
+	// (rbd:POOL/IMAGE locators, read by data workers from RBD snapshots)
+	// or "host" (the host-local locator any other volume gets, read by
+	// the host worker through the hypervisor: every backup then reads such
+	// a volume in full, since a raw network disk keeps no dirty bitmaps).
+	RBDVolumes string
 
 	// HTTPClient, if set, carries every request (tests, proxies).
 	HTTPClient *http.Client
