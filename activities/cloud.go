@@ -64,6 +64,9 @@ func (d *CloudDiscoverer) Discover(ctx context.Context, sel Selector, project st
 		if s.Root != nil && !s.Root.Locator.IsZero() {
 			vm.Disks = append(vm.Disks, newDisk(RootDiskName, s.Root.Locator, "", int64(s.Root.SizeGB)<<30))
 		}
+		if s.Swap != nil && !s.Swap.Locator.IsZero() {
+			vm.Disks = append(vm.Disks, newDisk(SwapDiskName, s.Swap.Locator, "", int64(s.Swap.SizeMB)<<20))
+		}
 		for _, e := range s.Ephemeral {
 			if e.Locator.IsZero() {
 				continue

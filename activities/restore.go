@@ -200,6 +200,9 @@ func (a *Activities) PlanRestore(ctx context.Context, in PlanRestoreInput) (*Res
 				}
 				d.File = cloud.RootDiskNode
 				d.SizeGB = int((ref.Size + 1<<30 - 1) >> 30)
+			} else if ref.Disk == SwapDiskName {
+				d.File = cloud.SwapDiskNode
+				d.SizeGB = int((ref.Size + 1<<30 - 1) >> 30)
 			} else if n, ok := strings.CutPrefix(ref.Disk, "disk"); ok {
 				idx, err := strconv.Atoi(n)
 				if err != nil || idx < 0 {

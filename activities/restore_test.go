@@ -19,7 +19,7 @@ import (
 
 // restoreRepo makes a repository with a workload backup of two servers
 // (db: a volume and an ephemeral disk; web, booted from an image: its root
-// disk and an ephemeral disk) and a plain
+// disk, a swap disk and an ephemeral disk) and a plain
 // disk-image backup, and returns the activities of a worker using it.
 func restoreRepo(t *testing.T, password string) (*Activities, string, string) {
 	t.Helper()
@@ -37,7 +37,8 @@ func restoreRepo(t *testing.T, password string) (*Activities, string, string) {
 	os.WriteFile(img, []byte(strings.Repeat("data", 40000)), 0o644)
 	w := cloud.Workload{ProjectID: "p1", Servers: []cloud.ServerMeta{
 		{ID: "s1", Name: "db", Volumes: []cloud.VolumeMeta{{ID: "v1", Name: "db-data", SizeGB: 1, Type: "ssd"}}, Ephemeral: []cloud.EphemeralMeta{{Index: 0, SizeGB: 1}}},
-		{ID: "s2", Name: "web", Ephemeral: []cloud.EphemeralMeta{{Index: 0, SizeGB: 1}}, Image: &cloud.ImageMeta{ID: "img-1"}, Root: &cloud.RootDiskMeta{SizeGB: 1}},
+		{ID: "s2", Name: "web", Ephemeral: []cloud.EphemeralMeta{{Index: 0, SizeGB: 1}}, Image: &cloud.ImageMeta{ID: "img-1"}, Root: &cloud.RootDiskMeta{SizeGB: 1},
+			Swap: &cloud.SwapDiskMeta{SizeMB: 64}},
 	}}
 	src, _ := json.Marshal(w)
 	backup := func(spec repo.BackupSpec, disks map[string][]string) string {
@@ -63,7 +64,7 @@ func restoreRepo(t *testing.T, password string) (*Activities, string, string) {
 		}
 		return b.ID
 	}
-	wl := backup(repo.BackupSpec{Labels: map[string]string{"workload": "demo"}, Source: src}, map[string][]string{"db": {"vol-v1", "disk0"}, "web": {"root", "disk0"}})
+	wl := backup(repo.BackupSpec{Labels: map[string]string{"workload": "demo"}, Source: src}, map[string][]string{"db": {"vol-v1", "disk0"}, "web": {"root", "swap", "disk0"}})
 	plain := backup(repo.BackupSpec{}, map[string][]string{"vm": {"disk"}})
 	pw := filepath.Join(dir, "pw")
 	os.WriteFile(pw, []byte(password+"\n"), 0o600)
@@ -78,7 +79,7 @@ func TestPlanRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Project != "p1" || p.Workload != "demo" || len(p.VMs) != 2 || len(p.VMs[0].Disks) != 2 || len(p.VMs[1].Disks) != 2 {
+	if p.Project != "p1" || p.Workload != "demo" || len(p.VMs) != 2 || len(p.VMs[0].Disks) != 2 || len(p.VMs[1].Disks) != 3 {
 		t.Fatalf("plan %+v", p)
 	}
 	for _, d := range p.VMs[0].Disks {
@@ -93,9 +94,9 @@ func TestPlanRestore(t *testing.T) {
 			}
 		}
 	}
-	// Root and ephemeral disks are written into their instance files.
+	// Root, swap and ephemeral disks are written into their instance files.
 	for _, d := range p.VMs[1].Disks {
-		want := map[string]string{"root": "disk", "disk0": "disk.eph0"}[d.Disk]
+		want := map[string]string{"root": "disk", "swap": "disk.swap", "disk0": "disk.eph0"}[d.Disk]
 		if d.File != want || d.InstanceFile() != want || d.VolumeID != "" || d.SizeGB != 1 {
 			t.Errorf("web disk %+v: file %q, want %q", d, d.File, want)
 		}

@@ -59,7 +59,8 @@ type RestorePlanDisk struct {
 	Metadata   map[string]string `json:"metadata,omitempty"`
 	Ephemeral  int               `json:"ephemeral"`
 	// File is the disk's file in the instance directory of its server
-	// ("disk" for the root disk of an image-booted server, "disk.eph0"),
+	// ("disk" for the root disk of an image-booted server, "disk.swap",
+	// "disk.eph0"),
 	// where a restore writes it with the server stopped; "" for a volume.
 	// Plans made before root disks were backed up leave it empty for
 	// ephemeral disks: InstanceFile fills it in.
@@ -67,8 +68,12 @@ type RestorePlanDisk struct {
 }
 
 // RootDiskName is the backup's name of a server's root disk (the one
-// booted from an image; a root volume is named by its volume id).
-const RootDiskName = "root"
+// booted from an image; a root volume is named by its volume id);
+// SwapDiskName that of its flavor's swap disk.
+const (
+	RootDiskName = "root"
+	SwapDiskName = "swap"
+)
 
 // InstanceFile is the file in the server's instance directory that a
 // disk other than a volume is written to.

@@ -131,8 +131,9 @@ func TestWorkloadBackupOnLibvirt(t *testing.T) {
 	}
 
 	// demo-1 resized through Nova's API to a flavor with a bigger root
-	// disk: the root disk's bitmaps validate but know nothing of the new
-	// area, so it is read in full, saying why; its other disks and
+	// disk and a swap disk: the root disk's bitmaps validate but know
+	// nothing of the new area, so it is read in full, saying why; the new
+	// swap disk is read in full as a new disk; its other disks and
 	// demo-2's stay incremental.
 	if err := e.admin.ResizeServer(ctx, servers["demo-1"], "4"); err != nil {
 		t.Fatal(err)
@@ -148,6 +149,9 @@ func TestWorkloadBackupOnLibvirt(t *testing.T) {
 		t.Fatal(err)
 	}
 	fourth := run()
+	if len(fourth.Disks) != 7 {
+		t.Fatalf("fourth backup: %d disks, want 7 (demo-1's new swap disk)", len(fourth.Disks))
+	}
 	r = mustRepo(t, be)
 	for _, d := range fourth.Disks {
 		m, err := r.LoadManifest(ctx, d.Manifest)
@@ -155,10 +159,13 @@ func TestWorkloadBackupOnLibvirt(t *testing.T) {
 			t.Fatal(err)
 		}
 		resized := strings.HasPrefix(d.Manifest, fourth.BackupID+"/demo-1/root")
+		swap := strings.HasPrefix(d.Manifest, fourth.BackupID+"/demo-1/swap")
 		switch {
 		case resized && (m.Checkpoint.Mode != "full" || !strings.Contains(m.Checkpoint.Reason, "resized") || m.Size != 2<<30):
 			t.Errorf("after a resize, %s: %d bytes, mode %q (%s); want 2 GiB read in full because it was resized", d.Manifest, m.Size, m.Checkpoint.Mode, m.Checkpoint.Reason)
-		case !resized && m.Checkpoint.Mode != "incremental":
+		case swap && (m.Checkpoint.Mode != "full" || !strings.Contains(m.Checkpoint.Reason, "new disk") || m.Size != 64<<20):
+			t.Errorf("the new swap disk, %s: %d bytes, mode %q (%s); want 64 MiB read in full as a new disk", d.Manifest, m.Size, m.Checkpoint.Mode, m.Checkpoint.Reason)
+		case !resized && !swap && m.Checkpoint.Mode != "incremental":
 			t.Errorf("fourth backup, %s: mode %q (%s); want incremental", d.Manifest, m.Checkpoint.Mode, m.Checkpoint.Reason)
 		}
 		if resized {

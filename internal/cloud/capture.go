@@ -82,6 +82,9 @@ func (c *Client) captureServer(ctx context.Context, s *servers.Server) (*ServerM
 		}
 		m.Root = &RootDiskMeta{SizeGB: size, Locator: Locator{Scheme: "libvirt", Host: m.Host, Instance: m.ID, Node: RootDiskNode}}
 	}
+	if m.Flavor.Swap > 0 && c.cfg.HostDriver == "libvirt" && m.Host != "" && m.InstanceName != "" {
+		m.Swap = &SwapDiskMeta{SizeMB: m.Flavor.Swap, Locator: Locator{Scheme: "libvirt", Host: m.Host, Instance: m.ID, Node: SwapDiskNode}}
+	}
 	return m, nil
 }
 

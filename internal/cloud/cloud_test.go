@@ -306,6 +306,9 @@ func TestCaptureRoundTripAndMemberIsolation(t *testing.T) {
 	if m.Root != nil {
 		t.Errorf("root disk in the socket layout: %+v", m.Root)
 	}
+	if lm.Swap != nil || m.Flavor.Swap != 0 {
+		t.Errorf("swap disk %+v of a flavor with swap %d MiB", lm.Swap, m.Flavor.Swap)
+	}
 	if l, err := ParseLocator(wantLV); err != nil || l.String() != wantLV {
 		t.Errorf("parse libvirt locator: %v %v", l, err)
 	}

@@ -44,7 +44,10 @@ type ServerMeta struct {
 	// Root is the root disk of a server booted from an image, when the
 	// compute hosts run libvirt (Config.HostDriver): Nova's
 	// <instances_path>/<uuid>/disk; nil otherwise.
-	Root           *RootDiskMeta `json:"root_disk,omitempty"`
+	Root *RootDiskMeta `json:"root_disk,omitempty"`
+	// Swap is the flavor's swap disk (Nova's <instances_path>/<uuid>/
+	// disk.swap) when the compute hosts run libvirt; nil otherwise.
+	Swap           *SwapDiskMeta `json:"swap_disk,omitempty"`
 	BootFromVolume bool          `json:"boot_from_volume"`
 
 	// Host and InstanceName (admin view): the compute host whose
@@ -138,6 +141,15 @@ type RootDiskMeta struct {
 	SizeGB  int     `json:"size_gib"`
 	Locator Locator `json:"locator,omitzero"`
 }
+
+// SwapDiskMeta is the swap disk of a server whose flavor has one.
+type SwapDiskMeta struct {
+	SizeMB  int     `json:"size_mib"`
+	Locator Locator `json:"locator,omitzero"`
+}
+
+// SwapDiskNode is a swap disk's reference in a libvirt locator.
+const SwapDiskNode = "disk.swap"
 
 // RootDiskNode is a root disk's reference in a libvirt locator: the file
 // name Nova gives it in the instance directory.

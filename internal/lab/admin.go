@@ -31,7 +31,8 @@ const (
 	Network2 = "lab-net-2"
 	// Flavor has one vCPU, 256 MiB RAM, a 1 GiB root disk and a 1 GiB
 	// ephemeral disk; FlavorNoEphemeral has no ephemeral disk;
-	// FlavorBigRoot is Flavor with a 2 GiB root disk (a resize target).
+	// FlavorBigRoot is Flavor with a 2 GiB root disk and a 64 MiB swap
+	// disk (a resize target).
 	Flavor            = "m1.lab"
 	FlavorNoEphemeral = "m1.lab.noeph"
 	FlavorBigRoot     = "m1.lab.bigroot"
@@ -52,7 +53,7 @@ func (l *Lab) seedDefaults() {
 			ExtraSpecs: map[string]string{"hw:cpu_policy": "shared", "hw:mem_page_size": "small"}}
 	}
 	if st.Flavors["4"] == nil {
-		st.Flavors["4"] = &flavor{ID: "4", Name: FlavorBigRoot, VCPUs: 1, RAM: 256, Disk: 2, Ephemeral: 1, IsPublic: true,
+		st.Flavors["4"] = &flavor{ID: "4", Name: FlavorBigRoot, VCPUs: 1, RAM: 256, Disk: 2, Ephemeral: 1, Swap: 64, IsPublic: true,
 			ExtraSpecs: map[string]string{"hw:cpu_policy": "shared"}}
 	}
 	if len(st.VolumeTypes) == 0 {

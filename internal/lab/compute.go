@@ -44,6 +44,12 @@ type Instance struct {
 	// Root is the root disk of a server booted from an image; nil for one
 	// booted from a volume.
 	Root *RootDisk `json:"root,omitempty"`
+	// SwapMB is the flavor's swap disk. A backend that boots servers from
+	// their root disk (the libvirt one) keeps it where Nova's libvirt
+	// driver does: <Dir>/disk.swap, a qcow2 overlay on a raw base
+	// formatted as swap (instances/_base/swap_<MB>), created on the first
+	// start (or a resize that gives the server one) and attached at boot.
+	SwapMB int `json:"swap_mib,omitempty"`
 	// Disks in attach order: ephemeral disks first, then volumes.
 	Disks []Disk `json:"disks"`
 }
@@ -62,8 +68,12 @@ type RootDisk struct {
 	SizeGB int `json:"size_gib"`
 }
 
-// RootFile is the root disk's file name in the instance directory.
-const RootFile = "disk"
+// RootFile and SwapFile are the root and swap disks' file names in the
+// instance directory.
+const (
+	RootFile = "disk"
+	SwapFile = "disk.swap"
+)
 
 // Compute runs the lab's servers. The lab's real backend runs each server as
 // a QEMU process of the lab guest; the Nova API only ever talks to this

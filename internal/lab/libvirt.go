@@ -119,6 +119,11 @@ func (l *LibvirtCompute) Start(ctx context.Context, inst Instance) error {
 			return fmt.Errorf("start %s: %w", inst.InstanceRef, err)
 		}
 	}
+	if inst.SwapMB > 0 {
+		if err := l.swapDisk(ctx, inst); err != nil {
+			return fmt.Errorf("start %s: %w", inst.InstanceRef, err)
+		}
+	}
 	dom, err := c.DomainDefineXMLFlags(l.domainXML(inst), 0)
 	if err != nil {
 		return fmt.Errorf("start %s: define: %w", inst.InstanceRef, err)
@@ -220,11 +225,86 @@ func (l *LibvirtCompute) rootDisk(ctx context.Context, inst Instance) error {
 	return nil
 }
 
+// swapDisk makes the swap disk of a server whose flavor has one, unless it
+// exists: as Nova's libvirt driver does, a raw base formatted as swap
+// (mkswap) in the host's instances/_base directory, written once per size,
+// and <Dir>/disk.swap, a qcow2 overlay on it.
+func (l *LibvirtCompute) swapDisk(ctx context.Context, inst Instance) error {
+	disk := filepath.Join(inst.Dir, SwapFile)
+	if _, err := os.Stat(disk); err == nil {
+		return nil
+	}
+	baseDir := filepath.Join(filepath.Dir(inst.Dir), "_base")
+	base := filepath.Join(baseDir, fmt.Sprintf("swap_%d", inst.SwapMB))
+	l.baseMu.Lock()
+	defer l.baseMu.Unlock()
+	if _, err := os.Stat(base); err != nil {
+		if err := os.MkdirAll(baseDir, 0o755); err != nil {
+			return fmt.Errorf("swap disk: %w", err)
+		}
+		tmp := base + ".part"
+		if err := os.WriteFile(tmp, nil, 0o644); err != nil {
+			return fmt.Errorf("swap disk: %w", err)
+		}
+		if err := os.Truncate(tmp, int64(inst.SwapMB)<<20); err != nil {
+			return fmt.Errorf("swap disk: %w", err)
+		}
+		if out, err := exec.CommandContext(ctx, sbin("mkswap"), tmp).CombinedOutput(); err != nil {
+			return fmt.Errorf("swap disk: mkswap %s: %w: %s", tmp, err, strings.TrimSpace(string(out)))
+		}
+		if err := os.Rename(tmp, base); err != nil {
+			return fmt.Errorf("swap disk: %w", err)
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", disk+".part").CombinedOutput(); err != nil {
+		return fmt.Errorf("swap disk: create the overlay %s: %w: %s", disk, err, strings.TrimSpace(string(out)))
+	}
+	if err := os.Rename(disk+".part", disk); err != nil {
+		return fmt.Errorf("swap disk: %w", err)
+	}
+	return nil
+}
+
+// sbin finds a system program that a user's PATH may lack.
+func sbin(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, d := range []string{"/usr/sbin", "/sbin"} {
+		if p := filepath.Join(d, name); isExec(p) {
+			return p
+		}
+	}
+	return name
+}
+
+func isExec(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode()&0o111 != 0
+}
+
+// bootDisk is a disk a server boots with.
+type bootDisk struct{ file, target string }
+
+// bootDisks are the disks a server boots with: its root disk as vda, its
+// swap disk as vdz, out of the way of the disks attached after boot, so
+// that a resize that adds a swap disk moves no other disk's target.
+func bootDisks(inst Instance) []bootDisk {
+	var ds []bootDisk
+	if inst.Root != nil {
+		ds = append(ds, bootDisk{filepath.Join(inst.Dir, RootFile), "vda"})
+	}
+	if inst.SwapMB > 0 {
+		ds = append(ds, bootDisk{filepath.Join(inst.Dir, SwapFile), "vdz"})
+	}
+	return ds
+}
+
 // domainXML is the domain of a lab server: the root disk of an
 // image-booted server as vda (the kernel told root=/dev/vda, as Nova does
-// for an image with kernel and ramdisk), no other disk at boot (they are
-// attached after, as Nova attaches volumes), the serial console in the
-// instance directory.
+// for an image with kernel and ramdisk) and its swap disk (vdz), no other
+// disk at boot (they are attached after, as Nova attaches volumes), the
+// serial console in the instance directory.
 func (l *LibvirtCompute) domainXML(inst Instance) string {
 	esc := func(s string) string {
 		var b strings.Builder
@@ -239,9 +319,11 @@ func (l *LibvirtCompute) domainXML(inst Instance) string {
 		cpus = 1
 	}
 	rootDisk, rootArg := "", ""
+	for _, d := range bootDisks(inst) {
+		rootDisk += fmt.Sprintf("\n    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='%s' bus='virtio'/></disk>",
+			esc(d.file), d.target)
+	}
 	if inst.Root != nil {
-		rootDisk = fmt.Sprintf("\n    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vda' bus='virtio'/></disk>",
-			esc(filepath.Join(inst.Dir, RootFile)))
 		rootArg = "root=/dev/vda "
 	}
 	return fmt.Sprintf(`<domain type='qemu'>

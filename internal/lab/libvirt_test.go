@@ -3,6 +3,8 @@ package lab
 import (
 	"context"
 	"log/slog"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -125,6 +127,17 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 	if size, err := conn.Capacity(ctx, dom, "vda"); err != nil || size != 2<<30 {
 		t.Fatalf("root disk after the resize: %d bytes, %v; want 2 GiB", size, err)
 	}
+	// The new flavor has a swap disk: Nova's disk.swap, formatted as swap.
+	if disks, err = conn.Disks(ctx, dom); err != nil {
+		t.Fatal(err)
+	}
+	swap, err := libvirt.ResolveDisk(disks, "disk.swap")
+	if err != nil || swap.Format != "qcow2" {
+		t.Fatalf("the swap disk after the resize: %+v, %v (disks %+v)", swap, err, disks)
+	}
+	if sig := swapSignature(t, swap.File); sig != "SWAPSPACE2" {
+		t.Errorf("swap disk signature %q, want SWAPSPACE2", sig)
+	}
 	if st := c.do("POST", "/compute/v2.1/servers/"+id+"/action", obj{"confirmResize": nil}, nil); st != 202 {
 		t.Fatalf("confirmResize: %d", st)
 	}
@@ -176,4 +189,24 @@ func checkRootMount(t *testing.T, ag *guest.Client) int {
 		t.Fatalf("a disk mounted beside its label's directory:\n%s", out)
 	}
 	return strings.Count(out, ".rec")
+}
+
+// swapSignature reads the swap signature (the 10 bytes before the first
+// 4 KiB page's end) of a qcow2 image through qemu-img.
+func swapSignature(t *testing.T, img string) string {
+	t.Helper()
+	raw := filepath.Join(t.TempDir(), "swap.raw")
+	if out, err := exec.Command("qemu-img", "convert", "-U", "-O", "raw", img, raw).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert %s: %v: %s", img, err, out)
+	}
+	f, err := os.Open(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 10)
+	if _, err := f.ReadAt(b, 4096-10); err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -819,6 +819,7 @@ func (l *Lab) instanceLocked(s *server) Instance {
 		if inst.Root != nil {
 			inst.Root.SizeGB = f.Disk
 		}
+		inst.SwapMB = f.Swap
 		if f.Ephemeral > 0 {
 			inst.Disks = append(inst.Disks, Disk{Node: EphemeralNode(0), Path: filepath.Join(inst.Dir, "disk.eph0"), Serial: EphemeralNode(0)})
 		}
@@ -891,7 +892,7 @@ func (l *Lab) destroyServer(ctx context.Context, id string) {
 		g.Members = remove(g.Members, id)
 	}
 	delete(l.st.Servers, id)
-	for _, f := range []string{"disk.eph0", RootFile} {
+	for _, f := range []string{"disk.eph0", RootFile, SwapFile} {
 		if err := os.RemoveAll(filepath.Join(InstanceDir(l.dir, ref), f)); err != nil {
 			l.log.Error("lab nova: remove instance disk", "server", id, "file", f, "err", err)
 		}

@@ -162,7 +162,7 @@ func (d *Driver) Begin(ctx context.Context, req host.Request) (string, error) {
 		switch {
 		case full[t] != "":
 		case cp == nil && base != nil:
-			full[t] = "no checkpoint recorded in the disk's base backup"
+			full[t] = "no checkpoint recorded for the disk (a new disk, or its base backup did not read it through libvirt)"
 		case cp != nil && cp.Name != base.Name:
 			full[t] = fmt.Sprintf("the disk's base backup recorded checkpoint %s, the VM's other disks %s", cp.Name, base.Name)
 		}
