@@ -268,7 +268,7 @@ func TestLibvirtComputeRBDVolume(t *testing.T) {
 // is none.
 func lookupSecret(t *testing.T, conn *libvirt.Conn, uuid string) *lv.Secret {
 	t.Helper()
-	secrets, err := conn.Libvirt().Secrets()
+	secrets, _, err := conn.Libvirt().ConnectListAllSecrets(1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
