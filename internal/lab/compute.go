@@ -36,8 +36,10 @@ type Instance struct {
 	InstanceRef
 	// ID is the server's id (a libvirt domain's UUID, as in Nova).
 	ID string `json:"id"`
-	// Dir is the instance directory, <labdir>/hosts/<host>/instances/<name>,
-	// where the backend publishes qmp.sock and qga.sock (DESIGN.md, Sockets).
+	// Dir is the instance directory: <labdir>/hosts/<host>/instances/<name>,
+	// where the QEMU backend publishes qmp.sock and qga.sock (DESIGN.md,
+	// Sockets), or <labdir>/hosts/<host>/instances/<server id> for a
+	// backend that says ByServerID (libvirt: Nova's <instances_path>/<uuid>).
 	Dir      string `json:"dir"`
 	VCPUs    int    `json:"vcpus"`
 	MemoryMB int    `json:"memory_mb"`

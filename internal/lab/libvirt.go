@@ -95,6 +95,11 @@ func NewLibvirtCompute(opts LibvirtOptions) *LibvirtCompute {
 
 var _ Compute = (*LibvirtCompute)(nil)
 
+// ByServerID says that the lab's Nova keeps this backend's instance
+// directories by server id, as Nova's libvirt driver keeps
+// <instances_path>/<uuid>: nothing finds a libvirt guest by its directory.
+func (l *LibvirtCompute) ByServerID() bool { return true }
+
 // Start defines (again) and starts the domain, waits for its agent, then
 // attaches and mounts its disks.
 func (l *LibvirtCompute) Start(ctx context.Context, inst Instance) error {

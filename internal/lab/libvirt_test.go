@@ -60,8 +60,8 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 	}
 	root, err := libvirt.ResolveDisk(disks, "disk")
 	if err != nil || root.Target != "vda" || root.Format != "qcow2" || len(root.Backing) != 1 ||
-		filepath.Base(root.File) != RootFile || filepath.Base(filepath.Dir(root.Backing[0])) != "_base" {
-		t.Fatalf("the root disk in the domain XML: %+v, %v; want vda, a qcow2 overlay on instances/_base/<image id>", root, err)
+		filepath.Base(root.File) != RootFile || filepath.Base(filepath.Dir(root.File)) != id || filepath.Base(filepath.Dir(root.Backing[0])) != "_base" {
+		t.Fatalf("the root disk in the domain XML: %+v, %v; want vda, instances/<server id>/disk, a qcow2 overlay on instances/_base/<image id>", root, err)
 	}
 	ag, err := libvirt.OpenAgent(ctx, conn, id, libvirt.AgentOptions{LockDir: comp.opts.LockDir, Guest: guest.Options{Owner: "lab test"}})
 	if err != nil {

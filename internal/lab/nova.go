@@ -690,7 +690,7 @@ func (l *Lab) buildServer(ctx context.Context, id string, bdms []bdmV2) {
 	project, userID := s.ProjectID, s.UserID
 	l.mu.Unlock()
 	if f.Ephemeral > 0 {
-		path := filepath.Join(InstanceDir(l.dir, ref), "disk.eph0")
+		path := filepath.Join(l.instanceDir(ref, id), "disk.eph0")
 		if err := newDisk(ctx, path, f.Ephemeral, l.opts.FormatDisks, "ephemeral0"); err != nil {
 			fail(fmt.Errorf("create ephemeral disk: %w", err))
 			return
@@ -807,10 +807,21 @@ func nextDevice(st *state, s *server) string {
 	return "/dev/vdzz"
 }
 
+// instanceDir is a server's instance directory: by server id, as Nova's
+// <instances_path>/<uuid>, on a backend that finds disks through the
+// domain's definition (ByServerID); by instance name on the socket layout,
+// whose host workers find a guest's sockets by its name.
+func (l *Lab) instanceDir(ref InstanceRef, id string) string {
+	if b, ok := l.opts.Compute.(interface{ ByServerID() bool }); ok && b.ByServerID() {
+		return filepath.Join(l.dir, "hosts", ref.Host, "instances", id)
+	}
+	return InstanceDir(l.dir, ref)
+}
+
 // instanceLocked describes a server to the compute backend.
 func (l *Lab) instanceLocked(s *server) Instance {
 	ref := InstanceRef{s.Host, s.InstanceName}
-	inst := Instance{InstanceRef: ref, ID: s.ID, Dir: InstanceDir(l.dir, ref), VCPUs: 1, MemoryMB: 256}
+	inst := Instance{InstanceRef: ref, ID: s.ID, Dir: l.instanceDir(ref, s.ID), VCPUs: 1, MemoryMB: 256}
 	if s.ImageID != "" && s.BootVolume == "" {
 		inst.Root = &RootDisk{ImageID: s.ImageID}
 	}
@@ -893,7 +904,7 @@ func (l *Lab) destroyServer(ctx context.Context, id string) {
 	}
 	delete(l.st.Servers, id)
 	for _, f := range []string{"disk.eph0", RootFile, SwapFile} {
-		if err := os.RemoveAll(filepath.Join(InstanceDir(l.dir, ref), f)); err != nil {
+		if err := os.RemoveAll(filepath.Join(l.instanceDir(ref, id), f)); err != nil {
 			l.log.Error("lab nova: remove instance disk", "server", id, "file", f, "err", err)
 		}
 	}
