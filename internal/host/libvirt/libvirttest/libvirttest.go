@@ -154,6 +154,9 @@ type Spec struct {
 	// Images are qcow2 files of the test's to attach after the labelled
 	// disks (the guest mounts them only if they hold an ext file system).
 	Images []string
+	// Blocks are block devices to attach after the images, raw (as an
+	// iSCSI or FC volume is: <disk type='block'>).
+	Blocks []string
 	// NoWriter boots the guest without its record writer.
 	NoWriter bool
 	// MemoryMB is the guest's memory (256 when 0).
@@ -175,9 +178,10 @@ type Domain struct {
 
 // Disk is one disk of a test domain.
 type Disk struct {
-	// Path is the qcow2 file; Target the guest device (vda, …); Label its
-	// file system label.
+	// Path is the qcow2 file (or, Block set, the raw block device);
+	// Target the guest device (vda, …); Label its file system label.
 	Path, Target, Label string
+	Block               bool
 }
 
 // Boot creates the disks in a directory of the test's, defines and starts
@@ -207,6 +211,9 @@ func Boot(t testing.TB, c *libvirt.Conn, img vm.Image, s Spec) *Domain {
 	}
 	for _, p := range s.Images {
 		d.Disks = append(d.Disks, Disk{Path: p, Target: "vd" + string(rune('a'+len(d.Disks))), Label: filepath.Base(p)})
+	}
+	for _, p := range s.Blocks {
+		d.Disks = append(d.Disks, Disk{Path: p, Target: "vd" + string(rune('a'+len(d.Disks))), Label: filepath.Base(p), Block: true})
 	}
 	release, err := vmtest.AcquireSlot(ctx)
 	if err != nil {
@@ -296,6 +303,16 @@ func DomainXML(img vm.Image, s Spec, d *Domain) string {
   <devices>
 `, esc(s.Name), esc(Owner()), s.MemoryMB, esc(img.Kernel), esc(img.Initrd), esc(cmdline))
 	for _, dk := range d.Disks {
+		if dk.Block {
+			fmt.Fprintf(&b, `    <disk type='block' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source dev='%s'/>
+      <target dev='%s' bus='virtio'/>
+      <serial>%s</serial>
+    </disk>
+`, esc(dk.Path), dk.Target, esc(dk.Label))
+			continue
+		}
 		fmt.Fprintf(&b, `    <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/>
       <source file='%s'/>
