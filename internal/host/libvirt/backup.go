@@ -446,8 +446,10 @@ func EndJob(ctx context.Context, c *Conn, dom lv.Domain, work string) error {
 // redefined and deleted, which drops its bitmaps. A checkpoint whose
 // bitmaps are gone from some disks (a disk detached, replaced, or its QEMU
 // killed) is released disk by disk: its bitmap goes from every disk that
-// still has it. One whose bitmaps are gone everywhere only loses its
-// metadata. No metadata stays.
+// still has it, an inconsistent one too (left by a QEMU killed after its
+// image had stored the bitmap: it records nothing and would stay for
+// ever). One whose bitmaps are gone everywhere only loses its metadata. No
+// metadata stays.
 func Release(ctx context.Context, c *Conn, dom lv.Domain, cps ...Checkpoint) error {
 	var errs []error
 	for _, cp := range cps {
@@ -466,22 +468,51 @@ func Release(ctx context.Context, c *Conn, dom lv.Domain, cps ...Checkpoint) err
 		if ok {
 			continue
 		}
-		var kept []string
+		var valid, broken []string
 		for _, t := range cp.Disks {
 			x, err := restrictCheckpoint(stripParent(cp.XML), []string{t})
 			if err != nil {
 				continue
 			}
 			ok, err := c.deleteValid(ctx, dom, cp.Name, x)
-			if err != nil {
+			switch {
+			case err != nil:
 				errs = append(errs, err)
-			} else if ok {
-				kept = append(kept, t)
+			case ok:
+				valid = append(valid, t)
+			case c.deleteBroken(ctx, dom, cp.Name, x):
+				// An inconsistent bitmap (QEMU killed after the image
+				// stored it): it records nothing and would stay for ever.
+				broken = append(broken, t)
 			}
 		}
-		c.log.Info("checkpoint to release does not validate on every disk; released where it does", "domain", dom.Name, "checkpoint", cp.Name, "released on", kept)
+		c.log.Info("checkpoint to release does not validate on every disk; released disk by disk", "domain", dom.Name, "checkpoint", cp.Name,
+			"valid", valid, "broken bitmaps removed", broken)
 	}
 	return errors.Join(errs...)
+}
+
+// deleteBroken redefines checkpoint x of one disk without validation and
+// deletes it, which removes the disk's bitmap of that name if the image
+// has one, inconsistent or not; it reports whether a bitmap went. No
+// metadata stays.
+func (c *Conn) deleteBroken(ctx context.Context, dom lv.Domain, name, x string) bool {
+	var h lv.DomainCheckpoint
+	err := callCtx(ctx, func() error {
+		var err error
+		h, err = c.l.DomainCheckpointCreateXML(dom, x, uint32(lv.DomainCheckpointCreateRedefine))
+		return err
+	})
+	if err != nil {
+		return false
+	}
+	err = callCtx(ctx, func() error { return c.l.DomainCheckpointDelete(h, 0) })
+	if err != nil {
+		c.log.Debug("no bitmap to remove", "domain", dom.Name, "checkpoint", name, "err", err)
+		_ = c.dropMetadata(context.WithoutCancel(ctx), dom, name)
+		return false
+	}
+	return true
 }
 
 // deleteValid redefines checkpoint x with validation and deletes it (its

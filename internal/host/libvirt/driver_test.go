@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/raksha-backup/raksha/internal/host"
 	"github.com/raksha-backup/raksha/internal/host/hosttest"
@@ -238,5 +239,77 @@ func TestDriverReadsBlockDiskInFull(t *testing.T) {
 	}
 	if active, err := c.JobActive(ctx, dom.Dom); err != nil || active {
 		t.Errorf("job left: %v %v", active, err)
+	}
+}
+
+// TestDriverReleasesBrokenBitmaps: after QEMU is killed, the disks' bitmaps
+// of the base checkpoint are inconsistent (not stored cleanly); the next
+// job reads the disks in full, and its commit removes those broken
+// bitmaps, so that a crash does not leave dead bitmaps in the images for
+// ever.
+func TestDriverReleasesBrokenBitmaps(t *testing.T) {
+	c := libvirttest.Conn(t)
+	img := vmtest.Image(t)
+	const size = 64 << 20
+	paths := hosttest.BlankDisks(t, 2, size)
+	dom := libvirttest.Boot(t, c, img, libvirttest.Spec{Images: paths, NoWriter: true})
+	d := libvirt.NewDriver(c, libvirt.DriverOptions{LockDir: t.TempDir(), WorkDir: t.TempDir()})
+	ctx := context.Background()
+	refs := []string{"target=vda", "target=vdb"}
+	job := func(id string, base *repo.Checkpoint) map[string]repo.Checkpoint {
+		t.Helper()
+		req := host.Request{Instance: dom.UUID, BackupID: id}
+		for _, r := range refs {
+			dk := host.Disk{Ref: r}
+			if base != nil {
+				dk.Base, dk.BaseSize = base, size
+			}
+			req.Disks = append(req.Disks, dk)
+		}
+		if _, err := d.Begin(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+		recs := map[string]repo.Checkpoint{}
+		for _, r := range refs {
+			e, err := d.Open(ctx, req, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs[r] = e.Record
+		}
+		if err := d.End(ctx, req, host.Commit); err != nil {
+			t.Fatal(err)
+		}
+		return recs
+	}
+	x := job("20261207-000001-broken1", nil)["target=vda"]
+	// A clean stop stores the bitmaps in the images; the next start marks
+	// them in use, and a kill leaves them so: inconsistent.
+	if err := c.Libvirt().DomainDestroy(dom.Dom); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Libvirt().DomainCreate(dom.Dom); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if err := libvirttest.WaitAgent(wctx, c, dom); err != nil {
+		t.Fatal(err)
+	}
+	killQEMU(t, c, dom)
+	t.Logf("bitmaps after the restart: %v", bitmaps(t, c, dom))
+	y := job("20261207-000002-broken2", &x)
+	for _, r := range refs {
+		if y[r].Mode != "full" || !strings.Contains(y[r].Reason, "does not validate") {
+			t.Errorf("after the kill, %s: %+v; want a full read because the base does not validate", r, y[r])
+		}
+	}
+	for n, bms := range bitmaps(t, c, dom) {
+		if len(bms) != 1 || bms[0] != y["target=vda"].Name {
+			t.Errorf("node %s after the commit: bitmaps %v, want only %s", n, bms, y["target=vda"].Name)
+		}
+	}
+	if names, err := c.CheckpointNames(ctx, dom.Dom); err != nil || len(names) > 0 {
+		t.Errorf("checkpoint metadata left: %v %v", names, err)
 	}
 }
