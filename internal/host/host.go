@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/raksha-backup/raksha/internal/disk"
 	"github.com/raksha-backup/raksha/internal/guest"
@@ -133,4 +134,53 @@ type Driver interface {
 	ThawOrphans(ctx context.Context, only []string, opts guest.OrphanOptions) ([]guest.OrphanResult, error)
 	// Close releases the driver's connections; jobs stay on the host.
 	Close() error
+}
+
+// Jobs is a driver's registry of the jobs it began or found, one per VM and
+// backup; safe for concurrent use. The zero value is ready.
+type Jobs[J any] struct {
+	mu sync.Mutex
+	m  map[string]J
+}
+
+func jobKey(req Request) string { return req.BackupID + "/" + req.Instance }
+
+// Get returns the job of req's VM and backup, if registered.
+func (r *Jobs[J]) Get(req Request) (J, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	j, ok := r.m[jobKey(req)]
+	return j, ok
+}
+
+// Add registers j for req's VM and backup unless a job is registered
+// already (another call found it first), and returns the registered one.
+func (r *Jobs[J]) Add(req Request, j J) J {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if have, ok := r.m[jobKey(req)]; ok {
+		return have
+	}
+	if r.m == nil {
+		r.m = map[string]J{}
+	}
+	r.m[jobKey(req)] = j
+	return j
+}
+
+// Set registers j for req's VM and backup, replacing any.
+func (r *Jobs[J]) Set(req Request, j J) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[string]J{}
+	}
+	r.m[jobKey(req)] = j
+}
+
+// Delete forgets the job of req's VM and backup.
+func (r *Jobs[J]) Delete(req Request) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.m, jobKey(req))
 }

@@ -41,8 +41,7 @@ type Driver struct {
 	opts DriverOptions
 	log  *slog.Logger
 
-	mu   sync.Mutex
-	jobs map[string]*driverJob // backup/instance → job
+	jobs host.Jobs[*driverJob]
 }
 
 type driverJob struct {
@@ -63,7 +62,7 @@ func NewDriver(c *Conn, opts DriverOptions) *Driver {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	return &Driver{c: c, opts: opts, log: opts.Log, jobs: map[string]*driverJob{}}
+	return &Driver{c: c, opts: opts, log: opts.Log}
 }
 
 // Kind implements host.Driver: the disks of libvirt: locators.
@@ -104,8 +103,6 @@ func (d *Driver) Agent(ctx context.Context, instance string, opts guest.Options)
 	}
 	return OpenAgent(ctx, d.c, instance, AgentOptions{LockDir: d.opts.LockDir, Guest: opts})
 }
-
-func key(req host.Request) string { return req.BackupID + "/" + req.Instance }
 
 // Begin implements host.Driver with one libvirt backup job per VM (see
 // Begin): the base is the checkpoint the disks' base manifests recorded
@@ -175,9 +172,7 @@ func (d *Driver) Begin(ctx context.Context, req host.Request) (string, error) {
 	for _, m := range b.Modes {
 		d.log.Info("libvirt disk read", "instance", req.Instance, "target", m.Target, "mode", m.Mode, "reason", m.Reason)
 	}
-	d.mu.Lock()
-	d.jobs[key(req)] = newDriverJob(b, targets)
-	d.mu.Unlock()
+	d.jobs.Set(req, newDriverJob(b, targets))
 	return b.Checkpoint.Name, nil
 }
 
@@ -207,11 +202,7 @@ func newDriverJob(b *Backup, targets map[string]string) *driverJob {
 // find returns the VM's job for the backup: the one this driver began, or
 // the one an earlier worker recorded (after a restart).
 func (d *Driver) find(ctx context.Context, req host.Request) (*driverJob, error) {
-	k := key(req)
-	d.mu.Lock()
-	j := d.jobs[k]
-	d.mu.Unlock()
-	if j != nil {
+	if j, ok := d.jobs.Get(req); ok {
 		return j, nil
 	}
 	dom, err := d.domain(ctx, req.Instance)
@@ -241,14 +232,7 @@ func (d *Driver) find(ctx context.Context, req host.Request) (*driverJob, error)
 		targets[dk.Ref] = dd.Target
 	}
 	d.log.Info("found the libvirt backup job of an earlier worker", "instance", req.Instance, "backup", req.BackupID)
-	j = newDriverJob(b, targets)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if have := d.jobs[k]; have != nil {
-		return have, nil
-	}
-	d.jobs[k] = j
-	return j, nil
+	return d.jobs.Add(req, newDriverJob(b, targets)), nil
 }
 
 // Open implements host.Driver: the disk's NBD export of the job, with the
@@ -324,9 +308,7 @@ func (d *Driver) End(ctx context.Context, req host.Request, how host.Ending) err
 		if err := j.b.Forget(); err != nil {
 			return err
 		}
-		d.mu.Lock()
-		delete(d.jobs, key(req))
-		d.mu.Unlock()
+		d.jobs.Delete(req)
 	}
 	return nil
 }

@@ -78,29 +78,7 @@ func TestDriverReleasesStaleCheckpoints(t *testing.T) {
 	refs := []string{"target=vda", "target=vdb"}
 	job := func(id string, bases ...*repo.Checkpoint) map[string]repo.Checkpoint {
 		t.Helper()
-		req := host.Request{Instance: dom.UUID, BackupID: id}
-		for i, r := range refs {
-			dk := host.Disk{Ref: r}
-			if bases != nil && bases[i] != nil {
-				dk.Base, dk.BaseSize = bases[i], size
-			}
-			req.Disks = append(req.Disks, dk)
-		}
-		if _, err := d.Begin(ctx, req); err != nil {
-			t.Fatal(err)
-		}
-		recs := map[string]repo.Checkpoint{}
-		for _, r := range refs {
-			e, err := d.Open(ctx, req, r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			recs[r] = e.Record
-		}
-		if err := d.End(ctx, req, host.Commit); err != nil {
-			t.Fatal(err)
-		}
-		return recs
+		return commitJob(t, d, dom.UUID, id, refs, bases, size)
 	}
 	x := job("20261207-000001-stale1")
 	rx := x["target=vda"]
@@ -258,29 +236,7 @@ func TestDriverReleasesBrokenBitmaps(t *testing.T) {
 	refs := []string{"target=vda", "target=vdb"}
 	job := func(id string, base *repo.Checkpoint) map[string]repo.Checkpoint {
 		t.Helper()
-		req := host.Request{Instance: dom.UUID, BackupID: id}
-		for _, r := range refs {
-			dk := host.Disk{Ref: r}
-			if base != nil {
-				dk.Base, dk.BaseSize = base, size
-			}
-			req.Disks = append(req.Disks, dk)
-		}
-		if _, err := d.Begin(ctx, req); err != nil {
-			t.Fatal(err)
-		}
-		recs := map[string]repo.Checkpoint{}
-		for _, r := range refs {
-			e, err := d.Open(ctx, req, r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			recs[r] = e.Record
-		}
-		if err := d.End(ctx, req, host.Commit); err != nil {
-			t.Fatal(err)
-		}
-		return recs
+		return commitJob(t, d, dom.UUID, id, refs, []*repo.Checkpoint{base, base}, size)
 	}
 	x := job("20261207-000001-broken1", nil)["target=vda"]
 	// A clean stop stores the bitmaps in the images; the next start marks
@@ -312,4 +268,35 @@ func TestDriverReleasesBrokenBitmaps(t *testing.T) {
 	if names, err := c.CheckpointNames(ctx, dom.Dom); err != nil || len(names) > 0 {
 		t.Errorf("checkpoint metadata left: %v %v", names, err)
 	}
+}
+
+// commitJob runs one job of the domain's disks refs (bases[i], when set,
+// the base of refs[i], of size bytes) to its commit and returns what each
+// disk's manifest would record.
+func commitJob(t *testing.T, d host.Driver, instance, id string, refs []string, bases []*repo.Checkpoint, size int64) map[string]repo.Checkpoint {
+	t.Helper()
+	ctx := context.Background()
+	req := host.Request{Instance: instance, BackupID: id}
+	for i, r := range refs {
+		dk := host.Disk{Ref: r}
+		if i < len(bases) && bases[i] != nil {
+			dk.Base, dk.BaseSize = bases[i], size
+		}
+		req.Disks = append(req.Disks, dk)
+	}
+	if _, err := d.Begin(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	recs := map[string]repo.Checkpoint{}
+	for _, r := range refs {
+		e, err := d.Open(ctx, req, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs[r] = e.Record
+	}
+	if err := d.End(ctx, req, host.Commit); err != nil {
+		t.Fatal(err)
+	}
+	return recs
 }

@@ -44,7 +44,7 @@ type Driver struct {
 
 	mu       sync.Mutex
 	monitors map[string]*qemu.Monitor // instance → QMP
-	jobs     map[string]*job          // backup/instance → job
+	jobs     host.Jobs[*job]
 }
 
 type job struct {
@@ -61,7 +61,7 @@ func New(opts Options) *Driver {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	return &Driver{opts: opts, log: opts.Log, monitors: map[string]*qemu.Monitor{}, jobs: map[string]*job{}}
+	return &Driver{opts: opts, log: opts.Log, monitors: map[string]*qemu.Monitor{}}
 }
 
 // Kind implements host.Driver: the disks of qemu: locators.
@@ -120,8 +120,6 @@ func (d *Driver) dropMonitor(instance string) {
 	}
 }
 
-func key(req host.Request) string { return req.BackupID + "/" + req.Instance }
-
 // shortHash names a backup's temporary nodes and exports (QEMU limits
 // node names to 31 characters).
 func shortHash(s string) string {
@@ -171,20 +169,14 @@ func (d *Driver) Begin(ctx context.Context, req host.Request) (string, error) {
 		b.Cleanup(context.WithoutCancel(ctx))
 		return "", fmt.Errorf("checkpoint %s: %w", req.Instance, err)
 	}
-	d.mu.Lock()
-	d.jobs[key(req)] = &job{b: b, bitmap: bitmap, sources: map[string]*qemu.Source{}}
-	d.mu.Unlock()
+	d.jobs.Set(req, &job{b: b, bitmap: bitmap, sources: map[string]*qemu.Source{}})
 	return bitmap, nil
 }
 
 // find returns the VM's job for the backup: the one this driver began, or
 // — after a worker restart — the one QEMU still holds.
 func (d *Driver) find(ctx context.Context, req host.Request) (*job, error) {
-	k := key(req)
-	d.mu.Lock()
-	j := d.jobs[k]
-	d.mu.Unlock()
-	if j != nil {
+	if j, ok := d.jobs.Get(req); ok {
 		return j, nil
 	}
 	if len(req.Disks) == 0 {
@@ -199,14 +191,7 @@ func (d *Driver) find(ctx context.Context, req host.Request) (*job, error) {
 		return nil, fmt.Errorf("%w: %s for backup %s: %v", host.ErrNoJob, req.Instance, req.BackupID, err)
 	}
 	d.log.Info("found the checkpoint of an earlier worker in QEMU", "instance", req.Instance, "backup", req.BackupID)
-	j = &job{b: b, bitmap: BitmapName(req.BackupID), sources: map[string]*qemu.Source{}}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if have := d.jobs[k]; have != nil {
-		return have, nil
-	}
-	d.jobs[k] = j
-	return j, nil
+	return d.jobs.Add(req, &job{b: b, bitmap: BitmapName(req.BackupID), sources: map[string]*qemu.Source{}}), nil
 }
 
 // Open implements host.Driver: the fleecing export of the disk's node; its
@@ -277,9 +262,7 @@ func (d *Driver) End(ctx context.Context, req host.Request, how host.Ending) err
 			return fmt.Errorf("finish checkpoint of %s: %w", req.Instance, err)
 		}
 		if how != host.Cleanup {
-			d.mu.Lock()
-			delete(d.jobs, key(req))
-			d.mu.Unlock()
+			d.jobs.Delete(req)
 		}
 	}
 	if how != host.Commit {
