@@ -40,6 +40,10 @@ type RepoConfig struct {
 	URL          string `json:"url" yaml:"url"`
 	PasswordFile string `json:"password_file" yaml:"password_file"`
 	S3Endpoint   string `json:"s3_endpoint,omitempty" yaml:"s3_endpoint"`
+	// Encryption "required" refuses the repository unless it is encrypted
+	// (an entry with a password file refuses an unencrypted one anyway:
+	// a bucket's config rewritten to `encryption: none` is a downgrade).
+	Encryption string `json:"encryption,omitempty" yaml:"encryption"`
 }
 
 // Discoverer finds a workload's servers and captures their metadata (the
@@ -143,7 +147,10 @@ func (a *Activities) repo(ctx context.Context, id string) (*repo.Repository, err
 	if err != nil {
 		return nil, invalid("repository %q: %v", id, err)
 	}
-	r, err := repo.Open(ctx, be, pw, repo.Options{Log: a.log})
+	if rc.Encryption != "" && rc.Encryption != "required" {
+		return nil, invalid("repository %q: encryption %q: the only setting is required", id, rc.Encryption)
+	}
+	r, err := repo.Open(ctx, be, pw, repo.Options{Log: a.log, RequireEncryption: rc.Encryption == "required"})
 	if err != nil {
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("repository %q: %v", id, err), ErrUnauthorized, err)
 	}

@@ -61,6 +61,15 @@ type KDFParams struct {
 // Key files record their parameters, so older keys (one lane) still open.
 var defaultKDF = KDFParams{Time: 1, Memory: 46 * 1024, Threads: 4}
 
+// The most argon2id cost a key file may ask for: whoever can write the
+// bucket can write a key file, and an unlock must not exhaust the worker's
+// memory or time (the default asks for 46 MiB and 1 pass).
+const (
+	MaxKDFTime    = 10
+	MaxKDFMemory  = 1 << 20 // KiB: 1 GiB
+	MaxKDFThreads = 16
+)
+
 type keyFile struct {
 	Schema int       `json:"schema"`
 	KDF    string    `json:"kdf"`
@@ -107,8 +116,9 @@ func unwrapKey(data []byte, password string) (*masterKey, error) {
 	if kf.KDF != "argon2id" || kf.Params.Time == 0 || kf.Params.Memory == 0 || kf.Params.Threads == 0 || len(kf.Salt) < 8 {
 		return nil, fmt.Errorf("key file has unsupported or missing KDF parameters (kdf %q)", kf.KDF)
 	}
-	if kf.Params.Memory > 4<<20 || kf.Params.Time > 100 {
-		return nil, fmt.Errorf("key file asks for unreasonable KDF cost (time %d, memory %d KiB)", kf.Params.Time, kf.Params.Memory)
+	if kf.Params.Memory > MaxKDFMemory || kf.Params.Time > MaxKDFTime || kf.Params.Threads > MaxKDFThreads {
+		return nil, fmt.Errorf("key file asks for more KDF cost than Raksha allows (time %d, memory %d KiB, threads %d; at most %d, %d KiB, %d): refused, a key file of the bucket's must not exhaust the worker",
+			kf.Params.Time, kf.Params.Memory, kf.Params.Threads, MaxKDFTime, MaxKDFMemory, MaxKDFThreads)
 	}
 	kek := deriveKEK(password, kf.Salt, kf.Params)
 	aead, err := newGCM(kek)

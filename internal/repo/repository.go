@@ -5,6 +5,8 @@
 // Objects in the backend:
 //
 //	config                              plaintext JSON: format, chunk size, compression, encryption
+//	config.sealed                       the same config sealed with the master key (encrypted
+//	                                    repositories): Open refuses a config that differs from it
 //	keys/ID                             the master key wrapped by an argon2id-derived key
 //	chunks/XX/ID                        one chunk of disk data (XX = first byte of ID in hex)
 //	trash/XX/ID                         a chunk gc found unreferenced, kept until it is safe to purge
@@ -80,6 +82,10 @@ type Options struct {
 	MaxSessionAge time.Duration
 	// KDF is the argon2id cost for keys added through this handle.
 	KDF KDFParams
+	// RequireEncryption makes Open refuse an unencrypted repository (a
+	// registry entry pinned to `encryption: required`). Open refuses one
+	// anyway when it is given a password.
+	RequireEncryption bool
 }
 
 // Repository is an open repository. It is safe for concurrent use.
@@ -114,6 +120,15 @@ func (o Options) withDefaults() Options {
 
 // ErrNotInitialized means the backend holds no repository config.
 var ErrNotInitialized = errors.New("no repository here (run 'raksha repo init')")
+
+// ErrDowngrade means Open found an unencrypted repository where an
+// encrypted one was expected (a password was given, or encryption is
+// required): whoever can write the bucket can set `encryption: none` in the
+// plaintext config, and new backups would then be stored in plaintext.
+var ErrDowngrade = errors.New("the repository is not encrypted, but encryption is expected")
+
+// sealedConfigName is the authenticated copy of the config.
+const sealedConfigName = "config.sealed"
 
 // ErrAlreadyInitialized means Init found an existing repository.
 var ErrAlreadyInitialized = errors.New("a repository already exists here")
@@ -173,7 +188,16 @@ func Init(ctx context.Context, be backend.Backend, io InitOptions, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	return newRepository(be, cfg, mk, c, opts)
+	r, err := newRepository(be, cfg, mk, c, opts)
+	if err != nil {
+		return nil, err
+	}
+	if mk != nil {
+		if err := r.saveJSON(ctx, sealedConfigName, sealedConfigName, cfg); err != nil {
+			return nil, fmt.Errorf("init: %w", err)
+		}
+	}
+	return r, nil
 }
 
 // Open opens the repository in be with password (ignored when unencrypted).
@@ -198,7 +222,18 @@ func Open(ctx context.Context, be backend.Backend, password string, opts Options
 	}
 	switch cfg.Encryption {
 	case "none":
+		if password != "" || opts.RequireEncryption {
+			why := "a password was given"
+			if password == "" {
+				why = "the registry requires encryption"
+			}
+			return nil, fmt.Errorf("open %s: config says encryption %q, but %s: %w; refusing to read or write it (if the config was altered, restore it from a copy)",
+				be.Location(), cfg.Encryption, why, ErrDowngrade)
+		}
 	case "aes-256-gcm":
+		if cfg.ChunkIDHash != "hmac-sha256" {
+			return nil, fmt.Errorf("open %s: config: %w: chunk id hash %q with encryption %q", be.Location(), ErrCorrupt, cfg.ChunkIDHash, cfg.Encryption)
+		}
 		if password == "" {
 			return nil, fmt.Errorf("open %s: the repository is encrypted: set RAKSHA_PASSWORD or --password-file", be.Location())
 		}
@@ -218,7 +253,39 @@ func Open(ctx context.Context, be backend.Backend, password string, opts Options
 		}
 		opts.Log.Debug("master key unwrapped", "took", time.Since(kdfStart).Round(10*time.Microsecond))
 	}
-	return newRepository(be, cfg, mk, c, opts)
+	r, err := newRepository(be, cfg, mk, c, opts)
+	if err != nil {
+		return nil, err
+	}
+	if mk != nil {
+		if err := r.checkSealedConfig(ctx); err != nil {
+			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
+		}
+	}
+	return r, nil
+}
+
+// checkSealedConfig compares the plaintext config with its sealed copy,
+// which only a holder of the master key can write: any difference is an
+// altered config. A repository made before the copy existed gets it now.
+func (r *Repository) checkSealedConfig(ctx context.Context) error {
+	var sealed Config
+	err := r.loadJSON(ctx, sealedConfigName, sealedConfigName, &sealed)
+	if errors.Is(err, backend.ErrNotFound) {
+		r.log.Info("sealing the repository config (a repository from before sealed configs)", "repository", r.be.Location())
+		return r.saveJSON(ctx, sealedConfigName, sealedConfigName, r.cfg)
+	}
+	if err != nil {
+		return fmt.Errorf("config's sealed copy: %w", err)
+	}
+	if !sealed.Created.Equal(r.cfg.Created) {
+		return fmt.Errorf("config: %w: created %v, its sealed copy %v: the config was altered", ErrCorrupt, r.cfg.Created, sealed.Created)
+	}
+	sealed.Created = r.cfg.Created
+	if sealed != r.cfg {
+		return fmt.Errorf("config: %w: %+v differs from its sealed copy %+v: the config was altered", ErrCorrupt, r.cfg, sealed)
+	}
+	return nil
 }
 
 func findKey(ctx context.Context, be backend.Backend, password string) (*masterKey, error) {
