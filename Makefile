@@ -73,14 +73,14 @@ demo: demo-deps build $(BIN)/temporal
 test: test-deps
 	@scripts/phase.sh "temporal CLI $(TEMPORAL_CLI_VERSION) (dev server for the integration tests)" $(MAKE) --no-print-directory $(BIN)/temporal
 	@scripts/phase.sh "build (plain and with Ceph)" $(MAKE) --no-print-directory build-all
-	@scripts/phase.sh "libvirtd (the system instance, as on a compute node; no systemd here)" scripts/libvirtd-up.sh
+	@scripts/phase.sh "libvirtd (the system instance, as on a compute node; no systemd here)" env LIBVIRTD_OWNER=$(CURDIR) scripts/libvirtd-up.sh
 	@scripts/phase.sh "go vet" $(GO) vet ./...
 	@scripts/phase.sh "go test (unit; S3, Swift and RBD on a throwaway Ceph; QEMU guests)" $(GO) test $(CEPH_TAGS) -count=1 -timeout 20m $$($(GO) list ./... | grep -v /integration)
 	@scripts/phase.sh "integration (Temporal dev server, QEMU, lab cloud; one package at a time)" $(GO) test $(CEPH_TAGS) -count=1 -p 1 -timeout 20m ./integration/...
 	@scripts/phase.sh "fuzz targets over their seed corpus (manifest decoding; make fuzz fuzzes)" $(GO) test -count=1 -run='^Fuzz' ./internal/repo/
 	@scripts/phase.sh "CLI end to end (disk-image demo)" scripts/demo-disk.sh --quiet
 	@scripts/phase.sh "make demo (Temporal, lab cloud, workers; DEMO_EXIT=1)" env DEMO_EXIT=1 DEMO_TEMPORAL_PORT=17233 DEMO_UI_PORT=18233 $(MAKE) --no-print-directory demo
-	@scripts/phase.sh "libvirtd stopped (if make test started it)" scripts/libvirtd-down.sh
+	@scripts/phase.sh "libvirtd stopped (if make test started it)" env LIBVIRTD_OWNER=$(CURDIR) scripts/libvirtd-down.sh
 
 .PHONY: build-all
 build-all:

@@ -15,6 +15,10 @@
 # live in the tests' own directories.
 #
 # Usage: scripts/libvirtd-up.sh        then: scripts/libvirtd-down.sh
+# LIBVIRTD_OWNER names who starts it (make test passes its checkout): the
+# daemons it starts are recorded as that owner's, and libvirtd-down.sh
+# stops them only for the same owner, so that one checkout's make test does
+# not stop a libvirtd another started.
 # Prints "libvirtd: started" or "libvirtd: already running". Logs:
 # /run/raksha-libvirtd/libvirtd.log. Needs (Debian): libvirt-daemon,
 # libvirt-daemon-driver-qemu, libvirt-clients, qemu-system-x86; root.
@@ -66,6 +70,7 @@ done
 # output (a caller waiting for it to close would wait for ever).
 [ -f "$RUN/virtlogd.pid" ] || virtlogd -d --pid-file "$RUN/virtlogd.pid" </dev/null >>"$RUN/virtlogd.out" 2>&1 9>&-
 LIBVIRT_LOG_OUTPUTS="3:file:$RUN/libvirtd.log" libvirtd -d --pid-file "$RUN/libvirtd.pid" </dev/null >>"$RUN/libvirtd.out" 2>&1 9>&-
+printf '%s\n' "${LIBVIRTD_OWNER:-}" >"$RUN/owner"
 for _ in $(seq $((WAIT_MAX * 4))); do
   answers && { echo "libvirtd: started"; exit 0; }
   sleep 0.25
