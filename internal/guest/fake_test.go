@@ -1,11 +1,14 @@
 package guest_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -339,5 +342,86 @@ func TestFakeThawOrphans(t *testing.T) {
 	}
 	if _, err := h.Thaw(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// hostileAgent listens on a unix socket and answers every connection's
+// first request with flood, as a guest that owns its agent channel could.
+func hostileAgent(t *testing.T, flood func(w io.Writer)) string {
+	t.Helper()
+	path := filepath.Join(shortDir(t), "qga.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				buf := make([]byte, 4096)
+				if _, err := conn.Read(buf); err != nil {
+					return
+				}
+				flood(conn)
+				io.Copy(io.Discard, conn)
+			}()
+		}
+	}()
+	return path
+}
+
+// TestSyncBoundsAHostileAgent: a guest that floods its agent channel
+// (output without a sync delimiter, or endless stale replies) makes the
+// sync fail at once with ErrAgentFlood, having read a bounded amount,
+// instead of growing the worker's memory or holding it until its deadline.
+func TestSyncBoundsAHostileAgent(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		flood func(w io.Writer)
+	}{
+		{"no delimiter", func(w io.Writer) {
+			chunk := bytes.Repeat([]byte("A"), 1<<20)
+			for range 64 {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		}},
+		{"stale replies", func(w io.Writer) {
+			for range 10000 {
+				if _, err := io.WriteString(w, "\xff{\"return\": 4294967295}\n"); err != nil {
+					return
+				}
+			}
+		}},
+		{"endless line", func(w io.Writer) {
+			io.WriteString(w, "\xff{\"return\": ")
+			chunk := bytes.Repeat([]byte("9"), 1<<20)
+			for range 64 {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := hostileAgent(t, tc.flood)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			start := time.Now()
+			_, err := guest.Dial(ctx, path, guest.Options{NoWait: true})
+			if err == nil || (!errors.Is(err, guest.ErrAgentFlood) && !strings.Contains(err.Error(), "reply longer than")) {
+				t.Fatalf("dial of a flooding agent: %v, want ErrAgentFlood or a reply over the limit", err)
+			}
+			if time.Since(start) > 10*time.Second {
+				t.Errorf("the sync gave up after %v, not at once", time.Since(start))
+			}
+			t.Logf("%v in %v", err, time.Since(start).Round(time.Millisecond))
+		})
 	}
 }

@@ -21,6 +21,19 @@ import (
 // output per stream, base64-encoded).
 const maxReply = 64 << 20
 
+// A sync reads at most maxSyncDiscard bytes of stale output and
+// maxSyncReplies stale replies before its own reply: a guest that floods its
+// agent channel cannot grow the worker's memory or keep a sync busy until
+// its deadline.
+const (
+	maxSyncDiscard = 4 << 20
+	maxSyncReplies = 64
+)
+
+// ErrAgentFlood is returned (wrapped) when a sync found more than
+// maxSyncDiscard bytes or maxSyncReplies stale replies before its reply.
+var ErrAgentFlood = errors.New("the guest agent sent more before its sync reply than a sync reads")
+
 // socketTransport speaks qemu-ga's protocol on the host side of the agent's
 // virtio-serial channel, a unix socket: it (re)connects and resynchronises
 // with guest-sync-delimited whenever the stream may hold stale replies.
@@ -185,14 +198,30 @@ func (s *socketTransport) sync() error {
 	if _, err := io.WriteString(s.conn, msg); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
-	for {
-		if _, err := s.br.ReadBytes(0xff); err != nil {
-			return fmt.Errorf("read: %w", err)
+	discarded := 0
+	for replies := 0; ; replies++ {
+		if replies > maxSyncReplies {
+			return fmt.Errorf("read: %w (%d stale replies)", ErrAgentFlood, replies)
 		}
-		line, err := s.readLine()
+		// Up to the next 0xFF, discarded without being kept.
+		for {
+			chunk, err := s.br.ReadSlice(0xff)
+			discarded += len(chunk)
+			if discarded > maxSyncDiscard {
+				return fmt.Errorf("read: %w (%d bytes)", ErrAgentFlood, discarded)
+			}
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, bufio.ErrBufferFull) {
+				return fmt.Errorf("read: %w", err)
+			}
+		}
+		line, err := s.readLineMax(maxSyncDiscard)
 		if err != nil {
 			return err
 		}
+		discarded += len(line)
 		var r struct {
 			Return *uint32 `json:"return"`
 		}
@@ -205,13 +234,16 @@ func (s *socketTransport) sync() error {
 
 // readLine reads one reply line (qemu-ga ends every reply with '\n'),
 // without leading 0xFF bytes or surrounding blanks; empty lines are skipped.
-func (s *socketTransport) readLine() ([]byte, error) {
+func (s *socketTransport) readLine() ([]byte, error) { return s.readLineMax(maxReply) }
+
+// readLineMax is readLine for a reply of at most limit bytes.
+func (s *socketTransport) readLineMax(limit int) ([]byte, error) {
 	var buf []byte
 	for {
 		chunk, err := s.br.ReadSlice('\n')
 		buf = append(buf, chunk...)
-		if len(buf) > maxReply {
-			return nil, fmt.Errorf("read: reply longer than %d bytes", maxReply)
+		if len(buf) > limit {
+			return nil, fmt.Errorf("read: reply longer than %d bytes", limit)
 		}
 		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
