@@ -51,6 +51,7 @@ func (a *app) restoreFilesCmd() *cobra.Command {
 	var vm, diskSel, path, to string
 	var partition int
 	var noReplay bool
+	var xopts filerestore.ExtractOptions
 	c := &cobra.Command{
 		Use:   "files --repo URL BACKUP --vm VM --disk DISK [--partition N] [--no-replay] --path PATH --to DIR",
 		Short: "Copy files or a directory tree out of a backed-up ext4 or XFS disk, fetching only the chunks needed",
@@ -123,18 +124,23 @@ partition table the only Linux file-system partition is read, or the one
 				res.Partition = vol.Partition
 			}
 			var st filerestore.Stats
+			if xopts.MaxBytes == 0 {
+				// No file system holds more data than twice its disk
+				// (XFS shares extents between files; ext does not).
+				xopts.MaxBytes = 2 * max(vol.Size, 1<<30)
+			}
 			if filerestore.IsXFS(vol) {
 				res.FSType = "xfs"
 				if err := loopfs.Check("xfs"); err != nil {
 					return xfsUnavailable("restore files from "+where, err)
 				}
 				var m *loopfs.Mount
-				st, m, err = a.extractLoop(ctx, vol, "xfs", "raksha:"+ref.ID, path, to)
+				st, m, err = a.extractLoop(ctx, vol, "xfs", "raksha:"+ref.ID, path, to, xopts)
 				if m != nil && m.RecoveryErr != nil {
 					fmt.Fprintf(a.stderr, "warning: restore files from %s: %s\n", where, xfsLogNote(m))
 				}
 			} else {
-				st, err = a.extractExt(ctx, vol, "raksha:"+ref.ID, path, to, where, noReplay, &res)
+				st, err = a.extractExt(ctx, vol, "raksha:"+ref.ID, path, to, where, noReplay, xopts, &res)
 			}
 			if err != nil {
 				return fmt.Errorf("restore files from %s: %w", where, err)
@@ -146,6 +152,9 @@ partition table the only Linux file-system partition is read, or the one
 			}
 			for _, s := range st.Skipped {
 				fmt.Fprintf(a.stderr, "skipped %s\n", s)
+			}
+			if st.SpecialBitsStripped > 0 {
+				fmt.Fprintf(a.stderr, "warning: setuid, setgid or sticky bits stripped from %d entries (--keep-special-bits keeps them)\n", st.SpecialBitsStripped)
 			}
 			fmt.Fprintf(a.stdout, "restored %s from %s to %s: %d files (%s), %d directories, %d symlinks",
 				path, ref.ID, to, st.Files, humanBytes(st.Bytes), st.Dirs, st.Symlinks)
@@ -166,6 +175,9 @@ partition table the only Linux file-system partition is read, or the one
 	f.IntVar(&partition, "partition", 0, "partition number (1-based); default: the only Linux file-system partition, or the whole disk")
 	f.StringVar(&path, "path", "", "file or directory in the backed-up file system, e.g. /etc/app/")
 	f.StringVar(&to, "to", "", "local directory to write into (created if missing)")
+	f.BoolVar(&xopts.KeepSpecialBits, "keep-special-bits", false, "keep setuid, setgid and sticky bits (stripped by default: restored files belong to whoever runs the restore)")
+	f.Int64Var(&xopts.MaxEntries, "max-files", filerestore.DefaultMaxEntries, "stop after writing this many files, directories and links")
+	f.Int64Var(&xopts.MaxBytes, "max-bytes", 0, "stop after writing this many bytes of file data (default: twice the file system's disk, at least 2 GiB)")
 	f.BoolVar(&noReplay, "no-replay", false, "read an ext4 file system with raksha's reader even if its journal needs recovery (no loop mount; recent writes may be missing)")
 	return c
 }
@@ -175,7 +187,7 @@ partition table the only Linux file-system partition is read, or the one
 // replayed into a private overlay), unmounted and detached before it
 // returns, whatever happened. The mount is returned for its notes (nil if
 // it failed).
-func (a *app) extractLoop(ctx context.Context, vol *filerestore.Volume, fstype, source, path, to string) (st filerestore.Stats, m *loopfs.Mount, err error) {
+func (a *app) extractLoop(ctx context.Context, vol *filerestore.Volume, fstype, source, path, to string, xopts filerestore.ExtractOptions) (st filerestore.Stats, m *loopfs.Mount, err error) {
 	m, err = loopfs.Open(vol, vol.Size, fstype, "", loopfs.Options{Source: source, Log: a.log})
 	if err != nil {
 		return st, nil, err
@@ -186,7 +198,7 @@ func (a *app) extractLoop(ctx context.Context, vol *filerestore.Volume, fstype, 
 		}
 	}()
 	a.log.Debug("loop-mounted", "fstype", fstype, "device", m.Device, "dir", m.Dir, "options", m.Options, "replayed", m.Replayed)
-	st, err = loopfs.Extract(ctx, m.Dir, path, to)
+	st, err = loopfs.Extract(ctx, m.Dir, path, to, xopts)
 	return st, m, err
 }
 
@@ -195,13 +207,13 @@ func (a *app) extractLoop(ctx context.Context, vol *filerestore.Volume, fstype, 
 // neither noReplay nor the host prevents it, through a kernel loop mount
 // that replays the journal into a private overlay. What became of the
 // journal goes into res and, when it was not replayed, a warning.
-func (a *app) extractExt(ctx context.Context, vol *filerestore.Volume, source, path, to, where string, noReplay bool, res *restoreFilesResult) (filerestore.Stats, error) {
+func (a *app) extractExt(ctx context.Context, vol *filerestore.Volume, source, path, to, where string, noReplay bool, xopts filerestore.ExtractOptions, res *restoreFilesResult) (filerestore.Stats, error) {
 	what := "restore files from " + where
 	j, jerr := filerestore.ReadJournal(vol, vol.Size)
 	if jerr == nil && j.NeedsRecovery {
 		why := replayBlocker(j, noReplay, loopfs.Check)
 		if why == "" {
-			st, m, err := a.extractLoop(ctx, vol, "ext4", source, path, to)
+			st, m, err := a.extractLoop(ctx, vol, "ext4", source, path, to, xopts)
 			st.Journal, st.NeedsRecovery = j.Kind, true
 			if m != nil {
 				res.Replay, res.OverlayBytes = "kernel", m.Replayed
@@ -217,7 +229,7 @@ func (a *app) extractExt(ctx context.Context, vol *filerestore.Volume, source, p
 		res.Replay, res.ReplayNote = "skipped", why
 		fmt.Fprintf(a.stderr, "warning: %s: %s\n", what, journalNotReplayed(j, why))
 	}
-	return filerestore.Extract(ctx, vol, vol.Size, path, to)
+	return filerestore.Extract(ctx, vol, vol.Size, path, to, xopts)
 }
 
 // replayBlocker says why the journal j, which needs recovery, cannot be

@@ -30,13 +30,99 @@ const MaxLinkHops = 40
 // CopyPiece is the most file data an extraction holds in memory at once.
 const CopyPiece = 1 << 20
 
+// ExtractOptions say what an extraction may write. The zero value is the
+// safe default.
+type ExtractOptions struct {
+	// KeepSpecialBits keeps the setuid, setgid and sticky bits of what is
+	// written. By default they are stripped (and counted in the Stats'
+	// warnings): the files of a tenant's disk land owned by whoever runs
+	// the restore, root on a worker, and a setuid file would be a
+	// setuid-root program there.
+	KeepSpecialBits bool
+	// MaxEntries bounds the files, directories, symlinks and hard links
+	// written (DefaultMaxEntries when 0); MaxBytes the file data written,
+	// holes not counted (DefaultMaxBytes when 0). An extraction that would
+	// go past either stops with ErrBudget.
+	MaxEntries, MaxBytes int64
+}
+
+// The default budget of an extraction.
+const (
+	DefaultMaxEntries = 1 << 20
+	DefaultMaxBytes   = 1 << 40
+)
+
+// ErrBudget is returned (wrapped) when an extraction would write more
+// entries or bytes than its budget (ExtractOptions).
+var ErrBudget = errors.New("extraction budget exceeded")
+
+// Budget tracks an extraction's budget (shared by both extractors).
+type Budget struct {
+	opts           ExtractOptions
+	entries, bytes int64
+}
+
+// NewBudget returns the budget of opts, defaults filled in.
+func NewBudget(opts ExtractOptions) *Budget {
+	if opts.MaxEntries == 0 {
+		opts.MaxEntries = DefaultMaxEntries
+	}
+	if opts.MaxBytes == 0 {
+		opts.MaxBytes = DefaultMaxBytes
+	}
+	return &Budget{opts: opts}
+}
+
+// Entry takes one entry (src, for the message) from the budget.
+func (b *Budget) Entry(src string) error {
+	if b.entries++; b.entries > b.opts.MaxEntries {
+		return fmt.Errorf("restore %s: %w: more than %d files, directories and links", src, ErrBudget, b.opts.MaxEntries)
+	}
+	return nil
+}
+
+// Bytes takes n bytes of file data (of src) from the budget.
+func (b *Budget) Bytes(src string, n int64) error {
+	if b.bytes += n; b.bytes > b.opts.MaxBytes {
+		return fmt.Errorf("restore %s: %w: more than %d bytes of file data", src, ErrBudget, b.opts.MaxBytes)
+	}
+	return nil
+}
+
+// Mode is the mode to give a restored entry whose permission bits are
+// perm and special bits (setuid, setgid, sticky) special: the special bits
+// only when kept; stripped ones are counted in st.
+func (b *Budget) Mode(perm, special fs.FileMode, st *Stats) fs.FileMode {
+	if special == 0 {
+		return perm
+	}
+	if b.opts.KeepSpecialBits {
+		return perm | special
+	}
+	st.SpecialBitsStripped++
+	return perm
+}
+
+// Finish adds the warning about stripped special bits to st.
+func (b *Budget) Finish(st *Stats) {
+	if st.SpecialBitsStripped > 0 {
+		st.Warnings = append(st.Warnings, fmt.Sprintf("setuid, setgid or sticky bits stripped from %d entries (--keep-special-bits keeps them)", st.SpecialBitsStripped))
+	}
+}
+
 // Stats count what Extract wrote.
 type Stats struct {
 	Files    int64 `json:"files"`
 	Dirs     int64 `json:"dirs"`
 	Symlinks int64 `json:"symlinks"`
+	// Hardlinks counts the further names of files with several: each such
+	// file is written once, its other names linked to it.
+	Hardlinks int64 `json:"hardlinks,omitempty"`
 	// Bytes is the total size of the regular files written.
 	Bytes int64 `json:"bytes"`
+	// SpecialBitsStripped counts the entries whose setuid, setgid or
+	// sticky bits were not restored (ExtractOptions.KeepSpecialBits).
+	SpecialBitsStripped int64 `json:"special_bits_stripped,omitempty"`
 	// Skipped lists entries not written and why: unsafe names, special
 	// files, directory loops.
 	Skipped []string `json:"skipped,omitempty"`
@@ -55,15 +141,17 @@ type Stats struct {
 // file system on r (size bytes) into destDir, which is created if missing.
 // The entry lands under its own name (path /etc/app becomes destDir/app);
 // path "/" copies the root's contents into destDir. Permission bits and
-// modification times are kept (owners are not). Symlinks are written as
+// modification times are kept (owners are not; setuid, setgid and sticky
+// bits only with opts.KeepSpecialBits). A file with several names is
+// written once and its other names hard-linked to it. The extraction stops
+// with ErrBudget past opts' budget. Symlinks are written as
 // symlinks and never followed when writing; nothing is written outside
 // destDir, and entries with unsafe names ("..", "/" or NUL in a name) are
 // skipped and listed in Stats.Skipped. Existing files are not overwritten.
 // The journal is not replayed: a journal that needs recovery is reported in
 // Stats (NeedsRecovery, Warnings), and the files are read as the main area
 // holds them.
-func Extract(ctx context.Context, r io.ReaderAt, size int64, p, destDir string) (Stats, error) {
-	var st Stats
+func Extract(ctx context.Context, r io.ReaderAt, size int64, p, destDir string, opts ExtractOptions) (st Stats, err error) {
 	f, err := openExt4(r, size)
 	if err != nil {
 		return st, err
@@ -85,7 +173,8 @@ func Extract(ctx context.Context, r io.ReaderAt, size int64, p, destDir string) 
 		return st, fmt.Errorf("target directory: %w", err)
 	}
 	defer root.Close()
-	x := &extractor{f: f, root: root, st: &st, visited: map[uint32]bool{}}
+	x := &extractor{f: f, root: root, st: &st, visited: map[uint32]bool{}, links: map[uint32]string{}, budget: NewBudget(opts)}
+	defer x.budget.Finish(&st)
 	in, err := f.inode(ino)
 	if err != nil {
 		return st, fmt.Errorf("%s: %w", clean, err)
@@ -197,6 +286,8 @@ type extractor struct {
 	root    *os.Root
 	st      *Stats
 	visited map[uint32]bool
+	links   map[uint32]string // inode of a file with several names → where it was written
+	budget  *Budget
 }
 
 // safeName reports whether a directory entry's name can be a file name in
@@ -213,6 +304,9 @@ func (x *extractor) skip(src, why string) {
 // the backup, for messages.
 func (x *extractor) entry(ctx context.Context, in *inode, rel, src string, depth int) error {
 	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := x.budget.Entry(src); err != nil {
 		return err
 	}
 	switch {
@@ -235,10 +329,20 @@ func (x *extractor) entry(ctx context.Context, in *inode, rel, src string, depth
 		}
 		return x.setAttrs(in, rel, src)
 	case in.isReg():
+		if first, ok := x.links[in.ino]; ok {
+			if err := x.root.Link(first, rel); err != nil {
+				return fmt.Errorf("restore %s: link to %s: %w", src, first, err)
+			}
+			x.st.Hardlinks++
+			return nil
+		}
 		if err := x.file(ctx, in, rel, src); err != nil {
 			return err
 		}
 		x.st.Files++
+		if in.links > 1 {
+			x.links[in.ino] = rel
+		}
 		return x.setAttrs(in, rel, src)
 	case in.isLink():
 		target, err := x.f.readLink(in)
@@ -317,6 +421,9 @@ func (x *extractor) file(ctx context.Context, in *inode, rel, src string) (err e
 				return err
 			}
 			p := buf[:min(int64(len(buf)), end-off)]
+			if err := x.budget.Bytes(src, int64(len(p))); err != nil {
+				return err
+			}
 			phys := int64(e.pblk)*bs + (off - start)
 			if err := x.f.readAt(p, phys, fmt.Sprintf("%s (inode %d) at offset %d", src, in.ino, off)); err != nil {
 				return fmt.Errorf("restore %s: %w", src, err)
@@ -333,18 +440,20 @@ func (x *extractor) file(ctx context.Context, in *inode, rel, src string) (err e
 	return nil
 }
 
-// setAttrs applies the permission bits and modification time of in to rel.
+// setAttrs applies the permission bits (special ones as the options say)
+// and modification time of in to rel.
 func (x *extractor) setAttrs(in *inode, rel, src string) error {
-	mode := fs.FileMode(in.mode & 0o777)
+	var special fs.FileMode
 	if in.mode&0o4000 != 0 {
-		mode |= fs.ModeSetuid
+		special |= fs.ModeSetuid
 	}
 	if in.mode&0o2000 != 0 {
-		mode |= fs.ModeSetgid
+		special |= fs.ModeSetgid
 	}
 	if in.mode&0o1000 != 0 {
-		mode |= fs.ModeSticky
+		special |= fs.ModeSticky
 	}
+	mode := x.budget.Mode(fs.FileMode(in.mode&0o777), special, x.st)
 	if err := x.root.Chmod(rel, mode); err != nil {
 		return fmt.Errorf("restore %s: set mode: %w", src, err)
 	}

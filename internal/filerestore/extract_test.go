@@ -214,7 +214,7 @@ func TestExtractWholeTreeHtree(t *testing.T) {
 		t.Fatalf("/data/many: flags %#x, size %d: not an indexed multi-block directory", in.flags, in.size)
 	}
 	dest := filepath.Join(t.TempDir(), "out")
-	st, err := Extract(context.Background(), r, size, "/", dest)
+	st, err := Extract(context.Background(), r, size, "/", dest, ExtractOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,14 +234,14 @@ func TestExtractFileDirAndSymlinkPath(t *testing.T) {
 	dest := t.TempDir()
 
 	// a single file lands under its name
-	if _, err := Extract(ctx, r, size, "/data/big.bin", dest); err != nil {
+	if _, err := Extract(ctx, r, size, "/data/big.bin", dest, ExtractOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if hashFile(t, filepath.Join(dest, "big.bin")) != hashFile(t, filepath.Join(staging, "data/big.bin")) {
 		t.Fatal("big.bin differs")
 	}
 	// a directory, reached through a symlink in the image (trailing slash ok)
-	st, err := Extract(ctx, r, size, "/shortcut/a/", dest)
+	st, err := Extract(ctx, r, size, "/shortcut/a/", dest, ExtractOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,14 +250,14 @@ func TestExtractFileDirAndSymlinkPath(t *testing.T) {
 	}
 	sameTreeSmall(t, filepath.Join(staging, "data/nested/a"), filepath.Join(dest, "a"))
 	// the holey file keeps its hole (a sparse file) and its bytes
-	if _, err := Extract(ctx, r, size, "/data/holey", dest); err != nil {
+	if _, err := Extract(ctx, r, size, "/data/holey", dest, ExtractOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if hashFile(t, filepath.Join(dest, "holey")) != hashFile(t, filepath.Join(staging, "data/holey")) {
 		t.Fatal("holey differs")
 	}
 	// restoring over existing files fails and leaves them alone
-	if _, err := Extract(ctx, r, size, "/data/big.bin", dest); !errors.Is(err, fs.ErrExist) {
+	if _, err := Extract(ctx, r, size, "/data/big.bin", dest, ExtractOptions{}); !errors.Is(err, fs.ErrExist) {
 		t.Fatalf("second extract: %v, want an exists error", err)
 	}
 }
@@ -292,11 +292,11 @@ func TestExtractErrors(t *testing.T) {
 	ctx := context.Background()
 	dest := filepath.Join(t.TempDir(), "out")
 
-	_, err := Extract(ctx, r, size, "/etc/app", dest)
+	_, err := Extract(ctx, r, size, "/etc/app", dest, ExtractOptions{})
 	if !errors.Is(err, ErrNotFound) || err.Error() != "no such file or directory in the backup: /etc/app" {
 		t.Fatalf("missing path: %v", err)
 	}
-	if _, err := Extract(ctx, r, size, "/data/small.txt/x", dest); err == nil || !strings.Contains(err.Error(), "not a directory") {
+	if _, err := Extract(ctx, r, size, "/data/small.txt/x", dest, ExtractOptions{}); err == nil || !strings.Contains(err.Error(), "not a directory") {
 		t.Fatalf("path through a file: %v", err)
 	}
 	if _, err := os.Stat(dest); err == nil {
@@ -305,11 +305,11 @@ func TestExtractErrors(t *testing.T) {
 
 	// not a file system at all
 	zeros := bytes.NewReader(make([]byte, 1<<20))
-	if _, err := Extract(ctx, zeros, 1<<20, "/", dest); !errors.Is(err, ErrNotExt4) {
+	if _, err := Extract(ctx, zeros, 1<<20, "/", dest, ExtractOptions{}); !errors.Is(err, ErrNotExt4) {
 		t.Fatalf("zero disk: %v", err)
 	}
 	tiny := bytes.NewReader(make([]byte, 100))
-	if _, err := Extract(ctx, tiny, 100, "/", dest); !errors.Is(err, ErrNotExt4) {
+	if _, err := Extract(ctx, tiny, 100, "/", dest, ExtractOptions{}); !errors.Is(err, ErrNotExt4) {
 		t.Fatalf("tiny disk: %v", err)
 	}
 	if _, err := exec.LookPath("mkfs.xfs"); err == nil {
@@ -320,7 +320,7 @@ func TestExtractErrors(t *testing.T) {
 			t.Logf("mkfs.xfs failed, skipping the xfs case: %v\n%s", err, out)
 		} else {
 			xr, xs := openImage(t, x)
-			_, err := Extract(ctx, xr, xs, "/", dest)
+			_, err := Extract(ctx, xr, xs, "/", dest, ExtractOptions{})
 			if !errors.Is(err, ErrNotExt4) || !strings.Contains(err.Error(), "XFS") {
 				t.Fatalf("xfs disk: %v", err)
 			}
@@ -360,7 +360,7 @@ func TestExtractCraftedNames(t *testing.T) {
 
 	top := t.TempDir()
 	dest := filepath.Join(top, "x", "y", "out")
-	st, err := Extract(context.Background(), bytes.NewReader(data), int64(len(data)), "/d", dest)
+	st, err := Extract(context.Background(), bytes.NewReader(data), int64(len(data)), "/d", dest, ExtractOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +399,7 @@ func TestExtractFromBackup(t *testing.T) {
 	d, err := r.OpenDisk(ctx, m.ID, repo.ReaderOptions{})
 	must(t, err)
 	dest := t.TempDir()
-	st, err := Extract(ctx, d, d.Size(), "/data/one.bin", dest)
+	st, err := Extract(ctx, d, d.Size(), "/data/one.bin", dest, ExtractOptions{})
 	must(t, err)
 	if st.Files != 1 || st.Bytes != 1<<20 {
 		t.Fatalf("stats %+v", st)
@@ -424,7 +424,7 @@ func TestExtractFromBackup(t *testing.T) {
 	// a directory tree, through a fresh reader
 	d2, err := r.OpenDisk(ctx, m.ID, repo.ReaderOptions{})
 	must(t, err)
-	st, err = Extract(ctx, d2, d2.Size(), "/data/nested", dest)
+	st, err = Extract(ctx, d2, d2.Size(), "/data/nested", dest, ExtractOptions{})
 	must(t, err)
 	sameTreeSmall(t, filepath.Join(staging, "data/nested"), filepath.Join(dest, "nested"))
 	t.Logf("directory /data/nested (%d files): fetched %d of %d chunks", st.Files, d2.Stats().ChunksFetched, m.Chunks)
@@ -454,7 +454,7 @@ func TestExtractExt2BlockMaps(t *testing.T) {
 		t.Fatalf("block size %d, inode size %d", f.bs, f.inodeSize)
 	}
 	dest := filepath.Join(t.TempDir(), "out")
-	if _, err := Extract(context.Background(), r, size, "/", dest); err != nil {
+	if _, err := Extract(context.Background(), r, size, "/", dest, ExtractOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	must(t, os.Remove(filepath.Join(dest, "lost+found")))
@@ -505,7 +505,7 @@ func TestExtractCorruptImages(t *testing.T) {
 			p.patches[off] = byte(rng.Uint32())
 		}
 		dest := filepath.Join(top, fmt.Sprint(i), "out")
-		if _, err := Extract(context.Background(), p, int64(len(data)), "/", dest); err != nil {
+		if _, err := Extract(context.Background(), p, int64(len(data)), "/", dest, ExtractOptions{}); err != nil {
 			errs++
 		}
 	}

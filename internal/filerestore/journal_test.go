@@ -63,7 +63,7 @@ func TestJournalFlags(t *testing.T) {
 	if err != nil || j.Kind != "internal" || j.Inode != 8 || j.RecoverFlag || j.NeedsRecovery || j.Warning() != "" {
 		t.Fatalf("clean: %+v %v", j, err)
 	}
-	st, err := Extract(context.Background(), r, size, "/etc", t.TempDir())
+	st, err := Extract(context.Background(), r, size, "/etc", t.TempDir(), ExtractOptions{})
 	if err != nil || st.Journal != "internal" || st.NeedsRecovery || len(st.Warnings) > 0 {
 		t.Fatalf("clean extract: %+v %v", st, err)
 	}
@@ -89,7 +89,7 @@ func TestJournalFlags(t *testing.T) {
 	if err != nil || !j.NeedsRecovery || j.Start != 1 || !strings.Contains(j.Warning(), "internal journal was NOT replayed") {
 		t.Fatalf("flag, journal with transactions: %+v %v", j, err)
 	}
-	st, err = Extract(context.Background(), r, size, "/etc/app.conf", t.TempDir())
+	st, err = Extract(context.Background(), r, size, "/etc/app.conf", t.TempDir(), ExtractOptions{})
 	if err != nil || !st.NeedsRecovery || st.Journal != "internal" || len(st.Warnings) != 1 || !strings.Contains(st.Warnings[0], "application-consistent backup") {
 		t.Fatalf("extract: %+v %v", st, err)
 	}
@@ -141,7 +141,7 @@ func TestJournalNeedsRecoveryRealImage(t *testing.T) {
 		t.Fatalf("journal: %+v %v", j, err)
 	}
 	to := t.TempDir()
-	st, err := Extract(context.Background(), r, size, "/etc/app", to)
+	st, err := Extract(context.Background(), r, size, "/etc/app", to, ExtractOptions{})
 	if err != nil || !st.NeedsRecovery || len(st.Warnings) != 1 || st.Files != 1 {
 		t.Fatalf("extract: %+v %v", st, err)
 	}

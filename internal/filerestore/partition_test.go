@@ -96,7 +96,7 @@ func TestGPTOnlyLinuxPartitionChosen(t *testing.T) {
 			t.Fatalf("volume %d: %+v", n, v)
 		}
 		dest := filepath.Join(t.TempDir(), "out")
-		if _, err := Extract(context.Background(), v, v.Size, "/", dest); err != nil {
+		if _, err := Extract(context.Background(), v, v.Size, "/", dest, ExtractOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		must(t, os.Remove(filepath.Join(dest, "lost+found")))
@@ -106,7 +106,7 @@ func TestGPTOnlyLinuxPartitionChosen(t *testing.T) {
 	// a partition without a file system in it
 	v, err := OpenVolume(r, size, 1)
 	must(t, err)
-	if _, err := Extract(context.Background(), v, v.Size, "/", t.TempDir()); !errors.Is(err, ErrNotExt4) {
+	if _, err := Extract(context.Background(), v, v.Size, "/", t.TempDir(), ExtractOptions{}); !errors.Is(err, ErrNotExt4) {
 		t.Fatalf("EFI partition: %v", err)
 	}
 
@@ -125,7 +125,7 @@ func TestGPTOnlyLinuxPartitionChosen(t *testing.T) {
 	}
 
 	// the whole disk read as a file system names the table
-	if _, err := Extract(context.Background(), r, size, "/", t.TempDir()); !errors.Is(err, ErrNotExt4) || !strings.Contains(err.Error(), "GPT") {
+	if _, err := Extract(context.Background(), r, size, "/", t.TempDir(), ExtractOptions{}); !errors.Is(err, ErrNotExt4) || !strings.Contains(err.Error(), "GPT") {
 		t.Fatalf("whole disk: %v", err)
 	}
 }
@@ -212,7 +212,7 @@ func TestMBRLogicalPartitions(t *testing.T) {
 	v, err := OpenVolume(r, size, 6)
 	must(t, err)
 	dest := filepath.Join(t.TempDir(), "out")
-	if _, err := Extract(context.Background(), v, v.Size, "/", dest); err != nil {
+	if _, err := Extract(context.Background(), v, v.Size, "/", dest, ExtractOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	must(t, os.Remove(filepath.Join(dest, "lost+found")))

@@ -56,7 +56,7 @@ func TestExt4JournalReplay(t *testing.T) {
 		t.Fatalf("options %q, replayed %d, recovery error %v", m.Options, m.Replayed, m.RecoveryErr)
 	}
 	dest := filepath.Join(t.TempDir(), "out")
-	st, err := loopfs.Extract(context.Background(), m.Dir, "/etc/app", dest)
+	st, err := loopfs.Extract(context.Background(), m.Dir, "/etc/app", dest, filerestore.ExtractOptions{})
 	must(t, err)
 	if got, err := os.ReadFile(filepath.Join(dest, "app/recent.bin")); err != nil || !bytes.Equal(got, recent) {
 		t.Fatalf("recent.bin after replay: %d bytes, %v (%+v)", len(got), err, st)
@@ -70,7 +70,7 @@ func TestExt4JournalReplay(t *testing.T) {
 		t.Fatal("the backup's disk reads differently after the replay")
 	}
 	// the Go reader, which does not replay, misses recent.bin and warns
-	st, err = filerestore.Extract(context.Background(), d, d.Size(), "/etc/app", filepath.Join(t.TempDir(), "go"))
+	st, err = filerestore.Extract(context.Background(), d, d.Size(), "/etc/app", filepath.Join(t.TempDir(), "go"), filerestore.ExtractOptions{})
 	must(t, err)
 	if !st.NeedsRecovery || len(st.Warnings) != 1 || st.Files != 1 {
 		t.Fatalf("Go reader: %+v", st)
@@ -95,7 +95,7 @@ func TestExt4ReplayFailsNoload(t *testing.T) {
 		t.Fatalf("options %q, replayed %d, recovery error %v", m.Options, m.Replayed, m.RecoveryErr)
 	}
 	dest := filepath.Join(t.TempDir(), "out")
-	st, err := loopfs.Extract(context.Background(), m.Dir, "/etc/app", dest)
+	st, err := loopfs.Extract(context.Background(), m.Dir, "/etc/app", dest, filerestore.ExtractOptions{})
 	must(t, err)
 	if _, err := os.Stat(filepath.Join(dest, "app/recent.bin")); err == nil || st.Files != 1 {
 		t.Fatalf("without replay: %+v %v", st, err)

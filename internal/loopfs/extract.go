@@ -24,9 +24,11 @@ import (
 // not; every write goes through an os.Root on destDir so nothing lands
 // outside it; symlinks are written as symlinks and never followed; special
 // files are skipped and listed; permission bits and modification times are
-// kept, owners not; holes stay holes; existing files are not overwritten.
-func Extract(ctx context.Context, mnt, p, destDir string) (filerestore.Stats, error) {
-	var st filerestore.Stats
+// kept, owners not, setuid, setgid and sticky bits only with
+// opts.KeepSpecialBits; a file with several names is written once and
+// linked; holes stay holes; existing files are not overwritten; the
+// extraction stops with filerestore.ErrBudget past opts' budget.
+func Extract(ctx context.Context, mnt, p, destDir string, opts filerestore.ExtractOptions) (st filerestore.Stats, err error) {
 	src, err := os.OpenRoot(mnt)
 	if err != nil {
 		return st, fmt.Errorf("open the mounted file system: %w", err)
@@ -45,7 +47,8 @@ func Extract(ctx context.Context, mnt, p, destDir string) (filerestore.Stats, er
 		return st, fmt.Errorf("target directory: %w", err)
 	}
 	defer dst.Close()
-	x := &extractor{src: src, dst: dst, st: &st, visited: map[[2]uint64]bool{}}
+	x := &extractor{src: src, dst: dst, st: &st, visited: map[[2]uint64]bool{}, links: map[[2]uint64]string{}, budget: filerestore.NewBudget(opts)}
+	defer x.budget.Finish(&st)
 	if rel == "." {
 		fi, err := src.Lstat(".")
 		if err != nil {
@@ -124,6 +127,8 @@ type extractor struct {
 	src, dst *os.Root
 	st       *filerestore.Stats
 	visited  map[[2]uint64]bool
+	links    map[[2]uint64]string // a file with several names → where it was written
+	budget   *filerestore.Budget
 }
 
 func key(fi fs.FileInfo) [2]uint64 {
@@ -158,6 +163,9 @@ func (x *extractor) entry(ctx context.Context, rel, out, src string, depth int) 
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", src, unwrapPath(err))
 	}
+	if err := x.budget.Entry(src); err != nil {
+		return err
+	}
 	switch {
 	case fi.IsDir():
 		k := key(fi)
@@ -179,10 +187,21 @@ func (x *extractor) entry(ctx context.Context, rel, out, src string, depth int) 
 		}
 		return x.setAttrs(fi, out, src)
 	case fi.Mode().IsRegular():
+		k := key(fi)
+		if first, ok := x.links[k]; ok {
+			if err := x.dst.Link(first, out); err != nil {
+				return fmt.Errorf("restore %s: link to %s: %w", src, first, err)
+			}
+			x.st.Hardlinks++
+			return nil
+		}
 		if err := x.file(ctx, rel, out, src, fi.Size()); err != nil {
 			return err
 		}
 		x.st.Files++
+		if s, ok := fi.Sys().(*syscall.Stat_t); ok && s.Nlink > 1 {
+			x.links[k] = out
+		}
 		return x.setAttrs(fi, out, src)
 	case fi.Mode()&fs.ModeSymlink != 0:
 		target, err := x.src.Readlink(rel)
@@ -261,6 +280,9 @@ func (x *extractor) file(ctx context.Context, rel, out, src string, size int64) 
 				return err
 			}
 			b := buf[:min(int64(len(buf)), end-p)]
+			if err := x.budget.Bytes(src, int64(len(b))); err != nil {
+				return err
+			}
 			n, err := in.ReadAt(b, p)
 			if n > 0 {
 				if _, werr := w.WriteAt(b[:n], p); werr != nil {
@@ -286,7 +308,7 @@ func (x *extractor) file(ctx context.Context, rel, out, src string, size int64) 
 
 // setAttrs applies the permission bits and modification time of fi to out.
 func (x *extractor) setAttrs(fi fs.FileInfo, out, src string) error {
-	mode := fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	mode := x.budget.Mode(fi.Mode()&fs.ModePerm, fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky), x.st)
 	if err := x.dst.Chmod(out, mode); err != nil {
 		return fmt.Errorf("restore %s: set mode: %w", src, err)
 	}

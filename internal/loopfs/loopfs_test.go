@@ -107,7 +107,7 @@ func TestExtractXFS(t *testing.T) {
 	mounted := time.Since(t0)
 	dest := filepath.Join(t.TempDir(), "out")
 	ctx := context.Background()
-	st, err := loopfs.Extract(ctx, m.Dir, "/etc/app/app.conf", dest)
+	st, err := loopfs.Extract(ctx, m.Dir, "/etc/app/app.conf", dest, filerestore.ExtractOptions{})
 	must(t, err)
 	one := time.Since(t0)
 	oneChunks := d.Stats().ChunksFetched
@@ -122,13 +122,13 @@ func TestExtractXFS(t *testing.T) {
 
 	// a file reached through a symlink to an absolute path (inside the
 	// backup, not the host's /etc)
-	st, err = loopfs.Extract(ctx, m.Dir, "/conf/big.bin", filepath.Join(dest, "via"))
+	st, err = loopfs.Extract(ctx, m.Dir, "/conf/big.bin", filepath.Join(dest, "via"), filerestore.ExtractOptions{})
 	must(t, err)
 	if st.Files != 1 || sum(t, filepath.Join(dest, "via", "big.bin")) != sums["big.bin"] {
 		t.Fatalf("through /conf: %+v", st)
 	}
 	// the directory
-	st, err = loopfs.Extract(ctx, m.Dir, "/etc/app/", filepath.Join(dest, "tree"))
+	st, err = loopfs.Extract(ctx, m.Dir, "/etc/app/", filepath.Join(dest, "tree"), filerestore.ExtractOptions{})
 	must(t, err)
 	if st.Files != 3 || st.Dirs != 1 || st.Symlinks != 3 || st.Bytes != 3<<20+123+9<<20+12 || len(st.Skipped) != 1 || st.Skipped[0] != "/etc/app/fifo: special file (mode 010644) not restored" {
 		t.Fatalf("tree: %+v", st)
@@ -153,23 +153,23 @@ func TestExtractXFS(t *testing.T) {
 		t.Fatalf("sparse.bin takes %d bytes", sst.Blocks*512)
 	}
 	// the last component is not followed: /conf is restored as the link
-	st, err = loopfs.Extract(ctx, m.Dir, "/conf", filepath.Join(dest, "link"))
+	st, err = loopfs.Extract(ctx, m.Dir, "/conf", filepath.Join(dest, "link"), filerestore.ExtractOptions{})
 	must(t, err)
 	if target, err := os.Readlink(filepath.Join(dest, "link", "conf")); st.Symlinks != 1 || err != nil || target != "/etc/app" {
 		t.Fatalf("/conf: %+v %q %v", st, target, err)
 	}
 	// restoring onto what is there fails, never overwrites; missing paths
-	if _, err := loopfs.Extract(ctx, m.Dir, "/etc/app/app.conf", dest); !errors.Is(err, fs.ErrExist) {
+	if _, err := loopfs.Extract(ctx, m.Dir, "/etc/app/app.conf", dest, filerestore.ExtractOptions{}); !errors.Is(err, fs.ErrExist) {
 		t.Fatalf("over an existing file: %v", err)
 	}
-	if _, err := loopfs.Extract(ctx, m.Dir, "/etc/nope", dest); !errors.Is(err, filerestore.ErrNotFound) || err.Error() != "no such file or directory in the backup: /etc/nope" {
+	if _, err := loopfs.Extract(ctx, m.Dir, "/etc/nope", dest, filerestore.ExtractOptions{}); !errors.Is(err, filerestore.ErrNotFound) || err.Error() != "no such file or directory in the backup: /etc/nope" {
 		t.Fatalf("missing: %v", err)
 	}
-	if _, err := loopfs.Extract(ctx, m.Dir, "/etc/app/app.conf/x", dest); err == nil || !strings.Contains(err.Error(), "not a directory in the backup: /etc/app/app.conf") {
+	if _, err := loopfs.Extract(ctx, m.Dir, "/etc/app/app.conf/x", dest, filerestore.ExtractOptions{}); err == nil || !strings.Contains(err.Error(), "not a directory in the backup: /etc/app/app.conf") {
 		t.Fatalf("file as directory: %v", err)
 	}
 	// a path through the hostile link stays inside the backup: /tmp is not in it
-	if _, err := loopfs.Extract(ctx, m.Dir, "/etc/app/escape/x", dest); !errors.Is(err, filerestore.ErrNotFound) {
+	if _, err := loopfs.Extract(ctx, m.Dir, "/etc/app/escape/x", dest, filerestore.ExtractOptions{}); !errors.Is(err, filerestore.ErrNotFound) {
 		t.Fatalf("through escape: %v", err)
 	}
 	must(t, m.Close())
@@ -249,7 +249,7 @@ func TestDirtyLog(t *testing.T) {
 		t.Fatalf("options %q, replayed %d, recovery error %v", m.Options, m.Replayed, m.RecoveryErr)
 	}
 	dest := filepath.Join(t.TempDir(), "out")
-	st, err := loopfs.Extract(context.Background(), m.Dir, "/etc/app", dest)
+	st, err := loopfs.Extract(context.Background(), m.Dir, "/etc/app", dest, filerestore.ExtractOptions{})
 	must(t, err)
 	for n, s := range sums {
 		if sum(t, filepath.Join(dest, "app", n)) != s {

@@ -478,7 +478,7 @@ func TestMountRaw(t *testing.T) {
 	must(t, err)
 	defer pf.Close()
 	dest := filepath.Join(t.TempDir(), "out")
-	_, err = filerestore.Extract(ctx, pf, fi.Size(), "/etc/app/app.conf", dest)
+	_, err = filerestore.Extract(ctx, pf, fi.Size(), "/etc/app/app.conf", dest, filerestore.ExtractOptions{})
 	must(t, err)
 	if sum(t, filepath.Join(dest, "app.conf")) != sum(t, filepath.Join(staging, "etc/app/app.conf")) {
 		t.Fatal("app.conf through part2.img differs")
