@@ -104,11 +104,7 @@ func (im *Image) connect(ctx context.Context, sock string, n int) error {
 		}
 		select {
 		case <-im.exit:
-			msg := strings.TrimSpace(im.stder.String())
-			if strings.Contains(msg, "lock") {
-				return fmt.Errorf("%w: %s", ErrInUse, msg)
-			}
-			return fmt.Errorf("qemu-nbd exited: %s", msg)
+			return im.exited()
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(10 * time.Millisecond):
@@ -121,6 +117,14 @@ func (im *Image) connect(ctx context.Context, sock string, n int) error {
 	for range n {
 		c, err := nbd.Dial(ctx, "unix", sock, "restore", nil)
 		if err != nil {
+			// qemu-nbd makes its socket before it takes the image's
+			// lock: a refused dial may be qemu-nbd exiting on a lock
+			// held by a running QEMU.
+			select {
+			case <-im.exit:
+				return im.exited()
+			case <-time.After(2 * time.Second):
+			}
 			return err
 		}
 		if c.ReadOnly() {
@@ -132,6 +136,17 @@ func (im *Image) connect(ctx context.Context, sock string, n int) error {
 		im.pool <- c
 	}
 	return nil
+}
+
+// exited is the error of a qemu-nbd that exited (im.exit closed, so its
+// standard error is complete): ErrInUse when it could not take the image's
+// lock.
+func (im *Image) exited() error {
+	msg := strings.TrimSpace(im.stder.String())
+	if strings.Contains(msg, "lock") {
+		return fmt.Errorf("%w: %s", ErrInUse, msg)
+	}
+	return fmt.Errorf("qemu-nbd exited: %s", msg)
 }
 
 // probe tells qcow2 from raw by the qcow2 magic.
