@@ -102,18 +102,26 @@ type Activities struct {
 	projects map[string]*cloud.Client // project → client scoped to it
 }
 
+// NewHostDriver returns the host driver cfg describes: libvirt's on
+// cfg.Libvirt, else the socket layout's under cfg.HostDir, else nil (not a
+// host worker).
+func NewHostDriver(cfg Config) host.Driver {
+	switch {
+	case cfg.Libvirt != nil:
+		return libvirt.NewDriver(cfg.Libvirt, libvirt.DriverOptions{LockDir: cfg.LockDir, WorkDir: cfg.WorkDir, Log: cfg.Log})
+	case cfg.HostDir != "":
+		return socket.New(socket.Options{HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, Log: cfg.Log})
+	}
+	return nil
+}
+
 // New returns the activities of a worker.
 func New(cfg Config) *Activities {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
 	if cfg.Host == nil {
-		switch {
-		case cfg.Libvirt != nil:
-			cfg.Host = libvirt.NewDriver(cfg.Libvirt, libvirt.DriverOptions{LockDir: cfg.LockDir, WorkDir: cfg.WorkDir, Log: cfg.Log})
-		case cfg.HostDir != "":
-			cfg.Host = socket.New(socket.Options{HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, Log: cfg.Log})
-		}
+		cfg.Host = NewHostDriver(cfg)
 	}
 	return &Activities{cfg: cfg, log: cfg.Log, repos: map[string]*repo.Repository{},
 		agents: map[string]*guest.Client{}, freezes: map[string]*guest.FreezeHandle{},

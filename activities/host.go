@@ -76,26 +76,18 @@ func (a *Activities) hostRequest(h host.Driver, backupID, instance string, disks
 			}
 			continue // rbd: disks are read by data workers
 		}
-		hd := host.Disk{}
-		switch kind {
-		case "qemu":
-			_, inst, node, err := d.Locator.QEMU()
-			if err != nil {
-				return req, invalid("%v", err)
-			}
-			if inst != instance {
-				return req, invalid("disk %s belongs to %s, not %s", d.Name, inst, instance)
-			}
-			hd.Ref = node
-		case "libvirt":
-			_, dom, ref, err := d.Locator.Libvirt()
-			if err != nil {
-				return req, invalid("%v", err)
-			}
-			if domain != "" && dom != domain {
-				return req, invalid("disks of one VM name two domains: %s and %s", domain, dom)
-			}
-			domain, hd.Ref = dom, ref
+		owner, ref, err := hostRef(d)
+		if err != nil {
+			return req, err
+		}
+		hd := host.Disk{Ref: ref}
+		switch {
+		case kind == "qemu" && owner != instance:
+			return req, invalid("disk %s belongs to %s, not %s", d.Name, owner, instance)
+		case kind == "libvirt" && domain != "" && owner != domain:
+			return req, invalid("disks of one VM name two domains: %s and %s", domain, owner)
+		case kind == "libvirt":
+			domain = owner
 		}
 		switch {
 		case base != nil:
@@ -109,6 +101,24 @@ func (a *Activities) hostRequest(h host.Driver, backupID, instance string, disks
 		req.Instance = domain
 	}
 	return req, nil
+}
+
+// hostRef is a host-local disk's owner as its locator names it (the
+// instance on the socket layout, the domain on libvirt) and its ref on the
+// host (host.Disk.Ref).
+func hostRef(d Disk) (owner, ref string, err error) {
+	switch d.Locator.Kind() {
+	case "qemu":
+		_, owner, ref, err = d.Locator.QEMU()
+	case "libvirt":
+		_, owner, ref, err = d.Locator.Libvirt()
+	default:
+		return "", "", invalid("disk %s: locator kind %q is not a host's", d.Name, d.Locator.Kind())
+	}
+	if err != nil {
+		return "", "", invalid("%v", err)
+	}
+	return owner, ref, nil
 }
 
 // baseLoader returns the loader of the disks' base checkpoints from their
@@ -218,18 +228,18 @@ func (a *Activities) openSource(ctx context.Context, in CopyInput) (disk.Source,
 		if err != nil {
 			return nil, nil, false, nil, nil, err
 		}
+		if kind != h.Kind() {
+			return nil, nil, false, nil, nil, invalid("disk %s has a %s: locator, but this host worker reaches %s: disks", in.Disk.Name, kind, h.Kind())
+		}
 		req, err := a.hostRequest(h, in.BackupID, in.Instance, in.VMDisks, nil)
 		if err != nil {
 			return nil, nil, false, nil, nil, err
 		}
-		one, err := a.hostRequest(h, in.BackupID, in.Instance, []Disk{in.Disk}, nil)
+		_, ref, err := hostRef(in.Disk)
 		if err != nil {
 			return nil, nil, false, nil, nil, err
 		}
-		if len(one.Disks) != 1 {
-			return nil, nil, false, nil, nil, invalid("disk %s: not a disk of this host", in.Disk.Name)
-		}
-		exp, err := h.Open(ctx, req, one.Disks[0].Ref)
+		exp, err := h.Open(ctx, req, ref)
 		if err != nil {
 			return nil, nil, false, nil, nil, hostErr(err)
 		}

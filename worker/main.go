@@ -24,7 +24,6 @@ import (
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
-	"github.com/raksha-backup/raksha/internal/host/socket"
 	"github.com/raksha-backup/raksha/internal/temporalx"
 	"github.com/raksha-backup/raksha/workflows"
 )
@@ -191,9 +190,9 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		}
 		defer lc.Close()
 		acfg.Libvirt = lc
-		acfg.Host = libvirt.NewDriver(lc, libvirt.DriverOptions{LockDir: cfg.LockDir, WorkDir: cfg.WorkDir, Log: log})
-	} else if has["host"] {
-		acfg.Host = socket.New(socket.Options{HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, Log: log})
+	}
+	if has["host"] {
+		acfg.Host = activities.NewHostDriver(acfg)
 	}
 	if acfg.Host != nil {
 		// A guest left frozen by a dead worker stays frozen forever: thaw
