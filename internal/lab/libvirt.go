@@ -189,45 +189,18 @@ echo "/ on $dev, records in /data/$l"
 // written once, and <Dir>/disk, a qcow2 overlay on it grown to the
 // flavor's root size.
 func (l *LibvirtCompute) rootDisk(ctx context.Context, inst Instance) error {
-	disk := filepath.Join(inst.Dir, RootFile)
-	if _, err := os.Stat(disk); err == nil {
-		return nil
-	}
-	if l.opts.Image.Root == "" {
-		return fmt.Errorf("root disk: the lab guest image has no root file system (vm.Image.Root)")
-	}
 	if strings.ContainsAny(inst.Root.ImageID, "/\\") || inst.Root.ImageID == "" || strings.HasPrefix(inst.Root.ImageID, ".") {
 		return fmt.Errorf("root disk: invalid image id %q", inst.Root.ImageID)
 	}
-	baseDir := filepath.Join(filepath.Dir(inst.Dir), "_base")
-	base := filepath.Join(baseDir, inst.Root.ImageID)
-	l.baseMu.Lock()
-	defer l.baseMu.Unlock()
-	if _, err := os.Stat(base); err != nil {
-		if err := os.MkdirAll(baseDir, 0o755); err != nil {
-			return fmt.Errorf("root disk: %w", err)
+	return l.overlayDisk(ctx, "root disk", inst, RootFile, inst.Root.ImageID, int64(inst.Root.SizeGB)<<30, func(tmp string) error {
+		if l.opts.Image.Root == "" {
+			return fmt.Errorf("the lab guest image has no root file system (vm.Image.Root)")
 		}
-		tmp := base + ".part"
 		if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "raw", "-S", "4k", l.opts.Image.Root, tmp).CombinedOutput(); err != nil {
-			return fmt.Errorf("root disk: write the base image %s: %w: %s", base, err, strings.TrimSpace(string(out)))
+			return fmt.Errorf("write the base image: %w: %s", err, strings.TrimSpace(string(out)))
 		}
-		if err := os.Rename(tmp, base); err != nil {
-			return fmt.Errorf("root disk: %w", err)
-		}
-	}
-	args := []string{"create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", disk + ".part"}
-	if st, err := os.Stat(base); err != nil {
-		return fmt.Errorf("root disk: %w", err)
-	} else if size := int64(inst.Root.SizeGB) << 30; size > st.Size() {
-		args = append(args, strconv.FormatInt(size, 10))
-	}
-	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("root disk: create the overlay %s: %w: %s", disk, err, strings.TrimSpace(string(out)))
-	}
-	if err := os.Rename(disk+".part", disk); err != nil {
-		return fmt.Errorf("root disk: %w", err)
-	}
-	return nil
+		return nil
+	})
 }
 
 // swapDisk makes the swap disk of a server whose flavor has one, unless it
@@ -235,37 +208,57 @@ func (l *LibvirtCompute) rootDisk(ctx context.Context, inst Instance) error {
 // (mkswap) in the host's instances/_base directory, written once per size,
 // and <Dir>/disk.swap, a qcow2 overlay on it.
 func (l *LibvirtCompute) swapDisk(ctx context.Context, inst Instance) error {
-	disk := filepath.Join(inst.Dir, SwapFile)
+	size := int64(inst.SwapMB) << 20
+	return l.overlayDisk(ctx, "swap disk", inst, SwapFile, fmt.Sprintf("swap_%d", inst.SwapMB), size, func(tmp string) error {
+		if err := os.WriteFile(tmp, nil, 0o644); err != nil {
+			return err
+		}
+		if err := os.Truncate(tmp, size); err != nil {
+			return err
+		}
+		if out, err := exec.CommandContext(ctx, sbin("mkswap"), tmp).CombinedOutput(); err != nil {
+			return fmt.Errorf("mkswap %s: %w: %s", tmp, err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	})
+}
+
+// overlayDisk makes <Dir>/file unless it exists: a qcow2 overlay on the raw
+// base file instances/_base/<base> of the server's host, which makeBase
+// writes (into a temporary name) when the host has none yet, the overlay
+// grown to size when the base is smaller.
+func (l *LibvirtCompute) overlayDisk(ctx context.Context, what string, inst Instance, file, base string, size int64, makeBase func(tmp string) error) error {
+	disk := filepath.Join(inst.Dir, file)
 	if _, err := os.Stat(disk); err == nil {
 		return nil
 	}
 	baseDir := filepath.Join(filepath.Dir(inst.Dir), "_base")
-	base := filepath.Join(baseDir, fmt.Sprintf("swap_%d", inst.SwapMB))
+	base = filepath.Join(baseDir, base)
 	l.baseMu.Lock()
 	defer l.baseMu.Unlock()
 	if _, err := os.Stat(base); err != nil {
 		if err := os.MkdirAll(baseDir, 0o755); err != nil {
-			return fmt.Errorf("swap disk: %w", err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		tmp := base + ".part"
-		if err := os.WriteFile(tmp, nil, 0o644); err != nil {
-			return fmt.Errorf("swap disk: %w", err)
-		}
-		if err := os.Truncate(tmp, int64(inst.SwapMB)<<20); err != nil {
-			return fmt.Errorf("swap disk: %w", err)
-		}
-		if out, err := exec.CommandContext(ctx, sbin("mkswap"), tmp).CombinedOutput(); err != nil {
-			return fmt.Errorf("swap disk: mkswap %s: %w: %s", tmp, err, strings.TrimSpace(string(out)))
+		if err := makeBase(tmp); err != nil {
+			return fmt.Errorf("%s: base %s: %w", what, base, err)
 		}
 		if err := os.Rename(tmp, base); err != nil {
-			return fmt.Errorf("swap disk: %w", err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", disk+".part").CombinedOutput(); err != nil {
-		return fmt.Errorf("swap disk: create the overlay %s: %w: %s", disk, err, strings.TrimSpace(string(out)))
+	args := []string{"create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", disk + ".part"}
+	if st, err := os.Stat(base); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	} else if size > st.Size() {
+		args = append(args, strconv.FormatInt(size, 10))
+	}
+	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: create the overlay %s: %w: %s", what, disk, err, strings.TrimSpace(string(out)))
 	}
 	if err := os.Rename(disk+".part", disk); err != nil {
-		return fmt.Errorf("swap disk: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }
