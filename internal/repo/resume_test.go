@@ -3,22 +3,35 @@ package repo
 import (
 	"context"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/raksha-backup/raksha/internal/disk"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 )
 
 // failingSource fails every read at or past failAt, like a worker that dies.
+// If before is set, a failing read first waits (up to 10 s) for it to be
+// closed, so the failure comes after what the test waits for and not when
+// the reader, far ahead of the uploads on a busy machine, gets there.
 type failingSource struct {
 	disk.Source
 	failAt int64
+	before chan struct{}
 }
 
 var errWorkerDied = errors.New("worker died")
 
 func (f *failingSource) ReadAt(p []byte, off int64) (int, error) {
 	if off+int64(len(p)) > f.failAt {
+		if f.before != nil {
+			select {
+			case <-f.before:
+			case <-time.After(10 * time.Second):
+			}
+		}
 		return 0, errWorkerDied
 	}
 	return f.Source.ReadAt(p, off)
@@ -37,15 +50,20 @@ func TestInterruptedCopyResumesFromCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	src1, _ := openFile(im.path)
-	var lastCheckpoint int64
-	_, err = s.BackupDisk(ctx, "vm1", "vda", &failingSource{Source: src1, failAt: 60 * testCS},
-		DiskOptions{Resumable: true, CheckpointEvery: 8, OnCheckpoint: func(done int64) { lastCheckpoint = done }})
+	var lastCheckpoint atomic.Int64
+	checkpointed := make(chan struct{})
+	var once sync.Once
+	_, err = s.BackupDisk(ctx, "vm1", "vda", &failingSource{Source: src1, failAt: 60 * testCS, before: checkpointed},
+		DiskOptions{Resumable: true, CheckpointEvery: 8, OnCheckpoint: func(done int64) {
+			lastCheckpoint.Store(done)
+			once.Do(func() { close(checkpointed) })
+		}})
 	src1.Close()
 	if !errors.Is(err, errWorkerDied) {
 		t.Fatalf("first attempt: %v, want the read error", err)
 	}
-	if lastCheckpoint < 8*testCS || lastCheckpoint > 60*testCS {
-		t.Fatalf("last checkpoint at %d bytes, want between chunk 8 and 60", lastCheckpoint)
+	if lc := lastCheckpoint.Load(); lc < 8*testCS || lc > 60*testCS {
+		t.Fatalf("last checkpoint at %d bytes, want between chunk 8 and 60", lc)
 	}
 	uploadedBefore := countObjects(t, be, "chunks/")
 
@@ -61,7 +79,7 @@ func TestInterruptedCopyResumesFromCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := n*testCS - lastCheckpoint; cnt.read != want {
+	if want := n*testCS - lastCheckpoint.Load(); cnt.read != want {
 		t.Errorf("resumed copy read %d bytes, want only the %d after the checkpoint", cnt.read, want)
 	}
 	if got := countObjects(t, be, "chunks/"); got != n {

@@ -254,8 +254,8 @@ func (s *Session) Abort(ctx context.Context) error {
 	return nil
 }
 
-// rescueFromTrash moves back into chunks/ every chunk of the manifests that
-// sits in trash/. It lists the trash once, so it costs one listing when the
+// rescueFromTrash copies back into chunks/ every chunk of the manifests that
+// sits in trash/ (the trash copy stays for gc to remove). It lists the trash once, so it costs one listing when the
 // trash is empty.
 func (r *Repository) rescueFromTrash(ctx context.Context, ms []*DiskManifest) (int, error) {
 	trash := map[ChunkID]struct{}{}
@@ -276,7 +276,7 @@ func (r *Repository) rescueFromTrash(ctx context.Context, ms []*DiskManifest) (i
 			}
 			delete(trash, id)
 			n++
-			return r.restoreFromTrash(ctx, id)
+			return r.restoreFromTrash(ctx, id, false)
 		})
 		if err != nil {
 			return n, err
@@ -285,16 +285,26 @@ func (r *Repository) rescueFromTrash(ctx context.Context, ms []*DiskManifest) (i
 	return n, nil
 }
 
-// restoreFromTrash copies a trashed chunk back to chunks/ and then removes it
-// from the trash. The copy comes first, so the chunk is never in neither place.
-func (r *Repository) restoreFromTrash(ctx context.Context, id ChunkID) error {
-	if err := backend.Copy(ctx, r.be, trashName(id), chunkName(id)); err != nil {
+// restoreFromTrash copies a trashed chunk back to chunks/ unless it is
+// already there; with removeTrash (gc only, under its lease) it then removes
+// the trash copy. A backup never removes from the trash: a gc moving the same
+// chunk to the trash at that moment could delete the copy in chunks/ right
+// after, and the trash copy is then the one left.
+func (r *Repository) restoreFromTrash(ctx context.Context, id ChunkID, removeTrash bool) error {
+	if _, err := r.be.Stat(ctx, chunkName(id)); backend.IsNotFound(err) {
+		if err := backend.Copy(ctx, r.be, trashName(id), chunkName(id)); err != nil {
+			return fmt.Errorf("rescue chunk %s from trash: %w", id, err)
+		}
+		r.log.Info("chunk rescued from trash", "chunk", id.String())
+	} else if err != nil {
 		return fmt.Errorf("rescue chunk %s from trash: %w", id, err)
+	}
+	if !removeTrash {
+		return nil
 	}
 	if err := r.be.Delete(ctx, trashName(id)); err != nil && !backend.IsNotFound(err) {
-		return fmt.Errorf("rescue chunk %s from trash: %w", id, err)
+		return fmt.Errorf("remove rescued chunk %s from trash: %w", id, err)
 	}
-	r.log.Info("chunk rescued from trash", "chunk", id.String())
 	return nil
 }
 
@@ -314,7 +324,7 @@ func (r *Repository) haveChunk(ctx context.Context, id ChunkID) (bool, error) {
 		}
 		return false, err
 	}
-	if err := r.restoreFromTrash(ctx, id); err != nil {
+	if err := r.restoreFromTrash(ctx, id, false); err != nil {
 		if backend.IsNotFound(err) {
 			return false, nil // purged meanwhile: upload it again
 		}
