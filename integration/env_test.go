@@ -78,6 +78,7 @@ func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, qu
 			w.RegisterWorkflow(workflows.Restore)
 			w.RegisterWorkflow(workflows.Clone)
 			w.RegisterWorkflow(workflows.CloneDelete)
+			w.RegisterWorkflow(workflows.RepositoryMaintenance)
 		}
 		w.RegisterActivity(acts)
 		if err := w.Start(); err != nil {

@@ -502,6 +502,8 @@ func (d *decoder) policy(doc *yaml.Node) *Policy {
 	}
 	var paused bool
 	present := d.mapping(root, "", fields{
+		"kind":        func(n *yaml.Node, f string) { d.oneOf(n, f, []string{KindBackup, KindMaintenance}, &p.Kind) },
+		"maintenance": func(n *yaml.Node, f string) { p.Maintenance = &Maintenance{}; d.maintenance(n, f, p.Maintenance) },
 		"name":        func(n *yaml.Node, f string) { d.name(n, f, 63, &p.Name) },
 		"description": func(n *yaml.Node, f string) { d.str(n, f, &p.Description) },
 		"workload":    func(n *yaml.Node, f string) { d.name(n, f, 128, &p.Workload) },
@@ -516,13 +518,23 @@ func (d *decoder) policy(doc *yaml.Node) *Policy {
 	if present == nil {
 		return p
 	}
+	if p.Kind == "" {
+		p.Kind = KindBackup
+	}
+	if _, ok := present["paused"]; ok {
+		p.Paused = &paused
+	}
+	if p.Kind == KindMaintenance {
+		d.maintenancePolicy(root, p, present)
+		return p
+	}
+	if m, ok := present["maintenance"]; ok {
+		d.errf(m.key, "maintenance", "only a policy of kind maintenance has a maintenance section (add kind: maintenance, or drop it)")
+	}
 	for _, req := range []string{"name", "selector", "schedule", "repository"} {
 		if _, ok := present[req]; !ok {
 			d.errf(root, req, "missing (every policy needs name, selector, schedule and repository)")
 		}
-	}
-	if _, ok := present["paused"]; ok {
-		p.Paused = &paused
 	}
 	if p.Consistency.Mode == "" {
 		p.Consistency.Mode = "app"
@@ -794,5 +806,45 @@ func (d *decoder) retention(n *yaml.Node, field string, r *Retention) {
 		"monthly":      func(n *yaml.Node, f string) { d.count(n, f, &r.Monthly) },
 		"yearly":       func(n *yaml.Node, f string) { d.count(n, f, &r.Yearly) },
 		"expire_after": func(n *yaml.Node, f string) { d.duration(n, f, time.Hour, 0, &r.ExpireAfter) },
+	})
+}
+
+// maintenancePolicy checks a policy of kind maintenance: it needs name,
+// schedule and repository, has no backup fields, and gets the defaults of
+// its maintenance section (prune expired backups, gc, check).
+func (d *decoder) maintenancePolicy(root *yaml.Node, p *Policy, present map[string]kv) {
+	for _, req := range []string{"name", "schedule", "repository"} {
+		if _, ok := present[req]; !ok {
+			d.errf(root, req, "missing (a maintenance policy needs name, schedule and repository)")
+		}
+	}
+	for _, f := range []string{"workload", "selector", "consistency", "hooks", "retention"} {
+		if v, ok := present[f]; ok {
+			d.errf(v.key, f, "a maintenance policy backs up nothing: %s belongs to a backup policy (its repository's expired backups are pruned whatever their workload)", f)
+		}
+	}
+	if p.Maintenance == nil {
+		p.Maintenance = &Maintenance{}
+	}
+	m := p.Maintenance
+	if m.PruneExpired == nil {
+		m.PruneExpired = ptr(true)
+	}
+	if m.GC == nil {
+		m.GC = ptr(true)
+	}
+	if m.Verify == "" {
+		m.Verify = "check"
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func (d *decoder) maintenance(n *yaml.Node, field string, m *Maintenance) {
+	d.mapping(n, field, fields{
+		"prune_expired": func(n *yaml.Node, f string) { m.PruneExpired = new(bool); d.boolean(n, f, m.PruneExpired) },
+		"gc":            func(n *yaml.Node, f string) { m.GC = new(bool); d.boolean(n, f, m.GC) },
+		"gc_grace":      func(n *yaml.Node, f string) { d.duration(n, f, time.Second, 30*24*time.Hour, &m.GCGrace) },
+		"verify":        func(n *yaml.Node, f string) { d.oneOf(n, f, []string{"none", "check", "full"}, &m.Verify) },
 	})
 }

@@ -37,7 +37,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown top-level field with suggestion", base + "retension:\n  daily: 7\n",
 			[]string{`p.yaml:9:1: retension: unknown field "retension"; did you mean "retention"?`}},
 		{"unknown field without suggestion", base + "colour: blue\n",
-			[]string{`p.yaml:9:1: colour: unknown field "colour" (known: consistency, description, hooks, name, paused, repository, retention, schedule, selector, workload)`}},
+			[]string{`p.yaml:9:1: colour: unknown field "colour" (known: consistency, description, hooks, kind, maintenance, name, paused, repository, retention, schedule, selector, workload)`}},
 		{"missing required fields", "description: nothing else\n",
 			[]string{
 				"p.yaml:1:1: name: missing (every policy needs name, selector, schedule and repository)",
@@ -285,5 +285,67 @@ func TestLoadDirectoryCollectsAllErrors(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(dir, "missing")); err == nil {
 		t.Error("loading a missing path succeeded")
+	}
+}
+
+// TestParseMaintenancePolicy: a maintenance policy gets its defaults, and its
+// schedule starts RepositoryMaintenance on the control queue under the
+// repository's fixed workflow id; backup fields in it are refused by name.
+func TestParseMaintenancePolicy(t *testing.T) {
+	ps, err := Parse("m.yaml", []byte(`kind: maintenance
+name: main-weekly
+schedule:
+  cron: "0 4 * * 0"
+repository: main
+maintenance:
+  gc_grace: 2h
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := ps[0]
+	want := workflows.MaintenanceRequest{Repository: "main", PruneExpired: true, GC: true, GCGrace: 2 * time.Hour, Verify: "check"}
+	if got := p.MaintenanceRequest(); got != want {
+		t.Errorf("request %+v, want %+v", got, want)
+	}
+	act := p.ScheduleOptions().Action.(*client.ScheduleWorkflowAction)
+	if act.ID != "maintenance/main" || act.TaskQueue != activities.ControlQueue || act.Args[0] != want {
+		t.Errorf("action %+v", act)
+	}
+	if reflect.ValueOf(act.Workflow).Pointer() != reflect.ValueOf(workflows.RepositoryMaintenance).Pointer() {
+		t.Errorf("action workflow %T, want RepositoryMaintenance", act.Workflow)
+	}
+
+	ps, err = Parse("m.yaml", []byte(`kind: maintenance
+name: main-verify
+schedule:
+  every: 24h
+repository: main
+maintenance:
+  prune_expired: false
+  gc: false
+  verify: full
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ps[0].MaintenanceRequest(); got != (workflows.MaintenanceRequest{Repository: "main", Verify: "full"}) {
+		t.Errorf("request %+v", got)
+	}
+
+	_, err = Parse("m.yaml", []byte("kind: maintenance\nname: m\nschedule:\n  every: 1h\nrepository: main\nselector:\n  tag: x\nmaintenance:\n  verify: deep\n"))
+	var ve *ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("error %v, want a ValidationError", err)
+	}
+	msg := err.Error()
+	for _, w := range []string{"m.yaml:6:1: selector: a maintenance policy backs up nothing", `m.yaml:9:11: maintenance.verify: "deep"`} {
+		if !strings.Contains(msg, w) {
+			t.Errorf("error %q does not contain %q", msg, w)
+		}
+	}
+	_, err = Parse("m.yaml", []byte(base+"maintenance:\n  gc: true\n"))
+	if err == nil || !strings.Contains(err.Error(), "only a policy of kind maintenance has a maintenance section") {
+		t.Errorf("maintenance section in a backup policy: %v", err)
 	}
 }

@@ -27,8 +27,21 @@ const (
 	DefaultHookTimeout   = 30 * time.Second
 )
 
-// Policy is one backup policy.
+// Kinds of policy.
+const (
+	// KindBackup backs up one workload (the default).
+	KindBackup = "backup"
+	// KindMaintenance prunes expired backups, collects garbage and checks or
+	// verifies one repository (RepositoryMaintenance).
+	KindMaintenance = "maintenance"
+)
+
+// Policy is one backup or maintenance policy.
 type Policy struct {
+	// Kind is KindBackup or KindMaintenance.
+	Kind string `json:"kind"`
+	// Maintenance is what a maintenance policy does (kind maintenance only).
+	Maintenance *Maintenance `json:"maintenance,omitempty"`
 	// Name identifies the policy; its schedule is policy/<name>.
 	Name        string `json:"name"`
 	Description string `json:"description,omitempty"`
@@ -130,6 +143,31 @@ type Retention struct {
 	// ExpireAfter is the lifetime of each backup; an expired backup goes at
 	// the next prune whatever the keep rules say.
 	ExpireAfter time.Duration `json:"expire_after,omitempty"`
+}
+
+// Maintenance is what each run of a maintenance policy does to its
+// repository. Parse fills in the defaults: prune expired backups, gc, check.
+type Maintenance struct {
+	PruneExpired *bool         `json:"prune_expired,omitempty"`
+	GC           *bool         `json:"gc,omitempty"`
+	GCGrace      time.Duration `json:"gc_grace,omitempty"`
+	// Verify is "none", "check" (structure) or "full" (every chunk re-read).
+	Verify string `json:"verify,omitempty"`
+}
+
+// MaintenanceRequest is the RepositoryMaintenance input every run of a
+// maintenance policy gets.
+func (p *Policy) MaintenanceRequest() workflows.MaintenanceRequest {
+	req := workflows.MaintenanceRequest{Repository: p.Repository}
+	if m := p.Maintenance; m != nil {
+		req.PruneExpired = m.PruneExpired != nil && *m.PruneExpired
+		req.GC = m.GC != nil && *m.GC
+		req.GCGrace = m.GCGrace
+		if m.Verify != "none" {
+			req.Verify = m.Verify
+		}
+	}
+	return req
 }
 
 // ScheduleID is the Temporal Schedule id of a policy.

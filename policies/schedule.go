@@ -34,6 +34,9 @@ var ErrNotFound = errors.New("policy not found")
 // searchAttributes are the Raksha search attributes of the policy's
 // schedule and of every backup it starts.
 func (p *Policy) searchAttributes() temporal.SearchAttributes {
+	if p.Kind == KindMaintenance {
+		return temporal.NewSearchAttributes(workflows.SAPolicy.ValueSet(p.Name), workflows.SAOperation.ValueSet("maintenance"))
+	}
 	updates := []temporal.SearchAttributeUpdate{
 		workflows.SAPolicy.ValueSet(p.Name),
 		workflows.SAWorkload.ValueSet(p.Workload),
@@ -61,6 +64,17 @@ func (p *Policy) spec() client.ScheduleSpec {
 
 func (p *Policy) action() *client.ScheduleWorkflowAction {
 	memo := map[string]any{MemoPolicy: p.Name, MemoDigest: p.Digest()}
+	if p.Kind == KindMaintenance {
+		return &client.ScheduleWorkflowAction{
+			ID:                    workflows.MaintenanceWorkflowID(p.Repository),
+			Workflow:              workflows.RepositoryMaintenance,
+			Args:                  []any{p.MaintenanceRequest()},
+			TaskQueue:             activities.ControlQueue,
+			Memo:                  memo,
+			TypedSearchAttributes: p.searchAttributes(),
+			StaticSummary:         fmt.Sprintf("maintenance of repository %s by policy %s", p.Repository, p.Name),
+		}
+	}
 	if p.Retention.ExpireAfter > 0 {
 		memo[MemoExpireAfter] = FormatDuration(p.Retention.ExpireAfter)
 	}
@@ -215,8 +229,11 @@ type Status struct {
 	When   string `json:"when"`
 	Paused bool   `json:"paused"`
 	Note   string `json:"note,omitempty"`
-	// Request is the BackupRequest each run gets (Show only).
+	// Request is the BackupRequest each run gets (Show only, backup policies).
 	Request *workflows.BackupRequest `json:"request,omitempty"`
+	// Maintenance is the MaintenanceRequest each run gets (Show only,
+	// maintenance policies).
+	Maintenance *workflows.MaintenanceRequest `json:"maintenance,omitempty"`
 	// ExpireAfter is the policy's backup lifetime (Show only).
 	ExpireAfter string      `json:"expire_after,omitempty"`
 	Digest      string      `json:"digest,omitempty"`
@@ -314,7 +331,12 @@ func Show(ctx context.Context, sc client.ScheduleClient, name string) (*Status, 
 		st.Paused, st.Note = s.Paused, s.Note
 	}
 	if act, ok := desc.Schedule.Action.(*client.ScheduleWorkflowAction); ok {
-		if len(act.Args) == 1 {
+		if len(act.Args) == 1 && act.Workflow == "RepositoryMaintenance" {
+			var req workflows.MaintenanceRequest
+			if err := decode(act.Args[0], &req); err == nil {
+				st.Maintenance = &req
+			}
+		} else if len(act.Args) == 1 {
 			var req workflows.BackupRequest
 			if err := decode(act.Args[0], &req); err == nil {
 				st.Request = &req

@@ -19,7 +19,9 @@ func (a *app) policyCmd() *cobra.Command {
 		Short: "Backup policies: validate and apply policy files (Temporal Schedules), list, show, pause, resume, trigger, delete",
 		Long: `A policy (YAML, see policies/examples/) backs up one workload on a schedule.
 Applied, it is the Temporal Schedule policy/<name>, whose runs are WorkloadBackup
-workflows on the raksha-control task queue.`,
+workflows on the raksha-control task queue. A policy of kind maintenance instead
+prunes expired backups, collects garbage and checks or verifies one repository
+(RepositoryMaintenance workflows).`,
 	}
 	c.AddCommand(a.policyValidateCmd(), a.policyApplyCmd(), a.policyListCmd(), a.policyShowCmd(),
 		a.policyPauseCmd(true), a.policyPauseCmd(false), a.policyTriggerCmd(), a.policyDeleteCmd())
@@ -81,13 +83,44 @@ func (a *app) policyValidateCmd() *cobra.Command {
 				return a.printJSON(ps)
 			}
 			for _, p := range ps {
-				fmt.Fprintf(a.stdout, "%s:%d: policy %s is valid: workload %s, %s\n", p.File, p.Line, p.Name, p.Workload, when(p))
+				fmt.Fprintf(a.stdout, "%s:%d: policy %s is valid: %s, %s\n", p.File, p.Line, p.Name, what(p), when(p))
 			}
 			return nil
 		},
 	}
 	a.fileFlags(c, &files)
 	return c
+}
+
+// what says what a policy's runs do: back up a workload, or maintain a
+// repository.
+func what(p *policies.Policy) string {
+	if p.Kind == policies.KindMaintenance {
+		return "maintenance of repository " + p.Repository + " (" + maintenanceSteps(p.MaintenanceRequest()) + ")"
+	}
+	return "workload " + p.Workload
+}
+
+// maintenanceSteps lists what a maintenance run does, in order.
+func maintenanceSteps(m workflows.MaintenanceRequest) string {
+	var steps []string
+	if m.PruneExpired {
+		steps = append(steps, "prune expired backups")
+	}
+	if m.GC {
+		g := "gc"
+		if m.GCGrace > 0 {
+			g += " (grace " + policies.FormatDuration(m.GCGrace) + ")"
+		}
+		steps = append(steps, g)
+	}
+	if m.Verify != "" {
+		steps = append(steps, m.Verify)
+	}
+	if len(steps) == 0 {
+		return "nothing"
+	}
+	return strings.Join(steps, ", ")
 }
 
 // when describes a policy's schedule in words.
@@ -143,7 +176,7 @@ a re-apply).`,
 				}
 				results = append(results, r)
 				if a.format != "json" {
-					fmt.Fprintf(a.stdout, "%s: %s (schedule %s, workload %s, %s)\n", p.Name, r.Action, r.ScheduleID, p.Workload, when(p))
+					fmt.Fprintf(a.stdout, "%s: %s (schedule %s, %s, %s)\n", p.Name, r.Action, r.ScheduleID, what(p), when(p))
 				}
 			}
 			if a.format == "json" {
@@ -247,7 +280,10 @@ func (a *app) policyShowCmd() *cobra.Command {
 			}
 			fmt.Fprintf(w, "\nruns        %d started, %d skipped (previous still running), %d missed (past the catch-up window)\n",
 				st.Actions, st.SkippedOverlap, st.MissedCatchup)
-			if r := st.Request; r != nil {
+			if m := st.Maintenance; m != nil {
+				fmt.Fprintf(w, "maintains   repository %s: %s\n", m.Repository, maintenanceSteps(*m))
+			}
+			if r := st.Request; r != nil && st.Maintenance == nil {
 				fmt.Fprintf(w, "backs up    %s", r.Selector)
 				if r.Project != "" {
 					fmt.Fprintf(w, " in project %s", r.Project)

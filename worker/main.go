@@ -244,6 +244,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		w.RegisterWorkflow(workflows.Restore)
 		w.RegisterWorkflow(workflows.Clone)
 		w.RegisterWorkflow(workflows.CloneDelete)
+		w.RegisterWorkflow(workflows.RepositoryMaintenance)
 		w.RegisterActivity(acts)
 		workers = append(workers, w)
 	}
