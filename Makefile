@@ -36,7 +36,7 @@ APT_DEMO := $(APT_QEMU)
 # that it is looked up when used, after test-deps ran).
 CEPH_TAGS = $(shell test -e /usr/include/rbd/librbd.h && echo "-tags ceph,pacific")
 
-.PHONY: all build demo test test-deps demo-deps bench lint fuzz clean
+.PHONY: all build demo test test-deps demo-deps bench lint fuzz chaos clean
 
 all: build
 
@@ -93,6 +93,18 @@ FUZZTIME ?= 60s
 fuzz:
 	$(GO) test -run=NONE -fuzz=FuzzDecodePage -fuzztime=$(FUZZTIME) ./internal/repo/
 	$(GO) test -run=NONE -fuzz=FuzzLoadManifest -fuzztime=$(FUZZTIME) ./internal/repo/
+
+# The chaos suite (tests named TestChaos*): make test runs each scenario with
+# its default (small) number of rounds; make chaos runs them with
+# CHAOS_ROUNDS rounds each and writes the report integration/CHAOS.md.
+CHAOS_ROUNDS ?= 5
+chaos: test-deps build $(BIN)/temporal
+	@env LIBVIRTD_OWNER=$(CURDIR) scripts/libvirtd-up.sh
+	rm -f $(CURDIR)/.chaos.jsonl
+	RAKSHA_CHAOS_REPORT=$(CURDIR)/.chaos.jsonl RAKSHA_CHAOS_ROUNDS=$(CHAOS_ROUNDS) \
+	  $(GO) test $(CEPH_TAGS) -count=1 -p 1 -timeout 90m -run '^TestChaos' ./internal/... ./integration/...
+	$(GO) run ./internal/testenv/chaos/report $(CURDIR)/.chaos.jsonl "$$(nproc) cores, $$(awk '/MemTotal/{printf "%.0f GiB", $$2/1048576}' /proc/meminfo), $$(uname -r)" > integration/CHAOS.md
+	@echo "chaos report: integration/CHAOS.md"
 
 # bench/libvirt.sh: the libvirt pull-export path beside the file path of the
 # same image (bench/RESULTS-libvirt.md); BENCH_LIBVIRT=0 skips it.
