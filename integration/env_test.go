@@ -13,9 +13,11 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/worker"
 
 	"github.com/raksha-backup/raksha/activities"
+	"github.com/raksha-backup/raksha/internal/temporalx"
 	"github.com/raksha-backup/raksha/workflows"
 )
 
@@ -66,12 +68,19 @@ func startTemporal(t *testing.T) (client.Client, string) {
 	return srv.Client(), srv.FrontendHostPort()
 }
 
+// workerOptions are the options raksha-worker runs its workers with that
+// matter to the tests: the activity pollers, and automatic heartbeats.
+func workerOptions() worker.Options {
+	return worker.Options{MaxConcurrentActivityTaskPollers: activities.ActivityPollers,
+		Interceptors: []interceptor.WorkerInterceptor{temporalx.AutoHeartbeat()}}
+}
+
 // startWorkers runs in-process workers of acts on the queues until the test
 // ends; the control queue also runs the workflows.
 func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, queues ...string) {
 	t.Helper()
 	for _, q := range queues {
-		w := worker.New(c, q, worker.Options{MaxConcurrentActivityTaskPollers: activities.ActivityPollers})
+		w := worker.New(c, q, workerOptions())
 		if q == activities.ControlQueue {
 			w.RegisterWorkflow(workflows.WorkloadBackup)
 			w.RegisterWorkflow(workflows.CopyDisks)

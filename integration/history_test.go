@@ -162,7 +162,7 @@ func fakeWorkload(vms, disks int) []activities.VM {
 func startFakeWorkers(t *testing.T, c client.Client, f *fakeActs) {
 	t.Helper()
 	for _, q := range []string{activities.ControlQueue, activities.HostQueue("h1")} {
-		w := worker.New(c, q, worker.Options{MaxConcurrentActivityTaskPollers: activities.ActivityPollers})
+		w := worker.New(c, q, workerOptions())
 		if q == activities.ControlQueue {
 			registerBackupWorkflows(w)
 			w.RegisterWorkflow(workflows.Semaphore)

@@ -39,7 +39,7 @@ func stubBackup(ctx workflow.Context, req workflows.BackupRequest) (workflows.Ba
 
 func startStubWorker(t *testing.T, c client.Client) {
 	t.Helper()
-	w := worker.New(c, activities.ControlQueue, worker.Options{})
+	w := worker.New(c, activities.ControlQueue, workerOptions())
 	w.RegisterWorkflowWithOptions(stubBackup, workflow.RegisterOptions{Name: "WorkloadBackup"})
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
@@ -276,7 +276,7 @@ func startSemaphoreWorker(t *testing.T, c client.Client) *holdActivity {
 	t.Helper()
 	acts := activities.New(activities.Config{Temporal: c, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	h := &holdActivity{}
-	w := worker.New(c, activities.ControlQueue, worker.Options{})
+	w := worker.New(c, activities.ControlQueue, workerOptions())
 	w.RegisterWorkflow(workflows.Semaphore)
 	w.RegisterWorkflow(acquirer)
 	w.RegisterActivity(acts)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/worker"
 	"gopkg.in/yaml.v3"
 
@@ -234,7 +235,8 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	acts := activities.New(acfg)
 	defer activities.Shutdown(context.Background(), acts)
 
-	opts := worker.Options{WorkerStopTimeout: 30 * time.Second, MaxConcurrentActivityTaskPollers: activities.ActivityPollers}
+	opts := worker.Options{WorkerStopTimeout: 30 * time.Second, MaxConcurrentActivityTaskPollers: activities.ActivityPollers,
+		Interceptors: []interceptor.WorkerInterceptor{temporalx.AutoHeartbeat()}}
 	var workers []worker.Worker
 	if has["control"] {
 		w := worker.New(c, activities.ControlQueue, opts)

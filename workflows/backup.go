@@ -119,13 +119,33 @@ const ErrNotAppConsistent = "NotApplicationConsistent"
 
 var a *activities.Activities
 
+// ShortHeartbeat is the heartbeat timeout of the control and host
+// activities: the workers heartbeat every activity that has one
+// (temporalx.AutoHeartbeat), so a dead worker or a completion lost with a
+// killed Temporal server is noticed this soon instead of at the activity's
+// start-to-close timeout.
+const ShortHeartbeat = 20 * time.Second
+
+// shortHeartbeatChange gates ShortHeartbeat on the control and host
+// activities, for histories recorded before it.
+const shortHeartbeatChange = "short-heartbeat"
+
 func controlOpts(ctx workflow.Context, timeout time.Duration) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:           activities.ControlQueue,
 		StartToCloseTimeout: timeout,
+		HeartbeatTimeout:    shortHeartbeat(ctx),
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: time.Minute,
 			MaximumAttempts: 5, NonRetryableErrorTypes: activities.NonRetryable},
 	})
+}
+
+// shortHeartbeat is ShortHeartbeat, or none in histories recorded before it.
+func shortHeartbeat(ctx workflow.Context) time.Duration {
+	if workflow.GetVersion(ctx, shortHeartbeatChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		return 0
+	}
+	return ShortHeartbeat
 }
 
 func hostOpts(ctx workflow.Context, host string, timeout time.Duration, attempts int32) workflow.Context {
@@ -133,6 +153,7 @@ func hostOpts(ctx workflow.Context, host string, timeout time.Duration, attempts
 		TaskQueue:              activities.HostQueue(host),
 		ScheduleToStartTimeout: time.Minute, // a host worker that is not there fails fast
 		StartToCloseTimeout:    timeout,
+		HeartbeatTimeout:       shortHeartbeat(ctx),
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: 30 * time.Second,
 			MaximumAttempts: attempts, NonRetryableErrorTypes: activities.NonRetryable},
 	})
