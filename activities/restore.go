@@ -301,8 +301,14 @@ func (a *Activities) DisconnectVolume(ctx context.Context, in VolumeRef) error {
 type writer interface {
 	WriteAt(p []byte, off int64) (int, error)
 	Size() int64
+	// Sync makes every write so far durable on the target.
+	Sync() error
 	Close() error
 }
+
+// resumeSyncEvery is how often WriteDisk flushes the target to move its
+// resume point on.
+const resumeSyncEvery = 2 * time.Second
 
 func (a *Activities) openTarget(ctx context.Context, t WriteTarget) (writer, error) {
 	switch t.Kind {
@@ -366,8 +372,25 @@ func (a *Activities) WriteDisk(ctx context.Context, in WriteDiskInput) (*WriteDi
 		w.Close()
 		return nil, invalid("restore backup %s vm %s disk %s: target %s has %d bytes, the disk %d", m.Backup, m.VM, m.Disk, in.Target, w.Size(), m.Size)
 	}
-	st, err := r.RestoreDisk(ctx, in.Manifest, w, repo.RestoreOptions{ZeroHoles: true, Progress: func(p repo.Progress) {
-		activity.RecordHeartbeat(ctx, WriteDiskProgress{Done: p.Done, Total: p.Total})
+	// A retry of the same write (its worker died) starts where the last
+	// attempt's flushed resume point says.
+	var from int64
+	var prev WriteDiskProgress
+	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &prev) == nil &&
+		prev.Manifest == in.Manifest && prev.Total == m.Size && prev.Resume > 0 && prev.Resume <= m.Size {
+		from = prev.Resume
+		a.log.Info("restore resumes where the last attempt stopped", "manifest", in.Manifest, "target", in.Target.String(), "from", from, "attempt", activity.GetInfo(ctx).Attempt)
+	}
+	resume, lastSync := from, time.Now()
+	st, err := r.RestoreDisk(ctx, in.Manifest, w, repo.RestoreOptions{ZeroHoles: true, From: from, Progress: func(p repo.Progress) {
+		if p.Resume > resume && time.Since(lastSync) >= resumeSyncEvery {
+			if err := w.Sync(); err == nil {
+				resume, lastSync = p.Resume, time.Now()
+			} else {
+				a.log.Warn("restore: sync of the target failed; the resume point stays", "target", in.Target.String(), "err", err)
+			}
+		}
+		activity.RecordHeartbeat(ctx, WriteDiskProgress{Done: p.Done, Total: p.Total, Manifest: in.Manifest, Resume: resume})
 	}})
 	if cerr := w.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("restore backup %s vm %s disk %s: %w", m.Backup, m.VM, m.Disk, cerr)
@@ -380,7 +403,7 @@ func (a *Activities) WriteDisk(ctx context.Context, in WriteDiskInput) (*WriteDi
 	}
 	a.log.Info("disk restored", "manifest", in.Manifest, "target", in.Target.String(), "bytes", m.Size, "fetched", st.BytesFetched, "seconds", st.Seconds)
 	return &WriteDiskResult{Manifest: in.Manifest, Size: m.Size, BytesFetched: st.BytesFetched, BytesWritten: st.BytesWritten,
-		Chunks: st.Chunks, Holes: st.Holes, Seconds: st.Seconds}, nil
+		Chunks: st.Chunks, Holes: st.Holes, Seconds: st.Seconds, ResumedFrom: from}, nil
 }
 
 // CreateRestoreServer recreates one server of a backup from the metadata

@@ -171,6 +171,10 @@ type WriteDiskInput struct {
 type WriteDiskProgress struct {
 	Done  int64 `json:"done"`
 	Total int64 `json:"total"`
+	// Manifest and Resume say where a retry of the same write starts: every
+	// chunk of Manifest before Resume is written to the target and flushed.
+	Manifest string `json:"manifest,omitempty"`
+	Resume   int64  `json:"resume,omitempty"`
 }
 
 // WriteDiskResult counts what WriteDisk did.
@@ -182,6 +186,9 @@ type WriteDiskResult struct {
 	Chunks       int64   `json:"chunks"`
 	Holes        int64   `json:"holes"`
 	Seconds      float64 `json:"seconds"`
+	// ResumedFrom is where this attempt started: the flushed resume point
+	// of an earlier attempt whose worker died (0: from the start).
+	ResumedFrom int64 `json:"resumed_from,omitempty"`
 }
 
 // CreateServerInput recreates one server of a backup from its captured

@@ -158,7 +158,7 @@ func writeOpts(ctx workflow.Context, queue string) workflow.Context {
 		TaskQueue:              queue,
 		ScheduleToStartTimeout: 5 * time.Minute,
 		StartToCloseTimeout:    24 * time.Hour,
-		HeartbeatTimeout:       2 * time.Minute,
+		HeartbeatTimeout:       30 * time.Second, // WriteDisk heartbeats every 200 ms; a dead worker's write resumes after this
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: time.Minute,
 			MaximumAttempts: 5, NonRetryableErrorTypes: activities.NonRetryable},
 	})

@@ -94,6 +94,10 @@ func (r *Repository) loadPartial(ctx context.Context, m *DiskManifest) (*partial
 // Progress reports how far a disk copy or restore is.
 type Progress struct {
 	Done, Total int64 // bytes of the disk covered so far, and its size
+	// Resume (restores only) is where a restore may start again: every
+	// chunk before it has been written to the target (not necessarily
+	// flushed: the caller syncs the target before relying on it).
+	Resume int64
 	DiskStats
 }
 

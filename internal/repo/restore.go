@@ -16,6 +16,11 @@ type RestoreOptions struct {
 	ZeroHoles bool
 	// Progress, if set, is called from time to time and at the end.
 	Progress func(Progress)
+	// From resumes an interrupted restore into the same target: chunks
+	// that end at or before From are not fetched or written again. It must
+	// be a Progress.Resume of the earlier restore (a multiple of the chunk
+	// size, or the disk's size).
+	From int64
 }
 
 // RestoreStats count what a restore did.
@@ -25,6 +30,10 @@ type RestoreStats struct {
 	Chunks       int64   `json:"chunks"`
 	Holes        int64   `json:"holes"`
 	Seconds      float64 `json:"seconds"`
+	// Resume is where the restore may start again (RestoreOptions.From) if
+	// it failed: every chunk before it was written. The disk's size when it
+	// succeeded.
+	Resume int64 `json:"resume"`
 }
 
 // RestoreDisk writes disk manifest diskID (BACKUP/VM/DISK) to w, fetching
@@ -54,16 +63,28 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	cs := int64(m.ChunkSize)
+	if o.From < 0 || o.From > m.Size || (o.From%cs != 0 && o.From != m.Size) {
+		return RestoreStats{}, fmt.Errorf("resume at %d: not a chunk boundary of a %d-byte disk with %d-byte chunks", o.From, m.Size, cs)
+	}
+	first := (o.From + cs - 1) / cs // the first chunk to write
 	jobs := make(chan fetchJob, r.opts.Transfers)
 	var mu sync.Mutex
 	var st RestoreStats
-	var done int64
+	done := o.From
 	lastProgress := time.Time{}
-	// report counts a chunk of n bytes: a hole, or fetched and written
+	// Chunks complete out of order; next is the first chunk not yet
+	// written, complete holds those after it that are.
+	next, complete := first, map[int64]bool{}
+	// report counts chunk i of n bytes: a hole, or fetched and written
 	// (written < n when zero blocks were skipped).
-	report := func(n int64, hole bool, written int64) {
+	report := func(i, n int64, hole bool, written int64) {
 		mu.Lock()
 		defer mu.Unlock()
+		complete[i] = true
+		for complete[next] {
+			delete(complete, next)
+			next++
+		}
 		done += n
 		if hole {
 			st.Holes++
@@ -77,7 +98,7 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 		}
 		if o.Progress != nil && time.Since(lastProgress) > 200*time.Millisecond {
 			lastProgress = time.Now()
-			o.Progress(Progress{Done: done, Total: m.Size})
+			o.Progress(Progress{Done: done, Total: m.Size, Resume: min(next*cs, m.Size)})
 		}
 	}
 	chunkLen := func(i int64) int64 { return min(cs, m.Size-i*cs) }
@@ -123,7 +144,7 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 					cancel(fmt.Errorf("write at offset %d: %w", j.i*cs, werr))
 					continue
 				}
-				report(int64(len(plain)), false, written)
+				report(j.i, int64(len(plain)), false, written)
 			}
 		}()
 	}
@@ -132,13 +153,16 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 		zeroChunk = alignedBuffer(int(cs))[:cs]
 	}
 	err := r.ForEachChunk(ctx, m, func(i int64, id ChunkID) error {
+		if i < first {
+			return nil
+		}
 		if id.IsHole() {
 			if o.ZeroHoles {
 				if _, err := w.WriteAt(zeroChunk[:chunkLen(i)], i*cs); err != nil {
 					return fmt.Errorf("write zeros at offset %d: %w", i*cs, err)
 				}
 			}
-			report(chunkLen(i), true, 0)
+			report(i, chunkLen(i), true, 0)
 			return nil
 		}
 		select {
@@ -150,6 +174,7 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 	})
 	close(jobs)
 	wg.Wait()
+	st.Resume = min(next*cs, m.Size)
 	if cerr := context.Cause(ctx); cerr != nil {
 		return st, cerr
 	}
@@ -157,7 +182,7 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 		return st, err
 	}
 	if o.Progress != nil {
-		o.Progress(Progress{Done: m.Size, Total: m.Size})
+		o.Progress(Progress{Done: m.Size, Total: m.Size, Resume: m.Size})
 	}
 	return st, nil
 }

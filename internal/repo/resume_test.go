@@ -3,6 +3,9 @@ package repo
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -127,4 +130,80 @@ func TestInterruptedCopyResumesFromCheckpoint(t *testing.T) {
 	if _, err := r.JoinBackup(ctx, b.ID); !errors.Is(err, ErrNoSession) {
 		t.Errorf("join of a committed backup: %v, want ErrNoSession", err)
 	}
+}
+
+// failingWriter fails every write at or past failAt, like a worker that
+// dies in the middle of a restore.
+type failingWriter struct {
+	f      *os.File
+	failAt int64
+}
+
+func (w *failingWriter) WriteAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > w.failAt {
+		return 0, errWorkerDied
+	}
+	return w.f.WriteAt(p, off)
+}
+
+// TestInterruptedRestoreResumes: a restore that dies part way reports a
+// resume point with every chunk before it written; a second restore from
+// there into the same target fetches only the rest, and the target equals
+// the disk.
+func TestInterruptedRestoreResumes(t *testing.T) {
+	r, _ := newLocalRepo(t)
+	ctx := context.Background()
+	im := newImage(t, 22)
+	const n = 64
+	im.create(n*testCS, map[int64][]byte{0: im.random(20 * testCS), 30 * testCS: im.random(30 * testCS)}) // holes between
+	res := backupFile(t, r, im.path, nil, DiskOptions{})
+	out := filepath.Join(t.TempDir(), "restored.img")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(n * testCS); err != nil {
+		t.Fatal(err)
+	}
+	// The first restore fetches one chunk at a time, so that where it dies
+	// is known (with several in flight, one slow chunk holds the resume
+	// point back).
+	be := r.be
+	o := testOptions()
+	o.Transfers = 1
+	serial, err := Open(ctx, be, "secret", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reported int64
+	st1, err := serial.RestoreDisk(ctx, res.disk.ID, &failingWriter{f: f, failAt: 45 * testCS}, RestoreOptions{ZeroHoles: true,
+		Progress: func(p Progress) { reported = max(reported, p.Resume) }})
+	if !errors.Is(err, errWorkerDied) {
+		t.Fatalf("first restore: %v, want the write error", err)
+	}
+	resume := st1.Resume
+	if resume != 45*testCS || reported > resume {
+		t.Fatalf("resume point %d (progress said %d): want chunk 45's offset %d, and progress never past it", resume, reported, 45*testCS)
+	}
+	if _, err := r.RestoreDisk(ctx, res.disk.ID, f, RestoreOptions{ZeroHoles: true, From: resume + 1}); err == nil || !strings.Contains(err.Error(), "not a chunk boundary") {
+		t.Errorf("resume at an odd offset: %v, want a clear refusal", err)
+	}
+	st, err := r.RestoreDisk(ctx, res.disk.ID, f, RestoreOptions{ZeroHoles: true, From: resume})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dataAfter int64
+	for i := resume / testCS; i < n; i++ {
+		if i < 20 || (i >= 30 && i < 60) {
+			dataAfter += testCS
+		}
+	}
+	if st.BytesFetched != dataAfter {
+		t.Errorf("resumed restore fetched %d bytes, want only the %d of data after the resume point %d", st.BytesFetched, dataAfter, resume)
+	}
+	if fileHash(t, out) != fileHash(t, im.path) {
+		t.Fatal("the resumed restore differs from the disk")
+	}
+	t.Logf("died at chunk 45, resumed at chunk %d, fetched %d of %d data bytes the second time", resume/testCS, st.BytesFetched, 50*testCS)
 }

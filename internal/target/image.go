@@ -84,6 +84,9 @@ func OpenImage(ctx context.Context, path string, o ImageOptions) (*Image, error)
 		fmt.Sprintf("--shared=%d", o.Conns), "--persistent", "--cache=writeback", "--aio=threads",
 		"--discard=unmap", "--detect-zeroes=unmap", path)
 	im.cmd.Stderr = im.stder
+	// qemu-nbd holds the image's lock: it must not outlive a worker that is
+	// killed (it flushes and exits on SIGTERM).
+	im.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := im.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("open disk image %s: start qemu-nbd: %w", path, err)
@@ -210,6 +213,18 @@ func (im *Image) WriteAt(p []byte, off int64) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// Sync flushes every write made so far to the image file (an NBD flush on
+// every connection): after it, they survive qemu-nbd or this process being
+// killed.
+func (im *Image) Sync() error {
+	for _, c := range im.conns {
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("sync %s: %w", im.path, err)
+		}
+	}
+	return nil
 }
 
 // Close flushes every write to the image file, disconnects and stops

@@ -394,6 +394,14 @@ func (t *Target) WriteAt(p []byte, off int64) (int, error) {
 // Size is the image size.
 func (t *Target) Size() int64 { return t.size }
 
+// Sync flushes every write made so far to the cluster.
+func (t *Target) Sync() error {
+	if err := t.img.Flush(); err != nil {
+		return fmt.Errorf("flush %s: %w", t.name, err)
+	}
+	return nil
+}
+
 // Close flushes and closes the image.
 func (t *Target) Close() error {
 	ferr := t.img.Flush()

@@ -66,5 +66,8 @@ func (t *Target) WriteAt(p []byte, off int64) (int, error) { return 0, ErrUnavai
 // Size is 0.
 func (t *Target) Size() int64 { return 0 }
 
+// Sync reports ErrUnavailable.
+func (t *Target) Sync() error { return ErrUnavailable }
+
 // Close does nothing.
 func (t *Target) Close() error { return nil }
