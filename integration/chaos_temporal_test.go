@@ -16,6 +16,9 @@ import (
 
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
@@ -263,4 +266,108 @@ func hasBackup(t *testing.T, r *repo.Repository, id string) bool {
 // quietSDKLog drops the SDK's own log lines (a killed server makes many).
 func quietSDKLog() sdklog.Logger {
 	return sdklog.NewStructuredLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+// slowStep is an activity that takes a while and completes: the shape of a
+// Thaw with post-hooks, or a Commit.
+type slowStep struct{}
+
+func (*slowStep) SlowStep(ctx context.Context, d time.Duration) (string, error) {
+	select {
+	case <-time.After(d):
+		return "done", nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// slowStepWorkflow runs SlowStep with the control activities' options: a
+// long start-to-close timeout and, with heartbeat, ShortHeartbeat.
+func slowStepWorkflow(ctx workflow.Context, d time.Duration, heartbeat bool) (string, error) {
+	o := workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumAttempts: 5}}
+	if heartbeat {
+		o.HeartbeatTimeout = workflows.ShortHeartbeat
+	}
+	var out string
+	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, o), "SlowStep", d).Get(ctx, &out)
+	return out, err
+}
+
+// TestChaosActivityCompletionLostWithServer: the Temporal server is killed
+// while an activity runs and stays down past the SDK's 60 s of retrying the
+// activity's completion, so the completion is lost; then it comes back. With
+// the heartbeat timeout every control and host activity now has (and the
+// workers' automatic heartbeats), the server retries the activity at once
+// and the workflow completes within seconds. Under make chaos the old
+// options (no heartbeat timeout) run too, for the figure: the workflow then
+// waits for the activity's start-to-close timeout (2 min).
+func TestChaosActivityCompletionLostWithServer(t *testing.T) {
+	srv := startKillableServer(t)
+	c, err := client.Dial(client.Options{HostPort: srv.addr(), Logger: quietSDKLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w := worker.New(c, "chaos-slow", workerOptions())
+	w.RegisterWorkflow(slowStepWorkflow)
+	w.RegisterActivity(&slowStep{})
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	ctx := context.Background()
+	rng := chaos.NewRand(t)
+	rounds := chaos.Rounds(t, 1)
+	row := chaos.Row{Scenario: "Temporal server SIGKILLed while an activity runs and down 65-70 s, so the activity's completion is lost",
+		Components: "dev server (sqlite file), in-process worker", Rounds: rounds}
+	run := func(round int, heartbeat bool) time.Duration {
+		t.Helper()
+		step := 2 * time.Second
+		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: fmt.Sprintf("chaos-slow-%d-%v", round, heartbeat), TaskQueue: "chaos-slow"},
+			slowStepWorkflow, step, heartbeat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for {
+			desc, err := c.DescribeWorkflowExecution(ctx, wr.GetID(), wr.GetRunID())
+			if err == nil && len(desc.PendingActivities) > 0 && desc.PendingActivities[0].LastStartedTime != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the activity never started")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(chaos.Jitter(rng, 200*time.Millisecond, step-500*time.Millisecond))
+		srv.kill()
+		time.Sleep(chaos.Jitter(rng, 65*time.Second, 70*time.Second))
+		srv.start()
+		restarted := time.Now()
+		gctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+		defer cancel()
+		var out string
+		if err := c.GetWorkflow(gctx, wr.GetID(), wr.GetRunID()).Get(gctx, &out); err != nil || out != "done" {
+			t.Fatalf("round %d (heartbeat %v): %q, %v", round, heartbeat, out, err)
+		}
+		return time.Since(restarted)
+	}
+	var notes []string
+	for round := range rounds {
+		took := run(round, true)
+		row.Completed++
+		row.Recover = max(row.Recover, took)
+		notes = append(notes, fmt.Sprintf("%.1fs", took.Seconds()))
+		if took > workflows.ShortHeartbeat+15*time.Second {
+			t.Errorf("round %d: the workflow completed %v after the server was back, want within the heartbeat timeout (%v) and a retry", round, took.Round(time.Second), workflows.ShortHeartbeat)
+		}
+	}
+	row.Notes = fmt.Sprintf("completed %s after the restart", strings.Join(notes, ", "))
+	if os.Getenv(chaos.RoundsEnv) != "" {
+		old := run(rounds, false)
+		t.Logf("with the old options (no heartbeat timeout): %v", old.Round(100*time.Millisecond))
+		row.Notes += fmt.Sprintf("; with the old options (no heartbeat timeout) %.1fs", old.Seconds())
+	}
+	chaos.Record(t, row)
 }
