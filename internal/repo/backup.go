@@ -138,9 +138,9 @@ func (s *Session) BackupDisk(ctx context.Context, vm, diskName string, src disk.
 	}
 	diskID := s.id + "/" + vm + "/" + diskName
 	s.mu.Lock()
-	if s.finished {
+	if s.finished || s.aborted {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("backup disk %s: session already finished", diskID)
+		return nil, fmt.Errorf("backup disk %s: session already finished or aborted", diskID)
 	}
 	for _, m := range s.disks {
 		if m.ID == diskID {

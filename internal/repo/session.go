@@ -46,6 +46,7 @@ type Session struct {
 	mu        sync.Mutex
 	disks     []*DiskManifest
 	finished  bool
+	aborted   bool // Abort began: Commit is refused even if Abort failed
 	inflight  map[ChunkID]struct{}
 	testHooks sessionHooks
 }
@@ -96,13 +97,25 @@ func (r *Repository) StartBackup(ctx context.Context, spec BackupSpec) (*Session
 	spec.ID = id
 	m := sessionMarker{Backup: id, Host: host, PID: os.Getpid(), Spec: spec}
 	if err := r.saveJSON(ctx, "sessions/"+id, "session:"+id, m); err != nil {
+		// The store may have taken the marker though the answer was lost:
+		// no session is returned, so nobody else would remove it.
+		r.dropMarker(ctx, id)
 		return nil, fmt.Errorf("start backup %s: %w", id, err)
 	}
 	in, err := r.be.Stat(ctx, "sessions/"+id)
 	if err != nil {
+		r.dropMarker(ctx, id)
 		return nil, fmt.Errorf("start backup %s: %w", id, err)
 	}
 	return &Session{r: r, spec: spec, id: id, started: in.ModTime, inflight: map[ChunkID]struct{}{}}, nil
+}
+
+// dropMarker removes the session marker of a backup that failed to start,
+// best effort (gc removes a marker older than MaxSessionAge anyway).
+func (r *Repository) dropMarker(ctx context.Context, id string) {
+	if err := r.be.Delete(context.WithoutCancel(ctx), "sessions/"+id); err != nil && !backend.IsNotFound(err) {
+		r.log.Warn("start backup: could not remove the session marker of the failed start", "backup", id, "err", err)
+	}
 }
 
 // JoinBackup opens a backup in progress that another process (or an earlier
@@ -180,8 +193,8 @@ func (s *Session) ID() string { return s.id }
 func (s *Session) Commit(ctx context.Context) (*Backup, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.finished {
-		return nil, fmt.Errorf("commit %s: session already finished", s.id)
+	if s.finished || s.aborted {
+		return nil, fmt.Errorf("commit %s: session already finished or aborted", s.id)
 	}
 	if len(s.disks) == 0 {
 		return nil, fmt.Errorf("commit %s: no disk was backed up", s.id)
@@ -228,15 +241,21 @@ func (s *Session) Commit(ctx context.Context) (*Backup, error) {
 	return b, nil
 }
 
-// Abort removes the manifests written by the session and its marker. Chunks
-// it uploaded stay until gc collects them.
+// Abort removes what the session wrote: first a backup record that a Commit
+// which reported failure may have left (the store took the record but its
+// answer was lost), so the backup is not visible with its manifests gone;
+// then the manifests and the marker. Chunks it uploaded stay until gc
+// collects them. An Abort that failed may be called again.
 func (s *Session) Abort(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.finished {
 		return nil
 	}
-	s.finished = true
+	s.aborted = true
+	if err := s.r.be.Delete(ctx, backupName(s.id)); err != nil && !backend.IsNotFound(err) {
+		return fmt.Errorf("abort %s: remove the record of the failed commit: %w", s.id, err)
+	}
 	var errs []error
 	err := s.r.be.List(ctx, "manifests/"+s.id+"/", func(in backend.Info) error {
 		if err := s.r.be.Delete(ctx, in.Name); err != nil && !backend.IsNotFound(err) {
@@ -251,6 +270,7 @@ func (s *Session) Abort(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("abort %s: %w", s.id, err)
 	}
+	s.finished = true
 	return nil
 }
 

@@ -63,6 +63,14 @@ func (b *Backend) path(name string) (string, error) {
 	return filepath.Join(b.root, filepath.FromSlash(name)), nil
 }
 
+// saveErr wraps an error of Save.
+func (b *Backend) saveErr(name string, err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return backend.Permanent(fmt.Errorf("local save %s: no space left for the repository %s: %w", name, b.root, err))
+	}
+	return wrap("save", name, err)
+}
+
 func wrap(op, name string, err error) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("local %s %s: %w", op, name, backend.ErrNotFound)
@@ -73,7 +81,10 @@ func wrap(op, name string, err error) error {
 	return fmt.Errorf("local %s %s: %w", op, name, err)
 }
 
-// Save implements backend.Backend: temp file in the same directory, then rename.
+// Save implements backend.Backend: temp file in the same directory, then
+// rename; the temporary file of a failed save is removed. A full file system
+// (ENOSPC, EDQUOT) is a permanent error naming the repository's directory:
+// retrying at once cannot free space.
 func (b *Backend) Save(ctx context.Context, name string, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -86,12 +97,12 @@ func (b *Backend) Save(ctx context.Context, name string, data []byte) error {
 	f, err := os.CreateTemp(dir, tmpPrefix)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return wrap("save", name, err)
+			return b.saveErr(name, err)
 		}
 		f, err = os.CreateTemp(dir, tmpPrefix)
 	}
 	if err != nil {
-		return wrap("save", name, err)
+		return b.saveErr(name, err)
 	}
 	tmp := f.Name()
 	werr := b.write(f, data)
@@ -104,7 +115,7 @@ func (b *Backend) Save(ctx context.Context, name string, data []byte) error {
 	}
 	if werr != nil {
 		_ = os.Remove(tmp)
-		return wrap("save", name, werr)
+		return b.saveErr(name, werr)
 	}
 	return nil
 }

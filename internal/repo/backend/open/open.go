@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/raksha-backup/raksha/internal/repo/backend"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
@@ -25,6 +26,9 @@ type Options struct {
 	// S3Region is the region to sign S3 requests for; empty means AWS_REGION,
 	// the profile's region, or us-east-1.
 	S3Region string
+	// S3RequestTimeout bounds each S3 request, body included (a stalled
+	// store fails the try, which is retried); 0 means s3.DefaultRequestTimeout.
+	S3RequestTimeout time.Duration
 	// S3Profile selects a profile of the AWS shared config and credentials
 	// files; empty means AWS_PROFILE or "default".
 	S3Profile string

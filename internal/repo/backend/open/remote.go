@@ -35,11 +35,12 @@ func openRemote(ctx context.Context, u *url.URL, opts Options) (backend.Backend,
 	switch u.Scheme {
 	case "s3":
 		be, err := s3.Open(ctx, bucket, prefix, s3.Config{
-			Endpoint:  opts.S3Endpoint,
-			PathStyle: opts.S3PathStyle,
-			Region:    opts.S3Region,
-			Profile:   opts.S3Profile,
-			Log:       opts.Log,
+			Endpoint:       opts.S3Endpoint,
+			PathStyle:      opts.S3PathStyle,
+			Region:         opts.S3Region,
+			Profile:        opts.S3Profile,
+			RequestTimeout: opts.S3RequestTimeout,
+			Log:            opts.Log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("repository %s: %w", u.Redacted(), err)

@@ -63,9 +63,24 @@ type Config struct {
 	// ListPageSize is the number of keys List asks for per request; 0 means
 	// 1000, the S3 maximum. Tests set it small to exercise pagination.
 	ListPageSize int32
+	// RequestTimeout bounds one request (one try of Save, Load, Stat,
+	// Delete, Copy or one List page) from sending it to reading the last
+	// byte of the answer: a store that stalls, also in the middle of a body,
+	// fails the try with a transient error (ErrRequestTimeout) that the
+	// retry wrapper retries. 0 means DefaultRequestTimeout.
+	RequestTimeout time.Duration
 	// Log receives debug messages; nil means slog.Default().
 	Log *slog.Logger
 }
+
+// DefaultRequestTimeout is the RequestTimeout when Config sets none: ample
+// for repository objects (chunks of a few MiB) on a slow link.
+const DefaultRequestTimeout = 2 * time.Minute
+
+// ErrRequestTimeout is wrapped by the errors of requests that ran out of
+// their RequestTimeout. Unlike an expired caller's context it is transient:
+// backend.IsPermanent is false for it.
+var ErrRequestTimeout = errors.New("request timed out")
 
 // Backend is a bucket (or a prefix in a bucket) of objects. It is safe for
 // concurrent use. It implements backend.Backend and backend.Copier.
@@ -76,6 +91,7 @@ type Backend struct {
 	pageSize  int32
 	location  string
 	transport atomic.Pointer[http.Transport] // ours to close, once built
+	timeout   time.Duration
 	log       *slog.Logger
 }
 
@@ -104,7 +120,11 @@ func Open(ctx context.Context, bucket, prefix string, cfg Config) (*Backend, err
 		bucket:   bucket,
 		prefix:   strings.Trim(prefix, "/"),
 		pageSize: cfg.ListPageSize,
+		timeout:  cfg.RequestTimeout,
 		log:      log,
+	}
+	if b.timeout <= 0 {
+		b.timeout = DefaultRequestTimeout
 	}
 	if b.pageSize <= 0 || b.pageSize > 1000 {
 		b.pageSize = 1000
@@ -211,20 +231,24 @@ func newHTTPClient(t *atomic.Pointer[http.Transport]) *awshttp.BuildableClient {
 
 // ensureBucket creates the bucket unless it exists and is accessible.
 func (b *Backend) ensureBucket(ctx context.Context, region string) error {
-	_, err := b.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(b.bucket)})
+	rctx, cancel := b.request(ctx)
+	defer cancel()
+	_, err := b.client.HeadBucket(rctx, &s3.HeadBucketInput{Bucket: aws.String(b.bucket)})
 	if err == nil {
 		return nil
 	}
 	if httpStatus(err) != http.StatusNotFound {
-		return b.classify(ctx, "open", "", err)
+		return b.classify(ctx, rctx, "open", "", err)
 	}
+	rctx, cancel = b.request(ctx)
+	defer cancel()
 	in := &s3.CreateBucketInput{Bucket: aws.String(b.bucket)}
 	if region != "" && region != DefaultRegion {
 		in.CreateBucketConfiguration = &types.CreateBucketConfiguration{
 			LocationConstraint: types.BucketLocationConstraint(region),
 		}
 	}
-	_, err = b.client.CreateBucket(ctx, in)
+	_, err = b.client.CreateBucket(rctx, in)
 	var owned *types.BucketAlreadyOwnedByYou
 	switch {
 	case err == nil:
@@ -237,7 +261,7 @@ func (b *Backend) ensureBucket(ctx context.Context, region string) error {
 		if errors.As(err, &exists) {
 			return backend.Permanent(fmt.Errorf("s3 create bucket %s: the name is taken by another account: %w", b.location, err))
 		}
-		return b.classify(ctx, "create bucket", "", err)
+		return b.classify(ctx, rctx, "create bucket", "", err)
 	}
 }
 
@@ -264,14 +288,16 @@ func (b *Backend) Save(ctx context.Context, name string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	_, err = b.client.PutObject(ctx, &s3.PutObjectInput{
+	rctx, cancel := b.request(ctx)
+	defer cancel()
+	_, err = b.client.PutObject(rctx, &s3.PutObjectInput{
 		Bucket:        aws.String(b.bucket),
 		Key:           aws.String(key),
 		Body:          bytes.NewReader(data),
 		ContentLength: aws.Int64(int64(len(data))),
 	})
 	if err != nil {
-		return b.classify(ctx, "save", name, err)
+		return b.classify(ctx, rctx, "save", name, err)
 	}
 	return nil
 }
@@ -286,15 +312,17 @@ func (b *Backend) Load(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := b.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
+	rctx, cancel := b.request(ctx)
+	defer cancel()
+	out, err := b.client.GetObject(rctx, &s3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
 	if err != nil {
-		return nil, b.classify(ctx, "load", name, err)
+		return nil, b.classify(ctx, rctx, "load", name, err)
 	}
 	defer out.Body.Close()
 	size := aws.ToInt64(out.ContentLength)
 	buf := bytes.NewBuffer(make([]byte, 0, max(size, 0)+bytes.MinRead))
 	if _, err := buf.ReadFrom(out.Body); err != nil {
-		return nil, b.classify(ctx, "load", name, fmt.Errorf("read body: %w", err))
+		return nil, b.classify(ctx, rctx, "load", name, fmt.Errorf("read body: %w", err))
 	}
 	if out.ContentLength != nil && int64(buf.Len()) != size {
 		return nil, fmt.Errorf("s3 load %s: got %d of %d bytes", name, buf.Len(), size)
@@ -312,9 +340,11 @@ func (b *Backend) Stat(ctx context.Context, name string) (backend.Info, error) {
 	if err != nil {
 		return backend.Info{}, err
 	}
-	out, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
+	rctx, cancel := b.request(ctx)
+	defer cancel()
+	out, err := b.client.HeadObject(rctx, &s3.HeadObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
 	if err != nil {
-		return backend.Info{}, b.classify(ctx, "stat", name, err)
+		return backend.Info{}, b.classify(ctx, rctx, "stat", name, err)
 	}
 	return backend.Info{Name: name, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified)}, nil
 }
@@ -333,8 +363,10 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := b.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)}); err != nil {
-		return b.classify(ctx, "delete", name, err)
+	rctx, cancel := b.request(ctx)
+	defer cancel()
+	if _, err := b.client.DeleteObject(rctx, &s3.DeleteObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)}); err != nil {
+		return b.classify(ctx, rctx, "delete", name, err)
 	}
 	return nil
 }
@@ -357,10 +389,14 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Info)
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("s3 list %s: %w", prefix, err)
 		}
-		page, err := p.NextPage(ctx)
+		rctx, cancel := b.request(ctx)
+		page, err := p.NextPage(rctx)
 		if err != nil {
-			return b.classify(ctx, "list", prefix, err)
+			err = b.classify(ctx, rctx, "list", prefix, err)
+			cancel()
+			return err
 		}
+		cancel()
 		for _, obj := range page.Contents {
 			key := aws.ToString(obj.Key)
 			name, ok := strings.CutPrefix(key, strip)
@@ -390,13 +426,15 @@ func (b *Backend) Copy(ctx context.Context, from, to string) error {
 	if err != nil {
 		return err
 	}
-	_, err = b.client.CopyObject(ctx, &s3.CopyObjectInput{
+	rctx, cancel := b.request(ctx)
+	defer cancel()
+	_, err = b.client.CopyObject(rctx, &s3.CopyObjectInput{
 		Bucket:     aws.String(b.bucket),
 		Key:        aws.String(dst),
 		CopySource: aws.String(backend.EscapedPath(b.bucket, src)),
 	})
 	if err != nil {
-		return b.classify(ctx, "copy", from+" to "+to, err)
+		return b.classify(ctx, rctx, "copy", from+" to "+to, err)
 	}
 	return nil
 }
@@ -424,18 +462,29 @@ func httpStatus(err error) int {
 	return 0
 }
 
+// request returns the context of one request: ctx bounded by RequestTimeout.
+func (b *Backend) request(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, b.timeout)
+}
+
 // classify wraps err from operation op on object name (empty for
-// bucket-level operations):
+// bucket-level operations), made with rctx, the request context derived
+// from ctx by request:
 //   - a missing key wraps backend.ErrNotFound;
 //   - a cancelled or expired ctx is returned as such (wrapped);
+//   - a request that outran RequestTimeout (rctx expired, ctx not) wraps
+//     ErrRequestTimeout and not the context's error, so it is retried;
 //   - access denied (401, 403), bad requests (400), a missing or invalid
 //     bucket and other client errors are backend.Permanent;
 //   - 5xx, 408, 429, throttling codes and network errors stay plain, so
 //     the retry wrapper retries them.
-func (b *Backend) classify(ctx context.Context, op, name string, err error) error {
+func (b *Backend) classify(ctx, rctx context.Context, op, name string, err error) error {
 	what := "s3 " + op + " " + b.location
 	if name != "" {
 		what = "s3 " + op + " " + name + " in " + b.location
+	}
+	if ctx.Err() == nil && rctx.Err() != nil {
+		return fmt.Errorf("%s: %w: no complete answer within %v (%v)", what, ErrRequestTimeout, b.timeout, err)
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
 		return fmt.Errorf("%s: %w (%w)", what, ctxErr, err)
