@@ -109,7 +109,7 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (*CommitResult,
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("commit %s: %d manifests in the session, %d expected", in.BackupID, len(have), len(in.Manifests)), ErrCorrupt, nil)
 	}
 	s.SetConsistency(in.Consistency)
-	s.SetFreezeWindows(in.FreezeWindows)
+	s.SetFreezeWindows(in.FreezeWindows, in.WorkloadWindow)
 	b, err := s.Commit(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", in.BackupID, err)

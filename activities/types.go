@@ -244,6 +244,8 @@ type CommitInput struct {
 	Consistency   string                   `json:"consistency"`
 	Manifests     []string                 `json:"manifests"`
 	FreezeWindows map[string]time.Duration `json:"freeze_windows,omitempty"`
+	// WorkloadWindow is the first freeze to the last thaw.
+	WorkloadWindow time.Duration `json:"workload_window,omitempty"`
 }
 
 // CommitResult summarises the committed backup.

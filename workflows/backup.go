@@ -275,9 +275,11 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 
 	// Freeze.
 	consistency := req.Consistency
+	var freezeSent map[string]time.Time // by VM name, as the guests' hosts saw it
 	if consistency == "app" {
 		prog.Phase = "freeze"
 		futures := map[string]workflow.Future{}
+		freezeSent = map[string]time.Time{}
 		for _, vm := range begin.VMs {
 			st.frozen[vm.Instance] = true // Thaw is idempotent: a failed freeze is thawed too
 			futures[vm.Instance] = workflow.ExecuteActivity(inFreeze(hostOpts(ctx, vm.Host, freezeTimeout+time.Minute, 1)), a.Freeze,
@@ -288,6 +290,9 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 		for _, vm := range begin.VMs {
 			var fr activities.FreezeResult
 			err := futures[vm.Instance].Get(ctx, &fr)
+			if err == nil && !fr.NoAgent {
+				freezeSent[vm.Name] = fr.FreezeSent
+			}
 			switch {
 			case err != nil && freezeErr == nil:
 				freezeErr = fmt.Errorf("freeze %s: %w", vm.Name, err)
@@ -349,8 +354,8 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 		for k, w := range windows {
 			res.FreezeWindows[k] = w
 			prog.Windows[k] = w.String()
-			res.WorkloadWindow = max(res.WorkloadWindow, w)
 		}
+		res.WorkloadWindow = workloadWindow(freezeSent, windows)
 		if err != nil {
 			return nil, err
 		}
@@ -415,7 +420,7 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	var cres activities.CommitResult
 	if err := workflow.ExecuteActivity(controlOpts(ctx, 10*time.Minute), a.Commit, activities.CommitInput{
 		Repository: req.Repository, BackupID: backupID, Consistency: consistency, Manifests: manifests,
-		FreezeWindows: res.FreezeWindows}).Get(ctx, &cres); err != nil {
+		FreezeWindows: res.FreezeWindows, WorkloadWindow: res.WorkloadWindow}).Get(ctx, &cres); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	committed = true
@@ -505,6 +510,37 @@ func finishCheckpoints(ctx workflow.Context, backupID string, vms []activities.V
 
 // thawAll thaws every VM that may be frozen, in parallel, and returns the
 // freeze window of each and the VMs whose guard had fired.
+// workloadWindow is the workload's freeze window: from the first guest's
+// freeze to the last guest's thaw (each thaw is its freeze plus its window,
+// both by that guest's host's clock). Without the freeze times (histories
+// from before they were kept) it is the largest single window.
+func workloadWindow(freezeSent map[string]time.Time, windows map[string]time.Duration) time.Duration {
+	var first, last time.Time
+	var largest time.Duration
+	for vm, w := range windows {
+		largest = max(largest, w)
+		sent, ok := freezeSent[vm]
+		if !ok || sent.IsZero() {
+			return largest
+		}
+		if first.IsZero() || sent.Before(first) {
+			first = sent
+		}
+		if end := sent.Add(w); end.After(last) {
+			last = end
+		}
+	}
+	for vm, w := range windows {
+		if sent, ok := freezeSent[vm]; !ok || sent.IsZero() {
+			return max(largest, w)
+		}
+	}
+	if first.IsZero() {
+		return largest
+	}
+	return max(last.Sub(first), largest)
+}
+
 func thawAll(ctx workflow.Context, vms []activities.VM, st *runState) (map[string]time.Duration, []string, error) {
 	windows := map[string]time.Duration{}
 	var guard []string

@@ -443,3 +443,18 @@ func TestFailedCleanupOfOneVMFailsTheBackupAfterBoth(t *testing.T) {
 		t.Errorf("calls %v: want both cleanups, no commit, both checkpoints and the session aborted", f.rec.calls)
 	}
 }
+
+// TestWorkloadWindowIsFirstFreezeToLastThaw: two guests frozen 300 ms apart,
+// each frozen 1 s: the workload was frozen 1.3 s, not the largest single 1 s.
+func TestWorkloadWindowIsFirstFreezeToLastThaw(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 2, 0, 0, 0, time.UTC)
+	sent := map[string]time.Time{"a": t0, "b": t0.Add(300 * time.Millisecond)}
+	windows := map[string]time.Duration{"a": time.Second, "b": time.Second}
+	if got := workloadWindow(sent, windows); got != 1300*time.Millisecond {
+		t.Errorf("workload window %v, want 1.3s", got)
+	}
+	// Without freeze times (older histories): the largest single window.
+	if got := workloadWindow(nil, windows); got != time.Second {
+		t.Errorf("without freeze times: %v, want 1s", got)
+	}
+}

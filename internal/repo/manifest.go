@@ -37,6 +37,9 @@ type Backup struct {
 	// FreezeWindows is how long each VM's guest was frozen (by VM name), for
 	// an application-consistent workload backup.
 	FreezeWindows map[string]time.Duration `json:"freeze_windows,omitempty"`
+	// WorkloadWindow is the workload's freeze window: from the first
+	// guest's freeze to the last guest's thaw.
+	WorkloadWindow time.Duration `json:"workload_window,omitempty"`
 	Disks         []DiskRef                `json:"disks"`
 	Stats         DiskStats                `json:"stats"`
 }

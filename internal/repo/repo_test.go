@@ -516,7 +516,7 @@ func TestCommitWritesConsistencyAndFreezeWindows(t *testing.T) {
 	}
 	w := map[string]time.Duration{"web": 640 * time.Millisecond}
 	s.SetConsistency("app")
-	s.SetFreezeWindows(w)
+	s.SetFreezeWindows(w, 700*time.Millisecond)
 	b, err := s.Commit(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -525,7 +525,7 @@ func TestCommitWritesConsistencyAndFreezeWindows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if stored.Consistency != "app" || len(stored.FreezeWindows) != 1 || stored.FreezeWindows["web"] != w["web"] {
-		t.Fatalf("stored record: consistency %q, freeze windows %v; want app, %v", stored.Consistency, stored.FreezeWindows, w)
+	if stored.Consistency != "app" || len(stored.FreezeWindows) != 1 || stored.FreezeWindows["web"] != w["web"] || stored.WorkloadWindow != 700*time.Millisecond {
+		t.Fatalf("stored record: consistency %q, freeze windows %v, workload window %v; want app, %v, 700ms", stored.Consistency, stored.FreezeWindows, stored.WorkloadWindow, w)
 	}
 }

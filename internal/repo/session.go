@@ -30,8 +30,10 @@ type BackupSpec struct {
 	Expires     *time.Time
 	Source      json.RawMessage
 	Consistency string
-	// FreezeWindows is how long each VM's guest was frozen (see Backup).
-	FreezeWindows map[string]time.Duration
+	// FreezeWindows is how long each VM's guest was frozen, WorkloadWindow
+	// the workload's first freeze to last thaw (see Backup).
+	FreezeWindows  map[string]time.Duration
+	WorkloadWindow time.Duration
 }
 
 // Session is a backup in progress: disks are added with BackupDisk (from any
@@ -171,10 +173,10 @@ func (s *Session) SetConsistency(c string) {
 
 // SetFreezeWindows sets the guests' freeze windows the record will state,
 // known only after the guests were thawed.
-func (s *Session) SetFreezeWindows(w map[string]time.Duration) {
+func (s *Session) SetFreezeWindows(w map[string]time.Duration, workload time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.spec.FreezeWindows = w
+	s.spec.FreezeWindows, s.spec.WorkloadWindow = w, workload
 }
 
 // Disks returns the disk manifests completed in this session so far.
@@ -217,7 +219,7 @@ func (s *Session) Commit(ctx context.Context) (*Backup, error) {
 	}
 	b := &Backup{Schema: SchemaVersion, ID: s.id, Created: s.started.UTC(), Completed: time.Now().UTC(),
 		Expires: s.spec.Expires, Tags: s.spec.Tags, Labels: s.spec.Labels, Source: s.spec.Source,
-		Consistency: s.spec.Consistency, FreezeWindows: s.spec.FreezeWindows}
+		Consistency: s.spec.Consistency, FreezeWindows: s.spec.FreezeWindows, WorkloadWindow: s.spec.WorkloadWindow}
 	for _, m := range s.disks {
 		b.Disks = append(b.Disks, DiskRef{ID: m.ID, VM: m.VM, Disk: m.Disk, Size: m.Size})
 		b.Stats.add(m.Stats)
