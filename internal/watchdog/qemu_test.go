@@ -18,6 +18,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/freezerec"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
+	"github.com/raksha-backup/raksha/internal/host/libvirt/libvirttest"
 	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
 	"github.com/raksha-backup/raksha/internal/watchdog"
 )
@@ -248,6 +249,28 @@ func TestKilledFreezerThawedByWatchdog(t *testing.T) {
 	dl, pid := killedFreezer(t, dirEnv+"="+dir, sockEnv+"="+v.AgentSocket)
 	thawed := provenThawed(t, dl, func(ctx context.Context) (*guest.Client, error) {
 		return guest.Dial(ctx, v.AgentSocket, guest.Options{NoWait: true, Owner: t.Name()})
+	})
+	late := thawed.Sub(dl)
+	t.Logf("guest seen thawed %v after its freeze deadline (watchdog margin %v, poll 100 ms)", late.Round(time.Millisecond), watchdog.DefaultMargin)
+	if late > 5*time.Second {
+		t.Fatalf("thawed %v after the deadline; want within 5 s", late)
+	}
+	checkWatchdog(t, dir, pid)
+}
+
+// TestLibvirtKilledFreezerThawedByWatchdog is the same on a libvirt
+// compute node: the freeze went through libvirt's agent pass-through and
+// so does the watchdog's thaw, under the guest's lock in the lock directory.
+func TestLibvirtKilledFreezerThawedByWatchdog(t *testing.T) {
+	c := libvirttest.Conn(t)
+	img := vmtest.Image(t)
+	d := libvirttest.Boot(t, c, img, libvirttest.Spec{Labels: []string{"data"}, NoWriter: true})
+	locks := filepath.Join(d.Dir, "locks")
+	dir := filepath.Join(d.Dir, "freezes")
+
+	dl, pid := killedFreezer(t, dirEnv+"="+dir, domainEnv+"="+d.UUID, lockEnv+"="+locks)
+	thawed := provenThawed(t, dl, func(ctx context.Context) (*guest.Client, error) {
+		return libvirt.OpenAgent(ctx, c, d.UUID, libvirt.AgentOptions{LockDir: locks, Guest: guest.Options{NoWait: true, Owner: t.Name()}})
 	})
 	late := thawed.Sub(dl)
 	t.Logf("guest seen thawed %v after its freeze deadline (watchdog margin %v, poll 100 ms)", late.Round(time.Millisecond), watchdog.DefaultMargin)
