@@ -102,6 +102,7 @@ type Activities struct {
 	repos    map[string]*repo.Repository
 	agents   map[string]*guest.Client       // instance → agent client (holds the guest's lock)
 	freezes  map[string]*guest.FreezeHandle // instance → freeze in effect
+	thawed   map[string]thawedFreeze        // instance → its last thaw, for a retried Thaw
 	rbdConn  *rbd.Conn
 	projects map[string]*cloud.Client // project → client scoped to it
 }
@@ -128,7 +129,7 @@ func New(cfg Config) *Activities {
 		cfg.Host = NewHostDriver(cfg)
 	}
 	return &Activities{cfg: cfg, log: cfg.Log, repos: map[string]*repo.Repository{},
-		agents: map[string]*guest.Client{}, freezes: map[string]*guest.FreezeHandle{},
+		agents: map[string]*guest.Client{}, freezes: map[string]*guest.FreezeHandle{}, thawed: map[string]thawedFreeze{},
 		projects: map[string]*cloud.Client{}}
 }
 
