@@ -11,9 +11,12 @@
 // Options.CallTimeout when the context has none.
 //
 // Freeze freezes the guest's filesystems and returns a FreezeHandle: a guard
-// goroutine thaws the guest by itself when the freeze deadline passes, and
-// ThawOrphans, run when a host worker starts, thaws every guest left frozen by
-// a process that died (qemu-ga has no guest-side freeze timeout on Linux).
+// goroutine thaws the guest by itself when the freeze deadline passes; with
+// Options.Journal the freeze is recorded before it is sent, for a watchdog
+// outside the process (package watchdog) that thaws at the deadline if this
+// process dies; and ThawOrphans, run when a host worker starts, thaws every
+// guest left frozen by a process that died (qemu-ga has no guest-side
+// freeze timeout on Linux).
 //
 // The directory layout of a compute host (DESIGN.md, "Sockets") is
 // <host dir>/instances/<instance name>/{qmp,qga}.sock; this package adds
