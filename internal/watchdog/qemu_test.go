@@ -203,7 +203,7 @@ func provenThawed(t *testing.T, dl time.Time, open func(ctx context.Context) (*g
 		if now.After(dl.Add(15 * time.Second)) {
 			t.Fatalf("guest still %s 15 s past its freeze deadline with the freezer dead", st)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(250 * time.Millisecond)
 	}
 }
 
@@ -251,7 +251,7 @@ func TestKilledFreezerThawedByWatchdog(t *testing.T) {
 		return guest.Dial(ctx, v.AgentSocket, guest.Options{NoWait: true, Owner: t.Name()})
 	})
 	late := thawed.Sub(dl)
-	t.Logf("guest seen thawed %v after its freeze deadline (watchdog margin %v, poll 100 ms)", late.Round(time.Millisecond), watchdog.DefaultMargin)
+	t.Logf("guest seen thawed %v after its freeze deadline (watchdog margin %v, poll 250 ms)", late.Round(time.Millisecond), watchdog.DefaultMargin)
 	if late > 5*time.Second {
 		t.Fatalf("thawed %v after the deadline; want within 5 s", late)
 	}
@@ -273,7 +273,7 @@ func TestLibvirtKilledFreezerThawedByWatchdog(t *testing.T) {
 		return libvirt.OpenAgent(ctx, c, d.UUID, libvirt.AgentOptions{LockDir: locks, Guest: guest.Options{NoWait: true, Owner: t.Name()}})
 	})
 	late := thawed.Sub(dl)
-	t.Logf("guest seen thawed %v after its freeze deadline (watchdog margin %v, poll 100 ms)", late.Round(time.Millisecond), watchdog.DefaultMargin)
+	t.Logf("guest seen thawed %v after its freeze deadline (watchdog margin %v, poll 250 ms)", late.Round(time.Millisecond), watchdog.DefaultMargin)
 	if late > 5*time.Second {
 		t.Fatalf("thawed %v after the deadline; want within 5 s", late)
 	}

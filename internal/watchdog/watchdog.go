@@ -65,9 +65,11 @@ type Thawed struct {
 	// WasFrozen says the guest was found frozen (and was thawed).
 	WasFrozen bool
 	// ThawAcked is when the agent acknowledged the thaw; Late is
-	// ThawAcked - Record.Deadline.
+	// ThawAcked - Record.Deadline; Took is how long the attempt took (the
+	// guest's lock, connecting, status and thaw).
 	ThawAcked time.Time
 	Late      time.Duration
+	Took      time.Duration
 }
 
 type watchdog struct {
@@ -209,7 +211,7 @@ func (w *watchdog) sweep(ctx context.Context) int {
 			if res != nil && res.WasFrozen {
 				w.log.Warn("watchdog thawed a guest its freezer left frozen past the deadline", "instance", rec.Route.Instance,
 					"freeze", rec.ID, "owner", rec.Owner, "owner_pid", rec.PID, "deadline", rec.Deadline,
-					"thaw_acked", res.ThawAcked, "late", res.Late)
+					"thaw_acked", res.ThawAcked, "late", res.Late, "took", res.Took)
 			}
 		}
 	}
@@ -220,6 +222,7 @@ func (w *watchdog) sweep(ctx context.Context) int {
 // record, and removes the record. retry > 0 asks for another attempt after
 // it (the lock is held by a live owner, or the attempt failed).
 func (w *watchdog) thaw(ctx context.Context, key string, rec freezerec.Record) (*Thawed, time.Duration, error) {
+	start := time.Now()
 	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := w.open(octx, rec.Route)
@@ -256,6 +259,7 @@ func (w *watchdog) thaw(ctx context.Context, key string, rec freezerec.Record) (
 		res.WasFrozen = true
 		res.ThawAcked = time.Now()
 		res.Late = res.ThawAcked.Sub(rec.Deadline)
+		res.Took = res.ThawAcked.Sub(start)
 	} else {
 		w.log.Info("freeze record past its deadline, guest not frozen (thawed by someone else): removing the record", "instance", rec.Route.Instance, "freeze", rec.ID)
 	}
