@@ -14,6 +14,7 @@ import (
 
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/disk/rbd"
+	"github.com/raksha-backup/raksha/internal/freezerec"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
@@ -81,6 +82,9 @@ type Config struct {
 	// LockDir holds the guests' lock files on a libvirt host
 	// (libvirt.DefaultLockDir when empty).
 	LockDir string
+	// Freezes, when set, is where the host driver records every freeze
+	// for the watchdog (worker: <host dir>/freezes or <work dir>/freezes).
+	Freezes *freezerec.Dir
 	Log     *slog.Logger
 	// Temporal is the worker's client, for the semaphore activities
 	// (AcquirePermits, ClosedRuns); control role. Nil: AcquirePermits
@@ -98,6 +102,7 @@ type Activities struct {
 	repos    map[string]*repo.Repository
 	agents   map[string]*guest.Client       // instance → agent client (holds the guest's lock)
 	freezes  map[string]*guest.FreezeHandle // instance → freeze in effect
+	thawed   map[string]thawedFreeze        // instance → its last thaw, for a retried Thaw
 	rbdConn  *rbd.Conn
 	projects map[string]*cloud.Client // project → client scoped to it
 }
@@ -108,9 +113,9 @@ type Activities struct {
 func NewHostDriver(cfg Config) host.Driver {
 	switch {
 	case cfg.Libvirt != nil:
-		return libvirt.NewDriver(cfg.Libvirt, libvirt.DriverOptions{LockDir: cfg.LockDir, WorkDir: cfg.WorkDir, Log: cfg.Log})
+		return libvirt.NewDriver(cfg.Libvirt, libvirt.DriverOptions{LockDir: cfg.LockDir, WorkDir: cfg.WorkDir, Log: cfg.Log, Freezes: cfg.Freezes})
 	case cfg.HostDir != "":
-		return socket.New(socket.Options{HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, Log: cfg.Log})
+		return socket.New(socket.Options{HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, Log: cfg.Log, Freezes: cfg.Freezes})
 	}
 	return nil
 }
@@ -124,7 +129,7 @@ func New(cfg Config) *Activities {
 		cfg.Host = NewHostDriver(cfg)
 	}
 	return &Activities{cfg: cfg, log: cfg.Log, repos: map[string]*repo.Repository{},
-		agents: map[string]*guest.Client{}, freezes: map[string]*guest.FreezeHandle{},
+		agents: map[string]*guest.Client{}, freezes: map[string]*guest.FreezeHandle{}, thawed: map[string]thawedFreeze{},
 		projects: map[string]*cloud.Client{}}
 }
 

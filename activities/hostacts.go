@@ -62,10 +62,16 @@ func (a *Activities) Freeze(ctx context.Context, in FreezeInput) (*FreezeResult,
 // and whether the guard had thawed first. Without a freeze handle (the
 // worker restarted, or the freeze failed) it thaws any freeze it finds.
 func (a *Activities) Thaw(ctx context.Context, in ThawInput) (*ThawResult, error) {
+	wf := activity.GetInfo(ctx).WorkflowExecution.ID
 	a.mu.Lock()
 	h := a.freezes[in.Instance]
 	c := a.agents[in.Instance]
+	last, retried := a.thawed[in.Instance]
 	a.mu.Unlock()
+	if h == nil && retried && last.workflow == wf {
+		r := last.res // a retry of a Thaw that thawed (its result was lost)
+		return &r, nil
+	}
 	if h == nil {
 		return a.thawOrphan(ctx, in.Instance)
 	}
@@ -73,12 +79,13 @@ func (a *Activities) Thaw(ctx context.Context, in ThawInput) (*ThawResult, error
 	if rep == nil {
 		return nil, fmt.Errorf("thaw %s: %w", in.Instance, err)
 	}
+	res := &ThawResult{WasFrozen: true, GuardThawed: rep.GuardThawed, Window: rep.Window}
 	a.mu.Lock()
 	delete(a.freezes, in.Instance)
 	delete(a.agents, in.Instance)
+	a.thawed[in.Instance] = thawedFreeze{workflow: wf, res: *res}
 	a.mu.Unlock()
 	c.Close()
-	res := &ThawResult{WasFrozen: true, GuardThawed: rep.GuardThawed, Window: rep.Window}
 	if err != nil { // a post-hook failed under HookFail: the guest is thawed
 		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf("thaw %s: %v", in.Instance, err), "HookFailed", err)
 	}
@@ -98,14 +105,24 @@ func (a *Activities) thawOrphan(ctx context.Context, instance string) (*ThawResu
 	if err != nil {
 		return nil, fmt.Errorf("thaw %s: %w", instance, err)
 	}
-	if st != guest.FreezeStatus("frozen") {
-		return &ThawResult{}, nil
+	// The guest answers, yet this worker holds no freeze of it: the worker
+	// that froze it is gone, and with it the freeze's timely thaw. The
+	// window is unknown: call it guard-thawed, never app-consistent.
+	const gone = "the host worker that froze it is gone (this worker holds no freeze of it)"
+	if st != guest.Frozen {
+		return &ThawResult{GuardThawed: true, Lost: gone + ": found thawed already (by the freeze watchdog at the deadline, or the orphan sweep of a restarted worker)"}, nil
 	}
 	if _, err := c.FsfreezeThaw(ctx); err != nil {
 		return nil, fmt.Errorf("thaw %s: %w", instance, err)
 	}
-	// The window is unknown: call it guard-thawed, never app-consistent.
-	return &ThawResult{WasFrozen: true, GuardThawed: true}, nil
+	return &ThawResult{WasFrozen: true, GuardThawed: true, Lost: gone + ": found still frozen, thawed now"}, nil
+}
+
+// thawedFreeze is the result of a guest's last thaw by its owner, returned
+// to a retry of that Thaw (same workflow) instead of a lost-freeze report.
+type thawedFreeze struct {
+	workflow string
+	res      ThawResult
 }
 
 // NewBitmapName is the bitmap of a backup's checkpoint on a qemu: disk.

@@ -12,6 +12,7 @@ import (
 
 	"go.temporal.io/sdk/testsuite"
 
+	"github.com/raksha-backup/raksha/internal/freezerec"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/host/libvirt/libvirttest"
@@ -52,9 +53,13 @@ func TestLibvirtHostActivities(t *testing.T) {
 		{Name: "vol-b", Locator: Locator("libvirt:h1/" + d.UUID + "/target=vdb"), Size: 64 << 20},
 	}}
 	work, locks := filepath.Join(dir, "work"), filepath.Join(dir, "locks")
+	freezes, err := freezerec.Open(filepath.Join(dir, "freezes"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	newActs := func() (*Activities, *testsuite.TestActivityEnvironment) {
 		a := New(Config{Repos: map[string]RepoConfig{"main": {URL: "file://" + filepath.Join(dir, "repo"), PasswordFile: pw}},
-			Discoverer: staticDiscoverer{[]VM{vm}}, WorkDir: work, Libvirt: c, LockDir: locks})
+			Discoverer: staticDiscoverer{[]VM{vm}}, WorkDir: work, Libvirt: c, LockDir: locks, Freezes: freezes})
 		env := (&testsuite.WorkflowTestSuite{}).NewTestActivityEnvironment()
 		env.RegisterActivity(a)
 		return a, env
@@ -82,12 +87,19 @@ func TestLibvirtHostActivities(t *testing.T) {
 		if fr.NoAgent {
 			t.Fatal("freeze: the agent did not answer through libvirt")
 		}
+		// The freeze is recorded for the watchdog while it lasts.
+		if rec, err := freezes.Read("libvirt-" + d.UUID); err != nil || rec.Route.Domain != d.UUID || rec.Route.LockDir != locks || !rec.Deadline.Equal(fr.Deadline.UTC()) {
+			t.Fatalf("freeze record: %+v, %v", rec, err)
+		}
 		var cr CheckpointResult
 		run(env, a.Checkpoint, CheckpointInput{BackupID: id, Instance: v.Instance, Disks: v.Disks, Repository: "main"}, &cr)
 		var tr ThawResult
 		run(env, a.Thaw, ThawInput{Instance: v.Instance}, &tr)
-		if !tr.WasFrozen || tr.GuardThawed {
+		if !tr.WasFrozen || tr.GuardThawed || tr.Lost != "" {
 			t.Fatalf("thaw: %+v", tr)
+		}
+		if keys, err := freezes.Keys(); err != nil || len(keys) != 0 {
+			t.Fatalf("freeze records after the thaw: %v, %v", keys, err)
 		}
 		if restartBeforeCopy {
 			a, env = newActs()
@@ -128,6 +140,17 @@ func TestLibvirtHostActivities(t *testing.T) {
 	}
 
 	first := backup("b1", false)
+
+	// A Thaw on a worker that holds no freeze of the guest (the one that
+	// froze it is gone) reports the thaw as lost, never as a clean one.
+	{
+		a, env := newActs()
+		var tr ThawResult
+		run(env, a.Thaw, ThawInput{Instance: d.Name}, &tr)
+		if !tr.GuardThawed || !strings.Contains(tr.Lost, "found thawed already") {
+			t.Fatalf("thaw without the freeze: %+v; want a lost thaw", tr)
+		}
+	}
 	for _, n := range []string{"vol-a", "vol-b"} {
 		if first[n].Incremental {
 			t.Fatalf("first backup of %s incremental", n)

@@ -159,6 +159,12 @@ type ThawResult struct {
 	WasFrozen   bool          `json:"was_frozen"`
 	GuardThawed bool          `json:"guard_thawed"`
 	Window      time.Duration `json:"window"`
+	// Lost says why the freeze's thaw was lost when the worker that froze
+	// the guest is gone (this worker holds no freeze of it): the guest was
+	// thawed by someone else (the freeze watchdog at the deadline, a
+	// restarted worker's orphan sweep) or by this Thaw, not by its owner
+	// in time. GuardThawed is set then: the window is unknown.
+	Lost string `json:"lost,omitempty"`
 }
 
 // CheckpointInput fixes the point in time of one VM's host-local disks.

@@ -11,7 +11,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,9 +26,11 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
+	"github.com/raksha-backup/raksha/internal/freezerec"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/temporalx"
+	"github.com/raksha-backup/raksha/internal/watchdog"
 	"github.com/raksha-backup/raksha/workflows"
 )
 
@@ -46,6 +51,10 @@ type Config struct {
 	// LockDir holds the guests' lock files on a libvirt host (default
 	// /run/raksha/libvirt-locks; `raksha disk backup libvirt:` uses the same).
 	LockDir string `yaml:"lock_dir"`
+	// FreezeDir holds the host worker's freeze records, which its watchdog
+	// serves (default <host_dir>/freezes on the socket layout,
+	// <work_dir>/freezes on libvirt).
+	FreezeDir string `yaml:"freeze_dir"`
 	// Cloud names a clouds.yaml entry; empty: OS_* variables.
 	Cloud string `yaml:"cloud"`
 	// HostDriver (control role) is how the host workers reach guests, and
@@ -74,6 +83,9 @@ func main() {
 }
 
 func run(log *slog.Logger, args []string, getenv func(string) string) error {
+	if len(args) > 0 && args[0] == "watchdog" {
+		return runWatchdog(args[1:])
+	}
 	fs := flag.NewFlagSet("raksha-worker", flag.ContinueOnError)
 	cfgFile := fs.String("config", getenv("RAKSHA_WORKER_CONFIG"), "YAML configuration file")
 	roles := fs.String("roles", "", "comma-separated roles: control, data, host")
@@ -83,6 +95,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	libvirtURI := fs.String("libvirt-uri", "", "reach guests through libvirtd at this URI, e.g. qemu:///system (host role on a Nova compute node)")
 	hostDriver := fs.String("host-driver", "", "control role: how host workers reach guests, libvirt (Nova compute nodes) or socket (the lab's layout; default)")
 	rbdVolumes := fs.String("rbd-volumes", "", "control role: who reads RBD volumes, ceph (data workers from RBD snapshots; default) or host (host workers through the hypervisor, no Ceph access needed)")
+	freezeDir := fs.String("freeze-dir", "", "host role: directory of the freeze records its watchdog serves (default HOST_DIR/freezes, or WORK_DIR/freezes on libvirt)")
 	lockDir := fs.String("lock-dir", "", "directory of the guests' lock files on a libvirt host (default "+libvirt.DefaultLockDir+")")
 	address := fs.String("temporal", "", "Temporal frontend HOST:PORT (default 127.0.0.1:7233)")
 	namespace := fs.String("namespace", "", "Temporal namespace (default \"default\")")
@@ -118,6 +131,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	set(&cfg.WorkDir, *workDir)
 	set(&cfg.LibvirtURI, *libvirtURI)
 	set(&cfg.LockDir, *lockDir)
+	set(&cfg.FreezeDir, *freezeDir)
 	set(&cfg.HostDriver, *hostDriver)
 	set(&cfg.RBDVolumes, *rbdVolumes)
 	if cfg.RBDVolumes != "" && cfg.RBDVolumes != "ceph" && cfg.RBDVolumes != "host" {
@@ -193,6 +207,9 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		acfg.Libvirt = lc
 	}
 	if has["host"] {
+		if err := startWatchdog(ctx, log, &cfg, &acfg); err != nil {
+			return fmt.Errorf("host role: %w", err)
+		}
 		acfg.Host = activities.NewHostDriver(acfg)
 	}
 	if acfg.Host != nil {
@@ -276,4 +293,67 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		w.Stop()
 	}
 	return nil
+}
+
+// startWatchdog opens the host worker's freeze records (every freeze is
+// recorded there before it is sent) and keeps a watchdog process serving
+// them: it thaws a guest at its freeze deadline if this worker dies
+// without thawing it (package watchdog).
+func startWatchdog(ctx context.Context, log *slog.Logger, cfg *Config, acfg *activities.Config) error {
+	if cfg.FreezeDir == "" {
+		if cfg.LibvirtURI != "" {
+			cfg.FreezeDir = filepath.Join(cfg.WorkDir, "freezes")
+		} else {
+			cfg.FreezeDir = filepath.Join(cfg.HostDir, "freezes")
+		}
+	}
+	dir, err := freezerec.Open(cfg.FreezeDir)
+	if err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("watchdog: %w", err)
+	}
+	acfg.Freezes = dir
+	args := []string{"watchdog", "--dir", dir.Path(), "--parent", strconv.Itoa(os.Getpid())}
+	go watchdog.Supervise(ctx, log, func() (*exec.Cmd, error) { return watchdog.Start(exe, args...) })
+	return nil
+}
+
+// runWatchdog is "raksha-worker watchdog": the process a host worker
+// starts to serve its freeze records (package watchdog), logging to
+// --log (default DIR/watchdog.log).
+func runWatchdog(args []string) error {
+	fs := flag.NewFlagSet("raksha-worker watchdog", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory of freeze records")
+	parent := fs.Int("parent", 0, "pid of the host worker; the watchdog runs while it lives or records remain")
+	logFile := fs.String("log", "", "log file (default DIR/watchdog.log)")
+	margin := fs.Duration("margin", watchdog.DefaultMargin, "how long after a freeze's deadline the watchdog thaws")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return errors.New("watchdog: --dir is required")
+	}
+	if *logFile == "" {
+		*logFile = filepath.Join(*dir, "watchdog.log")
+	}
+	if err := os.MkdirAll(*dir, 0o700); err != nil {
+		return fmt.Errorf("watchdog: %w", err)
+	}
+	lf, err := os.OpenFile(*logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("watchdog: log: %w", err)
+	}
+	defer lf.Close()
+	log := slog.New(slog.NewTextHandler(lf, &slog.HandlerOptions{Level: slog.LevelInfo})).With("role", "watchdog")
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
+	err = watchdog.Run(ctx, watchdog.Options{Dir: *dir, ParentPID: *parent, Margin: *margin, Log: log})
+	if err != nil {
+		log.Error("watchdog failed", "err", err)
+	}
+	return err
 }

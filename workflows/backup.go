@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -360,7 +361,7 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 			return nil, err
 		}
 		if len(guardFired) > 0 && consistency == "app" {
-			msg := fmt.Sprintf("freeze deadline passed before thaw on %v", guardFired)
+			msg := notConsistent(guardFired)
 			if req.OnAppFailure != "crash" {
 				return nil, temporal.NewNonRetryableApplicationError(msg, ErrNotAppConsistent, nil)
 			}
@@ -508,8 +509,36 @@ func finishCheckpoints(ctx workflow.Context, backupID string, vms []activities.V
 	return failed
 }
 
-// thawAll thaws every VM that may be frozen, in parallel, and returns the
-// freeze window of each and the VMs whose guard had fired.
+// lostThaw is a VM whose thaw was not its freezer's in time.
+type lostThaw struct {
+	vm string
+	// lost says why its freezer's thaw was lost (ThawResult.Lost); empty
+	// when the freezer's own guard thawed at the deadline.
+	lost string
+}
+
+// notConsistent says which VMs' freezes ended without a timely thaw and
+// why: the guard's deadline passed, or the host worker holding the freeze
+// died (its thaw lost), naming each VM.
+func notConsistent(vms []lostThaw) string {
+	var guard, lost []string
+	for _, v := range vms {
+		if v.lost == "" {
+			guard = append(guard, v.vm)
+		} else {
+			lost = append(lost, fmt.Sprintf("%s: %s", v.vm, v.lost))
+		}
+	}
+	var parts []string
+	if len(guard) > 0 {
+		parts = append(parts, fmt.Sprintf("freeze deadline passed before thaw on %v", guard))
+	}
+	if len(lost) > 0 {
+		parts = append(parts, fmt.Sprintf("thaw lost on %s", strings.Join(lost, "; ")))
+	}
+	return strings.Join(parts, "; ")
+}
+
 // workloadWindow is the workload's freeze window: from the first guest's
 // freeze to the last guest's thaw (each thaw is its freeze plus its window,
 // both by that guest's host's clock). Without the freeze times (histories
@@ -541,9 +570,12 @@ func workloadWindow(freezeSent map[string]time.Time, windows map[string]time.Dur
 	return max(last.Sub(first), largest)
 }
 
-func thawAll(ctx workflow.Context, vms []activities.VM, st *runState) (map[string]time.Duration, []string, error) {
+// thawAll thaws every VM that may be frozen, in parallel, and returns the
+// freeze window of each and the VMs whose freeze ended without its
+// owner's timely thaw (the guard fired, or the owner is gone).
+func thawAll(ctx workflow.Context, vms []activities.VM, st *runState) (map[string]time.Duration, []lostThaw, error) {
 	windows := map[string]time.Duration{}
-	var guard []string
+	var guard []lostThaw
 	futures := map[string]workflow.Future{}
 	for _, vm := range vms {
 		if !st.frozen[vm.Instance] {
@@ -568,10 +600,10 @@ func thawAll(ctx workflow.Context, vms []activities.VM, st *runState) (map[strin
 			windows[vm.Name] = tr.Window
 		}
 		if tr.GuardThawed {
-			guard = append(guard, vm.Name)
+			guard = append(guard, lostThaw{vm: vm.Name, lost: tr.Lost})
 		}
 	}
-	sort.Strings(guard)
+	sort.Slice(guard, func(i, j int) bool { return guard[i].vm < guard[j].vm })
 	return windows, guard, errors.Join(errs...)
 }
 

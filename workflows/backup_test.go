@@ -265,6 +265,29 @@ func TestGuardFiredFailsAppOrLabelsCrash(t *testing.T) {
 	}
 }
 
+// TestLostThawNamesTheVM: the VM whose host worker died holding its
+// freeze is named in the error with why its thaw was lost, beside the VM
+// whose guard fired (#15: the error named only the latter).
+func TestLostThawNamesTheVM(t *testing.T) {
+	f := newFixture(t)
+	f.thaw = func(_ context.Context, in activities.ThawInput) (*activities.ThawResult, error) {
+		if in.Instance == "instance-1" {
+			return &activities.ThawResult{GuardThawed: true, Lost: "the host worker that froze it is gone"}, nil
+		}
+		return &activities.ThawResult{WasFrozen: true, GuardThawed: true, Window: 20 * time.Second}, nil
+	}
+	f.env.ExecuteWorkflow(WorkloadBackup, appReq)
+	err := f.env.GetWorkflowError()
+	var ae *temporal.ApplicationError
+	if !errors.As(err, &ae) || ae.Type() != ErrNotAppConsistent {
+		t.Fatalf("err %v, want %s", err, ErrNotAppConsistent)
+	}
+	want := "freeze deadline passed before thaw on [web]; thaw lost on db: the host worker that froze it is gone"
+	if !strings.Contains(err.Error(), want) {
+		t.Fatalf("err %q, want it to say %q", err, want)
+	}
+}
+
 func TestNoAgentFallsBackToCrashWhenAllowed(t *testing.T) {
 	f := newFixture(t)
 	f.freeze = func(context.Context, activities.FreezeInput) (*activities.FreezeResult, error) {

@@ -11,9 +11,12 @@
 // Options.CallTimeout when the context has none.
 //
 // Freeze freezes the guest's filesystems and returns a FreezeHandle: a guard
-// goroutine thaws the guest by itself when the freeze deadline passes, and
-// ThawOrphans, run when a host worker starts, thaws every guest left frozen by
-// a process that died (qemu-ga has no guest-side freeze timeout on Linux).
+// goroutine thaws the guest by itself when the freeze deadline passes; with
+// Options.Journal the freeze is recorded before it is sent, for a watchdog
+// outside the process (package watchdog) that thaws at the deadline if this
+// process dies; and ThawOrphans, run when a host worker starts, thaws every
+// guest left frozen by a process that died (qemu-ga has no guest-side
+// freeze timeout on Linux).
 //
 // The directory layout of a compute host (DESIGN.md, "Sockets") is
 // <host dir>/instances/<instance name>/{qmp,qga}.sock; this package adds
@@ -46,6 +49,23 @@ type Options struct {
 	// NoWait makes Dial fail with ErrLocked at once when another client
 	// holds the guest's lock, instead of waiting for it until ctx is done.
 	NoWait bool
+	// Journal, when set, durably records every freeze of this client before
+	// the freeze command is sent and forgets it after the thaw is confirmed,
+	// for a watchdog outside this process (DESIGN.md, "Freeze ownership").
+	Journal FreezeJournal
+}
+
+// FreezeJournal records a guest's freezes where a process other than the
+// freezer finds them (package freezerec): if the freezer dies, the record
+// outlives it and the watchdog thaws the guest at the deadline. Both
+// methods are called with the guest's lock held.
+type FreezeJournal interface {
+	// Begin durably records freeze id with its deadline and owner before
+	// the freeze command is sent; an error fails the freeze, nothing frozen.
+	Begin(id string, deadline time.Time, owner string) error
+	// End forgets freeze id after its thaw was confirmed (a newer
+	// freeze's record stays).
+	End(id string) error
 }
 
 // Client talks to one guest agent through a Transport (the agent socket,

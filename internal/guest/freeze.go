@@ -2,6 +2,8 @@ package guest
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -111,6 +113,8 @@ type FreezeHandle struct {
 	Deadline time.Time
 	// Filesystems is the number of filesystems the freeze reported.
 	Filesystems int
+	// ID identifies this freeze in the client's FreezeJournal.
+	ID string
 	// PreHooks are the pre-hooks' results.
 	PreHooks []HookResult
 
@@ -174,8 +178,20 @@ func (c *Client) Freeze(ctx context.Context, opts FreezeOptions) (*FreezeHandle,
 	c.freeze = h
 	c.freezeMu.Unlock()
 
+	h.ID = newFreezeID()
 	h.FreezeSent = time.Now()
 	h.Deadline = h.FreezeSent.Add(opts.Timeout)
+	if j := c.opts.Journal; j != nil {
+		// Recorded before the command is sent: a freeze whose owner dies
+		// at any moment from here on has a record for the watchdog.
+		if err := j.Begin(h.ID, h.Deadline, c.opts.Owner); err != nil {
+			c.freezeMu.Lock()
+			c.freeze = nil
+			c.freezeMu.Unlock()
+			return nil, fmt.Errorf("guest agent %s: freeze: record: %w", c.path, err)
+		}
+		h.FreezeSent = time.Now() // the deadline stays the recorded one
+	}
 	go h.guard()
 	fctx, cancel := context.WithDeadline(ctx, h.Deadline)
 	n, err := c.FsfreezeFreeze(fctx, opts.Mountpoints)
@@ -252,6 +268,11 @@ func (h *FreezeHandle) thaw(ctx context.Context, byGuard bool) (*ThawReport, err
 		return nil, fmt.Errorf("thaw: %w", err)
 	}
 	now := time.Now()
+	if j := h.c.opts.Journal; j != nil {
+		if jerr := j.End(h.ID); jerr != nil {
+			h.c.log.Warn("thawed, but the freeze record stays (the watchdog will find the guest thawed)", "err", jerr)
+		}
+	}
 	h.thawed = true
 	h.report = &ThawReport{GuardThawed: byGuard, FreezeSent: h.FreezeSent, ThawAcked: now, Window: now.Sub(h.FreezeSent), Thawed: n}
 	close(h.done)
@@ -315,6 +336,13 @@ func (h *FreezeHandle) guard() {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// newFreezeID returns a random id for a freeze.
+func newFreezeID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // runHook runs one hook through guest-exec with its timeout.

@@ -14,6 +14,7 @@ import (
 
 	lv "github.com/digitalocean/go-libvirt"
 
+	"github.com/raksha-backup/raksha/internal/freezerec"
 	"github.com/raksha-backup/raksha/internal/guest"
 )
 
@@ -145,6 +146,10 @@ type AgentOptions struct {
 	LockDir string
 	// Guest configures the client (logger, call timeout, owner, NoWait).
 	Guest guest.Options
+	// Freezes, when set (and Guest.Journal is not), records the client's
+	// freezes there for the watchdog: route Libvirt, the connection's URI,
+	// the domain's UUID and LockDir.
+	Freezes *freezerec.Dir
 }
 
 // LockPath is the lock file of the guest with domain UUID uuid.
@@ -175,7 +180,15 @@ func OpenAgent(ctx context.Context, c *Conn, ref string, opts AgentOptions) (*gu
 	if opts.Guest.Logger == nil {
 		opts.Guest.Logger = c.log
 	}
-	return guest.Open(ctx, NewAgentTransport(c, dom), LockPath(opts.LockDir, UUIDString(dom.UUID)), opts.Guest)
+	uuid := UUIDString(dom.UUID)
+	if opts.Freezes != nil && opts.Guest.Journal == nil {
+		j, err := opts.Freezes.Journal(freezerec.Route{Kind: freezerec.Libvirt, Instance: dom.Name, URI: c.URI(), Domain: uuid, LockDir: opts.LockDir})
+		if err != nil {
+			return nil, fmt.Errorf("open agent: %w", err)
+		}
+		opts.Guest.Journal = j
+	}
+	return guest.Open(ctx, NewAgentTransport(c, dom), LockPath(opts.LockDir, uuid), opts.Guest)
 }
 
 // ThawOrphans thaws every running domain's guest that is frozen without a

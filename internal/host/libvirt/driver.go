@@ -14,6 +14,7 @@ import (
 	lv "github.com/digitalocean/go-libvirt"
 
 	"github.com/raksha-backup/raksha/internal/disk/qemu"
+	"github.com/raksha-backup/raksha/internal/freezerec"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host"
 	"github.com/raksha-backup/raksha/internal/repo"
@@ -28,6 +29,10 @@ type DriverOptions struct {
 	WorkDir string
 	// Log receives the driver's logs (slog.Default when nil).
 	Log *slog.Logger
+	// Freezes, when set, records every freeze of the driver's agents for
+	// the watchdog (package watchdog): route Libvirt, the connection's URI
+	// and the domain's UUID.
+	Freezes *freezerec.Dir
 }
 
 // Driver is host.Driver on a libvirt compute node (a Nova compute host):
@@ -101,7 +106,7 @@ func (d *Driver) Agent(ctx context.Context, instance string, opts guest.Options)
 	if err := validInstance(instance); err != nil {
 		return nil, err
 	}
-	return OpenAgent(ctx, d.c, instance, AgentOptions{LockDir: d.opts.LockDir, Guest: opts})
+	return OpenAgent(ctx, d.c, instance, AgentOptions{LockDir: d.opts.LockDir, Guest: opts, Freezes: d.opts.Freezes})
 }
 
 // Begin implements host.Driver with one libvirt backup job per VM (see

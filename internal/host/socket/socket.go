@@ -18,6 +18,7 @@ import (
 	"sync"
 
 	"github.com/raksha-backup/raksha/internal/disk/qemu"
+	"github.com/raksha-backup/raksha/internal/freezerec"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host"
 	"github.com/raksha-backup/raksha/internal/repo"
@@ -35,6 +36,9 @@ type Options struct {
 	WorkDir string
 	// Log receives the driver's logs (slog.Default when nil).
 	Log *slog.Logger
+	// Freezes, when set, records every freeze of the driver's agents for
+	// the watchdog (package watchdog): route Socket, the agent socket.
+	Freezes *freezerec.Dir
 }
 
 // Driver is host.Driver on the socket layout.
@@ -88,7 +92,15 @@ func (d *Driver) Agent(ctx context.Context, instance string, opts guest.Options)
 	if err != nil {
 		return nil, err
 	}
-	return guest.Dial(ctx, filepath.Join(dir, guest.AgentSocketName), opts)
+	sock := filepath.Join(dir, guest.AgentSocketName)
+	if d.opts.Freezes != nil && opts.Journal == nil {
+		j, err := d.opts.Freezes.Journal(freezerec.Route{Kind: freezerec.Socket, Instance: instance, Socket: sock})
+		if err != nil {
+			return nil, err
+		}
+		opts.Journal = j
+	}
+	return guest.Dial(ctx, sock, opts)
 }
 
 // monitor returns the QMP connection of an instance, dialing it once.

@@ -3,12 +3,16 @@ package socket_test
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/raksha-backup/raksha/internal/disk/qemu"
+	"github.com/raksha-backup/raksha/internal/freezerec"
+	"github.com/raksha-backup/raksha/internal/guest"
+	"github.com/raksha-backup/raksha/internal/guest/agenttest"
 	"github.com/raksha-backup/raksha/internal/host"
 	"github.com/raksha-backup/raksha/internal/host/hosttest"
 	"github.com/raksha-backup/raksha/internal/host/socket"
@@ -106,5 +110,51 @@ func clean(t *testing.T, mon *qemu.Monitor, refs []string, work string) {
 	}
 	if m, _ := filepath.Glob(filepath.Join(work, "*", "fleece-*")); len(m) > 0 {
 		t.Errorf("fleecing files left: %v", m)
+	}
+}
+
+// TestAgentRecordsFreezes: with Options.Freezes the driver's agents record
+// every freeze for the watchdog (route: the instance's agent socket) and
+// remove the record after the thaw.
+func TestAgentRecordsFreezes(t *testing.T) {
+	hostDir, err := os.MkdirTemp("", "rks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(hostDir) })
+	inst := filepath.Join(hostDir, "instances", "vm1")
+	if err := os.MkdirAll(inst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	agenttest.NewFake(t, filepath.Join(inst, guest.AgentSocketName))
+	recs, err := freezerec.Open(filepath.Join(hostDir, "freezes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := socket.New(socket.Options{HostDir: hostDir, WorkDir: t.TempDir(), Freezes: recs})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := d.Agent(ctx, "vm1", guest.Options{Owner: "raksha freeze wf-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h, err := c.Freeze(ctx, guest.FreezeOptions{Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := recs.Read("socket-vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := freezerec.Route{Kind: freezerec.Socket, Instance: "vm1", Socket: filepath.Join(inst, guest.AgentSocketName)}
+	if rec.Route != want || rec.ID != h.ID || rec.Owner != "raksha freeze wf-1" {
+		t.Fatalf("record %+v; want route %+v, freeze %s", rec, want, h.ID)
+	}
+	if _, err := h.Thaw(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := recs.Keys(); err != nil || len(keys) != 0 {
+		t.Fatalf("records after the thaw: %v, %v", keys, err)
 	}
 }
