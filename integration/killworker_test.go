@@ -20,6 +20,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 	"github.com/raksha-backup/raksha/internal/testenv/blockvm"
+	"github.com/raksha-backup/raksha/internal/testenv/chaos"
 	"github.com/raksha-backup/raksha/workflows"
 )
 
@@ -81,6 +82,7 @@ type killMidCopy struct {
 	data              []byte
 	instance, locator string
 	reach             []string
+	row               *chaos.Row // the chaos report's row, filled in by run
 }
 
 func (k killMidCopy) run(t *testing.T, c client.Client, addr string) *workflows.BackupResult {
@@ -134,12 +136,14 @@ func (k killMidCopy) run(t *testing.T, c client.Client, addr string) *workflows.
 	first.kill()
 	t.Logf("host worker SIGKILLed after the copy saved its position at %d MiB", resume>>20)
 	startHostWorker(t, bin, cfg, addr, logFile, k.reach...)
+	restarted := time.Now()
 
 	var res workflows.BackupResult
 	if err := run.Get(ctx, &res); err != nil {
 		out, _ := os.ReadFile(logFile)
 		t.Fatalf("%v\nworker log:\n%s", err, out)
 	}
+	k.row.Recover = time.Since(restarted)
 	d := res.Disks[0]
 	if d.ResumedFrom < resume {
 		t.Errorf("the retried copy resumed from %d, want at least the saved %d", d.ResumedFrom, resume)
@@ -154,23 +158,28 @@ func (k killMidCopy) run(t *testing.T, c client.Client, addr string) *workflows.
 		t.Fatal(err)
 	}
 	if sha256.Sum256(out.b) != sha256.Sum256(k.data) {
-		t.Fatal("restore after the kill differs from the disk")
+		k.row.BytesLost = int64(len(k.data))
+		t.Error("restore after the kill differs from the disk")
 	}
 	if _, err := r.Check(ctx); err != nil {
 		t.Fatal(err)
 	}
+	k.row.Rounds, k.row.Completed = 1, 1
+	k.row.Notes = fmt.Sprintf("the retried copy resumed at %d of %d MiB", d.ResumedFrom>>20, len(k.data)>>20)
 	return &res
 }
 
-// TestHostWorkerKilledMidCopyResumes SIGKILLs the host worker while it copies
+// TestChaosHostWorkerKilledMidCopy SIGKILLs the host worker while it copies
 // a disk, starts a new one, and checks that the backup completes from the
 // saved position (not from the start) with a byte-identical restore.
-func TestHostWorkerKilledMidCopyResumes(t *testing.T) {
+func TestChaosHostWorkerKilledMidCopy(t *testing.T) {
 	blockvm.Require(t)
 	c, addr := startTemporal(t)
 	dir := t.TempDir()
 	data, img := randomDisk(t, dir, 1<<30)
 	hostDir := filepath.Join(dir, "hosts", "h1")
 	blockvm.Start(t, img, filepath.Join(hostDir, "instances", "instance-1", "qmp.sock"), data)
-	killMidCopy{dir: dir, data: data, instance: "instance-1", locator: "qemu:h1/instance-1/data0", reach: []string{"--host-dir", hostDir}}.run(t, c, addr)
+	row := &chaos.Row{Scenario: "host worker SIGKILLed during a backup's copy (socket layout), restarted", Components: "dev server, raksha-worker process, QEMU (QMP bitmaps, 1 GiB disk), local repository"}
+	killMidCopy{dir: dir, data: data, instance: "instance-1", locator: "qemu:h1/instance-1/data0", reach: []string{"--host-dir", hostDir}, row: row}.run(t, c, addr)
+	chaos.Record(t, *row)
 }

@@ -21,17 +21,18 @@ import (
 	"github.com/raksha-backup/raksha/internal/lab/vm/vmtest"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
+	"github.com/raksha-backup/raksha/internal/testenv/chaos"
 	"github.com/raksha-backup/raksha/workflows"
 )
 
-// TestHostWorkerKilledWhileFrozen is #15's hole 3 as it was found: the host
+// TestChaosHostWorkerKilledWhileFrozen is #15's hole 3 as it was found: the host
 // worker (raksha-worker, a separate process) is SIGKILLed with its process
 // group right after it froze its guest (a real guest, real qemu-ga) and
 // nothing restarts it. The guest must be thawed by the worker's watchdog
 // alone within a few seconds of the freeze deadline. A host worker started
 // afterwards serves the rest of the backup, which fails as not
 // application-consistent naming the guest whose thaw was lost and why.
-func TestHostWorkerKilledWhileFrozen(t *testing.T) {
+func TestChaosHostWorkerKilledWhileFrozen(t *testing.T) {
 	img := vmtest.Image(t)
 	c, addr := startTemporal(t)
 	ctx := context.Background()
@@ -139,6 +140,9 @@ func TestHostWorkerKilledWhileFrozen(t *testing.T) {
 		t.Fatalf("backup error %q does not name db's lost thaw", err)
 	}
 	t.Logf("backup failed as it should: %v", err)
+	chaos.Record(t, chaos.Row{Scenario: "host worker SIGKILLed (process group) right after the freeze, not restarted until the guest is thawed",
+		Components: "dev server, raksha-worker process and its watchdog, QEMU + qemu-ga", Rounds: 1, FailedCleanly: 1,
+		Recover: thawed.Sub(killed), Notes: fmt.Sprintf("thawed by the watchdog alone %.1fs after the kill (freeze timeout %v); the backup failed as not app-consistent naming the guest", thawed.Sub(killed).Seconds(), freezeTimeout)})
 }
 
 // freezeDone reports whether the backup's Freeze activity has completed.
