@@ -60,6 +60,8 @@ type labEnvOptions struct {
 	// worker read RBD volumes through libvirt, and the workers get no
 	// ceph.conf (a deployment that gives Raksha no Ceph access).
 	RBDVolumes string
+	// TokenTTL is the lab Keystone's token lifetime (default one hour).
+	TokenTTL time.Duration
 }
 
 // startLabDemo brings up the lab and the demo workload for the test's
@@ -100,7 +102,7 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 		first = libvirttest.FirstInstance()
 		labLog = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, RBD: o.RBD, Log: labLog, FirstInstance: first})
+	l, err := lab.Start(ctx, lab.Options{Dir: dir, Compute: comp, FormatDisks: true, Hosts: []string{"h1"}, RBD: o.RBD, Log: labLog, FirstInstance: first, TokenTTL: o.TokenTTL})
 	if err != nil {
 		t.Fatal(err)
 	}
