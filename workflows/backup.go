@@ -278,13 +278,21 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	consistency := req.Consistency
 	var freezeSent map[string]time.Time // by VM name, as the guests' hosts saw it
 	if consistency == "app" {
+		preHooks := req.PreHooks
+		if len(preHooks) > 0 && workflow.GetVersion(ctx, preHooksFirstChange, workflow.DefaultVersion, 1) >= 1 {
+			prog.Phase = "pre-hooks"
+			if err := runPreHooks(ctx, req, begin.VMs); err != nil {
+				return nil, err
+			}
+			preHooks = nil // they ran; Freeze only freezes
+		}
 		prog.Phase = "freeze"
 		futures := map[string]workflow.Future{}
 		freezeSent = map[string]time.Time{}
 		for _, vm := range begin.VMs {
 			st.frozen[vm.Instance] = true // Thaw is idempotent: a failed freeze is thawed too
 			futures[vm.Instance] = workflow.ExecuteActivity(inFreeze(hostOpts(ctx, vm.Host, freezeTimeout+time.Minute, 1)), a.Freeze,
-				activities.FreezeInput{Instance: vm.Instance, Timeout: freezeTimeout, PreHooks: req.PreHooks,
+				activities.FreezeInput{Instance: vm.Instance, Timeout: freezeTimeout, PreHooks: preHooks,
 					PostHooks: req.PostHooks, HookFailure: req.HookFailure})
 		}
 		var freezeErr error
@@ -537,6 +545,66 @@ func notConsistent(vms []lostThaw) string {
 		parts = append(parts, fmt.Sprintf("thaw lost on %s", strings.Join(lost, "; ")))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// preHooksFirstChange gates running the pre-hooks of every guest before the
+// coordinated freeze starts (runPreHooks) instead of inside each guest's
+// Freeze, where a slow hook on one guest lengthened the freeze windows of
+// the guests already frozen.
+const preHooksFirstChange = "pre-hooks-before-freeze"
+
+// hooksTimeout bounds a run of hooks: each hook's timeout (default 30 s)
+// plus a minute.
+func hooksTimeout(hs []activities.Hook) time.Duration {
+	d := time.Minute
+	for _, h := range hs {
+		if h.Timeout > 0 {
+			d += h.Timeout
+		} else {
+			d += 30 * time.Second
+		}
+	}
+	return d
+}
+
+// runPreHooks runs the pre-hooks on every guest at once, before any guest is
+// frozen. If any fails (under on_failure: fail), the post-hooks run on the
+// guests whose pre-hooks succeeded (to undo what they did, as a thaw would),
+// and the backup fails naming the guest.
+func runPreHooks(ctx workflow.Context, req BackupRequest, vms []activities.VM) error {
+	futures := map[string]workflow.Future{}
+	for _, vm := range vms {
+		futures[vm.Instance] = workflow.ExecuteActivity(hostOpts(ctx, vm.Host, hooksTimeout(req.PreHooks), 1), a.RunHooks,
+			activities.RunHooksInput{Instance: vm.Instance, Phase: "pre", Hooks: req.PreHooks, HookFailure: req.HookFailure})
+	}
+	var failed error
+	var ran []activities.VM
+	for _, vm := range vms {
+		var r activities.RunHooksResult
+		err := futures[vm.Instance].Get(ctx, &r)
+		switch {
+		case err != nil && failed == nil:
+			failed = fmt.Errorf("pre-hooks on %s: %w", vm.Name, err)
+		case err == nil && !r.NoAgent:
+			ran = append(ran, vm)
+		}
+	}
+	if failed == nil {
+		return nil
+	}
+	if len(req.PostHooks) > 0 {
+		undo := map[string]workflow.Future{}
+		for _, vm := range ran {
+			undo[vm.Instance] = workflow.ExecuteActivity(hostOpts(ctx, vm.Host, hooksTimeout(req.PostHooks), 1), a.RunHooks,
+				activities.RunHooksInput{Instance: vm.Instance, Phase: "post", Hooks: req.PostHooks, HookFailure: "continue"})
+		}
+		for _, vm := range ran {
+			if err := undo[vm.Instance].Get(ctx, nil); err != nil {
+				workflow.GetLogger(ctx).Error("post-hooks after a failed pre-hook failed", "vm", vm.Name, "error", err)
+			}
+		}
+	}
+	return failed
 }
 
 // workloadWindow is the workload's freeze window: from the first guest's

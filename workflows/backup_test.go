@@ -62,6 +62,8 @@ type fixture struct {
 	copyDisk   func(context.Context, activities.CopyInput) (*activities.CopyResult, error)
 	commit     func(context.Context, activities.CommitInput) (*activities.CommitResult, error)
 	finish     func(context.Context, activities.FinishInput) error
+	hooks      func(context.Context, activities.RunHooksInput) (*activities.RunHooksResult, error)
+	freezeIns  []activities.FreezeInput
 	// beginIn is what Begin was called with.
 	beginIn activities.BeginInput
 	// vms, if set, is the workload Begin discovers (default twoVMs).
@@ -87,8 +89,18 @@ func newFixture(t *testing.T) *fixture {
 		}
 		return &r, nil
 	})
+	env.OnActivity(acts.RunHooks, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.RunHooksInput) (*activities.RunHooksResult, error) {
+		rec.add("hooks " + in.Phase + " " + in.Instance)
+		if f.hooks != nil {
+			return f.hooks(ctx, in)
+		}
+		return &activities.RunHooksResult{Ran: len(in.Hooks)}, nil
+	})
 	env.OnActivity(acts.Freeze, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.FreezeInput) (*activities.FreezeResult, error) {
 		rec.add("freeze " + in.Instance)
+		rec.mu.Lock()
+		f.freezeIns = append(f.freezeIns, in)
+		rec.mu.Unlock()
 		if f.freeze != nil {
 			return f.freeze(ctx, in)
 		}
@@ -479,5 +491,63 @@ func TestWorkloadWindowIsFirstFreezeToLastThaw(t *testing.T) {
 	// Without freeze times (older histories): the largest single window.
 	if got := workloadWindow(nil, windows); got != time.Second {
 		t.Errorf("without freeze times: %v, want 1s", got)
+	}
+}
+
+var hookReq = func() BackupRequest {
+	r := appReq
+	r.PreHooks = []activities.Hook{{Path: "/usr/local/bin/db-quiesce", Timeout: 10 * time.Second}}
+	r.PostHooks = []activities.Hook{{Path: "/usr/local/bin/db-resume"}}
+	return r
+}()
+
+// TestPreHooksRunOnEveryGuestBeforeAnyFreeze: a slow pre-hook on one guest
+// must not lengthen another's freeze window, so every guest's pre-hooks run
+// before the first freeze, and Freeze itself runs none.
+func TestPreHooksRunOnEveryGuestBeforeAnyFreeze(t *testing.T) {
+	f := newFixture(t)
+	f.env.ExecuteWorkflow(WorkloadBackup, hookReq)
+	if err := f.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	for _, pre := range []string{"hooks pre instance-1", "hooks pre instance-2"} {
+		for _, fr := range []string{"freeze instance-1", "freeze instance-2"} {
+			f.before(t, pre, fr)
+		}
+	}
+	for _, in := range f.freezeIns {
+		if len(in.PreHooks) != 0 || len(in.PostHooks) != 1 {
+			t.Errorf("freeze of %s with pre-hooks %v and post-hooks %v; want none and the post-hook (run at thaw)", in.Instance, in.PreHooks, in.PostHooks)
+		}
+	}
+	if n := f.rec.count("hooks post"); n != 0 {
+		t.Errorf("%d post-hook runs outside the thaw; calls %v", n, f.rec.calls)
+	}
+}
+
+// TestFailedPreHookFreezesNothingAndUndoes: a pre-hook fails on one guest:
+// nothing is frozen, the other guest's post-hooks undo its pre-hooks, and
+// the backup fails naming the guest.
+func TestFailedPreHookFreezesNothingAndUndoes(t *testing.T) {
+	f := newFixture(t)
+	f.hooks = func(_ context.Context, in activities.RunHooksInput) (*activities.RunHooksResult, error) {
+		if in.Phase == "pre" && in.Instance == "instance-2" {
+			return nil, temporal.NewNonRetryableApplicationError("pre-hooks in instance-2: exit status 3", "HookFailed", nil)
+		}
+		return &activities.RunHooksResult{Ran: len(in.Hooks)}, nil
+	}
+	f.env.ExecuteWorkflow(WorkloadBackup, hookReq)
+	err := f.env.GetWorkflowError()
+	if err == nil || !strings.Contains(err.Error(), "pre-hooks on web") {
+		t.Fatalf("backup error %v, want the failed pre-hooks on web", err)
+	}
+	if n := f.rec.count("freeze"); n != 0 {
+		t.Errorf("%d freezes after a failed pre-hook; calls %v", n, f.rec.calls)
+	}
+	if f.rec.index("hooks post instance-1") < 0 || f.rec.index("hooks post instance-2") >= 0 {
+		t.Errorf("post-hooks should undo db's pre-hooks only; calls %v", f.rec.calls)
+	}
+	if f.rec.index("abort") < 0 {
+		t.Errorf("the repository session was not aborted; calls %v", f.rec.calls)
 	}
 }
