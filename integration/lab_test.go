@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/raksha-backup/raksha/activities"
+	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
@@ -63,7 +64,28 @@ func TestAppConsistentBackupOfLabWorkload(t *testing.T) {
 		t.Fatalf("first backup: %+v", first)
 	}
 	time.Sleep(3 * time.Second) // the writers go on
+	// The second backup has hooks: demo-1's pre-hook takes 3 s. Pre-hooks
+	// run on every guest before the coordinated freeze, so that slow hook
+	// must not show in the workload's freeze window (first freeze to last
+	// thaw).
+	req.PreHooks = []activities.Hook{{Path: "/bin/sh", Args: []string{"-c", "if [ -d /data/demo-1-data ]; then sleep 3; fi; echo pre > /tmp/raksha-pre-hook"}, Timeout: 20 * time.Second}}
+	req.PostHooks = []activities.Hook{{Path: "/bin/sh", Args: []string{"-c", "echo post > /tmp/raksha-post-hook"}}}
 	second := run()
+	req.PreHooks, req.PostHooks = nil, nil
+	if second.WorkloadWindow <= 0 || second.WorkloadWindow >= 3*time.Second {
+		t.Errorf("workload freeze window %v with a 3 s pre-hook on demo-1: want it outside the window (> 0, < 3 s)", second.WorkloadWindow)
+	}
+	for _, s := range e.lab.Servers() {
+		ag, err := e.agent(ctx, s.InstanceRef.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := ag.Run(ctx, guest.ExecRequest{Path: "/bin/cat", Args: []string{"/tmp/raksha-pre-hook", "/tmp/raksha-post-hook"}, Capture: true})
+		ag.Close()
+		if err != nil || string(out.Stdout) != "pre\npost\n" {
+			t.Errorf("guest %s: the hooks' marker files say %q (%v), want pre and post", s.Name, out.Stdout, err)
+		}
+	}
 	var size int64
 	for _, d := range second.Disks {
 		if !d.Incremental {
