@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -256,9 +255,6 @@ func TestBootTimeout(t *testing.T) {
 		t.Errorf("took %v", d)
 	}
 	noLeftovers(t, tmp)
-	if out, _ := exec.Command("pgrep", "-f", ae.Console+"nothing").Output(); len(out) > 0 {
-		t.Log(string(out))
-	}
 }
 
 func fileSum(t *testing.T, p string) [32]byte {

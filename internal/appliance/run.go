@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -241,7 +242,7 @@ func extract(ctx context.Context, img Image, disk, word, fstype, p, destDir, acc
 		"-no-reboot", "-nic", "none",
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-kernel", img.Kernel, "-initrd", img.Initrd,
-		"-append", "console=ttyS0 quiet panic=-1 " + word,
+		"-append", "console=ttyS0 loglevel=5 panic=-1 " + word,
 		"-chardev", "socket,id=con,path=" + esc(conSock), "-serial", "chardev:con",
 		"-drive", "file=" + esc(disk) + ",format=raw,if=virtio,snapshot=on",
 		"-device", "virtio-serial-pci",
@@ -377,7 +378,8 @@ func extract(ctx context.Context, img Image, disk, word, fstype, p, destDir, acc
 			log.Debug("appliance sending", "boot", res.Boot)
 		})
 	}}
-	st, xerr := filerestore.ExtractTar(ctx, r, destDir, opts.Extract)
+	srcDir := path.Dir(path.Clean("/" + p))
+	st, xerr := filerestore.ExtractTar(ctx, r, destDir, srcDir, opts.Extract)
 	res.Stats = st
 	if xerr == nil && r.n > 0 {
 		if _, err := tarC.Write([]byte{agent.Ack}); err != nil {
@@ -447,4 +449,3 @@ func (f *firstReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
-

@@ -43,9 +43,13 @@ const maxTarName = 4096
 //     before anything is written, so a huge size stops with ErrBudget;
 //   - all-zero blocks of file data are left as holes.
 //
+// Messages name an entry by its path in the backup: srcDir joined with
+// its name in the tar (srcDir is the directory of the path extracted, "/"
+// for the root's contents).
+//
 // The stream ends at the tar's end-of-archive marker; what follows it is
 // not read.
-func ExtractTar(ctx context.Context, r io.Reader, destDir string, opts ExtractOptions) (st Stats, err error) {
+func ExtractTar(ctx context.Context, r io.Reader, destDir, srcDir string, opts ExtractOptions) (st Stats, err error) {
 	if err := os.MkdirAll(destDir, 0o755); err != nil {
 		return st, fmt.Errorf("target directory: %w", err)
 	}
@@ -54,7 +58,7 @@ func ExtractTar(ctx context.Context, r io.Reader, destDir string, opts ExtractOp
 		return st, fmt.Errorf("target directory: %w", err)
 	}
 	defer root.Close()
-	x := &tarExtractor{root: root, st: &st, budget: NewBudget(opts), dirs: map[string]bool{".": true}, files: map[string]bool{}}
+	x := &tarExtractor{srcDir: path.Clean("/" + srcDir), root: root, st: &st, budget: NewBudget(opts), dirs: map[string]bool{".": true}, files: map[string]bool{}}
 	defer x.budget.Finish(&st)
 	tr := tar.NewReader(r)
 	for {
@@ -83,6 +87,7 @@ func ExtractTar(ctx context.Context, r io.Reader, destDir string, opts ExtractOp
 }
 
 type tarExtractor struct {
+	srcDir   string
 	root     *os.Root
 	st       *Stats
 	budget   *Budget
@@ -132,7 +137,7 @@ func (x *tarExtractor) entry(ctx context.Context, hdr *tar.Header, tr io.Reader)
 	if err != nil {
 		return err
 	}
-	src := "/" + name // as the backup's path below the restored entry
+	src := path.Join(x.srcDir, name)
 	if err := x.budget.Entry(src); err != nil {
 		return err
 	}
@@ -183,8 +188,8 @@ func (x *tarExtractor) entry(ctx context.Context, hdr *tar.Header, tr io.Reader)
 		x.st.Symlinks++
 		return nil
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		kind := map[byte]string{tar.TypeChar: "character device", tar.TypeBlock: "block device", tar.TypeFifo: "FIFO"}[hdr.Typeflag]
-		x.skip(src, fmt.Sprintf("special file (%s, mode %04o) not restored", kind, hdr.Mode&0o7777))
+		kind := map[byte]int64{tar.TypeChar: 0o020000, tar.TypeBlock: 0o060000, tar.TypeFifo: 0o010000}[hdr.Typeflag]
+		x.skip(src, fmt.Sprintf("special file (mode %06o) not restored", kind|hdr.Mode&0o7777))
 		return nil
 	default:
 		return hostile(hdr.Name, fmt.Sprintf("entry type %q is not one a restore writes", hdr.Typeflag))
@@ -251,7 +256,7 @@ func (x *tarExtractor) setAttrs(hdr *tar.Header) error {
 		special |= fs.ModeSticky
 	}
 	mode := x.budget.Mode(fs.FileMode(hdr.Mode&0o777), special, x.st)
-	src := "/" + hdr.Name
+	src := path.Join(x.srcDir, hdr.Name)
 	if err := x.root.Chmod(hdr.Name, mode); err != nil {
 		return fmt.Errorf("restore %s: set mode: %w", src, err)
 	}

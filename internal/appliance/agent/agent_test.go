@@ -70,41 +70,13 @@ func TestWriteRoundTrip(t *testing.T) {
 		}
 		tw.Close()
 		to := t.TempDir()
-		st, err := filerestore.ExtractTar(context.Background(), &buf, to, filerestore.ExtractOptions{KeepSpecialBits: keep})
+		st, err := filerestore.ExtractTar(context.Background(), &buf, to, "/", filerestore.ExtractOptions{KeepSpecialBits: keep})
 		if err != nil {
 			t.Fatal(err)
 		}
 		// "/conf/" cleans to "/conf": the symlink itself
 		if l, err := os.Readlink(filepath.Join(to, "conf")); err != nil || l != "/etc/app" || st.Symlinks != 1 {
 			t.Fatalf("conf: %q %v %+v", l, err, st)
-		}
-		buf.Reset()
-		tw = tar.NewWriter(&buf)
-		if _, err := Write(context.Background(), root, "/conf/sub/../", tw); err != nil {
-			t.Fatal(err)
-		}
-		tw.Close()
-		to = t.TempDir()
-		st, err = filerestore.ExtractTar(context.Background(), &buf, to, filerestore.ExtractOptions{KeepSpecialBits: keep})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = st
-		buf.Reset()
-		tw = tar.NewWriter(&buf)
-		if _, err := Write(context.Background(), root, "/conf/.", tw); err != nil {
-			t.Fatal(err)
-		}
-		tw.Close()
-		to = t.TempDir()
-		st, err = filerestore.ExtractTar(context.Background(), &buf, to, filerestore.ExtractOptions{KeepSpecialBits: keep})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := os.ReadFile(filepath.Join(to, "conf/big"))
-		_ = got
-		if err == nil {
-			t.Logf("conf/. wrote conf/big")
 		}
 		// the tree under its own name
 		buf.Reset()
@@ -114,7 +86,7 @@ func TestWriteRoundTrip(t *testing.T) {
 		}
 		tw.Close()
 		to = t.TempDir()
-		st, err = filerestore.ExtractTar(context.Background(), &buf, to, filerestore.ExtractOptions{KeepSpecialBits: keep})
+		st, err = filerestore.ExtractTar(context.Background(), &buf, to, "/", filerestore.ExtractOptions{KeepSpecialBits: keep})
 		if err != nil {
 			t.Fatal(err)
 		}
