@@ -46,7 +46,9 @@ func mkTar(t *testing.T, ents ...tarEntry) *bytes.Buffer {
 	return &b
 }
 
-func dir(name string) tarEntry { return tarEntry{hdr: tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755}} }
+func dir(name string) tarEntry {
+	return tarEntry{hdr: tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755}}
+}
 func file(name, data string) tarEntry {
 	return tarEntry{hdr: tar.Header{Name: name}, data: data}
 }
