@@ -172,6 +172,3 @@ const (
 	DefaultBootTimeoutTCG = 300 * time.Second
 	DefaultTimeout        = 6 * time.Hour
 )
-
-// since is time.Since, rounded for messages.
-func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }

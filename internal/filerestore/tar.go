@@ -152,7 +152,7 @@ func (x *tarExtractor) entry(ctx context.Context, hdr *tar.Header, tr io.Reader)
 		h.Name = name
 		x.dirAttrs = append(x.dirAttrs, &h)
 		return nil
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // the reader turns the old TypeRegA into TypeReg
 		if hdr.Size < 0 {
 			return hostile(hdr.Name, "negative size")
 		}
