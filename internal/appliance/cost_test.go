@@ -49,7 +49,9 @@ func TestCost(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	mib := func(st filerestore.Stats, d time.Duration) float64 { return float64(st.Bytes) / (1 << 20) / d.Seconds() }
+	mib := func(st filerestore.Stats, d time.Duration) float64 {
+		return float64(st.Bytes) / (1 << 20) / d.Seconds()
+	}
 
 	// the host's kernel: loop mount (through loopfs's FUSE view) + copy
 	f, err := os.Open(disk)
