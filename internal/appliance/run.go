@@ -118,6 +118,9 @@ func consoleTail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// tcgCacheMiB bounds TCG's translation cache.
+const tcgCacheMiB = 64
+
 // consoleKeep is how much of the console log is kept (the tail).
 const consoleKeep = 64 << 10
 
@@ -231,14 +234,15 @@ func extract(ctx context.Context, img Image, disk, word, fstype, p, destDir, acc
 	}
 	defer conL.Close()
 
-	cpu, machine := "max", "pc,accel=tcg"
+	// TCG's translation cache would grow to 1 GiB by default: bounded
+	cpu, acc := "max", "tcg,tb-size="+strconv.Itoa(tcgCacheMiB)
 	if res.Accel == "kvm" {
-		cpu, machine = "host", "pc,accel=kvm"
+		cpu, acc = "host", "kvm"
 	}
 	esc := func(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none",
-		"-machine", machine, "-cpu", cpu, "-m", strconv.Itoa(mem), "-smp", "1",
+		"-machine", "pc", "-accel", acc, "-cpu", cpu, "-m", strconv.Itoa(mem), "-smp", "1",
 		"-no-reboot", "-nic", "none",
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-kernel", img.Kernel, "-initrd", img.Initrd,
