@@ -12,7 +12,7 @@
 //
 // The guest has no network, 256 MiB of memory by default, one CPU, KVM
 // when /dev/kvm can be opened (TCG otherwise), QEMU's seccomp sandbox, and
-// a boot timeout and an overall one. QEMU is killed and its private
+// a boot timeout, an idle timeout and an overall one. QEMU is killed and its private
 // directory (sockets, console log, the snapshot overlay) removed whatever
 // happens.
 package appliance
@@ -166,9 +166,11 @@ func kvm() bool {
 const DefaultMemoryMiB = 256
 
 // Default timeouts: until the appliance has mounted the volume and starts
-// sending (BootTimeout, longer without KVM), and for the whole extraction.
+// sending (BootTimeout, longer without KVM), between two reads of its tar
+// (IdleTimeout), and for the whole extraction.
 const (
 	DefaultBootTimeout    = 60 * time.Second
 	DefaultBootTimeoutTCG = 300 * time.Second
+	DefaultIdleTimeout    = 5 * time.Minute
 	DefaultTimeout        = 6 * time.Hour
 )

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/raksha-backup/raksha/internal/filerestore"
 )
@@ -20,6 +21,12 @@ import (
 // kernel unpacks both, the later files winning) whose /init sends the tar
 // stream instead of the agent's, then claims success.
 func compromised(t *testing.T, img Image, stream []byte) Image {
+	return compromisedThen(t, img, stream, "sleep 2\necho 'RAKSHA-RESULT {\"ok\":true}'\npoweroff -f")
+}
+
+// compromisedThen is compromised with the shell commands then run after
+// sending.
+func compromisedThen(t *testing.T, img Image, stream []byte, then string) Image {
 	t.Helper()
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
@@ -40,10 +47,7 @@ sleep 1
 for p in /sys/class/virtio-ports/*; do
   [ "$(cat $p/name)" = raksha.tar ] && cat /hostile.tar > /dev/${p##*/}
 done
-sleep 2
-echo 'RAKSHA-RESULT {"ok":true}'
-poweroff -f
-`
+` + then + "\n"
 	if err := os.WriteFile(filepath.Join(tree, "init"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +139,29 @@ func TestCompromisedAppliance(t *testing.T) {
 			}
 			t.Logf("refused: %v", strings.SplitN(err.Error(), "\n", 2)[0])
 		})
+	}
+	noLeftovers(t, tmp)
+}
+
+// TestStalledAppliance: a guest that sends part of a file and then
+// nothing is killed after the idle timeout, and the error says so.
+func TestStalledAppliance(t *testing.T) {
+	img := needImage(t)
+	tmp := privateTmp(t)
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	if err := tw.WriteHeader(&tar.Header{Name: "slow", Typeflag: tar.TypeReg, Size: 1 << 20, Mode: 0o644}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write(make([]byte, 1000))
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Extract(context.Background(), compromisedThen(t, img, b.Bytes(), "sleep 3600"), disk, "xfs", "/slow", t.TempDir(), Options{IdleTimeout: 2 * time.Second})
+	var ae *Error
+	if !errors.As(err, &ae) || ae.Stage != "timeout" || !strings.Contains(err.Error(), "idle timeout (2s)") {
+		t.Fatalf("got %v, want the idle timeout", err)
 	}
 	noLeftovers(t, tmp)
 }

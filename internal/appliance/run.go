@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,8 +29,11 @@ type Options struct {
 	// BootTimeout bounds the time from QEMU's start until the appliance
 	// has mounted the volume and starts sending, or reports that it
 	// cannot (DefaultBootTimeout, or DefaultBootTimeoutTCG without KVM,
-	// when 0). Timeout bounds the whole extraction (DefaultTimeout when 0).
-	BootTimeout, Timeout time.Duration
+	// when 0). IdleTimeout bounds each wait for more of the tar once it
+	// has begun (DefaultIdleTimeout when 0): a guest that trickles or
+	// stalls is killed. Timeout bounds the whole extraction
+	// (DefaultTimeout when 0).
+	BootTimeout, IdleTimeout, Timeout time.Duration
 	// Accel is "kvm", "tcg" or "" (auto: KVM when /dev/kvm can be opened,
 	// and TCG again when the appliance does not come up under KVM, as on
 	// a host whose nested KVM is broken).
@@ -208,9 +212,12 @@ func extract(ctx context.Context, img Image, disk, word, fstype, p, destDir, acc
 			boot = DefaultBootTimeoutTCG
 		}
 	}
-	total := opts.Timeout
+	total, idle := opts.Timeout, opts.IdleTimeout
 	if total == 0 {
 		total = DefaultTimeout
+	}
+	if idle == 0 {
+		idle = DefaultIdleTimeout
 	}
 
 	tmp, err := os.MkdirTemp("", "raksha-appliance-")
@@ -345,22 +352,31 @@ func extract(ctx context.Context, img Image, disk, word, fstype, p, destDir, acc
 		close(conDone)
 	}()
 
-	// the watchdog: boot timeout until the first byte, the overall
-	// timeout, cancellation
+	// the watchdog: boot timeout until the first byte, then the idle
+	// timeout between bytes; the overall timeout; cancellation
 	first := make(chan struct{})
 	var firstOnce sync.Once
+	var last atomic.Int64 // when a byte last came, Unix ns
 	done := make(chan struct{})
 	defer close(done)
-	go func() {
+	go func(first <-chan struct{}) {
 		bootT, totalT := time.NewTimer(boot), time.NewTimer(total)
 		defer bootT.Stop()
 		defer totalT.Stop()
+		tick := time.NewTicker(min(idle/4, time.Second))
+		defer tick.Stop()
+		started := false
 		for {
 			select {
 			case <-first:
-				first = nil
+				first, started = nil, true
+				bootT.Stop()
 			case <-bootT.C:
 				stop(fmt.Sprintf("no answer from the appliance within the boot timeout (%v)", boot))
+			case <-tick.C:
+				if started && time.Since(time.Unix(0, last.Load())) > idle {
+					stop(fmt.Sprintf("the appliance sent nothing for longer than the idle timeout (%v)", idle))
+				}
 			case <-totalT.C:
 				stop(fmt.Sprintf("the extraction took longer than its timeout (%v)", total))
 			case <-ctx.Done():
@@ -370,12 +386,9 @@ func extract(ctx context.Context, img Image, disk, word, fstype, p, destDir, acc
 			case <-done:
 				return
 			}
-			if first == nil {
-				bootT.Stop()
-			}
 		}
-	}()
-	r := &firstReader{r: tarC, first: func() {
+	}(first)
+	r := &firstReader{r: tarC, last: &last, first: func() {
 		firstOnce.Do(func() {
 			res.Boot = time.Since(start)
 			close(first)
@@ -436,16 +449,19 @@ func extract(ctx context.Context, img Image, disk, word, fstype, p, destDir, acc
 	return res, nil
 }
 
-// firstReader calls first on the first byte read and counts bytes.
+// firstReader calls first on the first byte read, notes when bytes
+// last came in last, and counts them.
 type firstReader struct {
 	r     io.Reader
 	first func()
+	last  *atomic.Int64
 	n     int64
 }
 
 func (f *firstReader) Read(p []byte) (int, error) {
 	n, err := f.r.Read(p)
 	if n > 0 {
+		f.last.Store(time.Now().UnixNano())
 		if f.n == 0 {
 			f.first()
 		}
