@@ -26,7 +26,9 @@ TEMPORAL_CLI_VERSION := v1.5.1
 # fuse3 (fusermount3) for 'raksha mount', xfsprogs (mkfs.xfs) for the XFS images
 # that 'raksha restore files' and 'raksha mount' loop-mount (root, loop devices),
 # libvirt (the daemon with its QEMU driver, and virsh) for the libvirt host
-# driver, as on a Nova compute node.
+# driver, as on a Nova compute node. The file-restore appliance
+# (scripts/build-appliance.sh) needs qemu-system-x86 and busybox-static, already
+# in APT_QEMU.
 APT_LIBVIRT := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 APT_QEMU := qemu-system-x86 qemu-utils qemu-guest-agent busybox-static e2fsprogs
 APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev qemu-block-extra uuid-runtime time curl python3-openstackclient fdisk fuse3 xfsprogs $(APT_LIBVIRT) $(APT_QEMU)
@@ -36,13 +38,18 @@ APT_DEMO := $(APT_QEMU)
 # that it is looked up when used, after test-deps ran).
 CEPH_TAGS = $(shell test -e /usr/include/rbd/librbd.h && echo "-tags ceph,pacific")
 
-.PHONY: all build demo test test-deps demo-deps bench lint fuzz chaos clean
+.PHONY: all build demo test test-deps demo-deps bench lint fuzz chaos clean appliance
 
 all: build
 
 build:
 	$(GO) build $(CEPH_TAGS) -o $(BIN)/raksha ./starter
 	$(GO) build $(CEPH_TAGS) -o $(BIN)/raksha-worker ./worker
+
+# The file-restore appliance (kernel + initramfs) for 'raksha restore files';
+# prints dir=DIR for --appliance or RAKSHA_APPLIANCE.
+appliance: demo-deps
+	scripts/build-appliance.sh
 
 # apt-install PACKAGES: install the Debian packages that are missing.
 define apt-install

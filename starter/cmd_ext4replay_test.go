@@ -98,7 +98,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 
 	// replayed by the kernel: the whole directory, JSON
 	to := filepath.Join(t.TempDir(), "out")
-	out, errs, err := c.run("restore", "files", id, "--path", "/etc/app/", "--to", to, "-f", "json")
+	out, errs, err := c.run("restore", "files", "--mount-in", "host", id, "--path", "/etc/app/", "--to", to, "-f", "json")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, errs)
 	}
@@ -119,7 +119,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 
 	// one file, text output
 	to = filepath.Join(t.TempDir(), "one")
-	out, errs, err = c.run("restore", "files", id, "--path", "/etc/app/recent.bin", "--to", to)
+	out, errs, err = c.run("restore", "files", "--mount-in", "host", id, "--path", "/etc/app/recent.bin", "--to", to)
 	if err != nil || !strings.Contains(out, "1 files") || !strings.Contains(out, "the ext4 journal needed recovery: replayed by the kernel into a private overlay (") ||
 		strings.Contains(errs, "warning") || sum(t, filepath.Join(to, "recent.bin")) != want {
 		t.Fatalf("%v\n%s\n%s", err, out, errs)
@@ -130,7 +130,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	// --no-replay: raksha's reader, a warning naming the disk, the file
 	// that only the journal holds missing, app.conf stale
 	to = filepath.Join(t.TempDir(), "noreplay")
-	out, errs, err = c.run("restore", "files", id, "--no-replay", "--path", "/etc/app/", "--to", to, "-f", "json")
+	out, errs, err = c.run("restore", "files", "--mount-in", "host", id, "--no-replay", "--path", "/etc/app/", "--to", to, "-f", "json")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, errs)
 	}
@@ -156,7 +156,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	// a journal the kernel refuses: mounted with noload, a warning
 	bad, _ := dirtyExt4Backup(t, c, "broken-journal")
 	to = filepath.Join(t.TempDir(), "bad")
-	out, errs, err = c.run("restore", "files", bad, "--path", "/etc/app/", "--to", to, "-f", "json")
+	out, errs, err = c.run("restore", "files", "--mount-in", "host", bad, "--path", "/etc/app/", "--to", to, "-f", "json")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, errs)
 	}
@@ -175,7 +175,7 @@ func TestCLIRestoreFilesExt4Replay(t *testing.T) {
 	// the file system in a GPT partition: replayed there too
 	part, _ := dirtyExt4Backup(t, c, "gpt")
 	to = filepath.Join(t.TempDir(), "gpt")
-	out, errs, err = c.run("restore", "files", part, "--path", "/etc/app/recent.bin", "--to", to, "-f", "json")
+	out, errs, err = c.run("restore", "files", "--mount-in", "host", part, "--path", "/etc/app/recent.bin", "--to", to, "-f", "json")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, errs)
 	}
@@ -307,7 +307,7 @@ func TestCLIRestoreFilesExt4NoLoopMounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	to := filepath.Join(base, "out")
-	cmd := exec.Command(bin, "restore", "files", id, "--path", "/etc/app/", "--to", to, "-f", "json")
+	cmd := exec.Command(bin, "restore", "files", "--mount-in", "host", id, "--path", "/etc/app/", "--to", to, "-f", "json")
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + base, "RAKSHA_PASSWORD=pw", "RAKSHA_REPO=" + c.env["RAKSHA_REPO"]}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
 	var out, errb bytes.Buffer

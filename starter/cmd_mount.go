@@ -175,7 +175,7 @@ and mode (no permission checks), as with a restore. Writes fail with "read-only 
 				}
 				if filerestore.IsXFS(vol) {
 					if err := loopfs.Check("xfs"); err != nil {
-						return xfsUnavailable("mount "+where, err)
+						return xfsUnavailable("mount "+where, "", err)
 					}
 					lm, err := loopfs.Open(vol, vol.Size, "xfs", dir, loopfs.Options{Source: opts.Source, Log: a.log})
 					if err != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/raksha-backup/raksha/internal/appliance"
 	"github.com/raksha-backup/raksha/internal/filerestore"
 	"github.com/raksha-backup/raksha/internal/loopfs"
 	"github.com/raksha-backup/raksha/internal/repo"
@@ -39,6 +40,11 @@ type restoreFilesResult struct {
 	Replay       string `json:"replay,omitempty"`
 	ReplayNote   string `json:"replay_note,omitempty"`
 	OverlayBytes int64  `json:"overlay_bytes,omitempty"`
+	// MountIn is where a kernel mounted the file system: "appliance" (a
+	// throwaway QEMU guest; Appliance says what it took) or "host". Empty
+	// when raksha's own reader read it.
+	MountIn   string         `json:"mount_in,omitempty"`
+	Appliance *applianceCost `json:"appliance,omitempty"`
 	filerestore.Stats
 	// Fetch counts what was read from the repository.
 	Fetch      repo.ReaderStats `json:"fetch"`
@@ -52,31 +58,39 @@ func (a *app) restoreFilesCmd() *cobra.Command {
 	var partition int
 	var noReplay bool
 	var xopts filerestore.ExtractOptions
+	var km kernelMount
 	c := &cobra.Command{
-		Use:   "files --repo URL BACKUP --vm VM --disk DISK [--partition N] [--no-replay] --path PATH --to DIR",
+		Use:   "files --repo URL BACKUP --vm VM --disk DISK [--partition N] [--no-replay] [--mount-in appliance|host] --path PATH --to DIR",
 		Short: "Copy files or a directory tree out of a backed-up ext4 or XFS disk, fetching only the chunks needed",
 		Long: `Copy a file, symlink or directory tree out of an ext2/3/4 or XFS file system
 on a backed-up disk into DIR, without restoring the disk. Only the chunks the
 file system reads touch are fetched.
 
-ext2/3/4 is read by raksha itself, unless its journal needs recovery (a
+ext2/3/4 is read by raksha itself, in user space. What raksha does not
+read needs a kernel: XFS, and ext4 whose journal needs recovery (a
 crash-consistent backup: the guest was not frozen, and files written and
-synced just before the snapshot may live in the journal only): then it is
-loop-mounted by the kernel as XFS is, which replays the journal into a
-private overlay, never into the backup. Where loop mounts cannot work
-(below), or with --no-replay, raksha's reader reads it without the journal
-and warns that recent writes may be missing; an application-consistent
-backup avoids this.
+synced just before the snapshot may live in the journal only). The disk is
+the tenant's, and a kernel parsing a crafted file system runs the
+tenant's bytes through its most privileged code, so by default
+(--mount-in appliance) that kernel is not this host's: a throwaway QEMU
+guest (the appliance: a kernel and a small initramfs built by
+scripts/build-appliance.sh, found in --appliance DIR or $RAKSHA_APPLIANCE)
+gets the disk read-only behind a copy-on-write snapshot, mounts it with
+its own kernel (a dirty log or journal replayed into the snapshot, never
+into the backup; if that fails, without it, with a warning), and sends the
+files back as a tar that raksha unpacks with the rules below, trusting
+none of it. The appliance has no network and 256 MiB, uses KVM where
+/dev/kvm works (TCG otherwise, much slower to boot), and is killed and
+removed whatever happens. --mount-in host loop-mounts the file system in
+this host's kernel instead (root, the loop driver, the file system in the
+kernel): faster to start, but the host's kernel parses the tenant's
+image. Both read the disk through a private FUSE view (fusermount3).
 
-XFS is loop-mounted by the kernel,
-read-only, from a private FUSE view of the disk; a dirty log (a
-crash-consistent backup) is replayed into a private overlay, never into the
-backup (if that fails, the file system is mounted without it, with a
-warning). That needs root, the loop driver, XFS in the kernel and FUSE
-(fusermount3), and everything is unmounted and detached when the command
-ends, also on Ctrl-C. Where that cannot work, the error says what is
-missing: serve the disk with 'raksha mount --raw' and loop-mount it
-elsewhere.
+When the appliance cannot run here (no image, no QEMU, no FUSE) an ext4
+journal is not replayed: raksha's reader reads the file system without it
+and warns that recent writes may be missing, as with --no-replay; an XFS
+disk is refused with what is missing. An application-consistent backup
+needs no replay.
 
 PATH /etc/app lands as DIR/app; PATH / copies the whole file system into DIR.
 Permission bits and modification times are kept; symlinks are written as
@@ -91,6 +105,9 @@ partition table the only Linux file-system partition is read, or the one
 			id := args[0]
 			if path == "" || to == "" {
 				return usagef("give --path (in the backup) and --to (a local directory)")
+			}
+			if km.in != mountInAppliance && km.in != mountInHost {
+				return usagef("--mount-in %q: want appliance or host", km.in)
 			}
 			if partition < 0 {
 				return usagef("--partition %d: partitions are numbered from 1", partition)
@@ -131,16 +148,17 @@ partition table the only Linux file-system partition is read, or the one
 			}
 			if filerestore.IsXFS(vol) {
 				res.FSType = "xfs"
-				if err := loopfs.Check("xfs"); err != nil {
-					return xfsUnavailable("restore files from "+where, err)
+				if err := km.check("xfs"); err != nil {
+					return xfsUnavailable("restore files from "+where, km.in, err)
 				}
-				var m *loopfs.Mount
-				st, m, err = a.extractLoop(ctx, vol, "xfs", "raksha:"+ref.ID, path, to, xopts)
-				if m != nil && m.RecoveryErr != nil {
-					fmt.Fprintf(a.stderr, "warning: restore files from %s: %s\n", where, xfsLogNote(m))
+				var o kernelOutcome
+				o, err = a.extractKernel(ctx, km, vol, "xfs", "raksha:"+ref.ID, path, to, xopts)
+				st, res.MountIn, res.Appliance = o.st, km.in, o.appliance
+				if o.recoveryErr != "" {
+					fmt.Fprintf(a.stderr, "warning: restore files from %s: log NOT replayed (mounting with it failed: %s): what changed shortly before the backup may be missing\n", where, o.recoveryErr)
 				}
 			} else {
-				st, err = a.extractExt(ctx, vol, "raksha:"+ref.ID, path, to, where, noReplay, xopts, &res)
+				st, err = a.extractExt(ctx, km, vol, "raksha:"+ref.ID, path, to, where, noReplay, xopts, &res)
 			}
 			if err != nil {
 				return fmt.Errorf("restore files from %s: %w", where, err)
@@ -164,7 +182,15 @@ partition table the only Linux file-system partition is read, or the one
 			fmt.Fprintf(a.stdout, "\nfetched %d of %d chunks (%s of a %s disk)\n",
 				res.Fetch.ChunksFetched, m.Chunks, humanBytes(res.Fetch.BytesFetched), humanBytes(m.Size))
 			if res.Replay == "kernel" {
-				fmt.Fprintf(a.stdout, "the ext4 journal needed recovery: replayed by the kernel into a private overlay (%s written there, none to the backup)\n", humanBytes(res.OverlayBytes))
+				by := "the kernel"
+				if res.MountIn == mountInAppliance {
+					by = "the appliance's kernel"
+				}
+				fmt.Fprintf(a.stdout, "the ext4 journal needed recovery: replayed by %s into a private overlay (%s written there, none to the backup)\n", by, humanBytes(res.OverlayBytes))
+			}
+			if ac := res.Appliance; ac != nil {
+				fmt.Fprintf(a.stdout, "mounted in the appliance (%s, %s): up in %.1fs, done in %.1fs, QEMU peak memory %s\n",
+					ac.Accel, ac.Options, float64(ac.BootMs)/1000, float64(ac.DurationMs)/1000, humanBytes(ac.PeakRSS))
 			}
 			return nil
 		},
@@ -178,7 +204,9 @@ partition table the only Linux file-system partition is read, or the one
 	f.BoolVar(&xopts.KeepSpecialBits, "keep-special-bits", false, "keep setuid, setgid and sticky bits (stripped by default: restored files belong to whoever runs the restore)")
 	f.Int64Var(&xopts.MaxEntries, "max-files", filerestore.DefaultMaxEntries, "stop after writing this many files, directories and links")
 	f.Int64Var(&xopts.MaxBytes, "max-bytes", 0, "stop after writing this many bytes of file data (default: twice the file system's disk, at least 2 GiB)")
-	f.BoolVar(&noReplay, "no-replay", false, "read an ext4 file system with raksha's reader even if its journal needs recovery (no loop mount; recent writes may be missing)")
+	f.BoolVar(&noReplay, "no-replay", false, "read an ext4 file system with raksha's reader even if its journal needs recovery (no kernel mount; recent writes may be missing)")
+	f.StringVar(&km.in, "mount-in", mountInAppliance, "where a file system that needs a kernel (XFS; ext4 whose journal needs recovery) is mounted: appliance (a throwaway QEMU guest's kernel) or host (this host's kernel: root, loop devices)")
+	f.StringVar(&km.applianceDir, "appliance", "", "directory of the appliance's vmlinuz and initrd.gz (scripts/build-appliance.sh prints it as dir=; default $"+appliance.EnvDir+")")
 	return c
 }
 
@@ -204,25 +232,26 @@ func (a *app) extractLoop(ctx context.Context, vol *filerestore.Volume, fstype, 
 
 // extractExt copies path out of the ext2/3/4 file system on vol (where
 // names it): with raksha's reader, or, when its journal needs recovery and
-// neither noReplay nor the host prevents it, through a kernel loop mount
-// that replays the journal into a private overlay. What became of the
-// journal goes into res and, when it was not replayed, a warning.
-func (a *app) extractExt(ctx context.Context, vol *filerestore.Volume, source, path, to, where string, noReplay bool, xopts filerestore.ExtractOptions, res *restoreFilesResult) (filerestore.Stats, error) {
+// neither noReplay nor the host prevents it, mounted by a kernel (km: the
+// appliance's or this host's) that replays the journal into a private
+// overlay. What became of the journal goes into res and, when it was not
+// replayed, a warning.
+func (a *app) extractExt(ctx context.Context, km kernelMount, vol *filerestore.Volume, source, path, to, where string, noReplay bool, xopts filerestore.ExtractOptions, res *restoreFilesResult) (filerestore.Stats, error) {
 	what := "restore files from " + where
 	j, jerr := filerestore.ReadJournal(vol, vol.Size)
 	if jerr == nil && j.NeedsRecovery {
-		why := replayBlocker(j, noReplay, loopfs.Check)
+		why := replayBlocker(j, noReplay, km.check)
 		if why == "" {
-			st, m, err := a.extractLoop(ctx, vol, "ext4", source, path, to, xopts)
+			o, err := a.extractKernel(ctx, km, vol, "ext4", source, path, to, xopts)
+			st := o.st
 			st.Journal, st.NeedsRecovery = j.Kind, true
-			if m != nil {
-				res.Replay, res.OverlayBytes = "kernel", m.Replayed
-				if m.RecoveryErr != nil {
-					res.Replay, res.ReplayNote = "failed", m.RecoveryErr.Error()
-					w := journalNotReplayed(j, "mounting with it failed: "+m.RecoveryErr.Error())
-					st.Warnings = append(st.Warnings, w)
-					fmt.Fprintf(a.stderr, "warning: %s: %s\n", what, w)
-				}
+			res.MountIn, res.Appliance = km.in, o.appliance
+			res.Replay, res.OverlayBytes = "kernel", o.replayed
+			if o.recoveryErr != "" {
+				res.Replay, res.ReplayNote = "failed", o.recoveryErr
+				w := journalNotReplayed(j, "mounting with it failed: "+o.recoveryErr)
+				st.Warnings = append(st.Warnings, w)
+				fmt.Fprintf(a.stderr, "warning: %s: %s\n", what, w)
 			}
 			return st, err
 		}
@@ -234,7 +263,7 @@ func (a *app) extractExt(ctx context.Context, vol *filerestore.Volume, source, p
 
 // replayBlocker says why the journal j, which needs recovery, cannot be
 // replayed here ("" when it can): --no-replay, an external journal (not in
-// the backup), or kernel loop mounts of ext4 unavailable (check).
+// the backup), or kernel mounts of ext4 unavailable (check).
 func replayBlocker(j filerestore.Journal, noReplay bool, check func(fstype string) error) string {
 	switch {
 	case noReplay:
@@ -268,9 +297,14 @@ func xfsLogNote(m *loopfs.Mount) string {
 	}
 }
 
-// xfsUnavailable says why an XFS volume cannot be read here, and the way
-// around it.
-func xfsUnavailable(what string, err error) error {
+// xfsUnavailable says why an XFS volume cannot be read here (mounted in
+// mountIn: "appliance", "host"; "" for 'raksha mount', which mounts on the
+// host), and the way around it.
+func xfsUnavailable(what, mountIn string, err error) error {
+	if mountIn == mountInAppliance {
+		return fmt.Errorf("%s: the disk holds an XFS file system, which raksha reads by mounting it in the appliance: %w; "+
+			"or give --mount-in host to loop-mount it in this host's kernel (root; the host's kernel then parses the tenant's image)", what, err)
+	}
 	return fmt.Errorf("%s: the disk holds an XFS file system, which raksha reads by loop-mounting it: %w; "+
 		"instead serve the disk with 'raksha mount --raw' and loop-mount its partN.img (or disk.img) read-only where XFS mounts work", what, err)
 }

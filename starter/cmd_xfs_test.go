@@ -105,7 +105,7 @@ func TestCLIRestoreFilesXFS(t *testing.T) {
 	}
 	for _, img := range []string{whole, gpt} {
 		to := filepath.Join(t.TempDir(), "out")
-		out, errs, err := c.run("restore", "files", ids[img], "--path", "/etc/app/", "--to", to)
+		out, errs, err := c.run("restore", "files", "--mount-in", "host", ids[img], "--path", "/etc/app/", "--to", to)
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", filepath.Base(img), err, errs)
 		}
@@ -133,7 +133,7 @@ func TestCLIRestoreFilesXFS(t *testing.T) {
 	// one file, through a symlink to an absolute path inside the backup; JSON
 	var res restoreFilesResult
 	t0 := time.Now()
-	js := c.must("restore", "files", ids[gpt], "--path", "/conf/app.conf", "--to", filepath.Join(t.TempDir(), "one"), "-f", "json")
+	js := c.must("restore", "files", "--mount-in", "host", ids[gpt], "--path", "/conf/app.conf", "--to", filepath.Join(t.TempDir(), "one"), "-f", "json")
 	took := time.Since(t0)
 	if err := json.Unmarshal([]byte(js), &res); err != nil {
 		t.Fatalf("%v: %s", err, js)
@@ -157,14 +157,14 @@ func TestCLIRestoreFilesXFS(t *testing.T) {
 		t.Fatal(err)
 	}
 	to := filepath.Join(t.TempDir(), "dirty")
-	out, errs, err := c.run("restore", "files", db.ID, "--path", "/etc/app/big.bin", "--to", to)
+	out, errs, err := c.run("restore", "files", "--mount-in", "host", db.ID, "--path", "/etc/app/big.bin", "--to", to)
 	if err != nil || strings.Contains(errs, "warning") || sum(t, filepath.Join(to, "big.bin")) != sum(t, filepath.Join(staging, "etc/app/big.bin")) {
 		t.Fatalf("dirty log: %v\n%s\n%s", err, out, errs)
 	}
 	xfstest.AssertNoLeftovers(t, tmp)
 
 	// errors name the backup and the path; nothing left
-	_, _, err = c.run("restore", "files", ids[whole], "--path", "/etc/nope", "--to", t.TempDir())
+	_, _, err = c.run("restore", "files", "--mount-in", "host", ids[whole], "--path", "/etc/nope", "--to", t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "no such file or directory in the backup: /etc/nope") || !strings.Contains(err.Error(), ids[whole]) {
 		t.Fatalf("missing path: %v", err)
 	}
@@ -173,7 +173,7 @@ func TestCLIRestoreFilesXFS(t *testing.T) {
 	// a cancel (Ctrl-C and SIGTERM cancel the command's context) at any
 	// moment: the command ends and nothing is left
 	for _, delay := range []time.Duration{0, 2 * time.Millisecond, 10 * time.Millisecond, 40 * time.Millisecond, 150 * time.Millisecond} {
-		bg := c.start("restore", "files", ids[gpt], "--path", "/", "--to", filepath.Join(t.TempDir(), "cancel"))
+		bg := c.start("restore", "files", "--mount-in", "host", ids[gpt], "--path", "/", "--to", filepath.Join(t.TempDir(), "cancel"))
 		time.Sleep(delay)
 		bg.cancel()
 		err := bg.wait(t)
@@ -408,7 +408,7 @@ func TestCLIXFSSignals(t *testing.T) {
 	// the whole 96 MiB file, timed
 	to := filepath.Join(t.TempDir(), "full")
 	t0 := time.Now()
-	js, errs, err := c.run("restore", "files", b.ID, "--path", "/large.bin", "--to", to, "-f", "json")
+	js, errs, err := c.run("restore", "files", "--mount-in", "host", b.ID, "--path", "/large.bin", "--to", to, "-f", "json")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, errs)
 	}
@@ -426,7 +426,7 @@ func TestCLIXFSSignals(t *testing.T) {
 	// SIGINT while the loop mount is set up, and once the copy has begun
 	for _, early := range []bool{true, false} {
 		to := filepath.Join(t.TempDir(), "out")
-		cmd, errb, done = run("restore", "files", b.ID, "--path", "/large.bin", "--to", to)
+		cmd, errb, done = run("restore", "files", "--mount-in", "host", b.ID, "--path", "/large.bin", "--to", to)
 		// early: once the loop mount is being set up
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
 			if early {

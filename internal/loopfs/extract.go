@@ -62,66 +62,13 @@ func Extract(ctx context.Context, mnt, p, destDir string, opts filerestore.Extra
 	return st, err
 }
 
-// resolve turns the absolute clean path p into a path relative to the
-// mount's root made of real directories only: symlinks in directory
-// components are followed within the file system, the last component is
-// not.
+// resolve is filerestore.ResolveIn.
 func resolve(ctx context.Context, src *os.Root, p string) (string, error) {
-	comps := filerestore.SplitPath(p)
-	var cur []string
-	hops := 0
-	for k := 0; k < len(comps); k++ {
-		if err := ctx.Err(); err != nil {
-			return "", err
-		}
-		here := append(cur[:len(cur):len(cur)], comps[k])
-		rel := strings.Join(here, "/")
-		fi, err := src.Lstat(rel)
-		if errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("%w: %s", filerestore.ErrNotFound, p)
-		}
-		if errors.Is(err, syscall.ENOTDIR) {
-			return "", fmt.Errorf("not a directory in the backup: /%s", strings.Join(cur, "/"))
-		}
-		if err != nil {
-			return "", fmt.Errorf("/%s: %w", rel, unwrapPath(err))
-		}
-		last := k == len(comps)-1
-		if fi.Mode()&fs.ModeSymlink != 0 && !last {
-			if hops++; hops > filerestore.MaxLinkHops {
-				return "", fmt.Errorf("/%s: too many levels of symbolic links", rel)
-			}
-			target, err := src.Readlink(rel)
-			if err != nil {
-				return "", fmt.Errorf("/%s: %w", rel, unwrapPath(err))
-			}
-			if !strings.HasPrefix(target, "/") {
-				target = "/" + strings.Join(cur, "/") + "/" + target
-			}
-			comps = filerestore.SplitPath(target + "/" + strings.Join(comps[k+1:], "/"))
-			cur, k = nil, -1
-			continue
-		}
-		if !last && !fi.IsDir() {
-			return "", fmt.Errorf("not a directory in the backup: /%s", rel)
-		}
-		cur = here
-	}
-	if len(cur) == 0 {
-		return ".", nil
-	}
-	return strings.Join(cur, "/"), nil
+	return filerestore.ResolveIn(ctx, src, p)
 }
 
-// unwrapPath drops an *fs.PathError's own path (it is relative to the
-// mount, a private directory); the caller names the path in the backup.
-func unwrapPath(err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
-}
+// unwrapPath is filerestore.UnwrapPath.
+func unwrapPath(err error) error { return filerestore.UnwrapPath(err) }
 
 type extractor struct {
 	src, dst *os.Root
