@@ -40,8 +40,8 @@ type Backup struct {
 	// WorkloadWindow is the workload's freeze window: from the first
 	// guest's freeze to the last guest's thaw.
 	WorkloadWindow time.Duration `json:"workload_window,omitempty"`
-	Disks         []DiskRef                `json:"disks"`
-	Stats         DiskStats                `json:"stats"`
+	Disks          []DiskRef     `json:"disks"`
+	Stats          DiskStats     `json:"stats"`
 }
 
 // DiskRef points from a backup record to one of its disk manifests.

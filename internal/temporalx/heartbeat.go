@@ -106,4 +106,3 @@ func (o *hbOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
 	}
 	o.Next.RecordHeartbeat(ctx, details...)
 }
-
