@@ -84,6 +84,9 @@ type fsys struct {
 
 // openExt4 reads the superblock of the file system on r.
 func openExt4(r io.ReaderAt, size int64) (*fsys, error) {
+	if size < 2048 {
+		return nil, fmt.Errorf("%w: the disk is only %d bytes, too small to hold a superblock at byte 1024", ErrNotExt4, size)
+	}
 	sb := make([]byte, 1024)
 	if _, err := r.ReadAt(sb, 1024); err != nil {
 		if errors.Is(err, io.EOF) {
