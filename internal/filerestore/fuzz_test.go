@@ -499,3 +499,30 @@ func checkTable(t *testing.T, tbl *Table, size int64) {
 		t.Fatalf("table does not survive JSON:\n%s\n%s", b, b2)
 	}
 }
+
+// TestExtentsMapNoMoreThanTheDisk: an inode whose extents map more blocks
+// than the disk holds (the superblock may claim any size; the same blocks
+// may be mapped over and over) is corrupt, instead of a listing or a read
+// that costs many times the disk.
+func TestExtentsMapNoMoreThanTheDisk(t *testing.T) {
+	f := &fsys{size: 64 << 10, bs: 1024, blocks: 1 << 24}
+	in := &inode{ino: 12, flags: flagExtents, size: 1 << 30}
+	le := binary.LittleEndian
+	le.PutUint16(in.block[0:], 0xF30A)
+	le.PutUint16(in.block[2:], 4) // entries
+	le.PutUint16(in.block[4:], 4) // max
+	for k := range 4 {
+		e := in.block[12+12*k:]
+		le.PutUint32(e[0:], uint32(k)*32768) // logical block
+		le.PutUint16(e[4:], 32768)           // length
+		le.PutUint32(e[8:], 10)              // the same physical blocks each time
+	}
+	if _, err := f.extents(in); !errors.Is(err, ErrCorruptFS) || !strings.Contains(err.Error(), "more than the disk's 64") {
+		t.Fatalf("extents mapping 131072 blocks of a 64-block disk: %v", err)
+	}
+	le.PutUint16(in.block[2:], 1)
+	le.PutUint16(in.block[12+4:], 50)
+	if exts, err := f.extents(in); err != nil || len(exts) != 1 {
+		t.Fatalf("one extent of 50 blocks: %v %v", exts, err)
+	}
+}
