@@ -84,7 +84,7 @@ test: test-deps
 	@scripts/phase.sh "go vet" $(GO) vet ./...
 	@scripts/phase.sh "go test (unit; S3, Swift and RBD on a throwaway Ceph; QEMU guests)" $(GO) test $(CEPH_TAGS) -count=1 -timeout 20m $$($(GO) list ./... | grep -v /integration)
 	@scripts/phase.sh "integration (Temporal dev server, QEMU, lab cloud; one package at a time)" $(GO) test $(CEPH_TAGS) -count=1 -p 1 -timeout 20m ./integration/...
-	@scripts/phase.sh "fuzz targets over their seed corpus (manifest decoding; make fuzz fuzzes)" $(GO) test -count=1 -run='^Fuzz' ./internal/repo/
+	@scripts/phase.sh "fuzz targets over their seed corpus (parsers of untrusted bytes; make fuzz fuzzes)" $(GO) test -count=1 -run='^Fuzz' $(FUZZ_PKGS)
 	@scripts/phase.sh "CLI end to end (disk-image demo)" scripts/demo-disk.sh --quiet
 	@scripts/phase.sh "make demo (Temporal, lab cloud, workers; DEMO_EXIT=1)" env DEMO_EXIT=1 DEMO_TEMPORAL_PORT=17233 DEMO_UI_PORT=18233 $(MAKE) --no-print-directory demo
 	@scripts/phase.sh "libvirtd stopped (if make test started it)" env LIBVIRTD_OWNER=$(CURDIR) scripts/libvirtd-down.sh
@@ -96,10 +96,26 @@ build-all:
 
 # Timed fuzzing stays out of make test: the engine can overrun -fuzztime
 # while minimizing a new input and then reports "context deadline exceeded".
+# One target per line: -fuzz must match exactly one target of a package.
+# A new input is minimized for at most FUZZMINIMIZETIME (the default, 60s,
+# is spent on every new disk image FuzzExt4 finds, a few KiB each).
 FUZZTIME ?= 60s
+FUZZMINIMIZETIME ?= 10s
+FUZZ_PKGS = ./internal/repo/ ./internal/host/libvirt/ ./internal/filerestore/ ./internal/nbd/ ./internal/guest/ ./internal/cloud/ ./policies/
+FUZZ = $(GO) test -run=NONE -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZETIME)
 fuzz:
-	$(GO) test -run=NONE -fuzz=FuzzDecodePage -fuzztime=$(FUZZTIME) ./internal/repo/
-	$(GO) test -run=NONE -fuzz=FuzzLoadManifest -fuzztime=$(FUZZTIME) ./internal/repo/
+	$(FUZZ) -fuzz='^FuzzDecodePage$$' ./internal/repo/
+	$(FUZZ) -fuzz='^FuzzLoadManifest$$' ./internal/repo/
+	$(FUZZ) -fuzz='^FuzzParseDisks$$' ./internal/host/libvirt/
+	$(FUZZ) -fuzz='^FuzzExt4$$' ./internal/filerestore/
+	$(FUZZ) -fuzz='^FuzzReadJournal$$' ./internal/filerestore/
+	$(FUZZ) -fuzz='^FuzzPartitionTable$$' ./internal/filerestore/
+	$(FUZZ) -fuzz='^FuzzConn$$' ./internal/nbd/
+	$(FUZZ) -fuzz='^FuzzAgentReplies$$' ./internal/guest/
+	$(FUZZ) -fuzz='^FuzzCaptureRecord$$' ./internal/cloud/
+	$(FUZZ) -fuzz='^FuzzParseLocator$$' ./internal/cloud/
+	$(FUZZ) -fuzz='^FuzzParse$$' ./policies/
+	$(FUZZ) -fuzz='^FuzzParseDuration$$' ./policies/
 
 # The chaos suite (tests named TestChaos*): make test runs each scenario with
 # its default (small) number of rounds; make chaos runs them with

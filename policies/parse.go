@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -396,15 +397,18 @@ var dayDuration = regexp.MustCompile(`^(\d+)([dw])(.*)$`)
 func ParseDuration(s string) (time.Duration, error) {
 	bad := fmt.Errorf("%q is not a duration: want a number with a unit such as 30s, 15m, 2h or 7d", s)
 	s = strings.TrimSpace(s)
+	tooLong := func() error {
+		return fmt.Errorf("%q is not a duration: longer than the longest one, %s", s, FormatDuration(math.MaxInt64))
+	}
 	var total time.Duration
 	if m := dayDuration.FindStringSubmatch(s); m != nil {
-		n, err := strconv.Atoi(m[1])
-		if err != nil || n > 100*366 {
-			return 0, bad
-		}
 		unit := 24 * time.Hour
 		if m[2] == "w" {
 			unit *= 7
+		}
+		n, err := strconv.ParseInt(m[1], 10, 64)
+		if err != nil || n > int64(math.MaxInt64/unit) {
+			return 0, tooLong()
 		}
 		total = time.Duration(n) * unit
 		if m[3] == "" {
@@ -415,6 +419,9 @@ func ParseDuration(s string) (time.Duration, error) {
 	v, err := time.ParseDuration(s)
 	if err != nil || v < 0 {
 		return 0, bad
+	}
+	if v > math.MaxInt64-total {
+		return 0, tooLong()
 	}
 	return total + v, nil
 }

@@ -24,6 +24,9 @@ func (c *Client) Capture(ctx context.Context, serverID string) (*ServerMeta, err
 	if err != nil {
 		return nil, classify("capture server "+serverID, err)
 	}
+	if s.ID != serverID {
+		return nil, &Error{Op: "capture server " + serverID, Kind: ErrFailed, Msg: fmt.Sprintf("Nova answered with server %q", s.ID)}
+	}
 	return c.captureServer(ctx, s)
 }
 
@@ -197,6 +200,9 @@ func (c *Client) captureVolumes(ctx context.Context, m *ServerMeta, s *servers.S
 		v, err := volumes.Get(ctx, c.volume, a.VolumeID).Extract()
 		if err != nil {
 			return classify("show volume "+a.VolumeID, err)
+		}
+		if v.ID != a.VolumeID {
+			return &Error{Op: "show volume " + a.VolumeID, Kind: ErrFailed, Msg: fmt.Sprintf("Cinder answered with volume %q", v.ID)}
 		}
 		vm := VolumeMeta{
 			ID: v.ID, Name: v.Name, SizeGB: v.Size, Type: v.VolumeType, Bootable: v.Bootable == "true",

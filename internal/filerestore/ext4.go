@@ -84,6 +84,9 @@ type fsys struct {
 
 // openExt4 reads the superblock of the file system on r.
 func openExt4(r io.ReaderAt, size int64) (*fsys, error) {
+	if size < 2048 {
+		return nil, fmt.Errorf("%w: the disk is only %d bytes, too small to hold a superblock at byte 1024", ErrNotExt4, size)
+	}
 	sb := make([]byte, 1024)
 	if _, err := r.ReadAt(sb, 1024); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -283,8 +286,21 @@ type extent struct {
 	unwritten       bool
 }
 
-// extents returns an inode's block mapping in logical order.
+// extents returns an inode's block mapping in logical order; it maps no
+// more blocks than the disk holds.
 func (f *fsys) extents(in *inode) ([]extent, error) {
+	exts, err := f.mapping(in)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.checkMapped(in, exts); err != nil {
+		return nil, err
+	}
+	return exts, nil
+}
+
+// mapping reads an inode's extent tree or block map.
+func (f *fsys) mapping(in *inode) ([]extent, error) {
 	switch {
 	case in.flags&flagEncrypt != 0:
 		return nil, fmt.Errorf("inode %d: %w: encrypted", in.ino, ErrUnsupported)
@@ -347,6 +363,24 @@ func (f *fsys) walkExtents(in *inode, b []byte, depth int, seen map[uint64]bool,
 		if err := f.walkExtents(in, blk, d-1, seen, out); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// diskBlocks is the number of blocks the disk holds (not the superblock's
+// claim).
+func (f *fsys) diskBlocks() uint64 { return uint64((f.size + f.bs - 1) / f.bs) }
+
+// checkMapped fails when the extents of an inode map more blocks than the
+// disk holds: extents of a corrupt or hostile inode that map the same
+// blocks over and over would make reading it cost many times the disk.
+func (f *fsys) checkMapped(in *inode, exts []extent) error {
+	var n uint64
+	for _, e := range exts {
+		n += e.len
+	}
+	if n > f.diskBlocks() {
+		return fmt.Errorf("inode %d: %w: its extents map %d blocks, more than the disk's %d", in.ino, ErrCorruptFS, n, f.diskBlocks())
 	}
 	return nil
 }

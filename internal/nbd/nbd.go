@@ -8,11 +8,13 @@
 package nbd
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -61,6 +63,13 @@ const (
 	maxRequestLength  = 32 << 20
 	maxStatusRequest  = 1 << 30
 	maxOptReplyLength = 1 << 20
+	// maxErrorChunk bounds an error chunk: a code, a message of at most
+	// 4096 bytes and an offset.
+	maxErrorChunk = 4 + 2 + 4096 + 8
+	// chunkAtOnce is the largest payload of a block status reply read
+	// into a buffer of its announced length; a longer one grows with the
+	// bytes that arrive.
+	chunkAtOnce = 1 << 20
 )
 
 // State flags of the "base:allocation" context.
@@ -204,7 +213,11 @@ func (c *Conn) handshake(export string, contexts []string) error {
 			break
 		}
 		if typ == repInfo && len(data) >= 12 && binary.BigEndian.Uint16(data) == infoExport {
-			c.size = int64(binary.BigEndian.Uint64(data[2:]))
+			size := binary.BigEndian.Uint64(data[2:])
+			if size > math.MaxInt64 {
+				return fmt.Errorf("option %d: the server announced an export of %d bytes, more than a disk can hold", optGo, size)
+			}
+			c.size = int64(size)
 			c.tflags = binary.BigEndian.Uint16(data[10:])
 			gotSize = true
 		}
@@ -280,9 +293,15 @@ func (c *Conn) requestData(typ uint16, flags uint16, off int64, length uint32, d
 	return c.handle, err
 }
 
+// chunkLimit says how long a reply chunk to one request may be (max) and
+// up to which length its payload is read into a buffer of that length at
+// once (atOnce; a longer one grows with the bytes that arrive): a server
+// announcing a length it does not send costs no memory.
+type chunkLimit struct{ max, atOnce uint32 }
+
 // replies reads the replies to one request until the last one, calling fn for
 // each structured chunk (type, payload).
-func (c *Conn) replies(op string, handle uint64, simpleData []byte, fn func(typ uint16, payload []byte) error) error {
+func (c *Conn) replies(op string, handle uint64, simpleData []byte, lim chunkLimit, fn func(typ uint16, payload []byte) error) error {
 	var replyErr error
 	for {
 		var magic uint32
@@ -321,12 +340,12 @@ func (c *Conn) replies(op string, handle uint64, simpleData []byte, fn func(typ 
 			if h.Handle != handle {
 				return fmt.Errorf("reply for handle %d, want %d", h.Handle, handle)
 			}
-			if h.Len > maxRequestLength+1024 {
-				return fmt.Errorf("reply chunk of %d bytes is too long", h.Len)
+			if h.Len > max(lim.max, maxErrorChunk) {
+				return fmt.Errorf("reply chunk of %d bytes is longer than a %s reply can be (%d)", h.Len, op, max(lim.max, maxErrorChunk))
 			}
-			payload := make([]byte, h.Len)
-			if _, err := io.ReadFull(c.c, payload); err != nil {
-				return err
+			payload, err := c.readChunk(h.Len, max(lim.atOnce, maxErrorChunk))
+			if err != nil {
+				return fmt.Errorf("read %d-byte reply chunk: %w", h.Len, err)
 			}
 			if h.Type&replyErrorBit != 0 {
 				se := &ServerError{Op: op}
@@ -352,6 +371,21 @@ func (c *Conn) replies(op string, handle uint64, simpleData []byte, fn func(typ 
 			return fmt.Errorf("bad reply magic %#x", magic)
 		}
 	}
+}
+
+// readChunk reads a chunk's payload of n bytes: at once up to atOnce bytes,
+// else into a buffer that grows as the bytes arrive.
+func (c *Conn) readChunk(n, atOnce uint32) ([]byte, error) {
+	if n <= atOnce {
+		p := make([]byte, n)
+		_, err := io.ReadFull(c.c, p)
+		return p, err
+	}
+	var b bytes.Buffer
+	if _, err := io.CopyN(&b, c.c, int64(n)); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }
 
 // ReadAt reads len(p) bytes at off. It implements io.ReaderAt.
@@ -384,7 +418,9 @@ func (c *Conn) read(p []byte, off int64) error {
 	if err != nil {
 		return err
 	}
-	return c.replies("read", h, p, func(typ uint16, payload []byte) error {
+	// an offset and the data asked for, in one chunk at most
+	lim := chunkLimit{max: 8 + uint32(len(p)), atOnce: 8 + uint32(len(p))}
+	return c.replies("read", h, p, lim, func(typ uint16, payload []byte) error {
 		if len(payload) < 8 {
 			return fmt.Errorf("short read chunk")
 		}
@@ -488,7 +524,7 @@ func (c *Conn) simple(op string, typ uint16, off int64, length uint32, data []by
 	}
 	h, err := c.requestData(typ, 0, off, length, data)
 	if err == nil {
-		err = c.replies(op, h, nil, func(uint16, []byte) error { return fmt.Errorf("unexpected data in the reply to a %s", op) })
+		err = c.replies(op, h, nil, chunkLimit{}, func(uint16, []byte) error { return fmt.Errorf("unexpected data in the reply to a %s", op) })
 	}
 	if err != nil {
 		var se *ServerError
@@ -522,7 +558,8 @@ func (c *Conn) BlockStatus(name string, off, length int64) ([]Extent, error) {
 			return nil, err
 		}
 		pos := off
-		err = c.replies("block status", h, nil, func(typ uint16, payload []byte) error {
+		lim := chunkLimit{max: maxRequestLength + 1024, atOnce: chunkAtOnce}
+		err = c.replies("block status", h, nil, lim, func(typ uint16, payload []byte) error {
 			if typ != replyBlockStatus || len(payload) < 4 {
 				return fmt.Errorf("unexpected reply type %d to block status", typ)
 			}
