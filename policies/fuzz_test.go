@@ -66,8 +66,20 @@ func checkValidationError(t *testing.T, err error) {
 // checkPolicy checks what an accepted policy must hold.
 func checkPolicy(t *testing.T, p *Policy) {
 	t.Helper()
-	if p.Name == "" || p.Repository == "" || p.Workload == "" {
-		t.Fatalf("accepted a policy without name, repository or workload: %+v", p)
+	switch p.Kind {
+	case KindMaintenance:
+		if p.Name == "" || p.Repository == "" || p.Workload != "" || p.Maintenance == nil {
+			t.Fatalf("accepted a maintenance policy without name, repository or what it does, or with a workload: %+v", p)
+		}
+		if v := p.MaintenanceRequest().Verify; v != "" && v != "check" && v != "full" {
+			t.Fatalf("accepted a maintenance policy with verify %q", v)
+		}
+	case KindBackup:
+		if p.Name == "" || p.Repository == "" || p.Workload == "" {
+			t.Fatalf("accepted a policy without name, repository or workload: %+v", p)
+		}
+	default:
+		t.Fatalf("accepted a policy of kind %q", p.Kind)
 	}
 	req := p.BackupRequest()
 	for _, re := range []string{req.Selector.Include, req.Selector.Exclude} {
