@@ -136,24 +136,7 @@ func TestChaosTemporalServerKilled(t *testing.T) {
 	var lastGood *workflows.BackupResult
 	for round := range rounds {
 		target := phases[rng.IntN(len(phases))]
-		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("demo"),
-			TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Wait for the phase, then a random moment into it.
-		deadline := time.Now().Add(3 * time.Minute)
-		for {
-			v, err := c.QueryWorkflow(ctx, wr.GetID(), wr.GetRunID(), workflows.ProgressQuery)
-			var p workflows.Progress
-			if err == nil && v.Get(&p) == nil && (p.Phase == target || (target == "freeze" && p.Phase == "snapshot")) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: the backup never reached phase %s", round, target)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		wr := startBackupUntil(t, c, req, target, "")
 		time.Sleep(chaos.Jitter(rng, 0, 300*time.Millisecond))
 		srv.kill()
 		down := chaos.Jitter(rng, time.Second, 4*time.Second)
@@ -162,7 +145,7 @@ func TestChaosTemporalServerKilled(t *testing.T) {
 		restarted := time.Now()
 		var res workflows.BackupResult
 		gctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		err = c.GetWorkflow(gctx, wr.GetID(), wr.GetRunID()).Get(gctx, &res)
+		err := c.GetWorkflow(gctx, wr.GetID(), wr.GetRunID()).Get(gctx, &res)
 		cancel()
 		took := time.Since(restarted)
 		row.Recover = max(row.Recover, took)
@@ -207,6 +190,36 @@ func TestChaosTemporalServerKilled(t *testing.T) {
 	}
 	row.Notes = strings.Join(notes, "; ")
 	chaos.Record(t, row)
+}
+
+// startBackupUntil starts a backup of the lab's demo workload and returns
+// once it is in phase (freeze also matches its snapshot that follows). It
+// fails the test, with the log file's content if one is named, if the
+// backup does not get there within 3 minutes.
+func startBackupUntil(t *testing.T, c client.Client, req workflows.BackupRequest, phase, logFile string) client.WorkflowRun {
+	t.Helper()
+	ctx := context.Background()
+	wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("demo"),
+		TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		v, err := c.QueryWorkflow(ctx, wr.GetID(), wr.GetRunID(), workflows.ProgressQuery)
+		var p workflows.Progress
+		if err == nil && v.Get(&p) == nil && (p.Phase == phase || (phase == "freeze" && p.Phase == "snapshot")) {
+			return wr
+		}
+		if time.Now().After(deadline) {
+			var out []byte
+			if logFile != "" {
+				out, _ = os.ReadFile(logFile)
+			}
+			t.Fatalf("the backup never reached phase %s; %s:\n%s", phase, logFile, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // frozenGuests counts the lab's guests whose agent says frozen.
