@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/raksha-backup/raksha/activities"
