@@ -306,9 +306,13 @@ type writer interface {
 	Close() error
 }
 
-// resumeSyncEvery is how often WriteDisk flushes the target to move its
-// resume point on.
-const resumeSyncEvery = 2 * time.Second
+// WriteDisk flushes the target to move its resume point on every
+// resumeSyncEvery, or sooner once resumeSyncBytes more are written: a retry
+// after a worker died writes again at most that much.
+const (
+	resumeSyncEvery = 2 * time.Second
+	resumeSyncBytes = 256 << 20
+)
 
 func (a *Activities) openTarget(ctx context.Context, t WriteTarget) (writer, error) {
 	switch t.Kind {
@@ -383,7 +387,7 @@ func (a *Activities) WriteDisk(ctx context.Context, in WriteDiskInput) (*WriteDi
 	}
 	resume, lastSync := from, time.Now()
 	st, err := r.RestoreDisk(ctx, in.Manifest, w, repo.RestoreOptions{ZeroHoles: true, From: from, Progress: func(p repo.Progress) {
-		if p.Resume > resume && time.Since(lastSync) >= resumeSyncEvery {
+		if p.Resume > resume && (time.Since(lastSync) >= resumeSyncEvery || p.Resume-resume >= resumeSyncBytes) {
 			if err := w.Sync(); err == nil {
 				resume, lastSync = p.Resume, time.Now()
 			} else {

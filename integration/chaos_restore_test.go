@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
@@ -116,13 +117,17 @@ func TestChaosRestoreWorkerKilled(t *testing.T) {
 		f.Truncate(size)
 		f.Close()
 		first := startHostWorker(t, bin, cfg, addr, logFile, "--host-dir", hostDir)
+		in := activities.WriteDiskInput{Repository: "main", Manifest: m.ID,
+			Target: activities.WriteTarget{Kind: "image", Path: target, Format: "raw"}}
+		retry := 0
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: fmt.Sprintf("chaos-restore-%d", round), TaskQueue: activities.ControlQueue},
-			writeDiskWorkflow, activities.WriteDiskInput{Repository: "main", Manifest: m.ID,
-				Target: activities.WriteTarget{Kind: "image", Path: target, Format: "raw"}})
+			writeDiskWorkflow, in)
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Wait for a flushed resume point, then a random moment more.
+		// Wait for a flushed resume point, then a random moment more. A
+		// write that ends first (a warm page cache makes it fast) is run
+		// again into a fresh target.
 		deadline := time.Now().Add(2 * time.Minute)
 		var seen activities.WriteDiskProgress
 		for seen.Resume == 0 {
@@ -131,6 +136,26 @@ func TestChaosRestoreWorkerKilled(t *testing.T) {
 				t.Fatalf("round %d: no resume point flushed in time; worker log:\n%s", round, out)
 			}
 			desc, err := c.DescribeWorkflowExecution(ctx, run.GetID(), run.GetRunID())
+			if err == nil && desc.WorkflowExecutionInfo.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+				t.Logf("round %d: the write ended before the kill; again, into the target emptied", round)
+				if err := os.Truncate(target, 0); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Truncate(target, size); err != nil {
+					t.Fatal(err)
+				}
+				first.kill()
+				first = startHostWorker(t, bin, cfg, addr, logFile, "--host-dir", hostDir)
+				retry++
+				if retry > 5 {
+					t.Fatalf("round %d: the write ended before a kill five times", round)
+				}
+				if run, err = c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: fmt.Sprintf("chaos-restore-%d-%d", round, retry), TaskQueue: activities.ControlQueue},
+					writeDiskWorkflow, in); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
 			if err == nil {
 				for _, pa := range desc.PendingActivities {
 					if pa.HeartbeatDetails != nil {
@@ -138,9 +163,9 @@ func TestChaosRestoreWorkerKilled(t *testing.T) {
 					}
 				}
 			}
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(chaos.Jitter(rng, 0, time.Second))
+		time.Sleep(chaos.Jitter(rng, 0, 200*time.Millisecond))
 		first.kill()
 		down := chaos.Jitter(rng, 500*time.Millisecond, 2*time.Second)
 		time.Sleep(down)

@@ -32,11 +32,18 @@ type hostWorker struct {
 
 func startHostWorker(t *testing.T, bin, cfg, addr, logFile string, reach ...string) *hostWorker {
 	t.Helper()
+	return startWorkerProcess(t, bin, cfg, addr, logFile, append([]string{"--roles", "host", "--host", "h1"}, reach...)...)
+}
+
+// startWorkerProcess runs raksha-worker with cfg and args as a separate
+// process (its own process group, which kill SIGKILLs) until the test ends.
+func startWorkerProcess(t *testing.T, bin, cfg, addr, logFile string, args ...string) *hostWorker {
+	t.Helper()
 	lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, append([]string{"--config", cfg, "--roles", "host", "--host", "h1", "--temporal", addr}, reach...)...)
+	cmd := exec.Command(bin, append([]string{"--config", cfg, "--temporal", addr}, args...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -82,14 +89,21 @@ type killMidCopy struct {
 	data              []byte
 	instance, locator string
 	reach             []string
-	row               *chaos.Row // the chaos report's row, filled in by run
+	// role is the killed worker's role: "host" (default; reach says how it
+	// reaches the guest) or "data" (an rbd: disk; cephConf its cluster).
+	role, cephConf string
+	row            *chaos.Row // the chaos report's row, filled in by run
 }
 
 func (k killMidCopy) run(t *testing.T, c client.Client, addr string) *workflows.BackupResult {
 	t.Helper()
 	ctx := context.Background()
 	bin := filepath.Join(k.dir, "raksha-worker")
-	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(repoRoot(t), "worker")).CombinedOutput(); err != nil {
+	build := []string{"build", "-o", bin}
+	if k.role == "data" {
+		build = append(build, "-tags", "ceph,pacific") // RBD support
+	}
+	if out, err := exec.Command("go", append(build, filepath.Join(repoRoot(t), "worker"))...).CombinedOutput(); err != nil {
 		t.Fatalf("build raksha-worker: %v\n%s", err, out)
 	}
 	pwFile := filepath.Join(k.dir, "pw")
@@ -100,10 +114,18 @@ func (k killMidCopy) run(t *testing.T, c client.Client, addr string) *workflows.
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(k.dir, "worker.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("work_dir: %s\nrepositories:\n  main: {url: \"file://%s\", password_file: \"%s\"}\n",
-		filepath.Join(k.dir, "work"), repoDir, pwFile)), 0o600)
+	os.WriteFile(cfg, []byte(fmt.Sprintf("work_dir: %s\nceph_conf: %q\nrepositories:\n  main: {url: \"file://%s\", password_file: \"%s\"}\n",
+		filepath.Join(k.dir, "work"), k.cephConf, repoDir, pwFile)), 0o600)
+	logFile := filepath.Join(k.dir, "worker.log")
+	start := func() *hostWorker {
+		if k.role == "data" {
+			return startWorkerProcess(t, bin, cfg, addr, logFile, "--roles", "data")
+		}
+		return startHostWorker(t, bin, cfg, addr, logFile, k.reach...)
+	}
 
-	// control role in this process (the test's stand-in cloud), host role in a child
+	// control role in this process (the test's stand-in cloud), the host or
+	// data role in a child
 	acts := activities.New(activities.Config{
 		Repos: map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
 		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -111,8 +133,7 @@ func (k killMidCopy) run(t *testing.T, c client.Client, addr string) *workflows.
 			Disks: []activities.Disk{{Name: "vda", Locator: activities.Locator(k.locator), Size: int64(len(k.data))}}}}},
 	})
 	startWorkers(t, c, acts, activities.ControlQueue)
-	logFile := filepath.Join(k.dir, "host-worker.log")
-	first := startHostWorker(t, bin, cfg, addr, logFile, k.reach...)
+	first := start()
 
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("big"), TaskQueue: activities.ControlQueue},
 		workflows.WorkloadBackup, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "crash", CopyHeartbeatTimeout: 5 * time.Second})
@@ -134,8 +155,8 @@ func (k killMidCopy) run(t *testing.T, c client.Client, addr string) *workflows.
 		time.Sleep(10 * time.Millisecond)
 	}
 	first.kill()
-	t.Logf("host worker SIGKILLed after the copy saved its position at %d MiB", resume>>20)
-	startHostWorker(t, bin, cfg, addr, logFile, k.reach...)
+	t.Logf("%s worker SIGKILLed after the copy saved its position at %d MiB", map[string]string{"": "host", "host": "host", "data": "data"}[k.role], resume>>20)
+	start()
 	restarted := time.Now()
 
 	var res workflows.BackupResult
