@@ -29,10 +29,11 @@ import (
 
 // writeDiskWorkflow runs one WriteDisk on host h1 as the Restore workflow
 // does (heartbeat timeout, retries), with a short heartbeat timeout so that
-// a killed worker's write is retried quickly.
+// a killed worker's write is retried quickly and its heartbeats (which the
+// SDK sends at most every 0.8 of the timeout) reach the server often.
 func writeDiskWorkflow(ctx workflow.Context, in activities.WriteDiskInput) (*activities.WriteDiskResult, error) {
 	ctx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		TaskQueue: activities.HostQueue("h1"), StartToCloseTimeout: 10 * time.Minute, HeartbeatTimeout: 5 * time.Second,
+		TaskQueue: activities.HostQueue("h1"), StartToCloseTimeout: 10 * time.Minute, HeartbeatTimeout: 2 * time.Second,
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 500 * time.Millisecond, MaximumAttempts: 5, NonRetryableErrorTypes: activities.NonRetryable},
 	})
 	var res activities.WriteDiskResult
@@ -51,7 +52,7 @@ func TestChaosRestoreWorkerKilled(t *testing.T) {
 	dir := t.TempDir()
 	rng := chaos.NewRand(t)
 	rounds := chaos.Rounds(t, 1)
-	const size = 768 << 20
+	const size = 1536 << 20
 	data := make([]byte, size)
 	rand.Read(data[:size/2])
 	copy(data[size/2:], data[:size/4]) // some dedup, a zero tail
@@ -137,7 +138,9 @@ func TestChaosRestoreWorkerKilled(t *testing.T) {
 			}
 			desc, err := c.DescribeWorkflowExecution(ctx, run.GetID(), run.GetRunID())
 			if err == nil && desc.WorkflowExecutionInfo.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
-				t.Logf("round %d: the write ended before the kill; again, into the target emptied", round)
+				var res activities.WriteDiskResult
+				gerr := run.Get(ctx, &res)
+				t.Logf("round %d: the write ended (%v, %v: %.1fs) before the kill; again, into the target emptied", round, desc.WorkflowExecutionInfo.GetStatus(), gerr, res.Seconds)
 				if err := os.Truncate(target, 0); err != nil {
 					t.Fatal(err)
 				}
