@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,43 +53,8 @@ func TestChaosRestoreWorkerKilled(t *testing.T) {
 	dir := t.TempDir()
 	rng := chaos.NewRand(t)
 	rounds := chaos.Rounds(t, 1)
-	const size = 1536 << 20
-	data := make([]byte, size)
-	rand.Read(data[:size/2])
-	copy(data[size/2:], data[:size/4]) // some dedup, a zero tail
-	img := filepath.Join(dir, "disk.raw")
-	if err := os.WriteFile(img, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	want := fmt.Sprintf("%x", sha256.Sum256(data))
-	data = nil
-
-	pwFile := filepath.Join(dir, "pw")
-	os.WriteFile(pwFile, []byte("secret"), 0o600)
-	repoDir := filepath.Join(dir, "repo")
-	be, _ := local.Open(repoDir)
-	r, err := repo.Init(ctx, be, repo.InitOptions{ChunkSize: 1 << 20, Password: "secret", KDF: repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}},
-		repo.Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := file.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := r.StartBackup(ctx, repo.BackupSpec{Labels: map[string]string{"workload": "big"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := s.BackupDisk(ctx, "vm1", "vda", src, repo.DiskOptions{})
-	src.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	os.Remove(img)
+	const size = restoreChaosSize
+	repoDir, pwFile, manifest, want := restoreChaosBackup(t, dir)
 
 	bin := filepath.Join(dir, "raksha-worker")
 	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(repoRoot(t), "worker")).CombinedOutput(); err != nil {
@@ -118,7 +84,7 @@ func TestChaosRestoreWorkerKilled(t *testing.T) {
 		f.Truncate(size)
 		f.Close()
 		first := startHostWorker(t, bin, cfg, addr, logFile, "--host-dir", hostDir)
-		in := activities.WriteDiskInput{Repository: "main", Manifest: m.ID,
+		in := activities.WriteDiskInput{Repository: "main", Manifest: manifest,
 			Target: activities.WriteTarget{Kind: "image", Path: target, Format: "raw"}}
 		retry := 0
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: fmt.Sprintf("chaos-restore-%d", round), TaskQueue: activities.ControlQueue},
@@ -199,5 +165,142 @@ func TestChaosRestoreWorkerKilled(t *testing.T) {
 		row.Notes += fmt.Sprintf("resumed at %d/%d MiB; ", res.ResumedFrom>>20, size>>20)
 		os.Remove(target)
 	}
+	chaos.Record(t, row)
+}
+
+// restoreChaosSize is the disk the restore chaos scenarios write: big enough
+// that a write outlasts its first heartbeats on an idle machine.
+const restoreChaosSize = 1536 << 20
+
+// restoreChaosBackup backs up a restoreChaosSize disk (half random, a quarter
+// repeated, a zero tail) into a new local repository in dir and returns the
+// repository, its password file, the disk manifest and the disk's SHA-256.
+func restoreChaosBackup(t *testing.T, dir string) (repoDir, pwFile, manifest, want string) {
+	t.Helper()
+	ctx := context.Background()
+	const size = restoreChaosSize
+	data := make([]byte, size)
+	rand.Read(data[:size/2])
+	copy(data[size/2:], data[:size/4])
+	img := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(img, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(img)
+	want = fmt.Sprintf("%x", sha256.Sum256(data))
+	data = nil
+	pwFile = filepath.Join(dir, "pw")
+	os.WriteFile(pwFile, []byte("secret"), 0o600)
+	repoDir = filepath.Join(dir, "repo")
+	be, _ := local.Open(repoDir)
+	r, err := repo.Init(ctx, be, repo.InitOptions{ChunkSize: 1 << 20, Password: "secret", KDF: repo.KDFParams{Time: 1, Memory: 1024, Threads: 1}},
+		repo.Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := file.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	s, err := r.StartBackup(ctx, repo.BackupSpec{Labels: map[string]string{"workload": "big"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.BackupDisk(ctx, "vm1", "vda", src, repo.DiskOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return repoDir, pwFile, m.ID, want
+}
+
+// TestChaosTemporalServerKilledDuringRestoreWrite: the Temporal server is
+// SIGKILLed while a restore's disk write runs (in-process host worker,
+// qemu-nbd into a raw image) and started again 1-4 s later on its database
+// file. The write goes on meanwhile (its heartbeats fail and then resume);
+// the workflow must complete, the target must equal the disk.
+func TestChaosTemporalServerKilledDuringRestoreWrite(t *testing.T) {
+	srv := startKillableServer(t)
+	c, err := client.Dial(client.Options{HostPort: srv.addr(), Logger: quietSDKLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	dir := t.TempDir()
+	repoDir, pwFile, manifest, want := restoreChaosBackup(t, dir)
+	acts := activities.New(activities.Config{
+		Repos:   map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
+		HostDir: filepath.Join(dir, "hosts", "h1"), WorkDir: filepath.Join(dir, "work"),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	defer activities.Shutdown(ctx, acts)
+	startWorkers(t, c, acts, activities.HostQueue("h1"))
+	w := worker.New(c, activities.ControlQueue, workerOptions())
+	w.RegisterWorkflow(writeDiskWorkflow)
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	rng := chaos.NewRand(t)
+	rounds := chaos.Rounds(t, 1)
+	row := chaos.Row{Scenario: "Temporal server SIGKILLed during a restore's disk write, restarted 1-4 s later",
+		Components: "dev server (sqlite file), in-process host worker, qemu-nbd into a raw image, local repository", Rounds: rounds}
+	var notes []string
+	for round := range rounds {
+		target := filepath.Join(dir, fmt.Sprintf("target-%d.raw", round))
+		f, err := os.Create(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(restoreChaosSize)
+		f.Close()
+		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: fmt.Sprintf("chaos-restore-server-%d", round), TaskQueue: activities.ControlQueue},
+			writeDiskWorkflow, activities.WriteDiskInput{Repository: "main", Manifest: manifest,
+				Target: activities.WriteTarget{Kind: "image", Path: target, Format: "raw"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			desc, err := c.DescribeWorkflowExecution(ctx, run.GetID(), run.GetRunID())
+			if err == nil && len(desc.PendingActivities) > 0 && desc.PendingActivities[0].LastStartedTime != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the write never started", round)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(chaos.Jitter(rng, 100*time.Millisecond, 600*time.Millisecond))
+		srv.kill()
+		down := chaos.Jitter(rng, time.Second, 4*time.Second)
+		time.Sleep(down)
+		srv.start()
+		restarted := time.Now()
+		var res activities.WriteDiskResult
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		err = c.GetWorkflow(gctx, run.GetID(), run.GetRunID()).Get(gctx, &res)
+		cancel()
+		took := time.Since(restarted)
+		row.Recover = max(row.Recover, took)
+		if err != nil {
+			t.Errorf("round %d: the restore failed after the server came back: %v", round, err)
+			row.FailedCleanly++
+			continue
+		}
+		row.Completed++
+		if got := fileSHA(t, target); got != want {
+			row.BytesLost += restoreChaosSize
+			t.Errorf("round %d: the restored image differs from the disk", round)
+		}
+		notes = append(notes, fmt.Sprintf("%.1fs down, done %.1fs after the restart (resumed at %d MiB)", down.Seconds(), took.Seconds(), res.ResumedFrom>>20))
+		t.Logf("round %d: server down %v; the write finished %v after the restart, resumed from %d MiB", round, down.Round(time.Millisecond), took.Round(time.Millisecond), res.ResumedFrom>>20)
+		os.Remove(target)
+	}
+	row.Notes = strings.Join(notes, "; ")
 	chaos.Record(t, row)
 }
