@@ -30,7 +30,10 @@ func compromisedThen(t *testing.T, img Image, stream []byte, then string) Image 
 	t.Helper()
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
-		t.Skip("SKIPPED: busybox not installed")
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI: busybox (busybox-static) not installed: make test-deps installs it")
+		}
+		t.Skip("SKIPPED: busybox not installed: run make test-deps (busybox-static)")
 	}
 	dir := t.TempDir()
 	tree := filepath.Join(dir, "tree")
