@@ -179,18 +179,7 @@ func (d *labDemo) agent(ctx context.Context, instance string) (*guest.Client, er
 // assertThawed fails the test if a guest of the lab is frozen.
 func (d *labDemo) assertThawed(t *testing.T) {
 	t.Helper()
-	ctx := context.Background()
-	for _, s := range d.lab.Servers() {
-		ag, err := d.agent(ctx, s.InstanceRef.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := ag.FsfreezeStatus(ctx)
-		ag.Close()
-		if err != nil || st != "thawed" {
-			t.Errorf("guest %s: freeze status %q, %v", s.Name, st, err)
-		}
-	}
+	d.frozenGuests(t) // reports each frozen guest as an error
 }
 
 // labEnv is labDemo with a real Temporal dev server and in-process workers

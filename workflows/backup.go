@@ -614,11 +614,13 @@ func runPreHooks(ctx workflow.Context, req BackupRequest, vms []activities.VM) e
 func workloadWindow(freezeSent map[string]time.Time, windows map[string]time.Duration) time.Duration {
 	var first, last time.Time
 	var largest time.Duration
+	complete := true
 	for vm, w := range windows {
 		largest = max(largest, w)
-		sent, ok := freezeSent[vm]
-		if !ok || sent.IsZero() {
-			return largest
+		sent := freezeSent[vm]
+		if sent.IsZero() {
+			complete = false
+			continue
 		}
 		if first.IsZero() || sent.Before(first) {
 			first = sent
@@ -627,12 +629,7 @@ func workloadWindow(freezeSent map[string]time.Time, windows map[string]time.Dur
 			last = end
 		}
 	}
-	for vm, w := range windows {
-		if sent, ok := freezeSent[vm]; !ok || sent.IsZero() {
-			return max(largest, w)
-		}
-	}
-	if first.IsZero() {
+	if !complete || first.IsZero() {
 		return largest
 	}
 	return max(last.Sub(first), largest)
