@@ -76,7 +76,8 @@ func workerOptions() worker.Options {
 }
 
 // startWorkers runs in-process workers of acts on the queues until the test
-// ends; the control queue also runs the workflows.
+// ends, each registering only its role's activities (as raksha-worker
+// does); the control queue also runs the workflows.
 func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, queues ...string) {
 	t.Helper()
 	for _, q := range queues {
@@ -89,7 +90,14 @@ func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, qu
 			w.RegisterWorkflow(workflows.CloneDelete)
 			w.RegisterWorkflow(workflows.RepositoryMaintenance)
 		}
-		w.RegisterActivity(acts)
+		switch {
+		case q == activities.ControlQueue:
+			activities.RegisterRole(w, acts, activities.RoleControl)
+		case q == activities.DataQueue:
+			activities.RegisterRole(w, acts, activities.RoleData)
+		default:
+			activities.RegisterRole(w, acts, activities.RoleHost)
+		}
 		if err := w.Start(); err != nil {
 			t.Fatal(err)
 		}

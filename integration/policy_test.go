@@ -279,7 +279,7 @@ func startSemaphoreWorker(t *testing.T, c client.Client) *holdActivity {
 	w := worker.New(c, activities.ControlQueue, workerOptions())
 	w.RegisterWorkflow(workflows.Semaphore)
 	w.RegisterWorkflow(acquirer)
-	w.RegisterActivity(acts)
+	activities.RegisterRole(w, acts, activities.RoleControl)
 	w.RegisterActivity(h)
 	if err := w.Start(); err != nil {
 		t.Fatal(err)

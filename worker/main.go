@@ -264,21 +264,21 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		w.RegisterWorkflow(workflows.Clone)
 		w.RegisterWorkflow(workflows.CloneDelete)
 		w.RegisterWorkflow(workflows.RepositoryMaintenance)
-		w.RegisterActivity(acts)
+		activities.RegisterRole(w, acts, activities.RoleControl)
 		workers = append(workers, w)
 	}
 	if has["data"] {
 		o := opts
 		o.MaxConcurrentActivityExecutionSize = cfg.MaxCopies
 		w := worker.New(c, activities.DataQueue, o)
-		w.RegisterActivity(acts)
+		activities.RegisterRole(w, acts, activities.RoleData)
 		workers = append(workers, w)
 	}
 	if has["host"] {
 		o := opts
 		o.MaxConcurrentActivityExecutionSize = cfg.MaxCopies + 16 // freezes and thaws must not queue behind copies
 		w := worker.New(c, activities.HostQueue(cfg.Host), o)
-		w.RegisterActivity(acts)
+		activities.RegisterRole(w, acts, activities.RoleHost)
 		workers = append(workers, w)
 	}
 	for _, w := range workers {
