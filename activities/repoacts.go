@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -30,7 +31,26 @@ func (a *Activities) Begin(ctx context.Context, in BeginInput) (*BeginResult, er
 	if len(vms) == 0 {
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("workload %s: no server matches the selector", in.Workload), ErrNotFound, nil)
 	}
-	prev, err := r.ListBackups(ctx, repo.Filter{Labels: map[string]string{"workload": in.Workload}})
+	// The workload is (project, name): the project discovery was scoped
+	// to, as its captured metadata says. Bases come from that project's
+	// backups of the workload only, and the record's project label is that
+	// id, whatever the request named the project by.
+	project := SourceProject(source)
+	if project == "" {
+		project = in.Project
+	}
+	labels := maps.Clone(in.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[LabelWorkload] = in.Workload // never a user label's value
+	if project != "" {
+		labels[LabelProject] = project
+	}
+	if in.Policy != "" {
+		labels[LabelPolicy] = in.Policy
+	}
+	prev, err := r.ListBackups(ctx, workloadFilter(in.Workload, project))
 	if err != nil {
 		return nil, fmt.Errorf("find bases: %w", err)
 	}
@@ -47,15 +67,15 @@ func (a *Activities) Begin(ctx context.Context, in BeginInput) (*BeginResult, er
 		}
 	}
 	if _, err := r.JoinBackup(ctx, in.BackupID); err == nil {
-		return &BeginResult{BackupID: in.BackupID, VMs: vms}, nil
+		return &BeginResult{BackupID: in.BackupID, VMs: vms, ProjectID: project}, nil
 	} else if !errors.Is(err, repo.ErrNoSession) {
 		return nil, err
 	}
-	_, err = r.StartBackup(ctx, repo.BackupSpec{ID: in.BackupID, Labels: in.Labels, Expires: in.Expires, Source: source})
+	_, err = r.StartBackup(ctx, repo.BackupSpec{ID: in.BackupID, Labels: labels, Expires: in.Expires, Source: source})
 	if err != nil {
 		return nil, fmt.Errorf("open backup session: %w", err)
 	}
-	return &BeginResult{BackupID: in.BackupID, VMs: vms}, nil
+	return &BeginResult{BackupID: in.BackupID, VMs: vms, ProjectID: project}, nil
 }
 
 // findBase returns the newest manifest of vm/disk in backups (oldest first)
@@ -151,20 +171,48 @@ func (a *Activities) Abort(ctx context.Context, in AbortInput) error {
 	return s.Abort(ctx)
 }
 
-// Prune deletes the backups the retention does not keep.
+// Prune deletes the backups of one workload of one project that the
+// retention does not keep: those labelled in.Labels whose RecordProject is
+// in.Project, grouped by their labels with the project label read as
+// RecordProject (so records from before the label held the id group with
+// the newer ones). A request without ByProject (a run started before
+// workloads were keyed by project) prunes nothing: by name alone it could
+// reach another project's backups.
 func (a *Activities) Prune(ctx context.Context, in PruneInput) (*PruneResult, error) {
+	if !in.ByProject {
+		return nil, invalid("prune %v: no project given (a backup started before workloads were keyed by project); nothing pruned", in.Labels)
+	}
+	if in.Labels[LabelWorkload] == "" {
+		return nil, invalid("prune: no workload label given; nothing pruned")
+	}
 	r, err := a.repo(ctx, in.Repository)
 	if err != nil {
 		return nil, err
 	}
 	ret := repo.Retention{Last: in.Retention.Last, Hourly: in.Retention.Hourly, Daily: in.Retention.Daily,
 		Weekly: in.Retention.Weekly, Monthly: in.Retention.Monthly, Yearly: in.Retention.Yearly}
-	dec, err := r.Prune(ctx, repo.Filter{Labels: in.Labels}, ret, time.Now(), false)
+	f := workloadFilter(in.Labels[LabelWorkload], in.Project)
+	f.Labels = in.Labels
+	list, err := r.ListBackups(ctx, f)
+	if err != nil {
+		return nil, fmt.Errorf("prune workload %s of project %q: %w", in.Labels[LabelWorkload], in.Project, err)
+	}
+	dec := repo.DecideGrouped(list, ret, time.Now(), func(b *repo.Backup) map[string]string {
+		l := maps.Clone(b.Labels)
+		if p := RecordProject(b); p != "" {
+			l[LabelProject] = p
+		}
+		return l
+	})
 	out := &PruneResult{}
 	for _, d := range dec {
-		if !d.Keep {
-			out.Removed = append(out.Removed, d.Backup.ID)
+		if d.Keep {
+			continue
 		}
+		if err := r.DeleteBackup(ctx, d.Backup.ID); err != nil {
+			return out, fmt.Errorf("prune workload %s of project %q: %w", in.Labels[LabelWorkload], in.Project, err)
+		}
+		out.Removed = append(out.Removed, d.Backup.ID)
 	}
-	return out, err
+	return out, nil
 }

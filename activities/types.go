@@ -129,6 +129,10 @@ type BeginInput struct {
 type BeginResult struct {
 	BackupID string `json:"backup_id"`
 	VMs      []VM   `json:"vms"`
+	// ProjectID is the workload's project as discovery resolved it (the
+	// captured metadata's project id; the request's project when the
+	// discoverer captures none): the key of its backups with the workload.
+	ProjectID string `json:"project_id,omitempty"`
 }
 
 // FreezeInput freezes one VM's guest.
@@ -269,11 +273,16 @@ type AbortInput struct {
 	BackupID   string `json:"backup_id"`
 }
 
-// PruneInput applies retention to a workload's backups.
+// PruneInput applies retention to a workload's backups: those labelled
+// Labels (the workload label at least) of project Project (RecordProject).
 type PruneInput struct {
 	Repository string            `json:"repository"`
 	Labels     map[string]string `json:"labels"`
 	Retention  Retention         `json:"retention"`
+	// ByProject says Project is set (BeginResult.ProjectID, "" when the
+	// discoverer captures no project); without it Prune refuses.
+	ByProject bool   `json:"by_project,omitempty"`
+	Project   string `json:"project,omitempty"`
 }
 
 // Retention mirrors repo.Retention for workflow inputs.

@@ -71,7 +71,7 @@ func TestCrashConsistentBackupThroughTemporal(t *testing.T) {
 		t.Helper()
 		model := append([]byte(nil), vm.Model...)
 		start := time.Now()
-		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("shop"),
+		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("", "shop"),
 			TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
 		if err != nil {
 			t.Fatal(err)

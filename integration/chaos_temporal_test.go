@@ -199,7 +199,7 @@ func TestChaosTemporalServerKilled(t *testing.T) {
 func startBackupUntil(t *testing.T, c client.Client, req workflows.BackupRequest, phase, logFile string) client.WorkflowRun {
 	t.Helper()
 	ctx := context.Background()
-	wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("demo"),
+	wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("", "demo"),
 		TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
 	if err != nil {
 		t.Fatal(err)

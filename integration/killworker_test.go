@@ -135,7 +135,7 @@ func (k killMidCopy) run(t *testing.T, c client.Client, addr string) *workflows.
 	startWorkers(t, c, acts, activities.ControlQueue)
 	first := start()
 
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("big"), TaskQueue: activities.ControlQueue},
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("", "big"), TaskQueue: activities.ControlQueue},
 		workflows.WorkloadBackup, workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "crash", CopyHeartbeatTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)

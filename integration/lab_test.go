@@ -45,7 +45,7 @@ func TestAppConsistentBackupOfLabWorkload(t *testing.T) {
 	run := func() *workflows.BackupResult {
 		t.Helper()
 		start := time.Now()
-		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("demo"),
+		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("", "demo"),
 			TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
 		if err != nil {
 			t.Fatal(err)
@@ -98,7 +98,7 @@ func TestAppConsistentBackupOfLabWorkload(t *testing.T) {
 	}
 
 	// Cancel a third backup as soon as the guests are frozen.
-	cancelled, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("demo"),
+	cancelled, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("", "demo"),
 		TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
 	if err != nil {
 		t.Fatal(err)

@@ -113,7 +113,7 @@ func TestPolicyScheduleThroughTemporal(t *testing.T) {
 		return false
 	})
 	// The server appends the scheduled time to the workflow id.
-	if !strings.HasPrefix(first.WorkflowID, workflows.BackupWorkflowID("demo")+"-") {
+	if !strings.HasPrefix(first.WorkflowID, workflows.BackupWorkflowID("", "demo")+"-") {
 		t.Errorf("workflow id %q, want backup/demo-<time>", first.WorkflowID)
 	}
 	var got workflows.BackupRequest

@@ -76,7 +76,7 @@ func TestWorkloadBackupWithRBDVolume(t *testing.T) {
 	startWorkers(t, c, acts, activities.ControlQueue, activities.DataQueue)
 	run := func() *workflows.BackupResult {
 		t.Helper()
-		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("rbd"), TaskQueue: activities.ControlQueue},
+		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("", "rbd"), TaskQueue: activities.ControlQueue},
 			workflows.WorkloadBackup, workflows.BackupRequest{Workload: "rbd", Repository: "main", Consistency: "crash"})
 		if err != nil {
 			t.Fatal(err)

@@ -32,7 +32,7 @@ func (e *labEnv) backup() *workflows.BackupResult {
 	e.t.Helper()
 	req := workflows.BackupRequest{Workload: "demo", Project: "demo", Repository: "main", Consistency: "app",
 		Selector: cloud.Selector{Workload: "demo"}, FreezeTimeout: 20 * time.Second}
-	wr, err := e.temporal.ExecuteWorkflow(e.ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("demo"),
+	wr, err := e.temporal.ExecuteWorkflow(e.ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("", "demo"),
 		TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
 	if err != nil {
 		e.t.Fatal(err)

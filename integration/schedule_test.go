@@ -142,7 +142,7 @@ func TestLabBackupInChildWorkflows(t *testing.T) {
 	run := func() *workflows.BackupResult {
 		t.Helper()
 		start := time.Now()
-		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("demo"),
+		wr, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("", "demo"),
 			TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
 		if err != nil {
 			t.Fatal(err)

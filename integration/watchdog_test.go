@@ -66,7 +66,7 @@ func TestChaosHostWorkerKilledWhileFrozen(t *testing.T) {
 	first := startHostWorker(t, bin, cfg, addr, logFile, "--host-dir", hostDir)
 
 	const freezeTimeout = 10 * time.Second
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("w"), TaskQueue: activities.ControlQueue},
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("", "w"), TaskQueue: activities.ControlQueue},
 		workflows.WorkloadBackup, workflows.BackupRequest{Workload: "w", Repository: "main", Consistency: "app", FreezeTimeout: freezeTimeout})
 	if err != nil {
 		t.Fatal(err)

@@ -3,7 +3,8 @@
 // translation into Temporal Schedules.
 //
 // One policy backs up one workload: the servers its selector picks, as one
-// WorkloadBackup per run under the workflow id backup/<workload>. A policy
+// WorkloadBackup per run under the workflow id backup/<project>/<workload>
+// (backup/<workload> when the selector names no project). A policy
 // becomes one Temporal Schedule with the id policy/<name>. To back up many
 // workloads, write one policy per workload (a file may hold several
 // policies as YAML documents separated by ---).
@@ -46,7 +47,8 @@ type Policy struct {
 	Name        string `json:"name"`
 	Description string `json:"description,omitempty"`
 	// Workload names the workload the policy backs up: its backups carry the
-	// label workload=<Workload> and run as workflow backup/<Workload>.
+	// label workload=<Workload> and run as workflow
+	// backup/<selector.project>/<Workload> (workflows.BackupWorkflowID).
 	// Default: the selector's raksha.workload metadata value, else Name.
 	Workload    string      `json:"workload"`
 	Selector    Selector    `json:"selector"`
@@ -192,6 +194,7 @@ func (p *Policy) BackupRequest() workflows.BackupRequest {
 		Workload:      p.Workload,
 		Project:       p.Selector.Project,
 		Policy:        p.Name,
+		Operator:      true, // a policy is the operator's
 		Repository:    p.Repository,
 		Selector:      sel,
 		Consistency:   p.Consistency.Mode,

@@ -80,8 +80,8 @@ func (p *Policy) action() *client.ScheduleWorkflowAction {
 	}
 	return &client.ScheduleWorkflowAction{
 		// The server appends the nominal start time to this id
-		// (backup/<workload>-2026-01-02T02:00:00Z).
-		ID:                    workflows.BackupWorkflowID(p.Workload),
+		// (backup/<project>/<workload>-2026-01-02T02:00:00Z).
+		ID:                    workflows.BackupWorkflowID(p.Selector.Project, p.Workload),
 		Workflow:              workflows.WorkloadBackup,
 		Args:                  []any{p.BackupRequest()},
 		TaskQueue:             activities.ControlQueue,

@@ -154,6 +154,8 @@ func (rf *restoreFlags) finish(backup string) error {
 		h := shellHook("health-check", rf.health)
 		rf.req.HealthCheck = &h
 	}
+	// The CLI talks to Temporal directly: its user is an operator.
+	rf.req.Operator = true
 	if rf.noLabel {
 		rf.req.Metadata = map[string]string{cloud.WorkloadKey: ""}
 	}

@@ -80,6 +80,8 @@ func (a *app) backupStartCmd() *cobra.Command {
 			if sel.Workload == "" && sel.Tag == "" && sel.Stack == "" && sel.ServerGroup == "" && len(sel.ServerIDs) == 0 {
 				req.Selector.Workload = req.Workload
 			}
+			// The CLI talks to Temporal directly: its user is an operator.
+			req.Operator = true
 			c, err := a.temporalClient(tf)
 			if err != nil {
 				return err
@@ -88,7 +90,7 @@ func (a *app) backupStartCmd() *cobra.Command {
 			sa := temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet(req.Workload), workflows.SAOperation.ValueSet("backup"),
 				workflows.SAProject.ValueSet(req.Project), workflows.SAPolicy.ValueSet(req.Policy))
 			run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-				ID: workflows.BackupWorkflowID(req.Workload), TaskQueue: activities.ControlQueue,
+				ID: workflows.BackupWorkflowID(req.Project, req.Workload), TaskQueue: activities.ControlQueue,
 				WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
 				WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 				TypedSearchAttributes:    sa,
@@ -96,7 +98,7 @@ func (a *app) backupStartCmd() *cobra.Command {
 			if err != nil {
 				var started *serviceerror.WorkflowExecutionAlreadyStarted
 				if errors.As(err, &started) {
-					return fmt.Errorf("a backup of workload %s is already running (workflow %s)", req.Workload, workflows.BackupWorkflowID(req.Workload))
+					return fmt.Errorf("a backup of workload %s is already running (workflow %s)", req.Workload, workflows.BackupWorkflowID(req.Project, req.Workload))
 				}
 				return fmt.Errorf("start backup: %w", err)
 			}
@@ -239,8 +241,9 @@ func (quietTemporalLogger) Error(string, ...any) {}
 
 func (a *app) backupCancelCmd() *cobra.Command {
 	var tf temporalFlags
+	var project string
 	c := &cobra.Command{
-		Use:   "cancel WORKLOAD",
+		Use:   "cancel [--project P] WORKLOAD",
 		Short: "Cancel the running backup of a workload (guests are thawed, nothing is committed)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -249,7 +252,7 @@ func (a *app) backupCancelCmd() *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			id := workflows.BackupWorkflowID(args[0])
+			id := workflows.BackupWorkflowID(project, args[0])
 			if err := c.CancelWorkflow(cmd.Context(), id, ""); err != nil {
 				var nf *serviceerror.NotFound
 				if errors.As(err, &nf) {
@@ -262,6 +265,7 @@ func (a *app) backupCancelCmd() *cobra.Command {
 		},
 	}
 	tf.add(c)
+	c.Flags().StringVar(&project, "project", "", "project of the workload, as the backup was started with")
 	return c
 }
 

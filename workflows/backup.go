@@ -27,13 +27,32 @@ var (
 // SearchAttributeNames are the custom search attributes the workflows use.
 var SearchAttributeNames = []string{"RakshaWorkload", "RakshaProject", "RakshaOperation", "RakshaPolicy"}
 
-// WorkloadLockID is the semaphore (one permit) that keeps two backups of a
-// workload from running at once.
-func WorkloadLockID(workload string) string { return "raksha-workload-lock/" + workload }
+// A workload is keyed by (project, workload name): two projects' workloads
+// of the same name share no lock, workflow id, base or retention. The
+// project in the lock and workflow ids is the request's project as given
+// (name or id: give the same one every time; the API gives ids); base
+// selection and prune go by the project id discovery captured
+// (activities.RecordProject). An empty project (the workers' own project)
+// keeps the ids of before, without a project part.
 
-// BackupWorkflowID is the fixed workflow id of a workload's backup: a
-// workload never has two backups running, whether scheduled or manual.
-func BackupWorkflowID(workload string) string { return "backup/" + workload }
+// WorkloadLockID is the semaphore (one permit) that keeps two backups of a
+// workload of a project from running at once.
+func WorkloadLockID(project, workload string) string {
+	if project == "" {
+		return "raksha-workload-lock/" + workload
+	}
+	return "raksha-workload-lock/" + project + "/" + workload
+}
+
+// BackupWorkflowID is the fixed workflow id of a backup of a project's
+// workload: a workload never has two backups running, whether scheduled or
+// manual.
+func BackupWorkflowID(project, workload string) string {
+	if project == "" {
+		return "backup/" + workload
+	}
+	return "backup/" + project + "/" + workload
+}
 
 // BackupRequest is the input of WorkloadBackup.
 type BackupRequest struct {
@@ -47,11 +66,17 @@ type BackupRequest struct {
 	// OnAppFailure says what happens when a guest cannot be frozen or its
 	// freeze outlived the deadline: "fail" the backup, or "crash": go on and
 	// label the backup crash-consistent.
-	OnAppFailure  string            `json:"on_app_failure,omitempty"`
-	FreezeTimeout time.Duration     `json:"freeze_timeout,omitempty"`
-	PreHooks      []activities.Hook `json:"pre_hooks,omitempty"`
-	PostHooks     []activities.Hook `json:"post_hooks,omitempty"`
-	HookFailure   string            `json:"hook_failure,omitempty"`
+	OnAppFailure  string        `json:"on_app_failure,omitempty"`
+	FreezeTimeout time.Duration `json:"freeze_timeout,omitempty"`
+	// PreHooks and PostHooks are guest commands: operator input only. A
+	// request with hooks that is not marked Operator is refused.
+	PreHooks    []activities.Hook `json:"pre_hooks,omitempty"`
+	PostHooks   []activities.Hook `json:"post_hooks,omitempty"`
+	HookFailure string            `json:"hook_failure,omitempty"`
+	// Operator marks a request that comes from the operator: a policy (the
+	// operator's own files), the CLI on Temporal (an operator's access), or
+	// the API for an admin; never set from a tenant's input. Hooks need it.
+	Operator bool `json:"operator,omitempty"`
 	// ExpireAfter gives the backup an expiry date this long after it starts
 	// (0: none); prune removes expired backups that are not protected.
 	ExpireAfter time.Duration `json:"expire_after,omitempty"`
@@ -68,7 +93,9 @@ type BackupRequest struct {
 	// DefaultCopyBatchSize).
 	CopyBatchSize int                  `json:"copy_batch_size,omitempty"`
 	Retention     activities.Retention `json:"retention,omitempty"`
-	Labels        map[string]string    `json:"labels,omitempty"`
+	// Labels are the user's labels of the backup; a system label
+	// (activities.SystemLabels) is refused.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // BackupResult is the result (and memo) of WorkloadBackup.
@@ -184,8 +211,14 @@ func copyOpts(ctx workflow.Context, d activities.Disk, host string, heartbeat ti
 // commits nothing and leaves the previous checkpoints usable.
 func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, error) {
 	log := workflow.GetLogger(ctx)
+	isolated := workflow.GetVersion(ctx, tenantIsolationChange, workflow.DefaultVersion, 1) >= 1
 	if err := validate(req); err != nil {
 		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "InvalidRequest", err)
+	}
+	if isolated {
+		if err := validateIsolation(req); err != nil {
+			return nil, temporal.NewNonRetryableApplicationError(err.Error(), "InvalidRequest", err)
+		}
 	}
 	freezeTimeout := req.FreezeTimeout
 	if freezeTimeout <= 0 {
@@ -210,7 +243,11 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	// overlap policy only covers its own runs, and its workflow ids carry the
 	// scheduled time. A second backup waits here for the first to end.
 	prog.Phase = "waiting for the workload's other backup"
-	lock := RequestPermits(ctx, WorkloadLockID(req.Workload), 1, "backup")
+	lockID := WorkloadLockID("", req.Workload)
+	if isolated {
+		lockID = WorkloadLockID(req.Project, req.Workload)
+	}
+	lock := RequestPermits(ctx, lockID, 1, "backup")
 	if _, err := lock.Next(ctx); err != nil {
 		return nil, fmt.Errorf("wait for workload %s's other backup: %w", req.Workload, err)
 	}
@@ -450,8 +487,11 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	if req.Retention != (activities.Retention{}) {
 		prog.Phase = "prune"
 		var pr activities.PruneResult
-		err := workflow.ExecuteActivity(controlOpts(ctx, 30*time.Minute), a.Prune, activities.PruneInput{
-			Repository: req.Repository, Labels: map[string]string{"workload": req.Workload}, Retention: req.Retention}).Get(ctx, &pr)
+		in := activities.PruneInput{Repository: req.Repository, Labels: map[string]string{"workload": req.Workload}, Retention: req.Retention}
+		if isolated {
+			in.ByProject, in.Project = true, begin.ProjectID
+		}
+		err := workflow.ExecuteActivity(controlOpts(ctx, 30*time.Minute), a.Prune, in).Get(ctx, &pr)
 		if err != nil {
 			res.Warnings = append(res.Warnings, fmt.Sprintf("prune: %v", err))
 		}
@@ -546,6 +586,28 @@ func notConsistent(vms []lostThaw) string {
 	}
 	return strings.Join(parts, "; ")
 }
+
+// tenantIsolationChange gates keying a workload by its project (the lock
+// id, prune by the captured project) and refusing a request whose labels
+// set a system label or whose hooks are not the operator's
+// (validateIsolation).
+const tenantIsolationChange = "tenant-isolation"
+
+// validateIsolation refuses what a backup request may not carry: a user
+// label that sets a system label, and hooks in a request not marked as the
+// operator's.
+func validateIsolation(req BackupRequest) error {
+	if err := activities.CheckUserLabels(req.Labels); err != nil {
+		return fmt.Errorf("backup of workload %s: %w", req.Workload, err)
+	}
+	if (len(req.PreHooks) > 0 || len(req.PostHooks) > 0) && !req.Operator {
+		return fmt.Errorf("backup of workload %s: %w", req.Workload, errHooksNotOperator)
+	}
+	return nil
+}
+
+// errHooksNotOperator refuses hooks from a request not marked Operator.
+var errHooksNotOperator = errors.New("hooks run guest commands and come only from an operator's policy or an admin's request; this request is not marked operator")
 
 // preHooksFirstChange gates running the pre-hooks of every guest before the
 // coordinated freeze starts (runPreHooks) instead of inside each guest's

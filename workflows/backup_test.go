@@ -64,8 +64,9 @@ type fixture struct {
 	finish     func(context.Context, activities.FinishInput) error
 	hooks      func(context.Context, activities.RunHooksInput) (*activities.RunHooksResult, error)
 	freezeIns  []activities.FreezeInput
-	// beginIn is what Begin was called with.
+	// beginIn is what Begin was called with, pruneIn Prune.
 	beginIn activities.BeginInput
+	pruneIn activities.PruneInput
 	// vms, if set, is the workload Begin discovers (default twoVMs).
 	vms []activities.VM
 }
@@ -84,6 +85,7 @@ func newFixture(t *testing.T) *fixture {
 		f.beginIn = in
 		r := twoVMs
 		r.BackupID = in.BackupID
+		r.ProjectID = "p-" + in.Project
 		if f.vms != nil {
 			r.VMs = f.vms
 		}
@@ -147,6 +149,7 @@ func newFixture(t *testing.T) *fixture {
 	})
 	env.OnActivity(acts.Prune, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PruneInput) (*activities.PruneResult, error) {
 		rec.add("prune")
+		f.pruneIn = in
 		return &activities.PruneResult{Removed: []string{"old"}}, nil
 	})
 	return f
@@ -498,6 +501,7 @@ var hookReq = func() BackupRequest {
 	r := appReq
 	r.PreHooks = []activities.Hook{{Path: "/usr/local/bin/db-quiesce", Timeout: 10 * time.Second}}
 	r.PostHooks = []activities.Hook{{Path: "/usr/local/bin/db-resume"}}
+	r.Operator = true
 	return r
 }()
 
@@ -549,5 +553,76 @@ func TestFailedPreHookFreezesNothingAndUndoes(t *testing.T) {
 	}
 	if f.rec.index("abort") < 0 {
 		t.Errorf("the repository session was not aborted; calls %v", f.rec.calls)
+	}
+}
+
+// TestSystemLabelsAndHooksRefused: a request whose labels set a system
+// label, or that carries hooks without being the operator's, is refused
+// before anything runs, naming the label or the hooks.
+func TestSystemLabelsAndHooksRefused(t *testing.T) {
+	for _, label := range []string{"workload", "project", "policy"} {
+		f := newFixture(t)
+		r := appReq
+		r.Labels = map[string]string{"team": "a", label: "other"}
+		f.env.ExecuteWorkflow(WorkloadBackup, r)
+		err := f.env.GetWorkflowError()
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("label %q is a system label", label)) {
+			t.Errorf("labels %v: %v, want refused naming %q", r.Labels, err, label)
+		}
+		if f.rec.count("begin")+f.rec.count("workload lock") != 0 {
+			t.Errorf("labels %v: the refused request went on: %v", r.Labels, f.rec.calls)
+		}
+	}
+	f := newFixture(t)
+	r := hookReq
+	r.Operator = false
+	f.env.ExecuteWorkflow(WorkloadBackup, r)
+	err := f.env.GetWorkflowError()
+	if err == nil || !strings.Contains(err.Error(), "not marked operator") {
+		t.Errorf("hooks without operator: %v", err)
+	}
+	if f.rec.count("begin")+f.rec.count("hooks") != 0 {
+		t.Errorf("a request with a tenant's hooks went on: %v", f.rec.calls)
+	}
+	// User labels that are not system labels reach the record.
+	f = newFixture(t)
+	r = appReq
+	r.Labels = map[string]string{"team": "a"}
+	f.env.ExecuteWorkflow(WorkloadBackup, r)
+	if err := f.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if f.beginIn.Labels["team"] != "a" || f.beginIn.Labels["workload"] != "shop" {
+		t.Errorf("labels %v", f.beginIn.Labels)
+	}
+}
+
+// TestWorkloadKeyedByProject: the workload lock includes the request's
+// project, and prune is keyed by the project discovery resolved.
+func TestWorkloadKeyedByProject(t *testing.T) {
+	f := newFixture(t)
+	var locks []string
+	acts := activities.New(activities.Config{})
+	f.env.OnActivity(acts.AcquirePermits, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SemaphoreRequest) (*activities.AcquireResult, error) {
+		locks = append(locks, in.Semaphore)
+		return &activities.AcquireResult{Bypass: true}, nil
+	})
+	r := appReq
+	r.Project = "tenant-a"
+	f.env.ExecuteWorkflow(WorkloadBackup, r)
+	if err := f.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(locks, "raksha-workload-lock/tenant-a/shop") || slices.Contains(locks, "raksha-workload-lock/shop") {
+		t.Errorf("locks %v, want raksha-workload-lock/tenant-a/shop", locks)
+	}
+	if !f.pruneIn.ByProject || f.pruneIn.Project != "p-tenant-a" || f.pruneIn.Labels["workload"] != "shop" {
+		t.Errorf("prune input %+v, want workload shop of the resolved project p-tenant-a", f.pruneIn)
+	}
+	if got := BackupWorkflowID("tenant-a", "shop"); got != "backup/tenant-a/shop" {
+		t.Errorf("workflow id %s", got)
+	}
+	if got := BackupWorkflowID("", "shop"); got != "backup/shop" {
+		t.Errorf("workflow id without a project %s", got)
 	}
 }

@@ -45,8 +45,15 @@ type RestoreRequest struct {
 	// PostHooks run in every new guest after it booted on its restored disks
 	// (data masking for a staging clone); HealthCheck runs last. A failing
 	// hook or health check fails the run, and what it made is deleted.
+	// Hooks and the health check are guest commands: operator input only
+	// (see Operator).
 	PostHooks   []activities.Hook `json:"post_hooks,omitempty"`
 	HealthCheck *activities.Hook  `json:"health_check,omitempty"`
+	// Operator marks a request that comes from the operator (the CLI on
+	// Temporal, or the API for an admin), never set from a tenant's input.
+	// Post-restore hooks and a health check in a request without it are
+	// refused.
+	Operator bool `json:"operator,omitempty"`
 	// Operation is "restore" or "clone" (the RakshaOperation search
 	// attribute); set by the workflow.
 	Operation string `json:"operation,omitempty"`
@@ -186,7 +193,12 @@ func Restore(ctx workflow.Context, req RestoreRequest) (*RestoreResult, error) {
 	if req.Operation == "" {
 		req.Operation = "restore"
 	}
+	isolated := workflow.GetVersion(ctx, tenantIsolationChange, workflow.DefaultVersion, 1) >= 1
 	if err := restoreValidate(req); err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(err.Error(), activities.ErrInvalid, nil)
+	}
+	if isolated && (len(req.PostHooks) > 0 || req.HealthCheck != nil) && !req.Operator {
+		err := fmt.Errorf("%s of backup %s: %w", req.Operation, req.BackupID, errHooksNotOperator)
 		return nil, temporal.NewNonRetryableApplicationError(err.Error(), activities.ErrInvalid, nil)
 	}
 	start := workflow.Now(ctx)

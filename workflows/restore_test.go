@@ -301,7 +301,7 @@ func TestRestoreInPlaceFailureLeavesServersStopped(t *testing.T) {
 func TestCloneHooksAndDelete(t *testing.T) {
 	f := newRestoreFixture(t)
 	f.env.ExecuteWorkflow(Clone, CloneRequest{Name: "stg1", RestoreRequest: RestoreRequest{Repository: "main", BackupID: "b1", Project: "staging",
-		NamePrefix: "stg-", PostHooks: []activities.Hook{{Path: "/bin/mask"}}, HealthCheck: &activities.Hook{Path: "/bin/health"}}})
+		NamePrefix: "stg-", PostHooks: []activities.Hook{{Path: "/bin/mask"}}, HealthCheck: &activities.Hook{Path: "/bin/health"}, Operator: true}})
 	if err := f.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +334,7 @@ func TestCloneHookFailureDeletesClone(t *testing.T) {
 		return &activities.GuestRunResult{ExitCode: 3, Stderr: "masking failed"}, nil
 	}
 	f.env.ExecuteWorkflow(Clone, CloneRequest{Name: "stg1", RestoreRequest: RestoreRequest{Repository: "main", BackupID: "b1", Project: "staging",
-		PostHooks: []activities.Hook{{Path: "/bin/mask"}}}})
+		PostHooks: []activities.Hook{{Path: "/bin/mask"}}, Operator: true}})
 	err := f.env.GetWorkflowError()
 	if err == nil || !strings.Contains(err.Error(), "exited 3: masking failed") {
 		t.Fatalf("error %v", err)
@@ -401,5 +401,25 @@ func TestRestoreCapsParallelWrites(t *testing.T) {
 	f.env.GetWorkflowResult(&res)
 	if peak != 1 || len(res.Disks) != 4 || f.rec.count("write ") != 4 {
 		t.Errorf("peak %d parallel writes, %d disks written (calls %v)", peak, len(res.Disks), f.rec.calls)
+	}
+}
+
+// TestRestoreHooksNeedOperator: post-restore hooks or a health check in a
+// request not marked as the operator's are refused before anything is
+// made or run.
+func TestRestoreHooksNeedOperator(t *testing.T) {
+	for _, req := range []RestoreRequest{
+		{Repository: "main", BackupID: "b1", Project: "staging", PostHooks: []activities.Hook{{Path: "/bin/mask"}}},
+		{Repository: "main", BackupID: "b1", Project: "staging", HealthCheck: &activities.Hook{Path: "/bin/health"}},
+	} {
+		f := newRestoreFixture(t)
+		f.env.ExecuteWorkflow(Clone, CloneRequest{Name: "stg1", RestoreRequest: req})
+		err := f.env.GetWorkflowError()
+		if err == nil || !strings.Contains(err.Error(), "not marked operator") {
+			t.Errorf("clone with hooks, not operator: %v", err)
+		}
+		if len(f.servers)+len(f.volumes) != 0 || len(f.rec.calls) != 0 {
+			t.Errorf("a refused clone did something: %v", f.rec.calls)
+		}
 	}
 }

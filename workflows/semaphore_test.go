@@ -315,7 +315,7 @@ func newSemBackup(t *testing.T) *semBackup {
 	f.env.OnActivity(acts.AcquirePermits, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SemaphoreRequest) (*activities.AcquireResult, error) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		if in.Semaphore == WorkloadLockID("shop") && in.Permits == 1 {
+		if in.Semaphore == WorkloadLockID("", "shop") && in.Permits == 1 {
 			f.rec.add("workload lock")
 			return &activities.AcquireResult{Bypass: true}, nil // granted at once
 		}

@@ -18,13 +18,18 @@ var ErrProtected = errors.New("backup is protected")
 // ErrNoBackup means no backup has the given id.
 var ErrNoBackup = errors.New("no such backup")
 
-// Filter selects backups: every label and tag given must match.
+// Filter selects backups: every label and tag given must match, and Match,
+// when set, must accept the backup.
 type Filter struct {
 	Labels map[string]string
 	Tags   []string
+	Match  func(*Backup) bool
 }
 
 func (f Filter) match(b *Backup) bool {
+	if f.Match != nil && !f.Match(b) {
+		return false
+	}
 	for k, v := range f.Labels {
 		if got, ok := b.Labels[k]; !ok || got != v {
 			return false
@@ -189,10 +194,16 @@ func (r *Repository) Prune(ctx context.Context, f Filter, p Retention, now time.
 // Decide is prune's pure decision: for backups (any order) under retention p at
 // time now. With no rule set, only expired backups go.
 func Decide(backups []*Backup, p Retention, now time.Time) []PruneDecision {
+	return DecideGrouped(backups, p, now, func(b *Backup) map[string]string { return b.Labels })
+}
+
+// DecideGrouped is Decide with the label set each backup is grouped by
+// given by group (Decide groups by the record's own labels).
+func DecideGrouped(backups []*Backup, p Retention, now time.Time, group func(*Backup) map[string]string) []PruneDecision {
 	groups := map[string][]*Backup{}
 	var keys []string
 	for _, b := range backups {
-		k := groupKey(b.Labels)
+		k := groupKey(group(b))
 		if _, ok := groups[k]; !ok {
 			keys = append(keys, k)
 		}
