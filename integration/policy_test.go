@@ -113,8 +113,8 @@ func TestPolicyScheduleThroughTemporal(t *testing.T) {
 		return false
 	})
 	// The server appends the scheduled time to the workflow id.
-	if !strings.HasPrefix(first.WorkflowID, workflows.BackupWorkflowID("", "demo")+"-") {
-		t.Errorf("workflow id %q, want backup/demo-<time>", first.WorkflowID)
+	if !strings.HasPrefix(first.WorkflowID, workflows.BackupWorkflowID(p.Selector.Project, "demo")+"-") {
+		t.Errorf("workflow id %q, want backup/%s/demo-<time>", first.WorkflowID, p.Selector.Project)
 	}
 	var got workflows.BackupRequest
 	if err := c.GetWorkflow(ctx, first.WorkflowID, first.RunID).Get(ctx, &got); err != nil {

@@ -91,7 +91,13 @@ func TestPolicyScheduleRunsRealBackup(t *testing.T) {
 			t.Errorf("disk %s: checkpoint %+v; want a libvirt checkpoint", disk.Manifest, m.Checkpoint)
 		}
 	}
-	for k, want := range map[string]string{"policy": "demo-daily", "workload": "demo", "project": "demo"} {
+	// The project label is the project's id, as discovery captured it,
+	// though the policy names the project by its name.
+	dc, err := d.admin.ForProject(ctx, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{"policy": "demo-daily", "workload": "demo", "project": dc.ProjectID()} {
 		if b.Labels[k] != want {
 			t.Errorf("record label %s = %q, want %q (labels %v)", k, b.Labels[k], want, b.Labels)
 		}

@@ -17,7 +17,9 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
+	"github.com/raksha-backup/raksha/internal/repo"
 )
 
 // FieldError is one thing wrong in a policy file.
@@ -519,6 +521,7 @@ func (d *decoder) policy(doc *yaml.Node) *Policy {
 		"consistency": func(n *yaml.Node, f string) { d.consistency(n, f, &p.Consistency) },
 		"hooks":       func(n *yaml.Node, f string) { d.hooks(n, f, &p.Hooks) },
 		"retention":   func(n *yaml.Node, f string) { d.retention(n, f, &p.Retention) },
+		"labels":      func(n *yaml.Node, f string) { d.labels(n, f, &p.Labels) },
 		"repository":  func(n *yaml.Node, f string) { d.name(n, f, 128, &p.Repository) },
 		"paused":      func(n *yaml.Node, f string) { d.boolean(n, f, &paused) },
 	})
@@ -618,6 +621,37 @@ func (d *decoder) metadata(n *yaml.Node, field string, s *Selector) {
 			}
 		},
 	})
+}
+
+// labels reads the policy's user labels (string keys and values): a
+// system label (activities.SystemLabels: workload, project, policy, which
+// Raksha sets from the policy itself) is refused, naming it.
+func (d *decoder) labels(n *yaml.Node, field string, dst *map[string]string) {
+	if n.Kind != yaml.MappingNode {
+		d.errf(n, field, "want a mapping of labels such as {team: shop}, got %s", kindName(n))
+		return
+	}
+	out := map[string]string{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], deref(n.Content[i+1])
+		sub := join(field, k.Value)
+		if err := activities.CheckUserLabels(map[string]string{k.Value: ""}); err != nil {
+			d.errf(k, sub, "%v", err)
+			continue
+		}
+		if !repo.ValidName(k.Value) {
+			d.errf(k, sub, "label name %q: use letters, digits, '.', '_' and '-'", k.Value)
+			continue
+		}
+		if _, dup := out[k.Value]; dup {
+			d.errf(k, sub, "given twice")
+			continue
+		}
+		var val string
+		d.str(v, sub, &val)
+		out[k.Value] = val
+	}
+	*dst = out
 }
 
 func (d *decoder) servers(n *yaml.Node, field string, s *Selector) {
@@ -825,7 +859,7 @@ func (d *decoder) maintenancePolicy(root *yaml.Node, p *Policy, present map[stri
 			d.errf(root, req, "missing (a maintenance policy needs name, schedule and repository)")
 		}
 	}
-	for _, f := range []string{"workload", "selector", "consistency", "hooks", "retention"} {
+	for _, f := range []string{"workload", "selector", "consistency", "hooks", "retention", "labels"} {
 		if v, ok := present[f]; ok {
 			d.errf(v.key, f, "a maintenance policy backs up nothing: %s belongs to a backup policy (its repository's expired backups are pruned whatever their workload)", f)
 		}

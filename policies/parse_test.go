@@ -36,8 +36,12 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"unknown top-level field with suggestion", base + "retension:\n  daily: 7\n",
 			[]string{`p.yaml:9:1: retension: unknown field "retension"; did you mean "retention"?`}},
+		{"system label", base + "labels:\n  team: shop\n  project: other\n",
+			[]string{`p.yaml:11:3: labels.project: label "project" is a system label (set by Raksha: [policy project workload]); a request's labels cannot set it`}},
+		{"system label workload", base + "labels:\n  workload: other\n",
+			[]string{`p.yaml:10:3: labels.workload: label "workload" is a system label (set by Raksha: [policy project workload]); a request's labels cannot set it`}},
 		{"unknown field without suggestion", base + "colour: blue\n",
-			[]string{`p.yaml:9:1: colour: unknown field "colour" (known: consistency, description, hooks, kind, maintenance, name, paused, repository, retention, schedule, selector, workload)`}},
+			[]string{`p.yaml:9:1: colour: unknown field "colour" (known: consistency, description, hooks, kind, labels, maintenance, name, paused, repository, retention, schedule, selector, workload)`}},
 		{"missing required fields", "description: nothing else\n",
 			[]string{
 				"p.yaml:1:1: name: missing (every policy needs name, selector, schedule and repository)",
@@ -222,6 +226,7 @@ func TestExamples(t *testing.T) {
 		Consistency: "app", OnAppFailure: "fail", FreezeTimeout: 10 * time.Second,
 		Retention:   activities.Retention{Last: 3, Daily: 7, Weekly: 4, Monthly: 6},
 		ExpireAfter: 400 * 24 * time.Hour,
+		Operator:    true,
 	}
 	if got := demo.BackupRequest(); !reflect.DeepEqual(got, want) {
 		t.Errorf("demo request\n got %+v\nwant %+v", got, want)
@@ -230,7 +235,7 @@ func TestExamples(t *testing.T) {
 	act := o.Action.(*client.ScheduleWorkflowAction)
 	if o.ID != "policy/demo-daily" || o.Overlap != enumspb.SCHEDULE_OVERLAP_POLICY_SKIP || o.CatchupWindow != 2*time.Hour ||
 		o.Spec.Jitter != 10*time.Minute || o.Spec.TimeZoneName != "UTC" || !reflect.DeepEqual(o.Spec.CronExpressions, []string{"0 2 * * *"}) ||
-		o.Paused || act.ID != "backup/demo" || act.TaskQueue != activities.ControlQueue || act.Memo[MemoExpireAfter] != "400d" {
+		o.Paused || act.ID != "backup/demo/demo" || act.TaskQueue != activities.ControlQueue || act.Memo[MemoExpireAfter] != "400d" {
 		t.Errorf("schedule options %+v, action %+v", o, act)
 	}
 	for _, sa := range []struct {
@@ -347,5 +352,21 @@ maintenance:
 	_, err = Parse("m.yaml", []byte(base+"maintenance:\n  gc: true\n"))
 	if err == nil || !strings.Contains(err.Error(), "only a policy of kind maintenance has a maintenance section") {
 		t.Errorf("maintenance section in a backup policy: %v", err)
+	}
+}
+
+// TestPolicyLabels: a policy's user labels reach every run's request, and
+// its runs are marked as the operator's (a policy is the operator's file).
+func TestPolicyLabels(t *testing.T) {
+	ps, err := Parse("p.yaml", []byte(base+"labels:\n  team: shop\n  env: prod\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := ps[0].BackupRequest()
+	if req.Labels["team"] != "shop" || req.Labels["env"] != "prod" || len(req.Labels) != 2 {
+		t.Errorf("labels %v", req.Labels)
+	}
+	if !req.Operator {
+		t.Error("a policy's run is not marked operator")
 	}
 }

@@ -56,6 +56,9 @@ type Policy struct {
 	Consistency Consistency `json:"consistency"`
 	Hooks       Hooks       `json:"hooks,omitempty"`
 	Retention   Retention   `json:"retention,omitempty"`
+	// Labels are user labels every backup of the policy carries; a system
+	// label (workload, project, policy: Raksha sets them) is refused.
+	Labels map[string]string `json:"labels,omitempty"`
 	// Repository is a repository id of the workers' registry.
 	Repository string `json:"repository"`
 	// Paused, when set, is the schedule's state after apply; when unset,
@@ -204,6 +207,7 @@ func (p *Policy) BackupRequest() workflows.BackupRequest {
 		ExpireAfter:   p.Retention.ExpireAfter,
 		Retention: activities.Retention{Last: p.Retention.Last, Hourly: p.Retention.Hourly, Daily: p.Retention.Daily,
 			Weekly: p.Retention.Weekly, Monthly: p.Retention.Monthly, Yearly: p.Retention.Yearly},
+		Labels: p.Labels,
 	}
 	for _, h := range p.Hooks.Pre {
 		req.PreHooks = append(req.PreHooks, activities.Hook(h))
