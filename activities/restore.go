@@ -563,11 +563,7 @@ func (a *Activities) GuestRun(ctx context.Context, in GuestRunInput) (*GuestRunR
 	if err != nil {
 		return nil, fmt.Errorf("guest %s: run %s: %w", in.Instance, in.Hook.Path, err)
 	}
-	cut := func(b []byte) string {
-		if len(b) > 4096 {
-			b = b[len(b)-4096:]
-		}
-		return string(b)
-	}
-	return &GuestRunResult{ExitCode: res.ExitCode, Stdout: cut(res.Stdout), Stderr: cut(res.Stderr), Seconds: res.Duration.Seconds()}, nil
+	// The result lands in the workflow's history: a bounded, redacted tail.
+	return &GuestRunResult{ExitCode: res.ExitCode, Stdout: guest.Tail(res.Stdout, guest.OutputTailSize),
+		Stderr: guest.Tail(res.Stderr, guest.OutputTailSize), Seconds: res.Duration.Seconds()}, nil
 }

@@ -218,7 +218,8 @@ type GuestRunInput struct {
 	WaitAgent int `json:"wait_agent_seconds,omitempty"`
 }
 
-// GuestRunResult is a guest command's outcome (output cut to 4 KiB).
+// GuestRunResult is a guest command's outcome: of its output, the last
+// guest.OutputTailSize bytes with obvious secrets redacted (guest.Tail).
 type GuestRunResult struct {
 	ExitCode int     `json:"exit_code"`
 	Stdout   string  `json:"stdout,omitempty"`

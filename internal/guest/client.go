@@ -211,7 +211,7 @@ func (c *Client) call(ctx context.Context, cmd string, args, out any) error {
 	}
 	if out != nil {
 		if err := json.Unmarshal(ret, out); err != nil {
-			return fmt.Errorf("guest agent %s: %s: decode return %q: %w", c.path, cmd, truncate(ret, 200), err)
+			return fmt.Errorf("guest agent %s: %s: decode return %q: %w", c.path, cmd, Redact(string(truncate(ret, 200))), err)
 		}
 	}
 	return nil

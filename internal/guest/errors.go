@@ -47,7 +47,7 @@ type CommandError struct {
 }
 
 func (e *CommandError) Error() string {
-	return fmt.Sprintf("%s: %s: %s", e.Command, e.Class, e.Desc)
+	return fmt.Sprintf("%s: %s: %s", e.Command, e.Class, Tail([]byte(e.Desc), 512)) // the guest's words: bounded, redacted
 }
 
 // Is makes errors.Is(err, ErrCommandDisabled) hold for a command the agent

@@ -366,7 +366,7 @@ func (c *Client) runHook(ctx context.Context, hk Hook, phase string) HookResult 
 	case out.Signal != 0:
 		res.Err = fmt.Errorf("killed by signal %d", out.Signal)
 	case out.ExitCode != 0:
-		res.Err = fmt.Errorf("exit status %d: %s", out.ExitCode, truncate(out.Stderr, 500))
+		res.Err = fmt.Errorf("exit status %d: %s", out.ExitCode, Tail(out.Stderr, 512))
 	}
 	c.log.Info("hook ran", "phase", phase, "hook", hk.name(), "exit", res.ExitCode, "took", res.Duration, "err", res.Err)
 	return res

@@ -118,10 +118,10 @@ func (s *socketTransport) Call(ctx context.Context, cmd string, args json.RawMes
 // "return" or an "error".
 func decodeReply(line []byte, r *reply) error {
 	if err := json.Unmarshal(line, r); err != nil {
-		return fmt.Errorf("decode reply %q: %w", truncate(line, 200), err)
+		return fmt.Errorf("decode reply %q: %w", Redact(string(truncate(line, 200))), err)
 	}
 	if r.Return == nil && r.Error == nil {
-		return fmt.Errorf("reply %q has neither return nor error", truncate(line, 200))
+		return fmt.Errorf("reply %q has neither return nor error", Redact(string(truncate(line, 200))))
 	}
 	return nil
 }
