@@ -64,6 +64,10 @@ type Config struct {
 	HostDir string
 	// WorkDir holds temporary fleecing images and NBD sockets; host role only.
 	WorkDir string
+	// WriteRoots are the directories WriteDisk may write image files under
+	// (a restore's volume files and instance disks); symlinks are followed
+	// before the check. Nil: DefaultWriteRoots.
+	WriteRoots []string
 	// Discoverer is the cloud; control role only.
 	Discoverer Discoverer
 	// Cloud is the cloud client restores and clones use (control role);
@@ -127,6 +131,9 @@ func New(cfg Config) *Activities {
 	}
 	if cfg.Host == nil {
 		cfg.Host = NewHostDriver(cfg)
+	}
+	if cfg.WriteRoots == nil {
+		cfg.WriteRoots = DefaultWriteRoots(cfg)
 	}
 	return &Activities{cfg: cfg, log: cfg.Log, repos: map[string]*repo.Repository{},
 		agents: map[string]*guest.Client{}, freezes: map[string]*guest.FreezeHandle{}, thawed: map[string]thawedFreeze{},

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -317,8 +316,8 @@ const (
 func (a *Activities) openTarget(ctx context.Context, t WriteTarget) (writer, error) {
 	switch t.Kind {
 	case "image":
-		if !filepath.IsAbs(t.Path) {
-			return nil, invalid("target %s: the path is not absolute", t)
+		if err := a.checkWritePath(t.Path); err != nil {
+			return nil, err
 		}
 		im, err := target.OpenImage(ctx, t.Path, target.ImageOptions{Format: t.Format, Conns: 4})
 		if errors.Is(err, target.ErrInUse) {

@@ -76,7 +76,10 @@ func TestChaosRestoreWorkerKilled(t *testing.T) {
 	row := chaos.Row{Scenario: "host worker SIGKILLed in the middle of a restore's disk write, restarted 0.5-2 s later",
 		Components: "dev server, raksha-worker processes, qemu-nbd into a raw image, local repository", Rounds: rounds}
 	for round := range rounds {
-		target := filepath.Join(dir, fmt.Sprintf("target-%d.raw", round))
+		// Under the lab's volume directory: a host worker writes only
+		// under its write roots (the host dir and <lab>/volumes).
+		target := filepath.Join(dir, "volumes", fmt.Sprintf("target-%d.raw", round))
+		os.MkdirAll(filepath.Dir(target), 0o755)
 		f, err := os.Create(target)
 		if err != nil {
 			t.Fatal(err)
@@ -251,7 +254,10 @@ func TestChaosTemporalServerKilledDuringRestoreWrite(t *testing.T) {
 		Components: "dev server (sqlite file), in-process host worker, qemu-nbd into a raw image, local repository", Rounds: rounds}
 	var notes []string
 	for round := range rounds {
-		target := filepath.Join(dir, fmt.Sprintf("target-%d.raw", round))
+		// Under the lab's volume directory: a host worker writes only
+		// under its write roots (the host dir and <lab>/volumes).
+		target := filepath.Join(dir, "volumes", fmt.Sprintf("target-%d.raw", round))
+		os.MkdirAll(filepath.Dir(target), 0o755)
 		f, err := os.Create(target)
 		if err != nil {
 			t.Fatal(err)

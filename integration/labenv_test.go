@@ -162,6 +162,8 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Discoverer: &activities.CloudDiscoverer{Client: admin}, CephConf: cephConf,
 		Libvirt: lvc, LockDir: lockDir,
+		// The lab's instance directories and volume files.
+		WriteRoots: []string{filepath.Join(dir, "hosts"), filepath.Join(dir, "volumes")},
 	})
 	t.Cleanup(func() { activities.Shutdown(context.Background(), d.acts) })
 	return d

@@ -72,6 +72,11 @@ type Config struct {
 	CephConf string `yaml:"ceph_conf"`
 	// MaxCopies caps concurrent disk copies on this worker (default 4).
 	MaxCopies int `yaml:"max_copies"`
+	// WriteRoots are the directories a restore may write image files under
+	// on this worker (default activities.DefaultWriteRoots: the host dir
+	// and the lab's volumes beside it, or Nova's instances and mount
+	// directories on libvirt; none on a data worker).
+	WriteRoots []string `yaml:"write_roots"`
 }
 
 func main() {
@@ -182,7 +187,8 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, CephConf: cfg.CephConf, LockDir: cfg.LockDir, Log: log}
+	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, CephConf: cfg.CephConf, LockDir: cfg.LockDir, Log: log,
+		WriteRoots: cfg.WriteRoots}
 	if has["control"] {
 		ccfg := cloud.ConfigFromEnv(getenv)
 		if cfg.Cloud != "" {
