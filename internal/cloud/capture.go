@@ -204,6 +204,13 @@ func (c *Client) captureVolumes(ctx context.Context, m *ServerMeta, s *servers.S
 		if v.ID != a.VolumeID {
 			return &Error{Op: "show volume " + a.VolumeID, Kind: ErrFailed, Msg: fmt.Sprintf("Cinder answered with volume %q", v.ID)}
 		}
+		// Cinder shows an admin the owner (os-vol-tenant-attr:tenant_id):
+		// a volume of another project attached to the server is not this
+		// workload's to back up.
+		if v.TenantID != "" && m.ProjectID != "" && v.TenantID != m.ProjectID {
+			return &Error{Op: "capture server " + s.ID, Kind: ErrForbidden, Msg: fmt.Sprintf("volume %s (%s) attached to server %s belongs to project %s, not to the server's project %s",
+				v.Name, v.ID, s.Name, v.TenantID, m.ProjectID)}
+		}
 		vm := VolumeMeta{
 			ID: v.ID, Name: v.Name, SizeGB: v.Size, Type: v.VolumeType, Bootable: v.Bootable == "true",
 			Encrypted: v.Encrypted, Device: a.Device, Metadata: v.Metadata, Status: v.Status,

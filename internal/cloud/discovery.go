@@ -137,6 +137,9 @@ func (c *Client) Discover(ctx context.Context, sel Selector) ([]servers.Server, 
 		if include != nil && !include.MatchString(s.Name) || exclude != nil && exclude.MatchString(s.Name) {
 			continue
 		}
+		if err := c.checkServerProject(op, &s, sel); err != nil {
+			return nil, err
+		}
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -147,6 +150,23 @@ func (c *Client) Discover(ctx context.Context, sel Selector) ([]servers.Server, 
 	})
 	c.log.Debug("discovered workload", "selector", sel.String(), "servers", len(out))
 	return out, nil
+}
+
+// checkServerProject refuses a server that is not in the client's project
+// (Nova's tenant_id): an admin's Nova shows any project's server by id, so
+// a workload naming another project's server by id, stack or server group
+// would otherwise back it up into this project's workload. Only a selector
+// with AllProjects (admin only, checked before) spans projects.
+func (c *Client) checkServerProject(op string, s *servers.Server, sel Selector) error {
+	if sel.AllProjects || s.TenantID == c.projectID {
+		return nil
+	}
+	owner := s.TenantID
+	if owner == "" {
+		owner = "(not given by Nova)"
+	}
+	return &Error{Op: op, Kind: ErrForbidden, Msg: fmt.Sprintf("server %s (%s) belongs to project %s, not to the workload's project %s",
+		s.Name, s.ID, owner, c.projectID)}
 }
 
 // DiscoverWorkload discovers the servers of a workload and captures each.

@@ -1264,9 +1264,11 @@ func (l *Lab) attachVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 		}
 		return errConflict("Cannot 'attach_volume' instance %s while it is in vm_state %s", s.ID, s.VMState)
 	}
-	v := l.st.Volumes[ba.VolumeID]
-	if v == nil || v.ProjectID != s.ProjectID {
-		return errNotFound("Volume %s could not be found.", ba.VolumeID)
+	// Nova looks the volume up in Cinder with the caller's token: a member
+	// sees its project's volumes, an admin any project's.
+	v, err := l.visibleVolume(c, ba.VolumeID)
+	if err != nil {
+		return err
 	}
 	if v.Status != "available" {
 		return errBadRequest("Invalid volume: volume %s status must be available, but current status is: %s", v.ID, v.Status)
