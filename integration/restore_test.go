@@ -261,7 +261,8 @@ func TestRestoreCloneAndRollbackOfLabWorkload(t *testing.T) {
 		workflows.Clone, workflows.CloneRequest{Name: "stg1", RestoreRequest: workflows.RestoreRequest{Repository: "main", BackupID: b.BackupID,
 			VMs: []string{"demo-1"}, Project: "staging", NamePrefix: "stg-", Networks: map[string]string{lab.Network: lab.Network2},
 			PostHooks:   []activities.Hook{{Name: "mask", Path: "/bin/sh", Args: []string{"-c", "for d in /data/*; do echo masked > $d/MASKED; done; sync"}}},
-			HealthCheck: &activities.Hook{Name: "health", Path: "/bin/sh", Args: []string{"-c", "guestapp check /data/* && cat /data/*/MASKED"}}}})
+			HealthCheck: &activities.Hook{Name: "health", Path: "/bin/sh", Args: []string{"-c", "guestapp check /data/* && cat /data/*/MASKED"}},
+			Operator:    true}}) // the test is the operator: hooks are its to give
 	if err != nil {
 		t.Fatal(err)
 	}
