@@ -78,6 +78,7 @@ func newFixture(t *testing.T) *fixture {
 	acts := activities.New(activities.Config{})
 	env.RegisterActivity(acts)
 	env.RegisterWorkflow(CopyDisks)
+	checkRoleQueues(t, env)
 	rec := &recorder{}
 	f := &fixture{env: env, rec: rec}
 	env.OnActivity(acts.Begin, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.BeginInput) (*activities.BeginResult, error) {

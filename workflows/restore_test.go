@@ -51,6 +51,7 @@ func newRestoreFixture(t *testing.T) *restoreFixture {
 	acts := activities.New(activities.Config{})
 	env.RegisterActivity(acts)
 	env.RegisterWorkflow(Restore)
+	checkRoleQueues(t, env)
 	env.RegisterWorkflow(Clone)
 	env.RegisterWorkflow(CloneDelete)
 	f := &restoreFixture{env: env, rec: &recorder{}, status: map[string]string{"s-db": "ACTIVE", "s-web": "SHUTOFF"},

@@ -98,6 +98,7 @@ func TestTopologyChangeBetweenRuns(t *testing.T) {
 		env.SetStartTime(start.Add(time.Duration(n) * 24 * time.Hour))
 		env.RegisterActivity(acts)
 		env.RegisterWorkflow(CopyDisks)
+		checkRoleQueues(t, env)
 		var mu sync.Mutex
 		copies := map[string]copied{}
 		var released []string
