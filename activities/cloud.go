@@ -29,6 +29,20 @@ func safeName(s, fallback string) string {
 	return n
 }
 
+// ProjectID implements ProjectResolver: the id of project (a name or an
+// id; "" the cloud user's own), as Keystone scopes a token to it.
+func (d *CloudDiscoverer) ProjectID(ctx context.Context, project string) (string, error) {
+	c := d.Client
+	if project == "" || project == c.ProjectID() || project == c.ProjectName() {
+		return c.ProjectID(), nil
+	}
+	pc, err := c.ForProject(ctx, project)
+	if err != nil {
+		return "", err
+	}
+	return pc.ProjectID(), nil
+}
+
 // Discover implements Discoverer: the servers the selector finds, each disk
 // with its locator, and the captured metadata as the backup's source.
 func (d *CloudDiscoverer) Discover(ctx context.Context, sel Selector, project string) ([]VM, json.RawMessage, error) {

@@ -35,7 +35,7 @@ func RoleActivities(a *Activities, role string) map[string]any {
 	switch role {
 	case RoleControl:
 		return map[string]any{
-			"Begin": a.Begin, "Commit": a.Commit, "Abort": a.Abort, "Prune": a.Prune,
+			"ResolveProject": a.ResolveProject, "Begin": a.Begin, "Commit": a.Commit, "Abort": a.Abort, "Prune": a.Prune,
 			"PruneExpired": a.PruneExpired, "CollectGarbage": a.CollectGarbage, "VerifyRepository": a.VerifyRepository,
 			"AcquirePermits": a.AcquirePermits, "ClosedRuns": a.ClosedRuns,
 			"PlanRestore": a.PlanRestore, "CreateRestoreVolume": a.CreateRestoreVolume, "WaitRestoreVolume": a.WaitRestoreVolume,

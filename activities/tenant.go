@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -72,4 +73,33 @@ func RecordProject(b *repo.Backup) string {
 func workloadFilter(workload, project string) repo.Filter {
 	return repo.Filter{Labels: map[string]string{LabelWorkload: workload},
 		Match: func(b *repo.Backup) bool { return RecordProject(b) == project }}
+}
+
+// ProjectResolver is a Discoverer that can tell the id of the project a
+// request names (by name or id).
+type ProjectResolver interface {
+	// ProjectID returns the id of project (a name or an id; "" is the
+	// cloud user's own project).
+	ProjectID(ctx context.Context, project string) (string, error)
+}
+
+// ResolveProjectInput names a workload's project as a request gave it.
+type ResolveProjectInput struct {
+	Project string `json:"project,omitempty"`
+}
+
+// ResolveProject returns the id of the project a request names, through
+// the cloud (Keystone), so that a workload's lock is the same whether its
+// project was named by name or by id. A discoverer that cannot resolve
+// projects (tests' static ones) gives the project back as named.
+func (a *Activities) ResolveProject(ctx context.Context, in ResolveProjectInput) (string, error) {
+	r, ok := a.cfg.Discoverer.(ProjectResolver)
+	if !ok {
+		return in.Project, nil
+	}
+	id, err := r.ProjectID(ctx, in.Project)
+	if err != nil {
+		return "", fmt.Errorf("resolve project %q: %w", in.Project, err)
+	}
+	return id, nil
 }

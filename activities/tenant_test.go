@@ -10,7 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/disk/file"
+	"github.com/raksha-backup/raksha/internal/lab"
+	"github.com/raksha-backup/raksha/internal/lab/labtest"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 )
@@ -165,5 +170,47 @@ func TestCheckUserLabels(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), `"`+l+`"`) {
 			t.Errorf("label %s: %v", l, err)
 		}
+	}
+}
+
+// TestResolveProjectThroughKeystone resolves a project named by name, by
+// id and not at all through the lab's Keystone, as the workload lock does.
+func TestResolveProjectThroughKeystone(t *testing.T) {
+	ctx := context.Background()
+	l := labtest.Start(t)
+	demo, err := l.EnsureProject("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := l.EnsureProject("other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"demo", "other"} {
+		if _, err := l.EnsureUser(lab.AdminUser, labtest.AdminPassword, p, "admin"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := map[string]string{"OS_AUTH_URL": l.AuthURL(), "OS_USERNAME": lab.AdminUser, "OS_PASSWORD": labtest.AdminPassword,
+		"OS_PROJECT_NAME": "demo", "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default", "OS_REGION_NAME": "RegionOne"}
+	c, err := cloud.Connect(ctx, cloud.ConfigFromEnv(func(k string) string { return env[k] }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s testsuite.WorkflowTestSuite
+	tenv := s.NewTestActivityEnvironment()
+	RegisterRole(tenv, New(Config{Discoverer: &CloudDiscoverer{Client: c}}), RoleControl)
+	for in, want := range map[string]string{"": demo, "demo": demo, "other": other, other: other} {
+		v, err := tenv.ExecuteActivity("ResolveProject", ResolveProjectInput{Project: in})
+		var got string
+		if err == nil {
+			err = v.Get(&got)
+		}
+		if err != nil || got != want {
+			t.Errorf("resolve %q: %q %v, want %s", in, got, err, want)
+		}
+	}
+	if _, err := tenv.ExecuteActivity("ResolveProject", ResolveProjectInput{Project: "nope"}); err == nil || !strings.Contains(err.Error(), `resolve project "nope"`) {
+		t.Errorf("unknown project: %v", err)
 	}
 }

@@ -28,15 +28,16 @@ var (
 var SearchAttributeNames = []string{"RakshaWorkload", "RakshaProject", "RakshaOperation", "RakshaPolicy"}
 
 // A workload is keyed by (project, workload name): two projects' workloads
-// of the same name share no lock, workflow id, base or retention. The
-// project in the lock and workflow ids is the request's project as given
-// (name or id: give the same one every time; the API gives ids); base
-// selection and prune go by the project id discovery captured
-// (activities.RecordProject). An empty project (the workers' own project)
-// keeps the ids of before, without a project part.
+// of the same name share no lock, workflow id, base or retention. The lock
+// goes by the project's id (activities.ResolveProject); base selection and
+// prune by the project id discovery captured (activities.RecordProject).
+// The workflow id, fixed by whoever starts the backup before any cloud is
+// asked, carries the request's project as given (name or id: give the same
+// one every time; the API gives ids), and without a project keeps the id
+// of before.
 
 // WorkloadLockID is the semaphore (one permit) that keeps two backups of a
-// workload of a project from running at once.
+// workload of a project (by its id) from running at once.
 func WorkloadLockID(project, workload string) string {
 	if project == "" {
 		return "raksha-workload-lock/" + workload
@@ -245,7 +246,13 @@ func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, err
 	prog.Phase = "waiting for the workload's other backup"
 	lockID := WorkloadLockID("", req.Workload)
 	if isolated {
-		lockID = WorkloadLockID(req.Project, req.Workload)
+		// The lock is the project's by id, however the request named it.
+		var project string
+		if err := workflow.ExecuteActivity(controlOpts(ctx, 2*time.Minute), a.ResolveProject,
+			activities.ResolveProjectInput{Project: req.Project}).Get(ctx, &project); err != nil {
+			return nil, fmt.Errorf("workload %s: %w", req.Workload, err)
+		}
+		lockID = WorkloadLockID(project, req.Workload)
 	}
 	lock := RequestPermits(ctx, lockID, 1, "backup")
 	if _, err := lock.Next(ctx); err != nil {

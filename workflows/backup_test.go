@@ -598,8 +598,9 @@ func TestSystemLabelsAndHooksRefused(t *testing.T) {
 	}
 }
 
-// TestWorkloadKeyedByProject: the workload lock includes the request's
-// project, and prune is keyed by the project discovery resolved.
+// TestWorkloadKeyedByProject: the workload lock includes the id of the
+// request's project, prune is keyed by the project discovery resolved, and
+// the workflow id carries the project.
 func TestWorkloadKeyedByProject(t *testing.T) {
 	f := newFixture(t)
 	var locks []string
@@ -608,14 +609,17 @@ func TestWorkloadKeyedByProject(t *testing.T) {
 		locks = append(locks, in.Semaphore)
 		return &activities.AcquireResult{Bypass: true}, nil
 	})
+	f.env.OnActivity(acts.ResolveProject, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ResolveProjectInput) (string, error) {
+		return "id-of-" + in.Project, nil
+	})
 	r := appReq
 	r.Project = "tenant-a"
 	f.env.ExecuteWorkflow(WorkloadBackup, r)
 	if err := f.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(locks, "raksha-workload-lock/tenant-a/shop") || slices.Contains(locks, "raksha-workload-lock/shop") {
-		t.Errorf("locks %v, want raksha-workload-lock/tenant-a/shop", locks)
+	if !slices.Contains(locks, "raksha-workload-lock/id-of-tenant-a/shop") || slices.Contains(locks, "raksha-workload-lock/shop") {
+		t.Errorf("locks %v, want raksha-workload-lock/id-of-tenant-a/shop (the project's id)", locks)
 	}
 	if !f.pruneIn.ByProject || f.pruneIn.Project != "p-tenant-a" || f.pruneIn.Labels["workload"] != "shop" {
 		t.Errorf("prune input %+v, want workload shop of the resolved project p-tenant-a", f.pruneIn)
