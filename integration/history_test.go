@@ -139,6 +139,14 @@ func (f *fakeActs) Commit(_ context.Context, in activities.CommitInput) (*activi
 
 func (f *fakeActs) Abort(context.Context, activities.AbortInput) error { return nil }
 
+func (f *fakeActs) ResolveProject(_ context.Context, in activities.ResolveProjectInput) (string, error) {
+	return "id-of-" + in.Project, nil
+}
+
+func (f *fakeActs) RunHooks(_ context.Context, in activities.RunHooksInput) (*activities.RunHooksResult, error) {
+	return &activities.RunHooksResult{Ran: len(in.Hooks)}, nil
+}
+
 func (f *fakeActs) Prune(context.Context, activities.PruneInput) (*activities.PruneResult, error) {
 	return &activities.PruneResult{}, nil
 }
@@ -234,6 +242,11 @@ func TestRecordBackupHistories(t *testing.T) {
 		{"2vms-freeze-marker", 2, 2, workflows.BackupRequest{Workload: "shop", Repository: "main", Consistency: "app", Retention: activities.Retention{Daily: 7}}},
 		// With the finish-in-parallel marker too: checkpoints finish on all VMs at once.
 		{"2vms-parallel-finish", 2, 2, workflows.BackupRequest{Workload: "shop", Repository: "main", Consistency: "app", Retention: activities.Retention{Daily: 7}}},
+		// With the tenant-isolation marker: a project (the lock by its id,
+		// prune by project), user labels, an operator's hooks.
+		{"2vms-tenant-isolation", 2, 2, workflows.BackupRequest{Workload: "shop", Project: "tenant-a", Repository: "main", Consistency: "app",
+			Retention: activities.Retention{Daily: 7}, Labels: map[string]string{"team": "a"}, Operator: true,
+			PreHooks: []activities.Hook{{Path: "/bin/true"}}, PostHooks: []activities.Hook{{Path: "/bin/true"}}}},
 	} {
 		out := filepath.Join(dir, "history-"+tc.name+".json")
 		if _, err := os.Stat(out); err == nil {
@@ -241,7 +254,7 @@ func TestRecordBackupHistories(t *testing.T) {
 			continue
 		}
 		f.vms = fakeWorkload(tc.vms, tc.disks)
-		id := "backup/" + tc.req.Workload
+		id := workflows.BackupWorkflowID(tc.req.Project, tc.req.Workload)
 		res, h, _ := runFakeBackup(t, c, id, tc.req)
 		if tc.name == "copydisks" {
 			id = workflows.CopyWorkflowID(id, res.BackupID, 1)

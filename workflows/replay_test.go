@@ -27,6 +27,9 @@ var recordedHistories = map[string]string{
 	"history-2vms-freeze-marker.json": "backup/shop",
 	// After checkpoints finish on all VMs at once (three version markers).
 	"history-2vms-parallel-finish.json": "backup/shop",
+	// After workloads were keyed by project (tenant-isolation marker): a
+	// project, user labels, an operator's hooks.
+	"history-2vms-tenant-isolation.json": "backup/tenant-a/shop",
 	// The first child of such a backup.
 	"history-copydisks.json": "backup/big/copy/20261123-154531-261492/1",
 	// The copy semaphore, recorded before it counted shares by group (no
