@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -83,8 +82,8 @@ func main() {
 }
 
 func run(log *slog.Logger, args []string, getenv func(string) string) error {
-	if len(args) > 0 && args[0] == "watchdog" {
-		return runWatchdog(args[1:])
+	if len(args) > 0 && args[0] == watchdog.Subcommand {
+		return watchdog.Main(args[1:])
 	}
 	fs := flag.NewFlagSet("raksha-worker", flag.ContinueOnError)
 	cfgFile := fs.String("config", getenv("RAKSHA_WORKER_CONFIG"), "YAML configuration file")
@@ -311,49 +310,7 @@ func startWatchdog(ctx context.Context, log *slog.Logger, cfg *Config, acfg *act
 	if err != nil {
 		return err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("watchdog: %w", err)
-	}
 	acfg.Freezes = dir
-	args := []string{"watchdog", "--dir", dir.Path(), "--parent", strconv.Itoa(os.Getpid())}
-	go watchdog.Supervise(ctx, log, func() (*exec.Cmd, error) { return watchdog.Start(exe, args...) })
+	go watchdog.Supervise(ctx, log, func() (*exec.Cmd, error) { return watchdog.StartFor(dir.Path()) })
 	return nil
-}
-
-// runWatchdog is "raksha-worker watchdog": the process a host worker
-// starts to serve its freeze records (package watchdog), logging to
-// --log (default DIR/watchdog.log).
-func runWatchdog(args []string) error {
-	fs := flag.NewFlagSet("raksha-worker watchdog", flag.ContinueOnError)
-	dir := fs.String("dir", "", "directory of freeze records")
-	parent := fs.Int("parent", 0, "pid of the host worker; the watchdog runs while it lives or records remain")
-	logFile := fs.String("log", "", "log file (default DIR/watchdog.log)")
-	margin := fs.Duration("margin", watchdog.DefaultMargin, "how long after a freeze's deadline the watchdog thaws")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *dir == "" {
-		return errors.New("watchdog: --dir is required")
-	}
-	if *logFile == "" {
-		*logFile = filepath.Join(*dir, "watchdog.log")
-	}
-	if err := os.MkdirAll(*dir, 0o700); err != nil {
-		return fmt.Errorf("watchdog: %w", err)
-	}
-	lf, err := os.OpenFile(*logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("watchdog: log: %w", err)
-	}
-	defer lf.Close()
-	log := slog.New(slog.NewTextHandler(lf, &slog.HandlerOptions{Level: slog.LevelInfo})).With("role", "watchdog")
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
-	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
-	err = watchdog.Run(ctx, watchdog.Options{Dir: *dir, ParentPID: *parent, Margin: *margin, Log: log})
-	if err != nil {
-		log.Error("watchdog failed", "err", err)
-	}
-	return err
 }
