@@ -125,11 +125,11 @@ func TestChaosTemporalServerKilledDuringCloneHooks(t *testing.T) {
 	chaos.Record(t, row)
 }
 
-// waitRestorePhase waits (at most 5 minutes) until a restore or clone
+// waitRestorePhase waits (at most 10 minutes: the clone's guest waits for a guest slot) until a restore or clone
 // reports phase in its progress query.
 func waitRestorePhase(t *testing.T, c client.Client, wr client.WorkflowRun, phase string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Minute)
+	deadline := time.Now().Add(10 * time.Minute)
 	last := ""
 	for {
 		v, err := c.QueryWorkflow(context.Background(), wr.GetID(), wr.GetRunID(), workflows.ProgressQuery)

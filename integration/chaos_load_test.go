@@ -107,6 +107,18 @@ func manyVM(t *testing.T, e *labEnv, fleet []fleetGuest, rng interface{ IntN(int
 		if res.WorkloadWindow <= 0 || res.WorkloadWindow >= freezeTimeout {
 			t.Errorf("round %d: workload freeze window %v: want it above 0 and under the freeze timeout %v", round, res.WorkloadWindow, freezeTimeout)
 		}
+		if round > 0 {
+			var size int64
+			for _, d := range res.Disks {
+				size += d.Size
+				if !d.Incremental {
+					t.Errorf("round %d: disk %s read in full", round, d.Manifest)
+				}
+			}
+			if res.BytesRead*20 > size {
+				t.Errorf("round %d: the incremental read %d of %d bytes: more than 5%%", round, res.BytesRead, size)
+			}
+		}
 		var perVM []time.Duration
 		for vm, w := range res.FreezeWindows {
 			perVM = append(perVM, w)
