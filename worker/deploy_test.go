@@ -121,7 +121,9 @@ func workerEnv(t *testing.T) map[string]bool {
 }
 
 // loadWorkerConfig decodes a worker configuration file as raksha-worker
-// does (unknown keys refused), the pending keys held aside and returned.
+// does (unknown keys refused, the pending ones held aside) and returns it
+// with its top-level string values by key (metrics_address, log_format: read
+// from there, whether the worker's Config has them yet or not).
 func loadWorkerConfig(t *testing.T, path string) (Config, map[string]string) {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -132,14 +134,17 @@ func loadWorkerConfig(t *testing.T, path string) (Config, map[string]string) {
 	if err := yaml.Unmarshal(data, &raw); err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
-	pending := map[string]string{}
+	values := map[string]string{}
+	for k, v := range raw {
+		if s, ok := v.(string); ok {
+			values[k] = s
+		}
+	}
 	for k := range pendingWorker {
-		if v, ok := raw[k]; ok {
-			s, ok := v.(string)
-			if !ok {
-				t.Fatalf("%s: %s: want a string, have %v", path, k, v)
+		if _, ok := raw[k]; ok {
+			if _, ok := values[k]; !ok {
+				t.Fatalf("%s: %s: want a string, have %v", path, k, raw[k])
 			}
-			pending[k] = s
 			delete(raw, k)
 		}
 	}
@@ -153,10 +158,10 @@ func loadWorkerConfig(t *testing.T, path string) (Config, map[string]string) {
 	if err := dec.Decode(&cfg); err != nil {
 		t.Fatalf("%s does not decode into raksha-worker's Config: %v", path, err)
 	}
-	if v, ok := pending["log_format"]; ok && v != "json" && v != "text" {
+	if v, ok := values["log_format"]; ok && v != "json" && v != "text" {
 		t.Errorf("%s: log_format %q: json or text", path, v)
 	}
-	return cfg, pending
+	return cfg, values
 }
 
 // TestDeployPendingWorkerSettings fails once raksha-worker knows a name of
@@ -224,7 +229,7 @@ func TestDeployComposeAgreesWithWorker(t *testing.T) {
 			if cfgPath == "" || host == "" {
 				t.Fatalf("no configuration mounted: RAKSHA_WORKER_CONFIG or --config %q, volumes %v", cfgPath, s.Volumes)
 			}
-			cfg, pending := loadWorkerConfig(t, filepath.Join(r, host))
+			cfg, values := loadWorkerConfig(t, filepath.Join(r, host))
 			roles := cfg.Roles
 			for _, a := range s.Command {
 				if v, ok := strings.CutPrefix(a, "--roles="); ok {
@@ -237,12 +242,12 @@ func TestDeployComposeAgreesWithWorker(t *testing.T) {
 
 			// Metrics and health: /healthz on metrics_address's port,
 			// which the service exposes (and nothing else).
-			port, err := deploy.Port(pending["metrics_address"])
+			port, err := deploy.Port(values["metrics_address"])
 			if err != nil {
-				t.Fatalf("metrics_address %q: %v", pending["metrics_address"], err)
+				t.Fatalf("metrics_address %q: %v", values["metrics_address"], err)
 			}
 			if !slices.Equal(s.Expose, []string{strconv.Itoa(port)}) {
-				t.Errorf("expose %v: want [%d] (metrics_address %s)", s.Expose, port, pending["metrics_address"])
+				t.Errorf("expose %v: want [%d] (metrics_address %s)", s.Expose, port, values["metrics_address"])
 			}
 			u := s.HealthURL()
 			if u == nil || u.Path != "/healthz" || u.Port() != strconv.Itoa(port) || (u.Hostname() != "127.0.0.1" && u.Hostname() != "localhost") {
@@ -334,12 +339,12 @@ func TestDeploySystemdAgreesWithWorker(t *testing.T) {
 			if !ok {
 				t.Fatalf("--config=%s: want /etc/raksha/NAME.yaml", flags["config"])
 			}
-			cfg, pending := loadWorkerConfig(t, filepath.Join(r, "deploy", "systemd", name))
+			cfg, values := loadWorkerConfig(t, filepath.Join(r, "deploy", "systemd", name))
 			if len(cfg.Roles) > 0 && !slices.Equal(cfg.Roles, []string{role}) {
 				t.Errorf("%s: roles %v, the unit says %s", name, cfg.Roles, role)
 			}
-			if _, err := deploy.Port(pending["metrics_address"]); err != nil {
-				t.Errorf("%s: metrics_address %q: %v", name, pending["metrics_address"], err)
+			if _, err := deploy.Port(values["metrics_address"]); err != nil {
+				t.Errorf("%s: metrics_address %q: %v", name, values["metrics_address"], err)
 			}
 			for k := range u.Environment() {
 				if !env[k] && !pendingWorker[k] {
