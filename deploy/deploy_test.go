@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -402,4 +403,29 @@ func TestDeploySystemdUnits(t *testing.T) {
 		t.Fatalf("systemd-analyze verify let an unknown key through: %q", out)
 	}
 	t.Logf("systemd-analyze verify: %v clean", names)
+
+	// systemd-analyze security: the hardening is there. The control and
+	// data workers need no privilege (exposure "OK"); the host worker runs
+	// as root with libvirt and the instances directory, so less is
+	// possible, but not the unhardened 9+ of a bare unit.
+	limit := map[string]float64{"raksha-control.service": 2.5, "raksha-data.service": 2.5, "raksha-worker@host.service": 7.0}
+	exposure := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+)`)
+	for _, name := range names {
+		out, err := exec.Command(bin, "security", "--offline=true", "--root="+sysroot, name).CombinedOutput()
+		m := exposure.FindSubmatch(out)
+		if m == nil {
+			t.Errorf("systemd-analyze security %s: %v\n%s", name, err, out)
+			continue
+		}
+		level, _ := strconv.ParseFloat(string(m[1]), 64)
+		max, ok := limit[name]
+		if !ok {
+			t.Errorf("%s: no exposure limit set in this test", name)
+			continue
+		}
+		if level > max {
+			t.Errorf("%s: exposure %.1f, want at most %.1f (systemd-analyze security)", name, level, max)
+		}
+		t.Logf("systemd-analyze security %s: exposure %.1f (at most %.1f)", name, level, max)
+	}
 }
