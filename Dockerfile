@@ -7,6 +7,8 @@
 # runtime stage is Debian bookworm-slim with the matching librbd/librados, qemu-utils
 # (qemu-img, qemu-nbd) and curl for the health checks. The image runs as the
 # unprivileged user raksha (uid 10001): right for the control and data roles.
+# The image carries no FUSE, QEMU system emulator or appliance, so `raksha mount`
+# and `raksha restore files` are for a host, not for this image.
 # A host worker runs on a compute node under systemd instead
 # (deploy/systemd/raksha-worker@.service), not in a container.
 #
