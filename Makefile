@@ -85,7 +85,7 @@ test: test-deps
 	@scripts/phase.sh "build (plain and with Ceph)" $(MAKE) --no-print-directory build-all
 	@scripts/phase.sh "libvirtd (the system instance, as on a compute node; no systemd here)" env LIBVIRTD_OWNER=$(CURDIR) scripts/libvirtd-up.sh
 	@scripts/phase.sh "go vet" $(GO) vet ./...
-	@scripts/phase.sh "deployment files offline (docker-compose config, Dockerfile lint, systemd-analyze verify, agreement with raksha-worker and raksha)" $(MAKE) --no-print-directory deploy-check
+	@scripts/phase.sh "deployment files (docker-compose config, Dockerfile lint, systemd-analyze verify and security, agreement with raksha-worker and raksha, the compose data worker against a dev server)" $(MAKE) --no-print-directory deploy-check
 	@scripts/phase.sh "go test (unit; S3, Swift and RBD on a throwaway Ceph; QEMU guests)" $(GO) test $(CEPH_TAGS) -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /integration -e '/deploy$$')
 	@scripts/phase.sh "integration (Temporal dev server, QEMU, lab cloud; one package at a time)" $(GO) test $(CEPH_TAGS) -count=1 -p 1 -timeout 40m ./integration/...
 	@scripts/phase.sh "fuzz targets over their seed corpus (parsers of untrusted bytes; make fuzz fuzzes)" $(GO) test -count=1 -run='^Fuzz' $(FUZZ_PKGS)
@@ -101,8 +101,10 @@ build-all:
 # docker-compose.yml, the Dockerfile and deploy/systemd, checked offline
 # (never started here: no Docker engine, no image pulls); the TestDeploy
 # tests of worker and starter check them against the real binaries' flags,
-# configuration keys and variables. Needs APT_DEPLOY (test-deps).
-deploy-check:
+# configuration keys and variables, and run the compose data service's
+# worker as a process against a Temporal dev server. Needs APT_DEPLOY
+# (test-deps).
+deploy-check: $(BIN)/temporal
 	$(GO) test -count=1 -run '^TestDeploy' ./deploy ./worker ./starter
 
 # Timed fuzzing stays out of make test: the engine can overrun -fuzztime
