@@ -14,7 +14,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,13 +21,28 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Root is the repository's top directory (where docker-compose.yml lives).
+// Module is Raksha's module path.
+const Module = "github.com/raksha-backup/raksha"
+
+// Root is the repository's top directory (where docker-compose.yml lives):
+// the nearest directory above the working directory (a test's package
+// directory) whose go.mod declares Module.
 func Root() (string, error) {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "", errors.New("deploy: cannot locate the source tree")
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
 	}
-	return filepath.Dir(filepath.Dir(file)), nil
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(bytes.TrimSpace(b), []byte("module "+Module+"\n")) {
+			return dir, nil
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			return "", errors.New("deploy: no go.mod of " + Module + " above the working directory")
+		}
+		dir = up
+	}
 }
 
 // Compose is the part of a compose file the checks read.
