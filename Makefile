@@ -34,14 +34,16 @@ TEMPORAL_CLI_VERSION := v1.5.1
 APT_LIBVIRT := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 APT_QEMU := qemu-system-x86 qemu-utils qemu-guest-agent busybox-static e2fsprogs
 APT_DEPLOY := docker-compose systemd
-APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev qemu-block-extra uuid-runtime time curl python3-openstackclient fdisk fuse3 xfsprogs $(APT_LIBVIRT) $(APT_QEMU) $(APT_DEPLOY)
+# Debian's headless Chromium for the Web UI test (integration/webui_test.go).
+APT_BROWSER := chromium
+APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev qemu-block-extra uuid-runtime time curl python3-openstackclient fdisk fuse3 xfsprogs $(APT_LIBVIRT) $(APT_QEMU) $(APT_DEPLOY) $(APT_BROWSER)
 APT_DEMO := $(APT_QEMU)
 
 # Build with Ceph support when librbd is there (test-deps installs it; '=' so
 # that it is looked up when used, after test-deps ran).
 CEPH_TAGS = $(shell test -e /usr/include/rbd/librbd.h && echo "-tags ceph,pacific")
 
-.PHONY: all build demo test test-deps demo-deps bench lint fuzz chaos clean appliance deploy-check
+.PHONY: all build demo test test-deps demo-deps bench lint fuzz chaos clean appliance deploy-check webui-shots
 
 all: build
 
@@ -104,6 +106,10 @@ build-all:
 # configuration keys and variables, and run the compose data service's
 # worker as a process against a Temporal dev server. Needs APT_DEPLOY
 # (test-deps).
+# The Web UI test, saving its screenshots into docs/ (the README shows one).
+webui-shots: test-deps $(BIN)/temporal
+	RAKSHA_WEBUI_SHOTS=$(CURDIR)/docs $(GO) test -count=1 -timeout 15m -run '^TestWebUIShowsRakshaWorkflows$$' ./integration/
+
 deploy-check: $(BIN)/temporal
 	$(GO) test -count=1 -run '^TestDeploy' ./deploy ./worker ./starter
 
