@@ -37,7 +37,7 @@ APT_DEPLOY := docker-compose systemd
 # Debian's headless Chromium for the Web UI test (integration/webui_test.go).
 APT_BROWSER := chromium
 APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev qemu-block-extra uuid-runtime time curl python3-openstackclient fdisk fuse3 xfsprogs $(APT_LIBVIRT) $(APT_QEMU) $(APT_DEPLOY) $(APT_BROWSER)
-APT_DEMO := $(APT_QEMU)
+APT_DEMO := $(APT_QEMU) $(APT_LIBVIRT)
 
 # Build with Ceph support when librbd is there (test-deps installs it; '=' so
 # that it is looked up when used, after test-deps ran).
