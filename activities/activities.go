@@ -19,6 +19,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/host"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/host/socket"
+	"github.com/raksha-backup/raksha/internal/metrics"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/open"
 )
@@ -90,6 +91,10 @@ type Config struct {
 	// (AcquirePermits, ClosedRuns); control role. Nil: AcquirePermits
 	// grants everything at once (unit tests and test workers).
 	Temporal client.Client
+	// Metrics receives what the activities measure (committed backups'
+	// figures, freeze windows, copies, thaws, verify failures); nil
+	// records nothing.
+	Metrics *metrics.Metrics
 }
 
 // Activities are Raksha's activities. One value serves every role; each

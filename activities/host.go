@@ -211,6 +211,7 @@ func (a *Activities) CopyDisk(ctx context.Context, in CopyInput) (*CopyResult, e
 		}
 		return nil, fmt.Errorf("copy %s/%s: %w", in.VM, in.Disk.Name, err)
 	}
+	a.cfg.Metrics.Copied(in.Repository, m.Stats.BytesRead, m.Stats.BytesNew, m.Stats.BytesReused, m.Stats.BytesStored)
 	return &CopyResult{Manifest: m.ID, Size: m.Size, BytesRead: m.Stats.BytesRead, BytesNew: m.Stats.BytesNew,
 		BytesReused: m.Stats.BytesReused, BytesStored: m.Stats.BytesStored, Incremental: m.Base != "",
 		Seconds: m.Stats.Seconds, ResumedFrom: resumedFrom}, nil

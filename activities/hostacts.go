@@ -11,6 +11,7 @@ import (
 
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/socket"
+	"github.com/raksha-backup/raksha/internal/metrics"
 )
 
 func toGuestHooks(hs []Hook) []guest.Hook {
@@ -80,6 +81,9 @@ func (a *Activities) Thaw(ctx context.Context, in ThawInput) (*ThawResult, error
 		return nil, fmt.Errorf("thaw %s: %w", in.Instance, err)
 	}
 	res := &ThawResult{WasFrozen: true, GuardThawed: rep.GuardThawed, Window: rep.Window}
+	if rep.GuardThawed {
+		a.cfg.Metrics.Thawed(metrics.ThawedByGuard, 1)
+	}
 	a.mu.Lock()
 	delete(a.freezes, in.Instance)
 	delete(a.agents, in.Instance)
@@ -115,6 +119,7 @@ func (a *Activities) thawOrphan(ctx context.Context, instance string) (*ThawResu
 	if _, err := c.FsfreezeThaw(ctx); err != nil {
 		return nil, fmt.Errorf("thaw %s: %w", instance, err)
 	}
+	a.cfg.Metrics.Thawed(metrics.ThawedLost, 1)
 	return &ThawResult{WasFrozen: true, GuardThawed: true, Lost: gone + ": found still frozen, thawed now"}, nil
 }
 

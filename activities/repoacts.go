@@ -8,6 +8,7 @@ import (
 
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/raksha-backup/raksha/internal/metrics"
 	"github.com/raksha-backup/raksha/internal/repo"
 )
 
@@ -114,6 +115,11 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (*CommitResult,
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", in.BackupID, err)
 	}
+	// Counted here only, where the record is written: a retry that finds
+	// it committed (above) does not count it again.
+	a.cfg.Metrics.BackupCommitted(metrics.Backup{Workload: b.Labels["workload"], Repository: in.Repository, Consistency: b.Consistency,
+		BytesRead: b.Stats.BytesRead, BytesNew: b.Stats.BytesNew, BytesReused: b.Stats.BytesReused, BytesStored: b.Stats.BytesStored,
+		FreezeWindows: b.FreezeWindows, WorkloadWindow: b.WorkloadWindow})
 	return commitResult(b), nil
 }
 

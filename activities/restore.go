@@ -405,6 +405,7 @@ func (a *Activities) WriteDisk(ctx context.Context, in WriteDiskInput) (*WriteDi
 		}
 		return nil, err
 	}
+	a.cfg.Metrics.Restored(in.Repository, m.Size)
 	a.log.Info("disk restored", "manifest", in.Manifest, "target", in.Target.String(), "bytes", m.Size, "fetched", st.BytesFetched, "seconds", st.Seconds)
 	return &WriteDiskResult{Manifest: in.Manifest, Size: m.Size, BytesFetched: st.BytesFetched, BytesWritten: st.BytesWritten,
 		Chunks: st.Chunks, Holes: st.Holes, Seconds: st.Seconds, ResumedFrom: from}, nil
