@@ -22,6 +22,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/metrics"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/open"
+	"github.com/raksha-backup/raksha/internal/temporalx"
 )
 
 // Error types the workflows never retry.
@@ -196,4 +197,11 @@ func Shutdown(ctx context.Context, a *Activities) {
 	if a.rbdConn != nil {
 		a.rbdConn.Close()
 	}
+}
+
+// logger is the activities' logger with the ids of the activity ctx
+// belongs to (workflow, run, activity, type, attempt), so that every line
+// an activity writes says which run it is of.
+func (a *Activities) logger(ctx context.Context) *slog.Logger {
+	return temporalx.ActivityLogger(ctx, a.log)
 }

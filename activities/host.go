@@ -137,12 +137,12 @@ func (a *Activities) baseLoader(ctx context.Context, repoID string) func(Disk) (
 		}
 		r, err := a.repo(ctx, repoID)
 		if err != nil {
-			a.log.Warn("repository unreadable for the base checkpoint; full read", "repository", repoID, "err", err)
+			a.logger(ctx).Warn("repository unreadable for the base checkpoint; full read", "repository", repoID, "err", err)
 			return nil, 0
 		}
 		m, err := r.LoadManifest(ctx, d.Base)
 		if err != nil || m.Checkpoint == nil {
-			a.log.Warn("base manifest without a usable checkpoint; full read", "manifest", d.Base, "err", err)
+			a.logger(ctx).Warn("base manifest without a usable checkpoint; full read", "manifest", d.Base, "err", err)
 			return nil, 0
 		}
 		cp := *m.Checkpoint

@@ -35,7 +35,7 @@ func (a *Activities) Freeze(ctx context.Context, in FreezeInput) (*FreezeResult,
 	a.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	c, err := a.openAgent(dctx, in.Instance, guest.Options{Logger: a.log, Owner: "raksha freeze " + activity.GetInfo(ctx).WorkflowExecution.ID})
+	c, err := a.openAgent(dctx, in.Instance, guest.Options{Logger: a.logger(ctx), Owner: "raksha freeze " + activity.GetInfo(ctx).WorkflowExecution.ID})
 	if errors.Is(err, guest.ErrNotAnswering) {
 		return &FreezeResult{NoAgent: true}, nil
 	}
@@ -97,7 +97,7 @@ func (a *Activities) Thaw(ctx context.Context, in ThawInput) (*ThawResult, error
 }
 
 func (a *Activities) thawOrphan(ctx context.Context, instance string) (*ThawResult, error) {
-	c, err := a.openAgent(ctx, instance, guest.Options{Logger: a.log, Owner: "raksha thaw"})
+	c, err := a.openAgent(ctx, instance, guest.Options{Logger: a.logger(ctx), Owner: "raksha thaw"})
 	if errors.Is(err, guest.ErrNotAnswering) {
 		return &ThawResult{}, nil // no agent, nothing frozen
 	}

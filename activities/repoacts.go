@@ -69,7 +69,7 @@ func (a *Activities) findBase(ctx context.Context, r *repo.Repository, backups [
 			}
 			m, err := r.LoadManifest(ctx, d.ID)
 			if err != nil {
-				a.log.Warn("base manifest unreadable; full read", "manifest", d.ID, "err", err)
+				a.logger(ctx).Warn("base manifest unreadable; full read", "manifest", d.ID, "err", err)
 				return "", ""
 			}
 			if m.Checkpoint == nil {
@@ -131,7 +131,7 @@ func (a *Activities) recordFreezeWindows(ctx context.Context, r *repo.Repository
 	}
 	nb, err := r.UpdateBackup(ctx, b.ID, func(b *repo.Backup) error { b.FreezeWindows = w; return nil })
 	if err != nil {
-		a.log.Warn("the backup is committed; recording its freeze windows failed", "backup", b.ID, "err", err)
+		a.logger(ctx).Warn("the backup is committed; recording its freeze windows failed", "backup", b.ID, "err", err)
 		return b
 	}
 	return nb
