@@ -49,6 +49,18 @@ func TestWorkerMetricsDuringBackup(t *testing.T) {
 	cfg := filepath.Join(d.dir, "worker.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("cloud: %s\nwork_dir: %s\nmetrics_address: 127.0.0.1:0\nrepositories:\n  main: {url: \"file://%s\", password_file: \"%s\"}\n",
 		demo.AdminCloud, filepath.Join(d.dir, "work"), d.repoDir, filepath.Join(d.dir, "repo-pw"))), 0o600)
+	// A guest left frozen by no one: the worker's orphan sweep must thaw
+	// it when it starts, and count it.
+	orphan := d.lab.Servers()[0].InstanceRef.Name
+	ag, err := d.agent(ctx, orphan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.FsfreezeFreeze(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	ag.Close() // a bare freeze: no guard, nothing thaws it on close
+
 	logFile := filepath.Join(d.dir, "worker.log")
 	lf, err := os.Create(logFile)
 	if err != nil {
@@ -97,6 +109,12 @@ func TestWorkerMetricsDuringBackup(t *testing.T) {
 			t.Fatalf("/healthz never answered 200 (last: %d %q); worker log:\n%s", code, body, workerLog())
 		}
 	}
+	// The socket layout's sweep runs before the worker connects.
+	if f, err := metricstest.Scrape(ctx, base+"/metrics"); err != nil {
+		t.Fatal(err)
+	} else if v, _ := f.Value(metrics.GuestsThawed, map[string]string{"by": metrics.ThawedByOrphanSweep}); v != 1 {
+		t.Errorf("%s{by=orphan_sweep} = %v after the sweep thawed %s, want 1", metrics.GuestsThawed, v, orphan)
+	}
 
 	r := mustRepo(t, d.be)
 	type totals struct{ read, new, reused, stored float64 }
@@ -104,6 +122,7 @@ func TestWorkerMetricsDuringBackup(t *testing.T) {
 	vmWindows, vmSum := 0, 0.0
 	workloadSum := 0.0
 	var runs []client.WorkflowRun
+	var last *workflows.BackupResult
 	for i := 1; i <= 2; i++ {
 		// Scrape all along the backup, as Prometheus would.
 		stop := make(chan struct{})
@@ -149,7 +168,8 @@ func TestWorkerMetricsDuringBackup(t *testing.T) {
 			t.Fatalf("backup %d: %v\nworker log:\n%s", i, err, workerLog())
 		}
 		runs = append(runs, wr)
-		if scrapes < 3 || scrapeErr != nil || unhealthy > 0 || sdkSeen == 0 {
+		last = &res
+		if scrapes < 2 || scrapeErr != nil || unhealthy > 0 || sdkSeen == 0 {
 			t.Errorf("backup %d (%v): %d scrapes during it (last error %v), %d with the SDK's request metrics, %d unhealthy answers",
 				i, took.Round(time.Millisecond), scrapes, scrapeErr, sdkSeen, unhealthy)
 		}
@@ -199,7 +219,7 @@ func TestWorkerMetricsDuringBackup(t *testing.T) {
 		} {
 			got, ok := f.Value(c.name, c.labels)
 			if !ok || math.Abs(got-c.want) > 1e-6 {
-				t.Errorf("backup %d: %s%v = %v (served: %v), the record says %v", i, c.name, c.labels, got, ok, c.want)
+				t.Errorf("backup %d: %s %v = %v (served: %v), the record says %v", i, c.name, c.labels, got, ok, c.want)
 			}
 		}
 		if n, s := f.Histogram(metrics.FreezeWindowVM, map[string]string{"workload": "demo"}); n != uint64(vmWindows) || math.Abs(s-vmSum) > 1e-6 {
@@ -229,6 +249,31 @@ func TestWorkerMetricsDuringBackup(t *testing.T) {
 		}
 	}
 	d.assertThawed(t)
+
+	// A restore of one volume of the last backup to a new volume: its
+	// duration and the bytes it wrote.
+	vol := diskOf(t, last, "demo-2", "vol-")
+	volID := strings.TrimPrefix(strings.Split(vol.Manifest, "/")[2], "vol-")
+	rw, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "restore/metrics", TaskQueue: activities.ControlQueue}, workflows.Restore,
+		workflows.RestoreRequest{Repository: "main", BackupID: last.BackupID, Volumes: []string{volID}, NamePrefix: "m-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rres workflows.RestoreResult
+	if err := rw.Get(ctx, &rres); err != nil {
+		t.Fatalf("restore: %v\nworker log:\n%s", err, workerLog())
+	}
+	f, err := metricstest.Scrape(ctx, base+"/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := f.Value(metrics.RestoreBytes, map[string]string{"repository": "main"}); rres.Bytes != vol.Size || v != float64(rres.Bytes) {
+		t.Errorf("%s = %v; the restore wrote %d bytes of a %d-byte volume", metrics.RestoreBytes, v, rres.Bytes, vol.Size)
+	}
+	if n, s := f.Histogram("raksha_restore_duration_seconds", map[string]string{"operation": "restore", "repository": "main", "outcome": "success"}); n != 1 || math.Abs(s-rres.Seconds) > 1 {
+		t.Errorf("restore durations: %d summing to %v s; the restore says it took %v s", n, s, rres.Seconds)
+	}
+	t.Logf("restore of volume %s: %d bytes in %.1f s", volID, rres.Bytes, rres.Seconds)
 
 	// JSON logs: every line is a JSON object; every line written in an
 	// activity names its run; the guests' freezes (written in Freeze) do.
