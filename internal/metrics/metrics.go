@@ -59,14 +59,18 @@ const (
 	ThawedLost = "lost_freeze"
 )
 
-// DurationBuckets are the histogram buckets (seconds) of Raksha's durations:
-// freeze windows (tenths of a second to a minute) up to backups and restores
-// (hours).
-var DurationBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400}
+// DurationBuckets returns the histogram buckets (seconds) of Raksha's
+// durations: freeze windows (tenths of a second to a minute) up to backups
+// and restores (hours).
+func DurationBuckets() []float64 {
+	return []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400}
+}
 
-// requestBuckets are the buckets (seconds) of the SDK's latencies (requests,
-// polls, task and activity latencies).
-var requestBuckets = []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
+// requestBuckets returns the buckets (seconds) of the SDK's latencies
+// (requests, polls, task and activity latencies).
+func requestBuckets() []float64 {
+	return []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
+}
 
 // Metrics is one worker's metrics: a Prometheus registry holding the
 // Temporal SDK's metrics and Raksha's. Safe for concurrent use.
@@ -103,10 +107,10 @@ func New() (*Metrics, error) {
 		Help: "Workload backups committed, by consistency (app, crash)."},
 		[]string{"workload", "repository", "consistency"})
 	m.freezeVM = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: FreezeWindowVM,
-		Help: "How long each guest was frozen, one observation per VM of each committed application-consistent backup.", Buckets: DurationBuckets},
+		Help: "How long each guest was frozen, one observation per VM of each committed application-consistent backup.", Buckets: DurationBuckets()},
 		[]string{"workload"})
 	m.freezeWorkload = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: FreezeWindowWorkload,
-		Help: "The workload's freeze window (first guest's freeze to last guest's thaw) of each committed application-consistent backup.", Buckets: DurationBuckets},
+		Help: "The workload's freeze window (first guest's freeze to last guest's thaw) of each committed application-consistent backup.", Buckets: DurationBuckets()},
 		[]string{"workload"})
 	m.freezeLast = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: FreezeWindowLast,
 		Help: "The workload's freeze window of its last committed application-consistent backup."},
@@ -138,7 +142,7 @@ func New() (*Metrics, error) {
 			sdkmetric.Stream{Aggregation: sdkmetric.AggregationExplicitBucketHistogram{Boundaries: buckets}})
 	}
 	m.provider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp),
-		sdkmetric.WithView(hist(temporalInstrumentMatch, requestBuckets), hist(rakshaHistogramPattern, DurationBuckets)))
+		sdkmetric.WithView(hist(temporalInstrumentMatch, requestBuckets()), hist(rakshaHistogramPattern, DurationBuckets())))
 	m.temporal = temporalotel.NewMetricsHandler(temporalotel.MetricsHandlerOptions{
 		Meter:                m.provider.Meter(temporalMeterName),
 		UseMonotonicCounters: true,

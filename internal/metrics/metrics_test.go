@@ -112,8 +112,8 @@ func TestServe(t *testing.T) {
 			}
 		}
 	}
-	if !slices.Equal(bounds, metrics.DurationBuckets) {
-		t.Errorf("backup duration buckets: %v, want %v", bounds, metrics.DurationBuckets)
+	if !slices.Equal(bounds, metrics.DurationBuckets()) {
+		t.Errorf("backup duration buckets: %v, want %v", bounds, metrics.DurationBuckets())
 	}
 	if _, ok := f.Value("go_goroutines", nil); !ok {
 		t.Error("no Go runtime metrics")
