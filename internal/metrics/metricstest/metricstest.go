@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -42,6 +43,20 @@ func Scrape(ctx context.Context, url string) (Families, error) {
 		return nil, fmt.Errorf("scrape %s: parse: %w", url, err)
 	}
 	return Families(fams), nil
+}
+
+// Gather reads a registry in process (no HTTP), as Scrape reads an
+// endpoint.
+func Gather(g prometheus.Gatherer) (Families, error) {
+	fams, err := g.Gather()
+	if err != nil {
+		return nil, fmt.Errorf("gather: %w", err)
+	}
+	out := Families{}
+	for _, f := range fams {
+		out[f.GetName()] = f
+	}
+	return out, nil
 }
 
 // find returns the series of family name whose labels include want.
