@@ -203,6 +203,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
+	defer mx.Close(context.Background())
 	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, CephConf: cfg.CephConf, LockDir: cfg.LockDir, Log: log, Metrics: mx}
 	if has["control"] {
 		ccfg := cloud.ConfigFromEnv(getenv)
