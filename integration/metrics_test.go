@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -67,8 +69,10 @@ func TestWorkerMetricsDuringBackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "--config", cfg, "--roles", "control,host", "--host", "h1", "--host-dir", d.hostDir, "--log-format", "json")
+	// The worker reaches Temporal through a TCP relay the test can cut.
+	relay := startRelay(t, addr)
 	cmd.Env = append(os.Environ(), "OS_CLIENT_CONFIG_FILE="+filepath.Join(d.dir, "clouds.yaml"),
-		"TEMPORAL_ADDRESS="+addr, "TEMPORAL_NAMESPACE=default", "TEMPORAL_CONFIG_FILE="+filepath.Join(d.dir, "no-temporal.toml"))
+		"TEMPORAL_ADDRESS="+relay.addr(), "TEMPORAL_NAMESPACE=default", "TEMPORAL_CONFIG_FILE="+filepath.Join(d.dir, "no-temporal.toml"))
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -275,6 +279,19 @@ func TestWorkerMetricsDuringBackup(t *testing.T) {
 	}
 	t.Logf("restore of volume %s: %d bytes in %.1f s", volID, rres.Bytes, rres.Seconds)
 
+	// Temporal out of reach: /healthz says so.
+	relay.cut()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		code, body := health()
+		if code == http.StatusServiceUnavailable && strings.Contains(body, "health check of Temporal") {
+			t.Logf("/healthz with Temporal out of reach: %d %s", code, strings.TrimSpace(body))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz still %d %q 30 s after the worker lost Temporal", code, body)
+		}
+	}
+
 	// JSON logs: every line is a JSON object; every line written in an
 	// activity names its run; the guests' freezes (written in Freeze) do.
 	frozen := 0
@@ -302,6 +319,55 @@ func TestWorkerMetricsDuringBackup(t *testing.T) {
 	if frozen != 4 {
 		t.Errorf("%d \"guest frozen\" lines, want 4 (2 guests, 2 backups)", frozen)
 	}
+}
+
+// relay is a TCP relay on 127.0.0.1 to a target, which cut breaks: every
+// connection closed, no new one accepted.
+type relay struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startRelay(t *testing.T, target string) *relay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &relay{ln: ln}
+	t.Cleanup(r.cut)
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			r.mu.Lock()
+			r.conns = append(r.conns, in, out)
+			r.mu.Unlock()
+			go func() { io.Copy(out, in); out.Close() }()
+			go func() { io.Copy(in, out); in.Close() }()
+		}
+	}()
+	return r
+}
+
+func (r *relay) addr() string { return r.ln.Addr().String() }
+
+func (r *relay) cut() {
+	r.ln.Close()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.conns {
+		c.Close()
+	}
+	r.conns = nil
 }
 
 // jsonLines parses a JSON log; with strict, a line that is not a JSON
