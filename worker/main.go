@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/freezerec"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
+	"github.com/raksha-backup/raksha/internal/metrics"
 	"github.com/raksha-backup/raksha/internal/temporalx"
 	"github.com/raksha-backup/raksha/internal/watchdog"
 	"github.com/raksha-backup/raksha/workflows"
@@ -71,10 +73,15 @@ type Config struct {
 	CephConf string `yaml:"ceph_conf"`
 	// MaxCopies caps concurrent disk copies on this worker (default 4).
 	MaxCopies int `yaml:"max_copies"`
+	// MetricsAddress is where the worker serves /metrics and /healthz
+	// (HOST:PORT, e.g. 127.0.0.1:9464); empty: not served.
+	MetricsAddress string `yaml:"metrics_address"`
+	// LogFormat is "text" (the default) or "json".
+	LogFormat string `yaml:"log_format"`
 }
 
 func main() {
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log, _ := newLogger(os.Stderr, "text")
 	if err := run(log, os.Args[1:], os.Getenv); err != nil {
 		log.Error("raksha-worker failed", "err", err)
 		os.Exit(1)
@@ -96,8 +103,10 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	rbdVolumes := fs.String("rbd-volumes", "", "control role: who reads RBD volumes, ceph (data workers from RBD snapshots; default) or host (host workers through the hypervisor, no Ceph access needed)")
 	freezeDir := fs.String("freeze-dir", "", "host role: directory of the freeze records its watchdog serves (default HOST_DIR/freezes, or WORK_DIR/freezes on libvirt)")
 	lockDir := fs.String("lock-dir", "", "directory of the guests' lock files on a libvirt host (default "+libvirt.DefaultLockDir+")")
-	address := fs.String("temporal", "", "Temporal frontend HOST:PORT (default 127.0.0.1:7233)")
-	namespace := fs.String("namespace", "", "Temporal namespace (default \"default\")")
+	address := fs.String("temporal", "", "Temporal frontend HOST:PORT (default TEMPORAL_ADDRESS, the TEMPORAL_PROFILE of the Temporal config file, or 127.0.0.1:7233)")
+	namespace := fs.String("namespace", "", "Temporal namespace (default TEMPORAL_NAMESPACE, the profile's, or \"default\")")
+	metricsAddress := fs.String("metrics-address", "", "serve /metrics (Prometheus) and /healthz on HOST:PORT, e.g. 127.0.0.1:9464 (default: off)")
+	logFormat := fs.String("log-format", "", "log format: text (default) or json")
 	tlsCert := fs.String("tls-cert", "", "client certificate for mutual TLS to Temporal")
 	tlsKey := fs.String("tls-key", "", "key of the client certificate")
 	tlsCA := fs.String("tls-ca", "", "CA certificate that signs Temporal's server certificate")
@@ -145,11 +154,18 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	set(&cfg.Temporal.TLS.KeyFile, *tlsKey)
 	set(&cfg.Temporal.TLS.CAFile, *tlsCA)
 	set(&cfg.Temporal.TLS.ServerName, *tlsName)
-	if cfg.Temporal.Address == "" {
-		cfg.Temporal.Address = "127.0.0.1:7233"
+	set(&cfg.MetricsAddress, *metricsAddress)
+	set(&cfg.LogFormat, *logFormat)
+	if cfg.LogFormat != "" {
+		l, err := newLogger(os.Stderr, cfg.LogFormat)
+		if err != nil {
+			return err
+		}
+		log = l
 	}
-	if cfg.Temporal.Namespace == "" {
-		cfg.Temporal.Namespace = "default"
+	topts, err := temporalOptions(&cfg, getenv)
+	if err != nil {
+		return err
 	}
 	if cfg.MaxCopies <= 0 {
 		cfg.MaxCopies = 4
@@ -181,7 +197,13 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, CephConf: cfg.CephConf, LockDir: cfg.LockDir, Log: log}
+	var tc atomic.Pointer[client.Client] // for /healthz, once dialled
+	mx, err := serveMetrics(ctx, log, cfg.MetricsAddress, &tc)
+	if err != nil {
+		return err
+	}
+	defer mx.Close(context.Background())
+	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, CephConf: cfg.CephConf, LockDir: cfg.LockDir, Log: log, Metrics: mx}
 	if has["control"] {
 		ccfg := cloud.ConfigFromEnv(getenv)
 		if cfg.Cloud != "" {
@@ -228,6 +250,9 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 				if r.WasFrozen || r.Err != nil {
 					log.Info("orphan check", "result", fmt.Sprintf("%+v", r))
 				}
+				if r.WasFrozen && r.Err == nil {
+					mx.Thawed(metrics.ThawedByOrphanSweep, 1)
+				}
 			}
 			log.Info("orphan sweep done", "guests", len(res))
 		}
@@ -237,16 +262,13 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 			sweep()
 		}
 	}
-	tlsCfg, err := cfg.Temporal.TLS.Config()
+	topts.Logger, topts.MetricsHandler = newTemporalLogger(log), mx.TemporalHandler()
+	c, err := client.Dial(topts)
 	if err != nil {
-		return err
-	}
-	c, err := client.Dial(client.Options{HostPort: cfg.Temporal.Address, Namespace: cfg.Temporal.Namespace, Logger: newTemporalLogger(log),
-		ConnectionOptions: client.ConnectionOptions{TLS: tlsCfg}})
-	if err != nil {
-		return fmt.Errorf("connect to Temporal at %s: %w", cfg.Temporal.Address, err)
+		return fmt.Errorf("connect to Temporal at %s: %w", topts.HostPort, err)
 	}
 	defer c.Close()
+	tc.Store(&c)
 	acfg.Temporal = c
 	acts := activities.New(acfg)
 	defer activities.Shutdown(context.Background(), acts)
@@ -285,7 +307,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 			return fmt.Errorf("start worker: %w", err)
 		}
 	}
-	log.Info("raksha-worker running", "roles", cfg.Roles, "host", cfg.Host, "temporal", cfg.Temporal.Address)
+	log.Info("raksha-worker running", "roles", cfg.Roles, "host", cfg.Host, "temporal", topts.HostPort, "namespace", topts.Namespace)
 	<-ctx.Done()
 	log.Info("stopping: draining running activities")
 	for _, w := range workers {
