@@ -28,17 +28,22 @@ TEMPORAL_CLI_VERSION := v1.5.1
 # libvirt (the daemon with its QEMU driver, and virsh) for the libvirt host
 # driver, as on a Nova compute node. The file-restore appliance
 # (scripts/build-appliance.sh) needs qemu-system-x86 and busybox-static, already
-# in APT_QEMU.
+# in APT_QEMU. The deployment files are checked offline (no Docker engine runs
+# here): docker-compose (Debian's, 1.29) validates docker-compose.yml, systemd's
+# systemd-analyze verifies the units in deploy/systemd.
 APT_LIBVIRT := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 APT_QEMU := qemu-system-x86 qemu-utils qemu-guest-agent busybox-static e2fsprogs
-APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev qemu-block-extra uuid-runtime time curl python3-openstackclient fdisk fuse3 xfsprogs $(APT_LIBVIRT) $(APT_QEMU)
-APT_DEMO := $(APT_QEMU)
+APT_DEPLOY := docker-compose systemd
+# Debian's headless Chromium for the Web UI test (integration/webui_test.go).
+APT_BROWSER := chromium
+APT_TEST := ceph-mon ceph-osd ceph-common radosgw librbd-dev librados-dev qemu-block-extra uuid-runtime time curl python3-openstackclient fdisk fuse3 xfsprogs $(APT_LIBVIRT) $(APT_QEMU) $(APT_DEPLOY) $(APT_BROWSER)
+APT_DEMO := $(APT_QEMU) $(APT_LIBVIRT)
 
 # Build with Ceph support when librbd is there (test-deps installs it; '=' so
 # that it is looked up when used, after test-deps ran).
 CEPH_TAGS = $(shell test -e /usr/include/rbd/librbd.h && echo "-tags ceph,pacific")
 
-.PHONY: all build demo test test-deps demo-deps bench lint fuzz chaos clean appliance
+.PHONY: all build demo test test-deps demo-deps bench lint fuzz chaos clean appliance deploy-check webui-shots
 
 all: build
 
@@ -82,7 +87,8 @@ test: test-deps
 	@scripts/phase.sh "build (plain and with Ceph)" $(MAKE) --no-print-directory build-all
 	@scripts/phase.sh "libvirtd (the system instance, as on a compute node; no systemd here)" env LIBVIRTD_OWNER=$(CURDIR) scripts/libvirtd-up.sh
 	@scripts/phase.sh "go vet" $(GO) vet ./...
-	@scripts/phase.sh "go test (unit; S3, Swift and RBD on a throwaway Ceph; QEMU guests)" $(GO) test $(CEPH_TAGS) -count=1 -timeout 20m $$($(GO) list ./... | grep -v /integration)
+	@scripts/phase.sh "deployment files (docker-compose config, Dockerfile lint, systemd-analyze verify and security, agreement with raksha-worker and raksha, the compose data worker against a dev server)" $(MAKE) --no-print-directory deploy-check
+	@scripts/phase.sh "go test (unit; S3, Swift and RBD on a throwaway Ceph; QEMU guests)" $(GO) test $(CEPH_TAGS) -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /integration -e '/deploy$$')
 	@scripts/phase.sh "integration (Temporal dev server, QEMU, lab cloud; one package at a time)" $(GO) test $(CEPH_TAGS) -count=1 -p 1 -timeout 40m ./integration/...
 	@scripts/phase.sh "fuzz targets over their seed corpus (parsers of untrusted bytes; make fuzz fuzzes)" $(GO) test -count=1 -run='^Fuzz' $(FUZZ_PKGS)
 	@scripts/phase.sh "CLI end to end (disk-image demo)" scripts/demo-disk.sh --quiet
@@ -93,6 +99,19 @@ test: test-deps
 build-all:
 	$(GO) build ./...
 	$(GO) build $(CEPH_TAGS) ./...
+
+# docker-compose.yml, the Dockerfile and deploy/systemd, checked offline
+# (never started here: no Docker engine, no image pulls); the TestDeploy
+# tests of worker and starter check them against the real binaries' flags,
+# configuration keys and variables, and run the compose data service's
+# worker as a process against a Temporal dev server. Needs APT_DEPLOY
+# (test-deps).
+# The Web UI test, saving its screenshots into docs/ (the README shows one).
+webui-shots: test-deps $(BIN)/temporal
+	RAKSHA_WEBUI_SHOTS=$(CURDIR)/docs $(GO) test -count=1 -timeout 15m -run '^TestWebUIShowsRakshaWorkflows$$' ./integration/
+
+deploy-check: $(BIN)/temporal
+	$(GO) test -count=1 -run '^TestDeploy' ./deploy ./worker ./starter
 
 # Timed fuzzing stays out of make test: the engine can overrun -fuzztime
 # while minimizing a new input and then reports "context deadline exceeded".

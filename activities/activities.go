@@ -19,8 +19,10 @@ import (
 	"github.com/raksha-backup/raksha/internal/host"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/host/socket"
+	"github.com/raksha-backup/raksha/internal/metrics"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/open"
+	"github.com/raksha-backup/raksha/internal/temporalx"
 )
 
 // Error types the workflows never retry.
@@ -94,6 +96,10 @@ type Config struct {
 	// (AcquirePermits, ClosedRuns); control role. Nil: AcquirePermits
 	// grants everything at once (unit tests and test workers).
 	Temporal client.Client
+	// Metrics receives what the activities measure (committed backups'
+	// figures, freeze windows, copies, thaws, verify failures); nil
+	// records nothing.
+	Metrics *metrics.Metrics
 }
 
 // Activities are Raksha's activities. One value serves every role; each
@@ -198,4 +204,11 @@ func Shutdown(ctx context.Context, a *Activities) {
 	if a.rbdConn != nil {
 		a.rbdConn.Close()
 	}
+}
+
+// logger is the activities' logger with the ids of the activity ctx
+// belongs to (workflow, run, activity, type, attempt), so that every line
+// an activity writes says which run it is of.
+func (a *Activities) logger(ctx context.Context) *slog.Logger {
+	return temporalx.ActivityLogger(ctx, a.log)
 }

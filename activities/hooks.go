@@ -37,7 +37,7 @@ func (a *Activities) RunHooks(ctx context.Context, in RunHooksInput) (*RunHooksR
 	if in.Phase != "pre" && in.Phase != "post" {
 		return nil, invalid("hooks of phase %q: want pre or post", in.Phase)
 	}
-	c, err := a.openAgent(ctx, in.Instance, guest.Options{Logger: a.log, Owner: "raksha hooks " + activity.GetInfo(ctx).WorkflowExecution.ID})
+	c, err := a.openAgent(ctx, in.Instance, guest.Options{Logger: a.logger(ctx), Owner: "raksha hooks " + activity.GetInfo(ctx).WorkflowExecution.ID})
 	if errors.Is(err, guest.ErrNotAnswering) {
 		return &RunHooksResult{NoAgent: true}, nil
 	}

@@ -137,12 +137,12 @@ func (a *Activities) baseLoader(ctx context.Context, repoID string) func(Disk) (
 		}
 		r, err := a.repo(ctx, repoID)
 		if err != nil {
-			a.log.Warn("repository unreadable for the base checkpoint; full read", "repository", repoID, "err", err)
+			a.logger(ctx).Warn("repository unreadable for the base checkpoint; full read", "repository", repoID, "err", err)
 			return nil, 0
 		}
 		m, err := r.LoadManifest(ctx, d.Base)
 		if err != nil || m.Checkpoint == nil {
-			a.log.Warn("base manifest without a usable checkpoint; full read", "manifest", d.Base, "err", err)
+			a.logger(ctx).Warn("base manifest without a usable checkpoint; full read", "manifest", d.Base, "err", err)
 			return nil, 0
 		}
 		cp := *m.Checkpoint
@@ -211,6 +211,7 @@ func (a *Activities) CopyDisk(ctx context.Context, in CopyInput) (*CopyResult, e
 		}
 		return nil, fmt.Errorf("copy %s/%s: %w", in.VM, in.Disk.Name, err)
 	}
+	a.cfg.Metrics.Copied(in.Repository, m.Stats.BytesRead, m.Stats.BytesNew, m.Stats.BytesReused, m.Stats.BytesStored)
 	return &CopyResult{Manifest: m.ID, Size: m.Size, BytesRead: m.Stats.BytesRead, BytesNew: m.Stats.BytesNew,
 		BytesReused: m.Stats.BytesReused, BytesStored: m.Stats.BytesStored, Incremental: m.Base != "",
 		Seconds: m.Stats.Seconds, ResumedFrom: resumedFrom}, nil

@@ -11,6 +11,7 @@ import (
 
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/socket"
+	"github.com/raksha-backup/raksha/internal/metrics"
 )
 
 func toGuestHooks(hs []Hook) []guest.Hook {
@@ -34,7 +35,7 @@ func (a *Activities) Freeze(ctx context.Context, in FreezeInput) (*FreezeResult,
 	a.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	c, err := a.openAgent(dctx, in.Instance, guest.Options{Logger: a.log, Owner: "raksha freeze " + activity.GetInfo(ctx).WorkflowExecution.ID})
+	c, err := a.openAgent(dctx, in.Instance, guest.Options{Logger: a.logger(ctx), Owner: "raksha freeze " + activity.GetInfo(ctx).WorkflowExecution.ID})
 	if errors.Is(err, guest.ErrNotAnswering) {
 		return &FreezeResult{NoAgent: true}, nil
 	}
@@ -80,6 +81,9 @@ func (a *Activities) Thaw(ctx context.Context, in ThawInput) (*ThawResult, error
 		return nil, fmt.Errorf("thaw %s: %w", in.Instance, err)
 	}
 	res := &ThawResult{WasFrozen: true, GuardThawed: rep.GuardThawed, Window: rep.Window}
+	if rep.GuardThawed {
+		a.cfg.Metrics.Thawed(metrics.ThawedByGuard, 1)
+	}
 	a.mu.Lock()
 	delete(a.freezes, in.Instance)
 	delete(a.agents, in.Instance)
@@ -93,7 +97,7 @@ func (a *Activities) Thaw(ctx context.Context, in ThawInput) (*ThawResult, error
 }
 
 func (a *Activities) thawOrphan(ctx context.Context, instance string) (*ThawResult, error) {
-	c, err := a.openAgent(ctx, instance, guest.Options{Logger: a.log, Owner: "raksha thaw"})
+	c, err := a.openAgent(ctx, instance, guest.Options{Logger: a.logger(ctx), Owner: "raksha thaw"})
 	if errors.Is(err, guest.ErrNotAnswering) {
 		return &ThawResult{}, nil // no agent, nothing frozen
 	}
@@ -115,6 +119,7 @@ func (a *Activities) thawOrphan(ctx context.Context, instance string) (*ThawResu
 	if _, err := c.FsfreezeThaw(ctx); err != nil {
 		return nil, fmt.Errorf("thaw %s: %w", instance, err)
 	}
+	a.cfg.Metrics.Thawed(metrics.ThawedLost, 1)
 	return &ThawResult{WasFrozen: true, GuardThawed: true, Lost: gone + ": found still frozen, thawed now"}, nil
 }
 

@@ -116,6 +116,7 @@ func (a *Activities) VerifyRepository(ctx context.Context, in VerifyInput) (*Ver
 		return err
 	})
 	if errors.Is(err, repo.ErrVerifyFailed) || errors.Is(err, repo.ErrCheckFailed) {
+		a.cfg.Metrics.VerifyFailed(in.Repository, in.Mode)
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("%s of %s: %v%s", in.Mode, in.Repository, err, damage(res)), ErrVerifyFailed, err, res)
 	}
 	if err != nil {

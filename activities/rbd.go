@@ -97,12 +97,12 @@ func (a *Activities) FinishRBD(ctx context.Context, in RBDFinishInput) error {
 				continue
 			}
 			if len(removed) > 0 {
-				a.log.Info("released older RBD snapshots", "image", pool+"/"+image, "removed", removed)
+				a.logger(ctx).Info("released older RBD snapshots", "image", pool+"/"+image, "removed", removed)
 			}
 			continue
 		}
 		if err := c.DeleteSnapshot(ctx, pool, image, name); err != nil {
-			a.log.Info("no snapshot of a failed backup to drop", "image", pool+"/"+image, "err", err)
+			a.logger(ctx).Info("no snapshot of a failed backup to drop", "image", pool+"/"+image, "err", err)
 		}
 	}
 	return errors.Join(errs...)
@@ -129,7 +129,7 @@ func (a *Activities) openRBD(ctx context.Context, in CopyInput) (disk.Source, []
 	}
 	changed, err := src.Changed(in.Disk.BaseCheckpoint)
 	if errors.Is(err, rbd.ErrNoBase) {
-		a.log.Warn("base snapshot unusable, reading the whole image", "image", pool+"/"+image, "err", err)
+		a.logger(ctx).Warn("base snapshot unusable, reading the whole image", "image", pool+"/"+image, "err", err)
 		return src, nil, false, release, nil
 	}
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/raksha-backup/raksha/internal/metrics"
 	"github.com/raksha-backup/raksha/internal/repo"
 )
 
@@ -88,7 +89,7 @@ func (a *Activities) findBase(ctx context.Context, r *repo.Repository, backups [
 			}
 			m, err := r.LoadManifest(ctx, d.ID)
 			if err != nil {
-				a.log.Warn("base manifest unreadable; full read", "manifest", d.ID, "err", err)
+				a.logger(ctx).Warn("base manifest unreadable; full read", "manifest", d.ID, "err", err)
 				return "", ""
 			}
 			if m.Checkpoint == nil {
@@ -134,6 +135,11 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (*CommitResult,
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", in.BackupID, err)
 	}
+	// Counted here only, where the record is written: a retry that finds
+	// it committed (above) does not count it again.
+	a.cfg.Metrics.BackupCommitted(metrics.Backup{Workload: b.Labels["workload"], Repository: in.Repository, Consistency: b.Consistency,
+		BytesRead: b.Stats.BytesRead, BytesNew: b.Stats.BytesNew, BytesReused: b.Stats.BytesReused, BytesStored: b.Stats.BytesStored,
+		FreezeWindows: b.FreezeWindows, WorkloadWindow: b.WorkloadWindow})
 	return commitResult(b), nil
 }
 
@@ -145,7 +151,7 @@ func (a *Activities) recordFreezeWindows(ctx context.Context, r *repo.Repository
 	}
 	nb, err := r.UpdateBackup(ctx, b.ID, func(b *repo.Backup) error { b.FreezeWindows = w; return nil })
 	if err != nil {
-		a.log.Warn("the backup is committed; recording its freeze windows failed", "backup", b.ID, "err", err)
+		a.logger(ctx).Warn("the backup is committed; recording its freeze windows failed", "backup", b.ID, "err", err)
 		return b
 	}
 	return nb

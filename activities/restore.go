@@ -382,7 +382,7 @@ func (a *Activities) WriteDisk(ctx context.Context, in WriteDiskInput) (*WriteDi
 	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &prev) == nil &&
 		prev.Manifest == in.Manifest && prev.Total == m.Size && prev.Resume > 0 && prev.Resume <= m.Size {
 		from = prev.Resume
-		a.log.Info("restore resumes where the last attempt stopped", "manifest", in.Manifest, "target", in.Target.String(), "from", from, "attempt", activity.GetInfo(ctx).Attempt)
+		a.logger(ctx).Info("restore resumes where the last attempt stopped", "manifest", in.Manifest, "target", in.Target.String(), "from", from, "attempt", activity.GetInfo(ctx).Attempt)
 	}
 	resume, lastSync := from, time.Now()
 	st, err := r.RestoreDisk(ctx, in.Manifest, w, repo.RestoreOptions{ZeroHoles: true, From: from, Progress: func(p repo.Progress) {
@@ -390,7 +390,7 @@ func (a *Activities) WriteDisk(ctx context.Context, in WriteDiskInput) (*WriteDi
 			if err := w.Sync(); err == nil {
 				resume, lastSync = p.Resume, time.Now()
 			} else {
-				a.log.Warn("restore: sync of the target failed; the resume point stays", "target", in.Target.String(), "err", err)
+				a.logger(ctx).Warn("restore: sync of the target failed; the resume point stays", "target", in.Target.String(), "err", err)
 			}
 		}
 		activity.RecordHeartbeat(ctx, WriteDiskProgress{Done: p.Done, Total: p.Total, Manifest: in.Manifest, Resume: resume})
@@ -404,7 +404,8 @@ func (a *Activities) WriteDisk(ctx context.Context, in WriteDiskInput) (*WriteDi
 		}
 		return nil, err
 	}
-	a.log.Info("disk restored", "manifest", in.Manifest, "target", in.Target.String(), "bytes", m.Size, "fetched", st.BytesFetched, "seconds", st.Seconds)
+	a.cfg.Metrics.Restored(in.Repository, m.Size)
+	a.logger(ctx).Info("disk restored", "manifest", in.Manifest, "target", in.Target.String(), "bytes", m.Size, "fetched", st.BytesFetched, "seconds", st.Seconds)
 	return &WriteDiskResult{Manifest: in.Manifest, Size: m.Size, BytesFetched: st.BytesFetched, BytesWritten: st.BytesWritten,
 		Chunks: st.Chunks, Holes: st.Holes, Seconds: st.Seconds, ResumedFrom: from}, nil
 }
@@ -538,7 +539,7 @@ func (a *Activities) GuestRun(ctx context.Context, in GuestRunInput) (*GuestRunR
 	defer cancel()
 	var c *guest.Client
 	for {
-		c, err = a.openAgent(dctx, in.Instance, guest.Options{Logger: a.log, Owner: "raksha guest-run " + activity.GetInfo(ctx).WorkflowExecution.ID})
+		c, err = a.openAgent(dctx, in.Instance, guest.Options{Logger: a.logger(ctx), Owner: "raksha guest-run " + activity.GetInfo(ctx).WorkflowExecution.ID})
 		var ae *temporal.ApplicationError
 		if err == nil || dctx.Err() != nil || (errors.As(err, &ae) && ae.NonRetryable()) {
 			break

@@ -95,7 +95,7 @@ type ClosedRunsResult struct {
 // ignores keys it already holds or queues.
 func (a *Activities) AcquirePermits(ctx context.Context, in SemaphoreRequest) (*AcquireResult, error) {
 	if a.cfg.Temporal == nil {
-		a.log.Debug("no Temporal client: semaphore bypassed", "semaphore", in.Semaphore, "keys", len(in.Keys))
+		a.logger(ctx).Debug("no Temporal client: semaphore bypassed", "semaphore", in.Semaphore, "keys", len(in.Keys))
 		return &AcquireResult{Bypass: true}, nil
 	}
 	if in.Semaphore == "" || in.WorkflowID == "" || in.RunID == "" {

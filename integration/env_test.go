@@ -80,8 +80,17 @@ func workerOptions() worker.Options {
 // does); the control queue also runs the workflows.
 func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, queues ...string) {
 	t.Helper()
+	startWorkersWith(t, c, acts, nil, queues...)
+}
+
+// startWorkersWith is startWorkers with more interceptors on every worker
+// (after the ones raksha-worker runs with).
+func startWorkersWith(t *testing.T, c client.Client, acts *activities.Activities, extra []interceptor.WorkerInterceptor, queues ...string) {
+	t.Helper()
 	for _, q := range queues {
-		w := worker.New(c, q, workerOptions())
+		o := workerOptions()
+		o.Interceptors = append(o.Interceptors, extra...)
+		w := worker.New(c, q, o)
 		if q == activities.ControlQueue {
 			w.RegisterWorkflow(workflows.WorkloadBackup)
 			w.RegisterWorkflow(workflows.CopyDisks)
@@ -89,6 +98,7 @@ func startWorkers(t *testing.T, c client.Client, acts *activities.Activities, qu
 			w.RegisterWorkflow(workflows.Clone)
 			w.RegisterWorkflow(workflows.CloneDelete)
 			w.RegisterWorkflow(workflows.RepositoryMaintenance)
+			w.RegisterWorkflow(workflows.Semaphore)
 		}
 		switch {
 		case q == activities.ControlQueue:

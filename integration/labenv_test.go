@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
@@ -62,6 +63,18 @@ type labEnvOptions struct {
 	RBDVolumes string
 	// TokenTTL is the lab Keystone's token lifetime (default one hour).
 	TokenTTL time.Duration
+	// NoSlots starts the lab's QEMU guests without taking the machine-wide
+	// guest slots: for a test that holds every slot itself
+	// (takeAllGuestSlots) and runs more guests than there are slots.
+	NoSlots bool
+	// Interceptors are added to the in-process workers (newLabEnvWith).
+	Interceptors []interceptor.WorkerInterceptor
+	// RealSemaphore gives the activities the Temporal client (newLabEnvWith),
+	// as raksha-worker does, so that backups take their copy permits from
+	// the global copy semaphore (workflows.Semaphore) instead of bypassing
+	// it as the other lab tests do.
+	RealSemaphore bool
+	temporal      client.Client
 }
 
 // startLabDemo brings up the lab and the demo workload for the test's
@@ -92,8 +105,12 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 		}
 		comp = lab.NewLibvirtCompute(lab.LibvirtOptions{Conn: lvc, Image: img, Description: libvirttest.Owner(), LockDir: lockDir, WriterInterval: 100 * time.Millisecond, Log: quiet})
 	} else {
+		startVM := vmtest.StartConfig
+		if o.NoSlots {
+			startVM = nil // vm.Start, no slot
+		}
 		comp = lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
-			Log: quiet, StartVM: vmtest.StartConfig})
+			Log: quiet, StartVM: startVM})
 	}
 	first, labLog := 0, quiet
 	if o.Libvirt {
@@ -161,7 +178,7 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 		HostDir: d.hostDir, WorkDir: filepath.Join(dir, "work"),
 		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Discoverer: &activities.CloudDiscoverer{Client: admin}, CephConf: cephConf,
-		Libvirt: lvc, LockDir: lockDir,
+		Libvirt: lvc, LockDir: lockDir, Temporal: o.temporal,
 		// The lab's instance directories and volume files.
 		WriteRoots: []string{filepath.Join(dir, "hosts"), filepath.Join(dir, "volumes")},
 	})
@@ -195,12 +212,15 @@ func newLabEnv(t *testing.T) *labEnv { return newLabEnvWith(t, labEnvOptions{}) 
 
 func newLabEnvWith(t *testing.T, o labEnvOptions) *labEnv {
 	c, _ := startTemporal(t)
+	if o.RealSemaphore {
+		o.temporal = c
+	}
 	d := startLabDemoWith(t, o)
 	queues := []string{activities.ControlQueue, activities.HostQueue("h1")}
 	if o.RBD != nil && o.RBDVolumes != "host" {
 		queues = append(queues, activities.DataQueue)
 	}
-	startWorkers(t, c, d.acts, queues...)
+	startWorkersWith(t, c, d.acts, o.Interceptors, queues...)
 	return &labEnv{labDemo: d, temporal: c}
 }
 

@@ -17,6 +17,8 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/disk/file"
+	"github.com/raksha-backup/raksha/internal/metrics"
+	"github.com/raksha-backup/raksha/internal/metrics/metricstest"
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend/local"
 	"github.com/raksha-backup/raksha/policies"
@@ -81,9 +83,22 @@ func TestMaintenancePolicyExpiresGCsAndVerifies(t *testing.T) {
 	}
 	live := backup("live", future, 4)
 
+	mx, err := metrics.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyFailures := func() float64 {
+		t.Helper()
+		f, err := metricstest.Gather(mx.Registry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := f.Value(metrics.VerifyFailures, map[string]string{"repository": "main", "mode": "full"})
+		return v
+	}
 	acts := activities.New(activities.Config{
 		Repos: map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
-		Log:   quiet, WorkDir: filepath.Join(dir, "work"),
+		Log:   quiet, WorkDir: filepath.Join(dir, "work"), Metrics: mx,
 	})
 	defer activities.Shutdown(ctx, acts)
 	startWorkers(t, c, acts, activities.ControlQueue)
@@ -213,6 +228,9 @@ maintenance:
 	if err := os.Remove(filepath.Join(repoDir, "chunks", victim[:2], victim)); err != nil {
 		t.Fatal(err)
 	}
+	if v := verifyFailures(); v != 0 {
+		t.Errorf("%v verify failures counted after three clean runs", v)
+	}
 	_, err = run()
 	var ae *temporal.ApplicationError
 	if !errors.As(err, &ae) || ae.Type() != activities.ErrVerifyFailed || !strings.Contains(err.Error(), victim) || !strings.Contains(err.Error(), live.ID) {
@@ -222,6 +240,9 @@ maintenance:
 		t.Errorf("run 4 names the intact backup %s: %v", protected.ID, err)
 	}
 	t.Logf("run 4 failed as it should: %v", err)
+	if v := verifyFailures(); v != 1 {
+		t.Errorf("%s = %v after the failed verify, want 1", metrics.VerifyFailures, v)
+	}
 }
 
 func countFiles(t *testing.T, dir string) int {

@@ -1,12 +1,18 @@
 #!/bin/bash
 # `make demo`: the real thing, on one machine. It starts the Temporal dev
-# server with its Web UI, the lab cloud with its demo workload (two QEMU guests,
-# each with an ephemeral disk and a volume, an application writing records on
-# both), and Raksha's workers (control + one host worker per lab host); then
-# backs the workload up application-consistently, lets the application write
-# more, backs it up again incrementally, restores a volume and checks it,
-# restores one server as a new one through the Restore workflow, and
-# prints the backups with their freeze windows and the Web UI's address.
+# server with its Web UI, the lab cloud with its demo workload (two guests as
+# libvirt domains, as Nova's libvirt driver runs them: each with its root
+# disk, an ephemeral disk and a volume, an application writing records on
+# them), and Raksha's workers (control + a host worker on libvirt, as on a
+# compute node); then backs the workload up application-consistently, lets the
+# application write more, backs it up again incrementally, restores a volume
+# and checks it, restores one server as a new one through the Restore
+# workflow, clones the workload into project staging with a masking hook and
+# a health check and deletes the clone, and prints one table of the backups
+# (figures, consistency, freeze windows per guest and for the workload) and
+# the Web UI's links. DEMO_COMPUTE=qemu runs the guests as QEMU processes
+# with the host worker on the lab's socket layout instead (no root, no
+# libvirtd).
 # Everything it started stops on Ctrl-C; DEMO_EXIT=1 stops and exits at the end
 # (CI). DEMO_DIR sets the working directory (default: a new temporary one).
 set -euo pipefail
@@ -17,7 +23,9 @@ W=${DEMO_DIR:-$(mktemp -d /tmp/rkdemo.XXXX)}
 mkdir -p "$W"
 TPORT=${DEMO_TEMPORAL_PORT:-7233}
 UIPORT=${DEMO_UI_PORT:-8233}
+COMPUTE=${DEMO_COMPUTE:-libvirt}
 PIDS=()
+STARTED_LIBVIRTD=0
 say()  { printf '\n\033[1m# %s\033[0m\n' "$*"; }
 fail() { echo "DEMO FAILED: $*" >&2; exit 1; }
 cleanup() {
@@ -26,6 +34,7 @@ cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 	"$RAKSHA" lab down --dir "$W/lab" >/dev/null 2>&1
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+	[ "$STARTED_LIBVIRTD" = 1 ] && LIBVIRTD_OWNER=demo-$$ "$ROOT/scripts/libvirtd-down.sh" >/dev/null 2>&1
 	[ -n "${DEMO_DIR:-}" ] || rm -rf "$W"
 }
 trap cleanup EXIT
@@ -42,8 +51,18 @@ for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$TPORT") 2>/dev/null && break
 (echo >/dev/tcp/127.0.0.1/"$TPORT") 2>/dev/null || fail "Temporal did not start (see $W/temporal.log)"
 echo "Temporal on 127.0.0.1:$TPORT, Web UI http://127.0.0.1:$UIPORT"
 
-say "2. The lab cloud and its demo workload (2 guests booting under TCG: about half a minute)"
-"$RAKSHA" lab up --dir "$W/lab"
+case $COMPUTE in
+libvirt)
+	[ "$(id -u)" = 0 ] || fail "the demo runs its guests under the system libvirtd, as a Nova compute node does: run it as root (or DEMO_COMPUTE=qemu for QEMU processes)"
+	out=$(LIBVIRTD_OWNER=demo-$$ "$ROOT/scripts/libvirtd-up.sh") || fail "libvirtd did not start: $out"
+	echo "$out"
+	case $out in *started*) STARTED_LIBVIRTD=1 ;; esac ;;
+qemu) ;;
+*) fail "DEMO_COMPUTE=$COMPUTE: use libvirt or qemu" ;;
+esac
+
+say "2. The lab cloud and its demo workload ($COMPUTE; 2 guests booting under TCG: about half a minute)"
+"$RAKSHA" lab up --dir "$W/lab" --compute "$COMPUTE"
 export OS_CLIENT_CONFIG_FILE=$W/lab/clouds.yaml OS_CLOUD=raksha-lab
 
 say "3. An encrypted repository, and the workers (control, and a host worker per lab host)"
@@ -55,12 +74,24 @@ work_dir: $W/work
 repositories:
   main: {url: "file://$W/repo", password_file: "$W/repo.pw"}
 YAML
-"$BIN/raksha-worker" --config "$W/worker.yaml" --roles control,data >"$W/worker-control.log" 2>&1 &
-PIDS+=($!)
-for h in lab-host-1 lab-host-2; do
-	"$BIN/raksha-worker" --config "$W/worker.yaml" --roles host --host "$h" --host-dir "$W/lab/hosts/$h" >"$W/worker-$h.log" 2>&1 &
+if [ "$COMPUTE" = libvirt ]; then
+	# As on a Nova compute node: the host worker reaches the guests through
+	# libvirtd; discovery gives libvirt: locators (root disks included).
+	"$BIN/raksha-worker" --config "$W/worker.yaml" --roles control,data --host-driver libvirt >"$W/worker-control.log" 2>&1 &
 	PIDS+=($!)
-done
+	"$BIN/raksha-worker" --config "$W/worker.yaml" --roles host --host lab-host-1 --libvirt-uri qemu:///system \
+		--lock-dir "$W/lab/locks" >"$W/worker-lab-host-1.log" 2>&1 &
+	PIDS+=($!)
+	DISKS_PER_VM=3
+else
+	"$BIN/raksha-worker" --config "$W/worker.yaml" --roles control,data >"$W/worker-control.log" 2>&1 &
+	PIDS+=($!)
+	for h in lab-host-1 lab-host-2; do
+		"$BIN/raksha-worker" --config "$W/worker.yaml" --roles host --host "$h" --host-dir "$W/lab/hosts/$h" >"$W/worker-$h.log" 2>&1 &
+		PIDS+=($!)
+	done
+	DISKS_PER_VM=2
+fi
 sleep 2
 export RAKSHA_TEMPORAL=127.0.0.1:$TPORT
 
@@ -95,19 +126,33 @@ echo "e2fsck -fn: clean ($(tail -1 "$W/e2fsck.log"))"
 
 say "7b. Restore server demo-2 from the incremental backup as a new server (a Restore workflow: new volume written, server recreated from the captured metadata, its ephemeral disk written while it is stopped once)"
 "$RAKSHA" --progress lines restore start "$B2" --repository main --vm demo-2 --name-prefix restored- --no-workload-label --wait | tee "$W/r1.txt"
-grep -q "1 servers, 1 volumes, 2 disks" "$W/r1.txt" || fail "the restore did not make 1 server with 1 volume and 2 disks"
+grep -q "1 servers, 1 volumes, $DISKS_PER_VM disks" "$W/r1.txt" || fail "the restore did not make 1 server with 1 volume and $DISKS_PER_VM disks"
 "$RAKSHA" lab status --dir "$W/lab" | tee "$W/lab-status.txt"
 grep -E "restored-demo-2 .*ACTIVE" "$W/lab-status.txt" >/dev/null || fail "the restored server is not ACTIVE"
 "$RAKSHA" restore list
+
+say "7c. Clone the workload into project staging: every guest restored there, a masking hook, then a health check (the in-guest checker and the mask) in each; then delete the clone"
+"$RAKSHA" --progress lines clone start "$B2" --name stg1 --repository main --to-project staging --name-prefix stg- \
+	--post-hook 'for d in /data/*; do echo masked > $d/MASKED; done; sync' \
+	--health-check 'guestapp check /data/* && cat /data/*/MASKED' --wait | tee "$W/c1.txt"
+grep -q "2 servers" "$W/c1.txt" || fail "the clone did not make 2 servers"
+"$RAKSHA" lab status --dir "$W/lab" | grep -E "^staging " || fail "no clone server in project staging"
+"$RAKSHA" clone delete stg1 --project staging
+"$RAKSHA" lab status --dir "$W/lab" | grep -E "^staging .*stg-" && fail "the clone's servers are still there after its delete"
+"$RAKSHA" clone list
+
+say "7d. The backups: size, bytes read / new / reused from earlier backups / stored (compressed, encrypted), consistency, freeze windows (the workload's: first freeze to last thaw, and each guest's)"
+"$RAKSHA" backup list --repo "file://$W/repo" --password-file "$W/repo.pw"
 
 say "8. Temporal Web UI"
 echo "workflows:      http://127.0.0.1:$UIPORT/namespaces/default/workflows?query=RakshaWorkload%3D%22demo%22"
 echo "latest backup:  http://127.0.0.1:$UIPORT/namespaces/default/workflows/backup%2Fdemo"
 echo "restores:       http://127.0.0.1:$UIPORT/namespaces/default/workflows?query=RakshaOperation%3D%22restore%22"
+echo "clones:         http://127.0.0.1:$UIPORT/namespaces/default/workflows?query=RakshaOperation%3D%22clone%22"
 echo "worker logs:    $W/worker-*.log"
 
 if [ "${DEMO_EXIT:-0}" = 1 ]; then
-	echo "demo: 2 app-consistent backups of a 2-VM workload made, a volume restored and checked, a server restored and running"
+	echo "demo ($COMPUTE): 2 app-consistent backups of a 2-VM workload made, a volume restored and checked, a server restored and running, a staging clone made, checked and deleted"
 	exit 0
 fi
 say "Everything keeps running: Ctrl-C stops it all"

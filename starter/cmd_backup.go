@@ -33,7 +33,7 @@ func labelString(l map[string]string) string {
 }
 
 // freezeString shows the freeze window of each VM, by name, or "-".
-func freezeString(w map[string]time.Duration) string {
+func freezeString(w map[string]time.Duration, workload time.Duration) string {
 	if len(w) == 0 {
 		return "-"
 	}
@@ -45,6 +45,9 @@ func freezeString(w map[string]time.Duration) string {
 	parts := make([]string, len(vms))
 	for i, vm := range vms {
 		parts[i] = fmt.Sprintf("%s %.2fs", vm, w[vm].Seconds())
+	}
+	if workload > 0 {
+		return fmt.Sprintf("workload %.2fs: %s", workload.Seconds(), strings.Join(parts, ", "))
 	}
 	return strings.Join(parts, ", ")
 }
@@ -99,7 +102,7 @@ func (a *app) backupListCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Created.Local().Format("2006-01-02 15:04:05"),
 					humanBytes(backupSize(b)), len(b.Disks), humanBytes(b.Stats.BytesRead), humanBytes(b.Stats.BytesNew),
-					humanBytes(b.Stats.BytesReused), humanBytes(b.Stats.BytesStored), consistency, freezeString(b.FreezeWindows),
+					humanBytes(b.Stats.BytesReused), humanBytes(b.Stats.BytesStored), consistency, freezeString(b.FreezeWindows, b.WorkloadWindow),
 					status, exp, labelString(b.Labels), strings.Join(b.Tags, ","))
 			}
 			return tw.Flush()
@@ -145,7 +148,7 @@ func (a *app) backupShowCmd() *cobra.Command {
 				fmt.Fprintf(a.stdout, "consistency %s\n", b.Consistency)
 			}
 			if len(b.FreezeWindows) > 0 {
-				fmt.Fprintf(a.stdout, "frozen      %s\n", freezeString(b.FreezeWindows))
+				fmt.Fprintf(a.stdout, "frozen      %s\n", freezeString(b.FreezeWindows, b.WorkloadWindow))
 			}
 			fmt.Fprintf(a.stdout, "data        read %s, new %s (stored %s), reused %s\n", humanBytes(b.Stats.BytesRead),
 				humanBytes(b.Stats.BytesNew), humanBytes(b.Stats.BytesStored), humanBytes(b.Stats.BytesReused))

@@ -12,9 +12,11 @@ import (
 	"time"
 
 	"github.com/raksha-backup/raksha/internal/disk"
+	"github.com/raksha-backup/raksha/internal/freezerec"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/repo"
+	"github.com/raksha-backup/raksha/internal/watchdog"
 )
 
 // libvirtLocator is a disk of a libvirt domain: libvirt:DOMAIN/TARGET,
@@ -52,6 +54,26 @@ type libvirtCopy struct {
 	finish func(ctx context.Context, committed bool) error
 }
 
+// freezeWatchdog opens the freeze records of a libvirt disk backup
+// (WORK_DIR/freezes, the host worker's default on libvirt, so that one
+// watchdog serves both) and starts a watchdog process for them (package
+// watchdog): if this process dies with the guest frozen (SIGKILL, OOM), the
+// watchdog thaws it at the freeze deadline. The freeze is recorded before
+// it is sent, and nothing is frozen when the watchdog cannot start.
+func (a *app) freezeWatchdog(f libvirtFlags) (*freezerec.Dir, error) {
+	dir, err := freezerec.Open(filepath.Join(f.workDir, "freezes"))
+	if err != nil {
+		return nil, err
+	}
+	cmd, err := watchdog.StartFor(dir.Path())
+	if err != nil {
+		return nil, fmt.Errorf("freeze watchdog (nothing was frozen): %w", err)
+	}
+	go cmd.Wait() // reaped if it ends first; else it ends by itself after this process, once no record remains
+	a.phase("freeze watchdog started", "pid", cmd.Process.Pid, "dir", dir.Path())
+	return dir, nil
+}
+
 // beginLibvirt freezes the guest (unless noFreeze), starts a pull backup of
 // the disk with a new checkpoint and thaws; the base backup's checkpoint,
 // if its manifest recorded one of this domain, makes it incremental.
@@ -80,7 +102,13 @@ func (a *app) beginLibvirt(ctx context.Context, r *repo.Repository, loc libvirtL
 	var h *guest.FreezeHandle
 	var ag *guest.Client
 	if !f.noFreeze {
-		ag, err = libvirt.OpenAgent(ctx, c, libvirt.UUIDString(dom.UUID), libvirt.AgentOptions{LockDir: f.lockDir, Guest: guest.Options{Logger: a.log, Owner: "raksha disk backup"}})
+		freezes, err := a.freezeWatchdog(f)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		ag, err = libvirt.OpenAgent(ctx, c, libvirt.UUIDString(dom.UUID), libvirt.AgentOptions{LockDir: f.lockDir, Freezes: freezes,
+			Guest: guest.Options{Logger: a.log, Owner: "raksha disk backup"}})
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("freeze %s: %w (--no-freeze backs up without freezing: crash-consistent)", dom.Name, err)

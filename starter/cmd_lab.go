@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/lab"
 	"github.com/raksha-backup/raksha/internal/lab/demo"
 	"github.com/raksha-backup/raksha/internal/lab/vm"
@@ -57,10 +59,10 @@ func (a *app) labCmd() *cobra.Command {
 
 func (a *app) labUpCmd(labDir func() string) *cobra.Command {
 	var noDemo bool
-	var addr, accel string
+	var addr, accel, compute string
 	var timeout time.Duration
 	c := &cobra.Command{
-		Use:   "up [--dir DIR] [--no-demo]",
+		Use:   "up [--dir DIR] [--no-demo] [--compute qemu|libvirt]",
 		Short: "Start the lab cloud in the background (and a demo workload on first start)",
 		Long: `Start the lab cloud in the background: Keystone, Nova, Cinder, Glance, Neutron and Heat
 subsets on 127.0.0.1, servers as QEMU processes of the lab guest, volumes as qcow2 files.
@@ -94,7 +96,7 @@ the clouds raksha-lab (admin) and raksha-lab-demo (member of demo):
 				return fmt.Errorf("lab up: %w", err)
 			}
 			defer logf.Close()
-			sargs := []string{"lab", "serve", "--dir", dir, "--addr", addr, "--accel", accel, "--log-level", "info"}
+			sargs := []string{"lab", "serve", "--dir", dir, "--addr", addr, "--accel", accel, "--compute", compute, "--log-level", "info"}
 			if noDemo {
 				sargs = append(sargs, "--no-demo")
 			}
@@ -133,6 +135,7 @@ the clouds raksha-lab (admin) and raksha-lab-demo (member of demo):
 	c.Flags().StringVar(&addr, "addr", "127.0.0.1:0", "API listen address (127.0.0.1 only)")
 	c.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "how long to wait for the lab (the first start builds the guest image)")
 	c.Flags().StringVar(&accel, "accel", "tcg", "QEMU accelerator: tcg, kvm, or auto (KVM when a boot proves it works)")
+	c.Flags().StringVar(&compute, "compute", "qemu", computeHelp)
 	return c
 }
 
@@ -275,7 +278,7 @@ func sockAlive(path string) bool {
 // labServeCmd is the lab process itself (started by lab up).
 func (a *app) labServeCmd(labDir func() string) *cobra.Command {
 	var noDemo bool
-	var addr, accel string
+	var addr, accel, compute string
 	c := &cobra.Command{
 		Use:    "serve [--dir DIR]",
 		Short:  "Run the lab cloud in the foreground (lab up runs this in the background)",
@@ -291,12 +294,16 @@ func (a *app) labServeCmd(labDir func() string) *cobra.Command {
 			default:
 				return usagef("--accel %q: use tcg, kvm or auto", accel)
 			}
-			return a.serveLab(cmd.Context(), dir, addr, vm.Accel(accel), !noDemo)
+			if compute != "qemu" && compute != "libvirt" {
+				return usagef("--compute %q: use qemu or libvirt", compute)
+			}
+			return a.serveLab(cmd.Context(), dir, addr, vm.Accel(accel), compute, !noDemo)
 		},
 	}
 	c.Flags().BoolVar(&noDemo, "no-demo", false, "do not create the demo workload")
 	c.Flags().StringVar(&addr, "addr", "127.0.0.1:0", "API listen address")
 	c.Flags().StringVar(&accel, "accel", "tcg", "QEMU accelerator: tcg, kvm, or auto")
+	c.Flags().StringVar(&compute, "compute", "qemu", computeHelp)
 	return c
 }
 
@@ -306,7 +313,34 @@ func randomPassword() string {
 	return hex.EncodeToString(b[:])
 }
 
-func (a *app) serveLab(ctx context.Context, dir, addr string, accel vm.Accel, withDemo bool) error {
+// computeHelp describes lab up's --compute.
+const computeHelp = `how the lab runs its servers: qemu (QEMU processes, the host worker's socket layout) or libvirt (persistent domains of the system libvirtd, as Nova's libvirt driver runs them, with root disks; one host, lab-host-1; the guests' lock directory is DIR/locks; needs libvirtd: scripts/libvirtd-up.sh)`
+
+// labCompute is the lab's compute backend.
+type labCompute interface {
+	lab.Compute
+	StopAll(context.Context)
+}
+
+// labComputeFor builds the compute backend --compute names, and the lab
+// options that go with it (libvirt: one host, instance names derived from
+// the lab directory so that two labs on one libvirtd do not collide).
+func (a *app) labComputeFor(ctx context.Context, dir, compute string, img *vm.Image, accel vm.Accel) (labCompute, lab.Options, func(), error) {
+	if compute != "libvirt" {
+		return lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: *img, Accel: accel, Log: a.log}), lab.Options{}, func() {}, nil
+	}
+	conn, err := libvirt.Dial(ctx, libvirt.DefaultURI, libvirt.Options{Logger: a.log})
+	if err != nil {
+		return nil, lab.Options{}, nil, fmt.Errorf("--compute libvirt: %w (start libvirtd with scripts/libvirtd-up.sh)", err)
+	}
+	h := fnv.New32a()
+	h.Write([]byte(dir))
+	comp := lab.NewLibvirtCompute(lab.LibvirtOptions{Conn: conn, Image: *img, LockDir: filepath.Join(dir, "locks"), Description: "raksha lab " + dir, Log: a.log})
+	opts := lab.Options{Hosts: []string{"lab-host-1"}, FirstInstance: 0x20000000 + int(h.Sum32()&0xfffff)<<4}
+	return comp, opts, func() { conn.Close() }, nil
+}
+
+func (a *app) serveLab(ctx context.Context, dir, addr string, accel vm.Accel, compute string, withDemo bool) error {
 	if host, _, err := net.SplitHostPort(addr); err != nil || (host != "127.0.0.1" && host != "localhost") {
 		return usagef("--addr %q: the lab listens on 127.0.0.1 only", addr)
 	}
@@ -332,9 +366,14 @@ func (a *app) serveLab(ctx context.Context, dir, addr string, accel vm.Accel, wi
 		return fmt.Errorf("lab serve: %w", err)
 	}
 	log.Info("lab guest image ready", "key", img.Key, "took", img.BuildDuration.Round(time.Millisecond))
-	comp := lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: *img, Accel: accel, Log: log})
+	comp, lopts, closeCompute, err := a.labComputeFor(ctx, dir, compute, img, accel)
+	if err != nil {
+		return fmt.Errorf("lab serve: %w", err)
+	}
+	defer closeCompute()
 	defer comp.StopAll(context.WithoutCancel(ctx))
-	l, err := lab.Start(ctx, lab.Options{Dir: dir, Addr: addr, Compute: comp, FormatDisks: true, Log: log})
+	lopts.Dir, lopts.Addr, lopts.Compute, lopts.FormatDisks, lopts.Log = dir, addr, comp, true, log
+	l, err := lab.Start(ctx, lopts)
 	if err != nil {
 		return fmt.Errorf("lab serve: %w", err)
 	}
@@ -349,8 +388,15 @@ func (a *app) serveLab(ctx context.Context, dir, addr string, accel vm.Accel, wi
 	if _, err := l.EnsureUser(labDemoUser, demoPW, "demo", "member"); err != nil {
 		return fmt.Errorf("lab serve: %w", err)
 	}
-	// The admin is admin of demo too, so that it can act in that project.
+	// The admin is admin of demo too, so that it can act in that project,
+	// and of staging, the project clones go to.
 	if _, err := l.EnsureUser(lab.AdminUser, adminPW, "demo", "admin"); err != nil {
+		return fmt.Errorf("lab serve: %w", err)
+	}
+	if _, err := l.EnsureProject("staging"); err != nil {
+		return fmt.Errorf("lab serve: %w", err)
+	}
+	if _, err := l.EnsureUser(lab.AdminUser, adminPW, "staging", "admin"); err != nil {
 		return fmt.Errorf("lab serve: %w", err)
 	}
 	clouds := filepath.Join(dir, labCloudsFile)

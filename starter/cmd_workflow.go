@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,36 +27,42 @@ type temporalFlags struct {
 }
 
 func (f *temporalFlags) add(c *cobra.Command) {
-	c.Flags().StringVar(&f.address, "temporal", "", "Temporal frontend HOST:PORT (env RAKSHA_TEMPORAL, default 127.0.0.1:7233)")
-	c.Flags().StringVar(&f.namespace, "namespace", "", "Temporal namespace (env RAKSHA_NAMESPACE, default \"default\")")
+	c.Flags().StringVar(&f.address, "temporal", "", "Temporal frontend HOST:PORT (env RAKSHA_TEMPORAL, else TEMPORAL_ADDRESS or the TEMPORAL_PROFILE of the Temporal config file, else 127.0.0.1:7233)")
+	c.Flags().StringVar(&f.namespace, "namespace", "", "Temporal namespace (env RAKSHA_NAMESPACE, else TEMPORAL_NAMESPACE or the profile's, else \"default\")")
 	c.Flags().StringVar(&f.tls.CertFile, "tls-cert", "", "client certificate for mutual TLS to Temporal")
 	c.Flags().StringVar(&f.tls.KeyFile, "tls-key", "", "key of the client certificate")
 	c.Flags().StringVar(&f.tls.CAFile, "tls-ca", "", "CA certificate of Temporal's server certificate")
 	c.Flags().StringVar(&f.tls.ServerName, "tls-server-name", "", "name to check in Temporal's server certificate")
 }
 
-func (a *app) temporalClient(f temporalFlags) (client.Client, error) {
+// temporalOptions resolves the client's options: the flags, then
+// RAKSHA_TEMPORAL and RAKSHA_NAMESPACE, then the standard Temporal
+// environment and config file profile (temporalx.ClientOptions), then the
+// defaults.
+func (a *app) temporalOptions(f temporalFlags) (client.Options, error) {
 	addr, ns := f.address, f.namespace
 	if addr == "" {
 		addr = a.getenv("RAKSHA_TEMPORAL")
 	}
-	if addr == "" {
-		addr = "127.0.0.1:7233"
-	}
 	if ns == "" {
 		ns = a.getenv("RAKSHA_NAMESPACE")
 	}
-	if ns == "" {
-		ns = "default"
-	}
-	tlsCfg, err := f.tls.Config()
+	opts, err := temporalx.ClientOptions(temporalx.Settings{Address: addr, Namespace: ns, TLS: f.tls}, temporalx.Env{Get: a.getenv, List: os.Environ})
 	if err != nil {
-		return nil, usageError{err}
+		return client.Options{}, usageError{err}
 	}
-	c, err := client.Dial(client.Options{HostPort: addr, Namespace: ns, Logger: quietTemporalLogger{},
-		ConnectionOptions: client.ConnectionOptions{TLS: tlsCfg}})
+	return opts, nil
+}
+
+func (a *app) temporalClient(f temporalFlags) (client.Client, error) {
+	opts, err := a.temporalOptions(f)
 	if err != nil {
-		return nil, fmt.Errorf("connect to Temporal at %s: %w", addr, err)
+		return nil, err
+	}
+	opts.Logger = quietTemporalLogger{}
+	c, err := client.Dial(opts)
+	if err != nil {
+		return nil, fmt.Errorf("connect to Temporal at %s: %w", opts.HostPort, err)
 	}
 	return c, nil
 }
@@ -276,18 +283,16 @@ func (a *app) temporalSetupCmd() *cobra.Command {
 		Short: "Register Raksha's search attributes (RakshaWorkload, RakshaProject, RakshaOperation, RakshaPolicy) in the namespace",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			opts, err := a.temporalOptions(tf)
+			if err != nil {
+				return err
+			}
 			c, err := a.temporalClient(tf)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			ns := tf.namespace
-			if ns == "" {
-				ns = a.getenv("RAKSHA_NAMESPACE")
-			}
-			if ns == "" {
-				ns = "default"
-			}
+			ns := opts.Namespace
 			added, err := temporalx.EnsureSearchAttributes(cmd.Context(), c, ns)
 			if err != nil {
 				return err

@@ -10,6 +10,8 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
+
+	"github.com/raksha-backup/raksha/internal/watchdog"
 )
 
 // memoryLimit is the Go heap's soft limit unless GOMEMLIMIT says otherwise:
@@ -18,6 +20,15 @@ import (
 const memoryLimit = 160 << 20
 
 func main() {
+	// "raksha watchdog --dir DIR --parent PID" is the freeze watchdog a
+	// libvirt disk backup starts (package watchdog); not a user command.
+	if len(os.Args) > 1 && os.Args[1] == watchdog.Subcommand {
+		if err := watchdog.Main(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "raksha watchdog:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(memoryLimit)
 	}

@@ -14,8 +14,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +29,7 @@ import (
 	"github.com/raksha-backup/raksha/internal/freezerec"
 	"github.com/raksha-backup/raksha/internal/guest"
 	"github.com/raksha-backup/raksha/internal/host/libvirt"
+	"github.com/raksha-backup/raksha/internal/metrics"
 	"github.com/raksha-backup/raksha/internal/temporalx"
 	"github.com/raksha-backup/raksha/internal/watchdog"
 	"github.com/raksha-backup/raksha/workflows"
@@ -77,10 +78,15 @@ type Config struct {
 	// and the lab's volumes beside it, or Nova's instances and mount
 	// directories on libvirt; none on a data worker).
 	WriteRoots []string `yaml:"write_roots"`
+	// MetricsAddress is where the worker serves /metrics and /healthz
+	// (HOST:PORT, e.g. 127.0.0.1:9464); empty: not served.
+	MetricsAddress string `yaml:"metrics_address"`
+	// LogFormat is "text" (the default) or "json".
+	LogFormat string `yaml:"log_format"`
 }
 
 func main() {
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log, _ := newLogger(os.Stderr, "text")
 	if err := run(log, os.Args[1:], os.Getenv); err != nil {
 		log.Error("raksha-worker failed", "err", err)
 		os.Exit(1)
@@ -88,8 +94,8 @@ func main() {
 }
 
 func run(log *slog.Logger, args []string, getenv func(string) string) error {
-	if len(args) > 0 && args[0] == "watchdog" {
-		return runWatchdog(args[1:])
+	if len(args) > 0 && args[0] == watchdog.Subcommand {
+		return watchdog.Main(args[1:])
 	}
 	fs := flag.NewFlagSet("raksha-worker", flag.ContinueOnError)
 	cfgFile := fs.String("config", getenv("RAKSHA_WORKER_CONFIG"), "YAML configuration file")
@@ -102,8 +108,10 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	rbdVolumes := fs.String("rbd-volumes", "", "control role: who reads RBD volumes, ceph (data workers from RBD snapshots; default) or host (host workers through the hypervisor, no Ceph access needed)")
 	freezeDir := fs.String("freeze-dir", "", "host role: directory of the freeze records its watchdog serves (default HOST_DIR/freezes, or WORK_DIR/freezes on libvirt)")
 	lockDir := fs.String("lock-dir", "", "directory of the guests' lock files on a libvirt host (default "+libvirt.DefaultLockDir+")")
-	address := fs.String("temporal", "", "Temporal frontend HOST:PORT (default 127.0.0.1:7233)")
-	namespace := fs.String("namespace", "", "Temporal namespace (default \"default\")")
+	address := fs.String("temporal", "", "Temporal frontend HOST:PORT (default TEMPORAL_ADDRESS, the TEMPORAL_PROFILE of the Temporal config file, or 127.0.0.1:7233)")
+	namespace := fs.String("namespace", "", "Temporal namespace (default TEMPORAL_NAMESPACE, the profile's, or \"default\")")
+	metricsAddress := fs.String("metrics-address", "", "serve /metrics (Prometheus) and /healthz on HOST:PORT, e.g. 127.0.0.1:9464 (default: off)")
+	logFormat := fs.String("log-format", "", "log format: text (default) or json")
 	tlsCert := fs.String("tls-cert", "", "client certificate for mutual TLS to Temporal")
 	tlsKey := fs.String("tls-key", "", "key of the client certificate")
 	tlsCA := fs.String("tls-ca", "", "CA certificate that signs Temporal's server certificate")
@@ -151,11 +159,18 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	set(&cfg.Temporal.TLS.KeyFile, *tlsKey)
 	set(&cfg.Temporal.TLS.CAFile, *tlsCA)
 	set(&cfg.Temporal.TLS.ServerName, *tlsName)
-	if cfg.Temporal.Address == "" {
-		cfg.Temporal.Address = "127.0.0.1:7233"
+	set(&cfg.MetricsAddress, *metricsAddress)
+	set(&cfg.LogFormat, *logFormat)
+	if cfg.LogFormat != "" {
+		l, err := newLogger(os.Stderr, cfg.LogFormat)
+		if err != nil {
+			return err
+		}
+		log = l
 	}
-	if cfg.Temporal.Namespace == "" {
-		cfg.Temporal.Namespace = "default"
+	topts, err := temporalOptions(&cfg, getenv)
+	if err != nil {
+		return err
 	}
 	if cfg.MaxCopies <= 0 {
 		cfg.MaxCopies = 4
@@ -187,7 +202,13 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, CephConf: cfg.CephConf, LockDir: cfg.LockDir, Log: log,
+	var tc atomic.Pointer[client.Client] // for /healthz, once dialled
+	mx, err := serveMetrics(ctx, log, cfg.MetricsAddress, &tc)
+	if err != nil {
+		return err
+	}
+	defer mx.Close(context.Background())
+	acfg := activities.Config{Repos: cfg.Repositories, HostDir: cfg.HostDir, WorkDir: cfg.WorkDir, CephConf: cfg.CephConf, LockDir: cfg.LockDir, Log: log, Metrics: mx,
 		WriteRoots: cfg.WriteRoots}
 	if has["control"] {
 		ccfg := cloud.ConfigFromEnv(getenv)
@@ -235,6 +256,9 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 				if r.WasFrozen || r.Err != nil {
 					log.Info("orphan check", "result", fmt.Sprintf("%+v", r))
 				}
+				if r.WasFrozen && r.Err == nil {
+					mx.Thawed(metrics.ThawedByOrphanSweep, 1)
+				}
 			}
 			log.Info("orphan sweep done", "guests", len(res))
 		}
@@ -244,16 +268,13 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 			sweep()
 		}
 	}
-	tlsCfg, err := cfg.Temporal.TLS.Config()
+	topts.Logger, topts.MetricsHandler = newTemporalLogger(log), mx.TemporalHandler()
+	c, err := client.Dial(topts)
 	if err != nil {
-		return err
-	}
-	c, err := client.Dial(client.Options{HostPort: cfg.Temporal.Address, Namespace: cfg.Temporal.Namespace, Logger: newTemporalLogger(log),
-		ConnectionOptions: client.ConnectionOptions{TLS: tlsCfg}})
-	if err != nil {
-		return fmt.Errorf("connect to Temporal at %s: %w", cfg.Temporal.Address, err)
+		return fmt.Errorf("connect to Temporal at %s: %w", topts.HostPort, err)
 	}
 	defer c.Close()
+	tc.Store(&c)
 	acfg.Temporal = c
 	acts := activities.New(acfg)
 	defer activities.Shutdown(context.Background(), acts)
@@ -292,7 +313,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 			return fmt.Errorf("start worker: %w", err)
 		}
 	}
-	log.Info("raksha-worker running", "roles", cfg.Roles, "host", cfg.Host, "temporal", cfg.Temporal.Address)
+	log.Info("raksha-worker running", "roles", cfg.Roles, "host", cfg.Host, "temporal", topts.HostPort, "namespace", topts.Namespace)
 	<-ctx.Done()
 	log.Info("stopping: draining running activities")
 	for _, w := range workers {
@@ -317,49 +338,7 @@ func startWatchdog(ctx context.Context, log *slog.Logger, cfg *Config, acfg *act
 	if err != nil {
 		return err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("watchdog: %w", err)
-	}
 	acfg.Freezes = dir
-	args := []string{"watchdog", "--dir", dir.Path(), "--parent", strconv.Itoa(os.Getpid())}
-	go watchdog.Supervise(ctx, log, func() (*exec.Cmd, error) { return watchdog.Start(exe, args...) })
+	go watchdog.Supervise(ctx, log, func() (*exec.Cmd, error) { return watchdog.StartFor(dir.Path()) })
 	return nil
-}
-
-// runWatchdog is "raksha-worker watchdog": the process a host worker
-// starts to serve its freeze records (package watchdog), logging to
-// --log (default DIR/watchdog.log).
-func runWatchdog(args []string) error {
-	fs := flag.NewFlagSet("raksha-worker watchdog", flag.ContinueOnError)
-	dir := fs.String("dir", "", "directory of freeze records")
-	parent := fs.Int("parent", 0, "pid of the host worker; the watchdog runs while it lives or records remain")
-	logFile := fs.String("log", "", "log file (default DIR/watchdog.log)")
-	margin := fs.Duration("margin", watchdog.DefaultMargin, "how long after a freeze's deadline the watchdog thaws")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *dir == "" {
-		return errors.New("watchdog: --dir is required")
-	}
-	if *logFile == "" {
-		*logFile = filepath.Join(*dir, "watchdog.log")
-	}
-	if err := os.MkdirAll(*dir, 0o700); err != nil {
-		return fmt.Errorf("watchdog: %w", err)
-	}
-	lf, err := os.OpenFile(*logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("watchdog: log: %w", err)
-	}
-	defer lf.Close()
-	log := slog.New(slog.NewTextHandler(lf, &slog.HandlerOptions{Level: slog.LevelInfo})).With("role", "watchdog")
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
-	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
-	err = watchdog.Run(ctx, watchdog.Options{Dir: *dir, ParentPID: *parent, Margin: *margin, Log: log})
-	if err != nil {
-		log.Error("watchdog failed", "err", err)
-	}
-	return err
 }

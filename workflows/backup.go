@@ -211,6 +211,14 @@ func copyOpts(ctx workflow.Context, d activities.Disk, host string, heartbeat ti
 // failure and cancellation, through a disconnected context); a failed backup
 // commits nothing and leaves the previous checkpoints usable.
 func WorkloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, error) {
+	start := workflow.Now(ctx)
+	res, err := workloadBackup(ctx, req)
+	recordDuration(ctx, MetricBackupDuration, start, err, map[string]string{"workload": req.Workload, "repository": req.Repository})
+	return res, err
+}
+
+// workloadBackup is WorkloadBackup's run, which that times.
+func workloadBackup(ctx workflow.Context, req BackupRequest) (*BackupResult, error) {
 	log := workflow.GetLogger(ctx)
 	isolated := workflow.GetVersion(ctx, tenantIsolationChange, workflow.DefaultVersion, 1) >= 1
 	if err := validate(req); err != nil {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
@@ -33,6 +34,8 @@ type CopyBatch struct {
 	// HeartbeatTimeout is BackupRequest.CopyHeartbeatTimeout.
 	HeartbeatTimeout time.Duration `json:"heartbeat_timeout,omitempty"`
 	VMs              []BatchVM     `json:"vms"`
+	// Workload is the backup's workload, a label of the copies' metrics.
+	Workload string `json:"workload,omitempty"`
 }
 
 // BatchVM is one VM with disks in a CopyBatch: the VM with all its disks
@@ -62,6 +65,9 @@ type copyJob struct {
 	key  string
 	host string
 	in   activities.CopyInput
+	// workload labels the copy's metrics ("" in batches of histories
+	// from before CopyBatch.Workload).
+	workload string
 }
 
 func (j copyJob) name() string { return j.in.VM + "/" + j.in.Disk.Name }
@@ -91,9 +97,18 @@ func runCopies(ctx workflow.Context, jobs []copyJob, heartbeat time.Duration, do
 	}
 	left, failed := len(copies), false
 	sel := workflow.NewSelector(ctx)
+	requested := workflow.Now(ctx)
+	var permitWait client.MetricsTimer
+	if len(jobs) > 0 {
+		permitWait = workflow.GetMetricsHandler(ctx).WithTags(map[string]string{"workload": jobs[0].workload,
+			"repository": jobs[0].in.Repository}).Timer(MetricCopyPermitWait)
+	}
 	permits := RequestPermits(ctx, CopySemaphoreID, DefaultCopyPermits, keys...)
 	permits.Watch(ctx, sel, func(key string, err error) {
 		p := byKey[key]
+		if err == nil && !failed {
+			permitWait.Record(workflow.Now(ctx).Sub(requested))
+		}
 		switch {
 		case err != nil:
 			p.err = fmt.Errorf("copy %s: waiting for a copy permit: %w", p.job.name(), err)
@@ -146,7 +161,7 @@ func backupJobs(req BackupRequest, backupID string, vms []activities.VM, st *run
 	var jobs []copyJob
 	for _, vm := range vms {
 		for _, d := range vm.Disks {
-			jobs = append(jobs, copyJob{key: backupID + "/" + vm.Name + "/" + d.Name, host: vm.Host, in: activities.CopyInput{
+			jobs = append(jobs, copyJob{key: backupID + "/" + vm.Name + "/" + d.Name, host: vm.Host, workload: req.Workload, in: activities.CopyInput{
 				Repository: req.Repository, BackupID: backupID, VM: vm.Name, Instance: vm.Instance, Disk: d,
 				Checkpoint: st.checkpointed[vm.Instance], VMDisks: vm.Disks}})
 		}
@@ -163,7 +178,7 @@ func batches(req BackupRequest, backupID string, vms []activities.VM, st *runSta
 	for _, vm := range vms {
 		for _, d := range vm.Disks {
 			if cur == nil || n == size {
-				out = append(out, CopyBatch{Repository: req.Repository, BackupID: backupID, HeartbeatTimeout: req.CopyHeartbeatTimeout})
+				out = append(out, CopyBatch{Repository: req.Repository, BackupID: backupID, HeartbeatTimeout: req.CopyHeartbeatTimeout, Workload: req.Workload})
 				cur, n = &out[len(out)-1], 0
 			}
 			if len(cur.VMs) == 0 || cur.VMs[len(cur.VMs)-1].VM.Instance != vm.Instance {
@@ -194,7 +209,7 @@ func (b CopyBatch) jobs() ([]copyJob, error) {
 			if disk == nil {
 				return nil, fmt.Errorf("copy batch %d: VM %s has no disk %s", b.Batch, bv.VM.Name, name)
 			}
-			jobs = append(jobs, copyJob{key: b.BackupID + "/" + bv.VM.Name + "/" + name, host: bv.VM.Host, in: activities.CopyInput{
+			jobs = append(jobs, copyJob{key: b.BackupID + "/" + bv.VM.Name + "/" + name, host: bv.VM.Host, workload: b.Workload, in: activities.CopyInput{
 				Repository: b.Repository, BackupID: b.BackupID, VM: bv.VM.Name, Instance: bv.VM.Instance, Disk: *disk,
 				Checkpoint: bv.Checkpoint, VMDisks: bv.VM.Disks}})
 		}

@@ -193,6 +193,14 @@ func Restore(ctx workflow.Context, req RestoreRequest) (*RestoreResult, error) {
 	if req.Operation == "" {
 		req.Operation = "restore"
 	}
+	start := workflow.Now(ctx)
+	res, err := restore(ctx, req)
+	recordDuration(ctx, MetricRestoreDuration, start, err, map[string]string{"operation": req.Operation, "repository": req.Repository})
+	return res, err
+}
+
+// restore is Restore's run, which that times.
+func restore(ctx workflow.Context, req RestoreRequest) (*RestoreResult, error) {
 	isolated := workflow.GetVersion(ctx, tenantIsolationChange, workflow.DefaultVersion, 1) >= 1
 	if err := restoreValidate(req); err != nil {
 		return nil, temporal.NewNonRetryableApplicationError(err.Error(), activities.ErrInvalid, nil)

@@ -74,18 +74,18 @@ func (r *Repository) loadPartial(ctx context.Context, m *DiskManifest) (*partial
 	var p partialManifest
 	if err := r.loadJSON(ctx, partialName(m.ID), "partial:"+m.ID, &p); err != nil {
 		if !backend.IsNotFound(err) {
-			r.log.Warn("saved position of an earlier copy unreadable; starting over", "disk", m.ID, "err", err)
+			r.log.WarnContext(ctx, "saved position of an earlier copy unreadable; starting over", "disk", m.ID, "err", err)
 		}
 		return nil, nil
 	}
 	if !p.matches(m) {
-		r.log.Warn("saved position of an earlier copy is of another source or base; starting over", "disk", m.ID)
+		r.log.WarnContext(ctx, "saved position of an earlier copy is of another source or base; starting over", "disk", m.ID)
 		return nil, nil
 	}
 	want := int(p.Next - int64(p.Pages)*PageEntries)
 	ids, err := decodePage(p.Current, want)
 	if err != nil {
-		r.log.Warn("saved position of an earlier copy is damaged; starting over", "disk", m.ID, "err", err)
+		r.log.WarnContext(ctx, "saved position of an earlier copy is damaged; starting over", "disk", m.ID, "err", err)
 		return nil, nil
 	}
 	return &p, ids
@@ -163,7 +163,7 @@ func (s *Session) BackupDisk(ctx context.Context, vm, diskName string, src disk.
 	}
 	if o.Resumable {
 		if err := s.r.be.Delete(ctx, partialName(diskID)); err != nil && !backend.IsNotFound(err) {
-			s.r.log.Warn("could not remove the saved position of a finished copy", "disk", diskID, "err", err)
+			s.r.log.WarnContext(ctx, "could not remove the saved position of a finished copy", "disk", diskID, "err", err)
 		}
 	}
 	s.mu.Lock()
@@ -180,11 +180,11 @@ func (r *Repository) resolveBase(ctx context.Context, baseID string, size int64)
 	}
 	base, err := r.LoadManifest(ctx, baseID)
 	if err != nil {
-		r.log.Warn("base manifest unusable, reading the whole disk", "base", baseID, "err", err)
+		r.log.WarnContext(ctx, "base manifest unusable, reading the whole disk", "base", baseID, "err", err)
 		return nil
 	}
 	if base.ChunkSize != r.cfg.ChunkSize {
-		r.log.Warn("base manifest has another chunk size, reading the whole disk", "base", baseID,
+		r.log.WarnContext(ctx, "base manifest has another chunk size, reading the whole disk", "base", baseID,
 			"base_chunk_size", base.ChunkSize, "chunk_size", r.cfg.ChunkSize)
 		return nil
 	}
@@ -215,7 +215,7 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 			changed = disk.NewCursor(norm)
 		}
 	} else if o.ChangedKnown {
-		r.log.Info("changed extents given but no usable base: reading the whole disk", "disk", diskID)
+		r.log.InfoContext(ctx, "changed extents given but no usable base: reading the whole disk", "disk", diskID)
 	}
 	start := int64(0)
 	var resumed *partialManifest
@@ -225,7 +225,7 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 		if resumed != nil {
 			start = resumed.Next
 			m.Stats = resumed.Stats
-			r.log.Info("resuming an interrupted copy", "disk", diskID, "chunk", start, "of", nchunks)
+			r.log.InfoContext(ctx, "resuming an interrupted copy", "disk", diskID, "chunk", start, "of", nchunks)
 			if o.OnResume != nil {
 				o.OnResume(min(start*cs, size))
 			}

@@ -173,7 +173,7 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 	}
 	if !o.DryRun {
 		for _, n := range dead {
-			r.log.Warn("gc: removing a dead backup session", "marker", n)
+			r.log.WarnContext(ctx, "gc: removing a dead backup session", "marker", n)
 			if err := r.be.Delete(ctx, n); err != nil && !backend.IsNotFound(err) {
 				return st, fmt.Errorf("gc: %w", err)
 			}

@@ -91,7 +91,7 @@ func (r *Repository) acquireGCLease(ctx context.Context, ttl, settle time.Durati
 		stop: make(chan struct{}), done: make(chan struct{})}
 	if err := l.checkOthers(ctx, settle); err != nil {
 		if derr := r.be.Delete(context.WithoutCancel(ctx), name); derr != nil && !backend.IsNotFound(derr) {
-			r.log.Warn("gc lease: could not remove the lease of a run that did not start", "lease", name, "err", derr)
+			r.log.WarnContext(ctx, "gc lease: could not remove the lease of a run that did not start", "lease", name, "err", derr)
 		}
 		return nil, err
 	}
@@ -146,7 +146,7 @@ func (l *gcLease) checkOthers(ctx context.Context, settle time.Duration) error {
 		return fmt.Errorf("%w: %s", ErrGCRunning, strings.Join(holders, "; "))
 	}
 	for _, in := range stale {
-		l.r.log.Warn("gc lease: removing the stale lease of a run that stopped without releasing it",
+		l.r.log.WarnContext(ctx, "gc lease: removing the stale lease of a run that stopped without releasing it",
 			"lease", l.r.describeLease(ctx, in), "age", own.ModTime.Sub(in.ModTime).Round(time.Second))
 		if err := l.r.be.Delete(ctx, in.Name); err != nil && !backend.IsNotFound(err) {
 			return fmt.Errorf("gc lease: remove stale %s: %w", in.Name, err)
@@ -186,7 +186,7 @@ func (l *gcLease) refresher() {
 			l.lastRefresh = start
 		} else {
 			l.refreshErr = err
-			l.r.log.Warn("gc lease: refresh failed", "lease", l.name, "err", err)
+			l.r.log.WarnContext(ctx, "gc lease: refresh failed", "lease", l.name, "err", err)
 		}
 		l.mu.Unlock()
 	}
@@ -208,6 +208,6 @@ func (l *gcLease) release(ctx context.Context) {
 	close(l.stop)
 	<-l.done
 	if err := l.r.be.Delete(context.WithoutCancel(ctx), l.name); err != nil && !backend.IsNotFound(err) {
-		l.r.log.Warn("gc lease: could not remove the lease; the next gc waits for it to go stale", "lease", l.name, "err", err)
+		l.r.log.WarnContext(ctx, "gc lease: could not remove the lease; the next gc waits for it to go stale", "lease", l.name, "err", err)
 	}
 }

@@ -251,7 +251,7 @@ func Open(ctx context.Context, be backend.Backend, password string, opts Options
 		if err != nil {
 			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
 		}
-		opts.Log.Debug("master key unwrapped", "took", time.Since(kdfStart).Round(10*time.Microsecond))
+		opts.Log.DebugContext(ctx, "master key unwrapped", "took", time.Since(kdfStart).Round(10*time.Microsecond))
 	}
 	r, err := newRepository(be, cfg, mk, c, opts)
 	if err != nil {
@@ -272,7 +272,7 @@ func (r *Repository) checkSealedConfig(ctx context.Context) error {
 	var sealed Config
 	err := r.loadJSON(ctx, sealedConfigName, sealedConfigName, &sealed)
 	if errors.Is(err, backend.ErrNotFound) {
-		r.log.Info("sealing the repository config (a repository from before sealed configs)", "repository", r.be.Location())
+		r.log.InfoContext(ctx, "sealing the repository config (a repository from before sealed configs)", "repository", r.be.Location())
 		return r.saveJSON(ctx, sealedConfigName, sealedConfigName, r.cfg)
 	}
 	if err != nil {

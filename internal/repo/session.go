@@ -116,7 +116,7 @@ func (r *Repository) StartBackup(ctx context.Context, spec BackupSpec) (*Session
 // best effort (gc removes a marker older than MaxSessionAge anyway).
 func (r *Repository) dropMarker(ctx context.Context, id string) {
 	if err := r.be.Delete(context.WithoutCancel(ctx), "sessions/"+id); err != nil && !backend.IsNotFound(err) {
-		r.log.Warn("start backup: could not remove the session marker of the failed start", "backup", id, "err", err)
+		r.log.WarnContext(ctx, "start backup: could not remove the session marker of the failed start", "backup", id, "err", err)
 	}
 }
 
@@ -209,7 +209,7 @@ func (s *Session) Commit(ctx context.Context) (*Backup, error) {
 	if err := backend.Flush(ctx, r.be); err != nil {
 		return nil, fmt.Errorf("commit %s: %w", s.id, err)
 	}
-	r.log.Debug("commit: chunks and manifests flushed", "backup", s.id, "took", time.Since(flushStart).Round(10*time.Microsecond))
+	r.log.DebugContext(ctx, "commit: chunks and manifests flushed", "backup", s.id, "took", time.Since(flushStart).Round(10*time.Microsecond))
 	in, err := r.be.Stat(ctx, "sessions/"+s.id)
 	if backend.IsNotFound(err) || (err == nil && time.Since(in.ModTime) > r.opts.MaxSessionAge) {
 		return nil, fmt.Errorf("commit %s: %w (marker gone or older than %v)", s.id, ErrSessionExpired, r.opts.MaxSessionAge)
@@ -231,14 +231,14 @@ func (s *Session) Commit(ctx context.Context) (*Backup, error) {
 	if err := backend.Flush(ctx, r.be); err != nil {
 		return nil, fmt.Errorf("commit %s: %w", s.id, err)
 	}
-	r.log.Debug("commit: backup record written and flushed", "backup", s.id, "took", time.Since(flushStart).Round(10*time.Microsecond))
+	r.log.DebugContext(ctx, "commit: backup record written and flushed", "backup", s.id, "took", time.Since(flushStart).Round(10*time.Microsecond))
 	s.finished = true
 	if _, err := r.rescueFromTrash(ctx, s.disks); err != nil {
 		// gc rescues referenced chunks too; this is a warning, not a failure.
-		r.log.Warn("commit: could not check the trash for chunks of the new backup", "backup", s.id, "err", err)
+		r.log.WarnContext(ctx, "commit: could not check the trash for chunks of the new backup", "backup", s.id, "err", err)
 	}
 	if err := r.be.Delete(ctx, "sessions/"+s.id); err != nil && !backend.IsNotFound(err) {
-		r.log.Warn("commit: could not remove the session marker", "backup", s.id, "err", err)
+		r.log.WarnContext(ctx, "commit: could not remove the session marker", "backup", s.id, "err", err)
 	}
 	return b, nil
 }
@@ -317,7 +317,7 @@ func (r *Repository) restoreFromTrash(ctx context.Context, id ChunkID, removeTra
 		if err := backend.Copy(ctx, r.be, trashName(id), chunkName(id)); err != nil {
 			return fmt.Errorf("rescue chunk %s from trash: %w", id, err)
 		}
-		r.log.Info("chunk rescued from trash", "chunk", id.String())
+		r.log.InfoContext(ctx, "chunk rescued from trash", "chunk", id.String())
 	} else if err != nil {
 		return fmt.Errorf("rescue chunk %s from trash: %w", id, err)
 	}

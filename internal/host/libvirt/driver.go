@@ -175,7 +175,7 @@ func (d *Driver) Begin(ctx context.Context, req host.Request) (string, error) {
 		return "", fmt.Errorf("checkpoint %s: %w", req.Instance, err)
 	}
 	for _, m := range b.Modes {
-		d.log.Info("libvirt disk read", "instance", req.Instance, "target", m.Target, "mode", m.Mode, "reason", m.Reason)
+		d.log.InfoContext(ctx, "libvirt disk read", "instance", req.Instance, "target", m.Target, "mode", m.Mode, "reason", m.Reason)
 	}
 	d.jobs.Set(req, newDriverJob(b, targets))
 	return b.Checkpoint.Name, nil
@@ -236,7 +236,7 @@ func (d *Driver) find(ctx context.Context, req host.Request) (*driverJob, error)
 		}
 		targets[dk.Ref] = dd.Target
 	}
-	d.log.Info("found the libvirt backup job of an earlier worker", "instance", req.Instance, "backup", req.BackupID)
+	d.log.InfoContext(ctx, "found the libvirt backup job of an earlier worker", "instance", req.Instance, "backup", req.BackupID)
 	return d.jobs.Add(req, newDriverJob(b, targets)), nil
 }
 
@@ -283,7 +283,7 @@ func (d *Driver) Open(ctx context.Context, req host.Request, ref string) (*host.
 func (d *Driver) End(ctx context.Context, req host.Request, how host.Ending) error {
 	j, err := d.find(ctx, req)
 	if err != nil {
-		d.log.Info("no libvirt job to finish (none was begun, or it is done)", "instance", req.Instance, "err", err)
+		d.log.InfoContext(ctx, "no libvirt job to finish (none was begun, or it is done)", "instance", req.Instance, "err", err)
 		return nil
 	}
 	j.mu.Lock()

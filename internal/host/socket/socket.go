@@ -202,7 +202,7 @@ func (d *Driver) find(ctx context.Context, req host.Request) (*job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s for backup %s: %v", host.ErrNoJob, req.Instance, req.BackupID, err)
 	}
-	d.log.Info("found the checkpoint of an earlier worker in QEMU", "instance", req.Instance, "backup", req.BackupID)
+	d.log.InfoContext(ctx, "found the checkpoint of an earlier worker in QEMU", "instance", req.Instance, "backup", req.BackupID)
 	return d.jobs.Add(req, &job{b: b, bitmap: BitmapName(req.BackupID), sources: map[string]*qemu.Source{}}), nil
 }
 
@@ -255,7 +255,7 @@ func (d *Driver) Open(ctx context.Context, req host.Request, ref string) (*host.
 func (d *Driver) End(ctx context.Context, req host.Request, how host.Ending) error {
 	j, ferr := d.find(ctx, req)
 	if ferr != nil {
-		d.log.Info("no checkpoint to finish (none was made, or it is gone)", "instance", req.Instance, "err", ferr)
+		d.log.InfoContext(ctx, "no checkpoint to finish (none was made, or it is gone)", "instance", req.Instance, "err", ferr)
 		j = nil
 	}
 	if j != nil {
@@ -291,7 +291,7 @@ func (d *Driver) End(ctx context.Context, req host.Request, how host.Ending) err
 			return err
 		}
 		if len(removed) > 0 {
-			d.log.Info("released older bitmaps", "instance", req.Instance, "node", dk.Ref, "removed", removed)
+			d.log.InfoContext(ctx, "released older bitmaps", "instance", req.Instance, "node", dk.Ref, "removed", removed)
 		}
 	}
 	return nil

@@ -179,14 +179,20 @@ func StartConfig(ctx context.Context, cfg vm.Config) (*vm.VM, func() error, erro
 	return v, stop, nil
 }
 
+// MaxGuests is the number of machine-wide guest slots:
+// RAKSHA_TEST_MAX_GUESTS, else DefaultMaxGuests.
+func MaxGuests() int {
+	if v, err := strconv.Atoi(os.Getenv("RAKSHA_TEST_MAX_GUESTS")); err == nil && v > 0 {
+		return v
+	}
+	return DefaultMaxGuests
+}
+
 // AcquireSlot takes one of the machine-wide guest slots (shared by every
 // test process, QEMU and libvirt guests alike), waiting for one until ctx
 // ends.
 func AcquireSlot(ctx context.Context) (release func(), err error) {
-	max := DefaultMaxGuests
-	if v, err := strconv.Atoi(os.Getenv("RAKSHA_TEST_MAX_GUESTS")); err == nil && v > 0 {
-		max = v
-	}
+	max := MaxGuests()
 	dir := filepath.Join(os.TempDir(), "raksha-vm-slots")
 	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return nil, fmt.Errorf("guest slot: %w", err)

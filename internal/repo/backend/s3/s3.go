@@ -4,8 +4,9 @@
 // Object name N is stored under the key PREFIX/N (N alone when the prefix is
 // empty). Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and
 // AWS_SECRET_ACCESS_KEY, AWS_PROFILE and the shared config and credentials
-// files, web identity, container and instance roles) unless Config names a
-// provider. A PUT is atomic in S3, so Save needs no temporary object.
+// files, ~/.aws/config and ~/.aws/credentials or AWS_CONFIG_FILE and
+// AWS_SHARED_CREDENTIALS_FILE, web identity, container and instance roles)
+// unless Config names a provider. A PUT is atomic in S3, so Save needs no temporary object.
 //
 // The SDK's own retries are switched off: the retry wrapper
 // (backend/retry) retries what classify marks as transient, and only that.
