@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -30,9 +29,7 @@ import (
 // and --metrics-address moved to a free loopback port: the machine is
 // shared). It must answer /healthz with 200, serve /metrics, poll
 // raksha-data in the namespace the service names, and stop cleanly on
-// SIGTERM. While metrics_address is still pending (pendingWorker), the only
-// thing checked is that the worker refuses the configuration for that
-// reason and no other.
+// SIGTERM.
 func TestDeployComposeDataWorkerRuns(t *testing.T) {
 	r := repoRoot(t)
 	temporalBin := filepath.Join(r, "bin", "temporal")
@@ -61,18 +58,13 @@ func TestDeployComposeDataWorkerRuns(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	pending := pendingWorker["metrics_address"]
-	temporalAddr := "127.0.0.1:1" // never dialled: the worker refuses its configuration first
-	var srv *testsuite.DevServer
-	if !pending {
-		srv, err = testsuite.StartDevServer(ctx, testsuite.DevServerOptions{ExistingPath: temporalBin, LogLevel: "error",
-			ClientOptions: &client.Options{Namespace: svc.Environment["TEMPORAL_NAMESPACE"]}})
-		if err != nil {
-			t.Fatalf("start the Temporal dev server: %v", err)
-		}
-		defer srv.Stop()
-		temporalAddr = srv.FrontendHostPort()
+	srv, err := testsuite.StartDevServer(ctx, testsuite.DevServerOptions{ExistingPath: temporalBin, LogLevel: "error",
+		ClientOptions: &client.Options{Namespace: svc.Environment["TEMPORAL_NAMESPACE"]}})
+	if err != nil {
+		t.Fatalf("start the Temporal dev server: %v", err)
 	}
+	defer srv.Stop()
+	temporalAddr := srv.FrontendHostPort()
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -93,10 +85,7 @@ func TestDeployComposeDataWorkerRuns(t *testing.T) {
 		}
 		env = append(env, k+"="+v)
 	}
-	args := append([]string{}, svc.Command...)
-	if !pending {
-		args = append(args, "--metrics-address="+metricsAddr)
-	}
+	args := append(append([]string{}, svc.Command...), "--metrics-address="+metricsAddr)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
 	var logs bytes.Buffer
@@ -113,27 +102,6 @@ func TestDeployComposeDataWorkerRuns(t *testing.T) {
 			<-exited
 		}
 	}()
-
-	if pending {
-		select {
-		case err := <-exited:
-			stopped = true
-			out := logs.String()
-			unknown := regexp.MustCompile(`field (\w+) not found in type main\.Config`).FindAllStringSubmatch(out, -1)
-			if err == nil || len(unknown) == 0 {
-				t.Fatalf("raksha-worker without metrics support: want its configuration refused for unknown keys, got %v\n%s", err, out)
-			}
-			for _, m := range unknown {
-				if !pendingWorker[m[1]] {
-					t.Errorf("raksha-worker refuses key %s of %s, which is not pending", m[1], cfgHost)
-				}
-			}
-			t.Logf("PENDING: this raksha-worker refuses the data service's configuration for pending keys only (the observability change of issue #17): %s", lastLine(out))
-		case <-time.After(30 * time.Second):
-			t.Fatalf("raksha-worker without metrics support did not refuse the configuration\n%s", logs.String())
-		}
-		return
-	}
 
 	// /healthz: 200 once the worker's Temporal client answers.
 	deadline := time.Now().Add(60 * time.Second)
@@ -193,11 +161,6 @@ func get(t *testing.T, url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	return resp.StatusCode, string(b)
-}
-
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
 }
 
 func svcLogFormat(t *testing.T, path string) string {

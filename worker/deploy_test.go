@@ -21,20 +21,6 @@ import (
 	"github.com/raksha-backup/raksha/internal/cloud"
 )
 
-// pendingWorker are names docker-compose.yml, deploy/worker.yaml and the
-// systemd examples use that raksha-worker gains in the parallel
-// observability change of issue #17: the metrics_address and log_format
-// keys (/metrics and /healthz, JSON logs) and the SDK's standard
-// TEMPORAL_ADDRESS and TEMPORAL_NAMESPACE. Until then this test holds them
-// aside (and says so); once the worker knows one, the test fails until it
-// is removed from here, so that everything is checked strictly again.
-var pendingWorker = map[string]bool{
-	"metrics_address":    true,
-	"log_format":         true,
-	"TEMPORAL_ADDRESS":   true,
-	"TEMPORAL_NAMESPACE": true,
-}
-
 func repoRoot(t *testing.T) string {
 	t.Helper()
 	r, err := deploy.Root()
@@ -140,20 +126,8 @@ func loadWorkerConfig(t *testing.T, path string) (Config, map[string]string) {
 			values[k] = s
 		}
 	}
-	for k := range pendingWorker {
-		if _, ok := raw[k]; ok {
-			if _, ok := values[k]; !ok {
-				t.Fatalf("%s: %s: want a string, have %v", path, k, raw[k])
-			}
-			delete(raw, k)
-		}
-	}
-	rest, err := yaml.Marshal(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var cfg Config
-	dec := yaml.NewDecoder(bytes.NewReader(rest))
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil {
 		t.Fatalf("%s does not decode into raksha-worker's Config: %v", path, err)
@@ -162,27 +136,6 @@ func loadWorkerConfig(t *testing.T, path string) (Config, map[string]string) {
 		t.Errorf("%s: log_format %q: json or text", path, v)
 	}
 	return cfg, values
-}
-
-// TestDeployPendingWorkerSettings fails once raksha-worker knows a name of
-// pendingWorker: then remove it there, and the other tests check it too.
-func TestDeployPendingWorkerSettings(t *testing.T) {
-	env := workerEnv(t)
-	for k := range pendingWorker {
-		var known bool
-		if strings.ToUpper(k) == k {
-			known = env[k]
-		} else {
-			dec := yaml.NewDecoder(strings.NewReader(k + ": x\n"))
-			dec.KnownFields(true)
-			known = dec.Decode(&Config{}) == nil
-		}
-		if known {
-			t.Errorf("raksha-worker now reads %s: remove it from pendingWorker (worker/deploy_test.go)", k)
-		} else {
-			t.Logf("PENDING: %s is used by the deployment files but not read by this raksha-worker yet (the observability change of issue #17)", k)
-		}
-	}
 }
 
 // TestDeployComposeAgreesWithWorker: the control and data services of
@@ -215,7 +168,7 @@ func TestDeployComposeAgreesWithWorker(t *testing.T) {
 				t.Fatalf("command %v: %v", s.Command, err)
 			}
 			for k := range s.Environment {
-				if !env[k] && !pendingWorker[k] {
+				if !env[k] {
 					t.Errorf("environment %s: raksha-worker does not read it", k)
 				}
 			}
@@ -347,7 +300,7 @@ func TestDeploySystemdAgreesWithWorker(t *testing.T) {
 				t.Errorf("%s: metrics_address %q: %v", name, values["metrics_address"], err)
 			}
 			for k := range u.Environment() {
-				if !env[k] && !pendingWorker[k] {
+				if !env[k] {
 					t.Errorf("Environment=%s: raksha-worker does not read it", k)
 				}
 			}
