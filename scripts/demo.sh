@@ -73,6 +73,8 @@ temporal: {address: "127.0.0.1:$TPORT", namespace: default}
 work_dir: $W/work
 repositories:
   main: {url: "file://$W/repo", password_file: "$W/repo.pw"}
+# Restores write image files only here: the lab's instance directories and volumes.
+write_roots: ["$W/lab/hosts", "$W/lab/volumes"]
 YAML
 if [ "$COMPUTE" = libvirt ]; then
 	# As on a Nova compute node: the host worker reaches the guests through
