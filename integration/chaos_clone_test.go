@@ -60,11 +60,7 @@ func TestChaosTemporalServerKilledDuringCloneHooks(t *testing.T) {
 		}
 		waitRestorePhase(t, c, wr, "post-restore hooks")
 		time.Sleep(chaos.Jitter(rng, 0, 3*time.Second))
-		srv.kill()
-		down := chaos.Jitter(rng, time.Second, 4*time.Second)
-		time.Sleep(down)
-		srv.start()
-		restarted := time.Now()
+		down, restarted := srv.bounce(chaos.Jitter(rng, time.Second, 4*time.Second))
 		var res workflows.RestoreResult
 		gctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		err = c.GetWorkflow(gctx, wr.GetID(), wr.GetRunID()).Get(gctx, &res)

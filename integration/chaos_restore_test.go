@@ -282,11 +282,7 @@ func TestChaosTemporalServerKilledDuringRestoreWrite(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		time.Sleep(chaos.Jitter(rng, 100*time.Millisecond, 600*time.Millisecond))
-		srv.kill()
-		down := chaos.Jitter(rng, time.Second, 4*time.Second)
-		time.Sleep(down)
-		srv.start()
-		restarted := time.Now()
+		down, restarted := srv.bounce(chaos.Jitter(rng, time.Second, 4*time.Second))
 		var res activities.WriteDiskResult
 		gctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		err = c.GetWorkflow(gctx, run.GetID(), run.GetRunID()).Get(gctx, &res)

@@ -99,6 +99,17 @@ func (s *killableServer) start() {
 	}
 }
 
+// bounce SIGKILLs the server, keeps it down for down, and starts it again
+// on the same database file; it returns down and when the server answered
+// again.
+func (s *killableServer) bounce(down time.Duration) (time.Duration, time.Time) {
+	s.t.Helper()
+	s.kill()
+	time.Sleep(down)
+	s.start()
+	return down, time.Now()
+}
+
 // kill SIGKILLs the server (its whole process group).
 func (s *killableServer) kill() {
 	if s.cmd != nil && s.cmd.ProcessState == nil {
@@ -138,11 +149,7 @@ func TestChaosTemporalServerKilled(t *testing.T) {
 		target := phases[rng.IntN(len(phases))]
 		wr := startBackupUntil(t, c, req, target, "")
 		time.Sleep(chaos.Jitter(rng, 0, 300*time.Millisecond))
-		srv.kill()
-		down := chaos.Jitter(rng, time.Second, 4*time.Second)
-		time.Sleep(down)
-		srv.start()
-		restarted := time.Now()
+		down, restarted := srv.bounce(chaos.Jitter(rng, time.Second, 4*time.Second))
 		var res workflows.BackupResult
 		gctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		err := c.GetWorkflow(gctx, wr.GetID(), wr.GetRunID()).Get(gctx, &res)
@@ -354,10 +361,7 @@ func TestChaosActivityCompletionLostWithServer(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		time.Sleep(chaos.Jitter(rng, 200*time.Millisecond, step-500*time.Millisecond))
-		srv.kill()
-		time.Sleep(chaos.Jitter(rng, 65*time.Second, 70*time.Second))
-		srv.start()
-		restarted := time.Now()
+		_, restarted := srv.bounce(chaos.Jitter(rng, 65*time.Second, 70*time.Second))
 		gctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 		defer cancel()
 		var out string

@@ -27,11 +27,13 @@ import (
 
 // Files of a running lab in its directory.
 const (
-	labPIDFile    = "lab.pid"
-	labURLFile    = "lab.url"
-	labReadyFile  = "lab.ready"
-	labLogFile    = "lab.log"
-	labCloudsFile = "clouds.yaml"
+	labPIDFile   = "lab.pid"
+	labURLFile   = "lab.url"
+	labReadyFile = "lab.ready"
+	labLogFile   = "lab.log"
+	// labComputeFile says how the lab runs its servers (lab up --compute).
+	labComputeFile = "lab.compute"
+	labCloudsFile  = "clouds.yaml"
 	// Cloud names in the lab's clouds.yaml.
 	labAdminCloud = demo.AdminCloud
 	labDemoCloud  = demo.DemoCloud
@@ -250,11 +252,18 @@ func (a *app) printLabStatus(dir string) error {
 	if len(servers) == 0 {
 		return nil
 	}
+	compute := "qemu"
+	if b, err := os.ReadFile(filepath.Join(dir, labComputeFile)); err == nil {
+		compute = strings.TrimSpace(string(b))
+	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROJECT\tSERVER\tSTATUS\tHOST\tINSTANCE\tQEMU\tVOLUMES\tID")
 	for _, s := range servers {
 		proc := "stopped"
-		if sockAlive(filepath.Join(lab.InstanceDir(dir, s.InstanceRef), "qmp.sock")) {
+		switch {
+		case compute == "libvirt":
+			proc = "libvirt" // a domain of the system libvirtd: virsh domstate
+		case sockAlive(filepath.Join(lab.InstanceDir(dir, s.InstanceRef), "qmp.sock")):
 			proc = "running"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Project, s.Name, s.Status, s.Host, s.InstanceRef.Name, proc, len(s.Volumes), s.ID)
@@ -373,6 +382,9 @@ func (a *app) serveLab(ctx context.Context, dir, addr string, accel vm.Accel, co
 	defer closeCompute()
 	defer comp.StopAll(context.WithoutCancel(ctx))
 	lopts.Dir, lopts.Addr, lopts.Compute, lopts.FormatDisks, lopts.Log = dir, addr, comp, true, log
+	if err := os.WriteFile(filepath.Join(dir, labComputeFile), []byte(compute+"\n"), 0o600); err != nil {
+		return fmt.Errorf("lab serve: %w", err)
+	}
 	l, err := lab.Start(ctx, lopts)
 	if err != nil {
 		return fmt.Errorf("lab serve: %w", err)
