@@ -123,8 +123,9 @@ func (s *Server) startRestore(w http.ResponseWriter, r *http.Request, id *Identi
 	wid := workflows.RestoreWorkflowID(bk.ID, randomSuffix())
 	memo := apiMemo{StartedBy: id.UserID, Repository: repoID, BackupID: bk.ID, SourceProjectID: source}
 	_, err = s.cfg.Temporal.ExecuteWorkflow(r.Context(), client.StartWorkflowOptions{ID: wid, TaskQueue: activities.ControlQueue,
-		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
-		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		WorkflowIDReusePolicy:                    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
 		TypedSearchAttributes: temporal.NewSearchAttributes(workflows.SAOperation.ValueSet("restore"),
 			workflows.SAProject.ValueSet(owner), workflows.SAWorkload.ValueSet(bk.Labels["workload"])),
 		Memo: map[string]any{memoKey: memo},

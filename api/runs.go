@@ -81,7 +81,7 @@ func keyword(sa *commonpb.SearchAttributes, name string) string {
 
 func infoOfExecution(e *workflowpb.WorkflowExecutionInfo) runInfo {
 	ri := runInfo{WorkflowID: e.GetExecution().GetWorkflowId(),
-		Status:  strings.TrimPrefix(e.GetStatus().String(), "WORKFLOW_EXECUTION_STATUS_"),
+		Status:  strings.TrimPrefix(enumspb.WorkflowExecutionStatus_name[int32(e.GetStatus())], "WORKFLOW_EXECUTION_STATUS_"),
 		Running: e.GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING,
 		Started: e.GetStartTime().AsTime(),
 		Project: keyword(e.GetSearchAttributes(), "RakshaProject"), Operation: keyword(e.GetSearchAttributes(), "RakshaOperation"),
@@ -236,6 +236,9 @@ func (s *Server) startBackup(w http.ResponseWriter, r *http.Request, id *Identit
 		ID: wid, TaskQueue: activities.ControlQueue,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+		// Without it the SDK answers a running backup's run as if it had
+		// started this one.
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
 		TypedSearchAttributes: temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet(b.Workload),
 			workflows.SAOperation.ValueSet("backup"), workflows.SAProject.ValueSet(id.ProjectID)),
 		Memo: map[string]any{memoKey: apiMemo{StartedBy: id.UserID, Repository: repoID}},
