@@ -43,7 +43,7 @@ func msgPolicy(action string) string { return "Policy doesn't allow " + action +
 // log.
 func TestTenantAPI(t *testing.T) {
 	tc := startTemporal(t)
-	e := newEnv(t, lab.Options{}, tc, api.Config{})
+	e := newEnv(t, lab.Options{}, tc, api.Config{}, nil)
 	alpha, beta := e.projects["alpha"], e.projects["beta"]
 	aliceTok := e.token(t, alice, "alpha")
 	bobTok := e.token(t, bob, "beta")

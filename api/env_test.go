@@ -144,9 +144,10 @@ const (
 
 const repoID = "main"
 
-// newEnv starts everything; opts change the server's Config (Identity,
-// Temporal, Repos and Log are set here).
-func newEnv(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Config) *env {
+// newEnv starts everything; cfg is the server's Config but for Identity
+// (the lab's Keystone, through wrap when it is not nil), Temporal (tc),
+// Repos and Log, which are set here.
+func newEnv(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Config, wrap func(api.IdentityService) api.IdentityService) *env {
 	t.Helper()
 	l := labtest.StartWith(t, labOpts)
 	e := &env{lab: l, temporal: tc, log: &syncBuffer{}, projects: map[string]string{}, backups: map[string][]string{}}
@@ -194,6 +195,9 @@ func newEnv(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Config)
 		repoID: {URL: "file://" + filepath.Join(dir, "repo"), PasswordFile: pwFile}}, nil)
 	cfg.Identity = api.NewKeystone(api.ServiceCredentials{AuthURL: l.AuthURL(), Username: lab.AdminUser,
 		Password: labtest.AdminPassword, ProjectName: lab.AdminProject}, nil)
+	if wrap != nil {
+		cfg.Identity = wrap(cfg.Identity)
+	}
 	cfg.AuthURL = l.AuthURL()
 	cfg.Temporal = tc
 	cfg.Repos = reg

@@ -189,7 +189,24 @@ func checkAll(es []expr, rules map[string]expr, path []string) error {
 // such as project_id:%(project_id)s: the API checks projects itself). An
 // empty rule is @, as in oslo.policy.
 func parseRule(s string) (expr, error) {
-	toks := strings.Fields(strings.NewReplacer("(", " ( ", ")", " ) ").Replace(s))
+	// As oslo.policy does: words split on spaces, a word's leading "(" and
+	// trailing ")" are tokens of their own.
+	var toks []string
+	for _, w := range strings.Fields(s) {
+		for strings.HasPrefix(w, "(") {
+			toks, w = append(toks, "("), w[1:]
+		}
+		closing := 0
+		for strings.HasSuffix(w, ")") {
+			closing, w = closing+1, w[:len(w)-1]
+		}
+		if w != "" {
+			toks = append(toks, w)
+		}
+		for range closing {
+			toks = append(toks, ")")
+		}
+	}
 	if len(toks) == 0 {
 		return constExpr(true), nil
 	}
