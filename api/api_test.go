@@ -254,6 +254,73 @@ func TestTenantAPI(t *testing.T) {
 		wantError(t, "a restore id as a backup run", st, body, 404, "Backup run restore~x could not be found.")
 	})
 
+	t.Run("clones", func(t *testing.T) {
+		type cloneOut struct {
+			Clone api.CloneView `json:"clone"`
+		}
+		clone := func(tok string, fields map[string]any) (int, []byte, api.CloneView) {
+			var out cloneOut
+			st, body := e.call(t, tok, "POST", "/v1/clones", map[string]any{"clone": fields}, &out)
+			return st, body, out.Clone
+		}
+		st, body, _ := clone(aliceTok, map[string]any{"backup_id": betaB[0], "name": "a1"})
+		wantError(t, "alice clones beta's backup", st, body, 404, "Backup "+betaB[0]+" could not be found.")
+		st, body, _ = clone(aliceTok, map[string]any{"backup_id": alphaB[0], "project_id": beta, "name": "a2"})
+		wantError(t, "alice clones into beta", st, body, 403, msgPolicy("clone:start"))
+		st, body, _ = clone(ritaTok, map[string]any{"backup_id": alphaB[0], "name": "a3"})
+		wantError(t, "the reader clones", st, body, 403, msgPolicy("clone:start"))
+		st, body = e.call(t, carolAlpha, "POST", "/v1/clones", `{"clone": {"backup_id": "`+alphaB[0]+`", "project_id": "`+beta+`", "health_check": {"path": "/bin/true"}}}`, nil)
+		wantError(t, "a tenant's health check", st, body, 400, `Malformed request body: json: unknown field "health_check"`)
+		// A member of both projects clones alpha's production into beta.
+		st, body, c := clone(carolAlpha, map[string]any{"backup_id": alphaB[0], "project_id": beta, "name": "staging-1"})
+		if st != 202 || c.ID != "clone~staging-1" || c.ProjectID != beta || c.SourceProjectID != alpha || c.Name != "staging-1" {
+			t.Fatalf("carol clones alpha into beta: %d %s", st, body)
+		}
+		st, body, _ = clone(carolBeta, map[string]any{"backup_id": alphaB[1], "project_id": beta, "name": "staging-1"})
+		wantError(t, "a second clone of the name", st, body, 409, "A clone named staging-1 exists already.")
+		var l struct {
+			Clones []api.CloneView `json:"clones"`
+		}
+		waitFor(t, "beta's clones listed", func() bool {
+			st, _ := e.call(t, bobTok, "GET", "/v1/clones", nil, &l)
+			return st == 200 && len(l.Clones) == 1 && l.Clones[0].ID == c.ID
+		})
+		if st, _ := e.call(t, aliceTok, "GET", "/v1/clones", nil, &l); st != 200 || len(l.Clones) != 0 {
+			t.Errorf("alice lists alpha's clones: %d %+v", st, l.Clones)
+		}
+		st, body = e.call(t, aliceTok, "GET", "/v1/clones/"+c.ID, nil, nil)
+		wantError(t, "alice shows the clone in beta", st, body, 404, "Clone "+c.ID+" could not be found.")
+		st, body = e.call(t, aliceTok, "DELETE", "/v1/clones/"+c.ID, nil, nil)
+		wantError(t, "alice deletes the clone in beta", st, body, 404, "Clone "+c.ID+" could not be found.")
+		var one cloneOut
+		if st, body := e.call(t, bobTok, "GET", "/v1/clones/"+c.ID, nil, &one); st != 200 || one.Clone.Progress == nil || one.Clone.Progress.Phase != "planning" {
+			t.Errorf("bob shows the clone in his project: %d %s", st, body)
+		}
+		st, body = e.call(t, bobTok, "DELETE", "/v1/clones/"+c.ID, nil, nil)
+		wantError(t, "delete a clone being made", st, body, 409, "Clone "+c.ID+" is still being made.")
+		if st, body := e.call(t, bobTok, "POST", "/v1/clones/"+c.ID+"/cancel", nil, nil); st != 202 {
+			t.Fatalf("bob cancels the clone: %d %s", st, body)
+		}
+		waitFor(t, "the clone cancelled", func() bool {
+			st, _ := e.call(t, bobTok, "GET", "/v1/clones/"+c.ID, nil, &one)
+			return st == 200 && one.Clone.Status == "CANCELED"
+		})
+		var del struct {
+			Delete api.CloneDeleteView `json:"clone_delete"`
+		}
+		if st, body := e.call(t, bobTok, "DELETE", "/v1/clones/"+c.ID, nil, &del); st != 202 || del.Delete.ProjectID != beta ||
+			!strings.HasPrefix(del.Delete.ID, "clone-delete~staging-1~") {
+			t.Fatalf("bob deletes the clone: %d %s", st, body)
+		}
+		d, err := e.temporal.DescribeWorkflowExecution(t.Context(), strings.ReplaceAll(del.Delete.ID, "~", "/"), "")
+		if err != nil || d.GetWorkflowExecutionInfo().GetType().GetName() != "CloneDelete" {
+			t.Errorf("the CloneDelete run: %v %v", err, d)
+		}
+		if err := e.temporal.CancelWorkflow(t.Context(), strings.ReplaceAll(del.Delete.ID, "~", "/"), ""); err != nil {
+			t.Error(err)
+		}
+	})
+
 	t.Run("no token in the log", func(t *testing.T) { e.checkLogs(t) })
 }
 

@@ -78,6 +78,8 @@ func startTemporal(t *testing.T) client.Client {
 	w := worker.New(srv.Client(), activities.ControlQueue, worker.Options{})
 	w.RegisterWorkflow(workflows.WorkloadBackup)
 	w.RegisterWorkflow(workflows.Restore)
+	w.RegisterWorkflow(workflows.Clone)
+	w.RegisterWorkflow(workflows.CloneDelete)
 	w.RegisterWorkflow(workflows.Semaphore)
 	if err := w.Start(); err != nil {
 		t.Fatal(err)

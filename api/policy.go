@@ -27,6 +27,8 @@ const (
 	ActionRestoreCancel = "restore:cancel"
 	ActionCloneStart    = "clone:start"
 	ActionCloneList     = "clone:list"
+	ActionCloneShow     = "clone:show"
+	ActionCloneCancel   = "clone:cancel"
 	ActionCloneDelete   = "clone:delete"
 	// RuleAdmin is the rule that lets a caller act in any project with
 	// its token's roles (oslo.policy's context_is_admin).
@@ -52,6 +54,8 @@ func DefaultRules() map[string]string {
 		ActionRestoreCancel: "rule:project_member",
 		ActionCloneStart:    "rule:project_member",
 		ActionCloneList:     "rule:project_reader",
+		ActionCloneShow:     "rule:project_reader",
+		ActionCloneCancel:   "rule:project_member",
 		ActionCloneDelete:   "rule:project_member",
 	}
 }

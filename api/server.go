@@ -142,6 +142,11 @@ func (s *Server) routes() []route {
 		h("POST", "/v1/restores", s.startRestore),
 		h("GET", "/v1/restores/{id}", s.showRestore),
 		h("POST", "/v1/restores/{id}/cancel", s.cancelRestore),
+		h("GET", "/v1/clones", s.listClones),
+		h("POST", "/v1/clones", s.startClone),
+		h("GET", "/v1/clones/{id}", s.showClone),
+		h("DELETE", "/v1/clones/{id}", s.deleteClone),
+		h("POST", "/v1/clones/{id}/cancel", s.cancelClone),
 	}
 }
 
