@@ -322,6 +322,7 @@ func TestTenantAPI(t *testing.T) {
 	})
 
 	t.Run("no token in the log", func(t *testing.T) { e.checkLogs(t) })
+	t.Run("no token in any workflow history", func(t *testing.T) { e.checkHistories(t) })
 }
 
 // waitFor polls cond for up to 30 s.

@@ -17,10 +17,14 @@ import (
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/api"
@@ -316,5 +320,53 @@ func (e *env) checkLogs(t *testing.T) {
 		if strings.Contains(logs, tok) || strings.Contains(logs, tok[:16]) {
 			t.Errorf("a token is in the server's log")
 		}
+	}
+}
+
+// checkHistories fails the test if a token made by it is in any workflow
+// history of the dev server (inputs, memos, search attributes, results).
+func (e *env) checkHistories(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	resp, err := e.temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetExecutions()) < 3 {
+		t.Fatalf("only %d workflows to check", len(resp.GetExecutions()))
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var every bytes.Buffer
+	for _, ex := range resp.GetExecutions() {
+		it := e.temporal.GetWorkflowHistory(ctx, ex.GetExecution().GetWorkflowId(), ex.GetExecution().GetRunId(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		var all bytes.Buffer
+		for it.HasNext() {
+			ev, err := it.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The binary form: payloads' bytes as they are (protojson
+			// would show them in base64).
+			data, err := proto.Marshal(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all.Write(data)
+		}
+		if all.Len() == 0 {
+			t.Fatalf("workflow %s: empty history", ex.GetExecution().GetWorkflowId())
+		}
+		every.Write(all.Bytes())
+		for _, tok := range e.tokens {
+			if strings.Contains(all.String(), tok) {
+				t.Errorf("a token is in the history of workflow %s", ex.GetExecution().GetWorkflowId())
+			}
+		}
+	}
+	// The check can see into payloads: the backup ids of the requests are
+	// there.
+	if !strings.Contains(every.String(), `"backup_id":"`+e.backups["alpha"][0]+`"`) {
+		t.Error("the histories do not show the requests' backup ids: the check sees nothing")
 	}
 }

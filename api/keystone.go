@@ -183,10 +183,10 @@ func (k *Keystone) do(ctx context.Context, path string, hdr http.Header) (*http.
 }
 
 // ValidateToken asks Keystone what the token is (GET /v3/auth/tokens with
-// the token in X-Subject-Token). An unknown, expired or revoked token is
+// the token in X-Subject-Token, without the catalog). An unknown, expired or revoked token is
 // ErrInvalidToken; an unscoped one is an Identity without a project.
 func (k *Keystone) ValidateToken(ctx context.Context, token string) (*Identity, error) {
-	resp, err := k.do(ctx, "/auth/tokens", http.Header{"X-Subject-Token": {token}})
+	resp, err := k.do(ctx, "/auth/tokens?nocatalog", http.Header{"X-Subject-Token": {token}})
 	if err != nil {
 		return nil, fmt.Errorf("validate token: %w", err)
 	}

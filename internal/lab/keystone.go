@@ -267,6 +267,9 @@ func (l *Lab) checkToken(w http.ResponseWriter, r *http.Request, c *call) error 
 	l.mu.Lock()
 	body := l.tokenBodyLocked(t)
 	l.mu.Unlock()
+	if r.URL.Query().Has("nocatalog") {
+		delete(body, "catalog")
+	}
 	w.Header().Set("X-Subject-Token", t.ID)
 	if r.Method == http.MethodHead {
 		w.WriteHeader(http.StatusOK)
