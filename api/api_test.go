@@ -76,6 +76,10 @@ func TestTenantAPI(t *testing.T) {
 		if st, _ := e.call(t, aliceTok, "GET", "/v1/openapi.json", nil, nil); st != 200 {
 			t.Errorf("openapi.json: %d", st)
 		}
+		st, body = e.call(t, aliceTok, "DELETE", "/v1/backups", nil, nil)
+		wantError(t, "a method a path does not take", st, body, 405, "The method DELETE is not allowed on /v1/backups.")
+		st, body = e.call(t, aliceTok, "GET", "/v2/backups", nil, nil)
+		wantError(t, "an unknown path", st, body, 404, "The resource could not be found.")
 	})
 
 	t.Run("list and show are per project", func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/client"
@@ -92,12 +93,22 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.policy = p
 	}
+	allow := map[string][]string{}
 	for _, rt := range s.routes() {
 		h := rt.handler
 		if !rt.public {
 			h = s.authenticated(h)
 		}
 		s.mux.Handle(rt.method+" "+rt.path, h)
+		allow[rt.path] = append(allow[rt.path], rt.method)
+	}
+	// A known path with another method: 405 with Allow, in the API's
+	// error body.
+	for path, methods := range allow {
+		s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", strings.Join(methods, ", "))
+			writeError(w, errorf(http.StatusMethodNotAllowed, "The method %s is not allowed on %s.", r.Method, path))
+		})
 	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, "The resource could not be found."))
