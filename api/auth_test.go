@@ -166,3 +166,25 @@ func TestOpenAPIDocument(t *testing.T) {
 		t.Errorf("the document's operations:\n%s\nthe routes:\n%s", strings.Join(inDoc, "\n"), strings.Join(inCode, "\n"))
 	}
 }
+
+// TestKeystoneFailures: when the API's own Keystone credentials are wrong
+// the caller gets 503 (not 401: its token may be good), and the log names
+// the cause without the token or the password.
+func TestKeystoneFailures(t *testing.T) {
+	var l *lab.Lab
+	wrap := func(api.IdentityService) api.IdentityService {
+		return api.NewKeystone(api.ServiceCredentials{AuthURL: l.AuthURL(), Username: lab.AdminUser,
+			Password: "wrong-service-password", ProjectName: lab.AdminProject}, nil)
+	}
+	e := newEnvWith(t, lab.Options{}, lazyTemporal(t), api.Config{}, wrap, func(lb *lab.Lab) { l = lb })
+	st, body := e.call(t, e.token(t, alice, "alpha"), "GET", "/v1/backups", nil, nil)
+	wantError(t, "wrong service credentials", st, body, 503, "The identity service cannot validate the token now; try again later.")
+	logs := e.log.String()
+	if !strings.Contains(logs, "keystone: service authentication of admin: 401 Unauthorized") {
+		t.Errorf("the log does not name the cause: %s", logs)
+	}
+	if strings.Contains(logs, "wrong-service-password") {
+		t.Error("the service password is in the log")
+	}
+	e.checkLogs(t)
+}

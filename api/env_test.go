@@ -155,7 +155,17 @@ const repoID = "main"
 // Repos and Log, which are set here.
 func newEnv(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Config, wrap func(api.IdentityService) api.IdentityService) *env {
 	t.Helper()
+	return newEnvWith(t, labOpts, tc, cfg, wrap, nil)
+}
+
+// newEnvWith is newEnv that hands the lab to started before the server is
+// made.
+func newEnvWith(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Config, wrap func(api.IdentityService) api.IdentityService, started func(*lab.Lab)) *env {
+	t.Helper()
 	l := labtest.StartWith(t, labOpts)
+	if started != nil {
+		started(l)
+	}
 	e := &env{lab: l, temporal: tc, log: &syncBuffer{}, projects: map[string]string{}, backups: map[string][]string{}}
 	for _, p := range []string{"alpha", "beta"} {
 		id, err := l.EnsureProject(p)

@@ -193,7 +193,10 @@ func (k *Keystone) ValidateToken(ctx context.Context, token string) (*Identity, 
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
-	case http.StatusNotFound, http.StatusUnauthorized:
+	case http.StatusNotFound:
+		// Keystone's answer for an unknown, expired or revoked subject
+		// token. A 401 or 403 is about the service's own token or rights:
+		// an error, not the caller's fault.
 		return nil, ErrInvalidToken
 	default:
 		return nil, fmt.Errorf("validate token: keystone answered %s", resp.Status)
