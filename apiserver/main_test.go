@@ -11,13 +11,17 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
+	"slices"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/testsuite"
+	"gopkg.in/yaml.v3"
 
 	"github.com/raksha-backup/raksha/internal/lab"
 	"github.com/raksha-backup/raksha/internal/lab/labtest"
@@ -130,5 +134,56 @@ log_format: json
 			t.Fatalf("raksha-api does not answer: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestConfigInREADME: the README's example api.yaml names every key of
+// Config (and keystone's), and nothing raksha-api does not read; it loads.
+func TestConfigInREADME(t *testing.T) {
+	_, src, _, _ := runtime.Caller(0)
+	data, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(src)), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(data), "```yaml\n# api.yaml\n")
+	if !ok {
+		t.Fatal("README.md has no ```yaml block starting with # api.yaml")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	var doc map[string]any
+	if err := yaml.Unmarshal([]byte(block), &doc); err != nil {
+		t.Fatal(err)
+	}
+	var inREADME []string
+	for k, v := range doc {
+		inREADME = append(inREADME, k)
+		if k == "keystone" {
+			for kk := range v.(map[string]any) {
+				inREADME = append(inREADME, k+"."+kk)
+			}
+		}
+	}
+	var inCode []string
+	for _, f := range reflect.VisibleFields(reflect.TypeFor[Config]()) {
+		k, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		inCode = append(inCode, k)
+		if k == "keystone" {
+			for _, ff := range reflect.VisibleFields(f.Type) {
+				kk, _, _ := strings.Cut(ff.Tag.Get("yaml"), ",")
+				inCode = append(inCode, k+"."+kk)
+			}
+		}
+	}
+	sort.Strings(inREADME)
+	sort.Strings(inCode)
+	if !slices.Equal(inREADME, inCode) {
+		t.Errorf("README's api.yaml keys:\n%v\nConfig's:\n%v", inREADME, inCode)
+	}
+	path := filepath.Join(t.TempDir(), "api.yaml")
+	if err := os.WriteFile(path, []byte(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadConfig(path); err != nil {
+		t.Errorf("the README's example does not load: %v", err)
 	}
 }
