@@ -9,6 +9,7 @@ import (
 
 	"github.com/raksha-backup/raksha/api"
 	"github.com/raksha-backup/raksha/internal/lab"
+	"github.com/raksha-backup/raksha/workflows"
 )
 
 type backupList struct {
@@ -224,6 +225,9 @@ func TestTenantAPI(t *testing.T) {
 	})
 
 	t.Run("backups start and cancel", func(t *testing.T) {
+		// The run's API id is its workflow id with "~" for "/"; the
+		// engine's helper makes the workflow id.
+		runID := strings.ReplaceAll(workflows.BackupWorkflowID("web"), "/", "~")
 		var out struct {
 			Run api.BackupRunView `json:"backup_run"`
 		}
@@ -236,22 +240,22 @@ func TestTenantAPI(t *testing.T) {
 		st, body = e.call(t, aliceTok, "POST", "/v1/backups", map[string]any{"backup": map[string]any{"workload": "../web"}}, nil)
 		wantError(t, "a bad workload name", st, body, 400, `Invalid workload "../web": want 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit.`)
 		if st, body := e.call(t, aliceTok, "POST", "/v1/backups", map[string]any{"backup": map[string]any{"workload": "web", "consistency": "crash"}}, &out); st != 202 ||
-			out.Run.ID != "backup~web" || out.Run.ProjectID != alpha {
+			out.Run.ID != runID || out.Run.ProjectID != alpha {
 			t.Fatalf("alice starts a backup: %d %s", st, body)
 		}
 		st, body = e.call(t, aliceTok, "POST", "/v1/backups", map[string]any{"backup": map[string]any{"workload": "web"}}, nil)
 		wantError(t, "a second backup of the workload", st, body, 409, "A backup of workload web is already running.")
-		st, body = e.call(t, bobTok, "GET", "/v1/backup-runs/backup~web", nil, nil)
-		wantError(t, "bob shows alice's backup run", st, body, 404, "Backup run backup~web could not be found.")
-		st, body = e.call(t, bobTok, "POST", "/v1/backup-runs/backup~web/cancel", nil, nil)
-		wantError(t, "bob cancels alice's backup run", st, body, 404, "Backup run backup~web could not be found.")
-		st, body = e.call(t, ritaTok, "POST", "/v1/backup-runs/backup~web/cancel", nil, nil)
+		st, body = e.call(t, bobTok, "GET", "/v1/backup-runs/"+runID, nil, nil)
+		wantError(t, "bob shows alice's backup run", st, body, 404, "Backup run "+runID+" could not be found.")
+		st, body = e.call(t, bobTok, "POST", "/v1/backup-runs/"+runID+"/cancel", nil, nil)
+		wantError(t, "bob cancels alice's backup run", st, body, 404, "Backup run "+runID+" could not be found.")
+		st, body = e.call(t, ritaTok, "POST", "/v1/backup-runs/"+runID+"/cancel", nil, nil)
 		wantError(t, "the reader cancels a backup", st, body, 403, msgPolicy("backup:cancel"))
 		waitFor(t, "alice's backup run shows its progress", func() bool {
-			st, _ := e.call(t, ritaTok, "GET", "/v1/backup-runs/backup~web", nil, &out)
+			st, _ := e.call(t, ritaTok, "GET", "/v1/backup-runs/"+runID, nil, &out)
 			return st == 200 && out.Run.Status == "RUNNING" && out.Run.Progress != nil && out.Run.Progress.Phase != ""
 		})
-		if st, body := e.call(t, aliceTok, "POST", "/v1/backup-runs/backup~web/cancel", nil, &out); st != 202 || out.Run.Status != "CANCEL_REQUESTED" {
+		if st, body := e.call(t, aliceTok, "POST", "/v1/backup-runs/"+runID+"/cancel", nil, &out); st != 202 || out.Run.Status != "CANCEL_REQUESTED" {
 			t.Fatalf("alice cancels her backup: %d %s", st, body)
 		}
 		st, body = e.call(t, aliceTok, "GET", "/v1/backup-runs/restore~x", nil, nil)
