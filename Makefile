@@ -50,6 +50,7 @@ all: build
 build:
 	$(GO) build $(CEPH_TAGS) -o $(BIN)/raksha ./starter
 	$(GO) build $(CEPH_TAGS) -o $(BIN)/raksha-worker ./worker
+	$(GO) build -o $(BIN)/raksha-api ./apiserver
 
 # The file-restore appliance (kernel + initramfs) for 'raksha restore files';
 # prints dir=DIR for --appliance or RAKSHA_APPLIANCE.

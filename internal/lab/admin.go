@@ -172,11 +172,12 @@ func hexID() string {
 }
 
 // EnsureUser creates or updates a user with the password and gives it role
-// ("admin" or "member") on the named project, which must exist. The password
-// is kept only as a salted hash.
+// ("admin", "member" or "reader") on the named project, which must exist.
+// A new user's default project is that project. The password is kept only
+// as a salted hash.
 func (l *Lab) EnsureUser(name, password, projectName, role string) (string, error) {
-	if role != "admin" && role != "member" {
-		return "", fmt.Errorf("ensure user %s: role %q: want admin or member", name, role)
+	if role != "admin" && role != "member" && role != "reader" {
+		return "", fmt.Errorf("ensure user %s: role %q: want admin, member or reader", name, role)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -203,6 +204,34 @@ func (l *Lab) EnsureUser(name, password, projectName, role string) (string, erro
 	u.PasswordHash = hashPassword(u.Salt, password)
 	u.Roles[p.ID] = role
 	return u.ID, l.saveLocked()
+}
+
+// SetDefaultProject sets a user's default project (by name; "" clears it),
+// as PATCH /v3/users/{id} with default_project_id does. A user without one
+// gets an unscoped token when it asks for no scope.
+func (l *Lab) SetDefaultProject(userName, projectName string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var u *user
+	for _, cand := range l.st.Users {
+		if cand.Name == userName {
+			u = cand
+		}
+	}
+	if u == nil {
+		return fmt.Errorf("set default project of %s: no such user", userName)
+	}
+	if projectName == "" {
+		u.DefaultProject = ""
+		return l.saveLocked()
+	}
+	for _, p := range l.st.Projects {
+		if p.Name == projectName {
+			u.DefaultProject = p.ID
+			return l.saveLocked()
+		}
+	}
+	return fmt.Errorf("set default project of %s: no project %q", userName, projectName)
 }
 
 // SetQuota sets a project's quota; zero fields keep their current value.

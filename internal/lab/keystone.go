@@ -40,6 +40,7 @@ func (l *Lab) keystoneRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /identity/v3/users", l.handler(keystoneSvc, l.listUsers))
 	mux.HandleFunc("GET /identity/v3/users/{id}", l.handler(keystoneSvc, l.getUser))
 	mux.HandleFunc("GET /identity/v3/roles", l.handler(keystoneSvc, l.listRoles))
+	mux.HandleFunc("GET /identity/v3/role_assignments", l.handler(keystoneSvc, l.listRoleAssignments))
 }
 
 func (l *Lab) keystoneVersion() map[string]any {
@@ -181,8 +182,11 @@ func (l *Lab) pruneTokensLocked() {
 // rolesFor expands a role as Keystone's implied roles do: admin implies
 // member implies reader.
 func rolesFor(role string) []string {
-	if role == "admin" {
+	switch role {
+	case "admin":
 		return []string{"admin", "member", "reader"}
+	case "reader":
+		return []string{"reader"}
 	}
 	return []string{"member", "reader"}
 }
@@ -263,6 +267,9 @@ func (l *Lab) checkToken(w http.ResponseWriter, r *http.Request, c *call) error 
 	l.mu.Lock()
 	body := l.tokenBodyLocked(t)
 	l.mu.Unlock()
+	if r.URL.Query().Has("nocatalog") {
+		delete(body, "catalog")
+	}
 	w.Header().Set("X-Subject-Token", t.ID)
 	if r.Method == http.MethodHead {
 		w.WriteHeader(http.StatusOK)
@@ -388,6 +395,68 @@ func (l *Lab) listRoles(w http.ResponseWriter, r *http.Request, c *call) error {
 		out = append(out, map[string]any{"id": roleID(n), "name": n, "domain_id": nil, "description": nil, "options": map[string]any{}})
 	}
 	l.writeJSON(w, http.StatusOK, map[string]any{"roles": out, "links": map[string]any{"self": nil, "next": nil, "previous": nil}})
+	return nil
+}
+
+// listRoleAssignments is GET /v3/role_assignments for user and project
+// assignments (the lab has no groups, domains or system scope): filters
+// user.id, scope.project.id and role.id; effective expands implied roles
+// (admin → member → reader) as Keystone does; include_names adds names.
+// Keystone's default policy lets a user list only its own assignments
+// unless it is an admin; so does the lab.
+func (l *Lab) listRoleAssignments(w http.ResponseWriter, r *http.Request, c *call) error {
+	q := r.URL.Query()
+	userID, projectID, roleFilter := q.Get("user.id"), q.Get("scope.project.id"), q.Get("role.id")
+	_, effective := q["effective"]
+	_, names := q["include_names"]
+	if !c.admin() && userID != c.tok.UserID {
+		return errForbidden("You are not authorized to perform the requested action: identity:list_role_assignments.")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := []any{}
+	users := make([]*user, 0, len(l.st.Users))
+	for _, u := range l.st.Users {
+		users = append(users, u)
+	}
+	sort.Slice(users, func(i, j int) bool { return users[i].ID < users[j].ID })
+	for _, u := range users {
+		if userID != "" && u.ID != userID {
+			continue
+		}
+		for _, p := range sortedProjects(l.st) {
+			role, ok := u.Roles[p.ID]
+			if !ok || (projectID != "" && p.ID != projectID) {
+				continue
+			}
+			roles := []string{role}
+			if effective {
+				roles = rolesFor(role)
+			}
+			for _, rn := range roles {
+				if roleFilter != "" && roleID(rn) != roleFilter {
+					continue
+				}
+				ru := map[string]any{"id": u.ID}
+				rp := map[string]any{"id": p.ID}
+				rr := map[string]any{"id": roleID(rn)}
+				if names {
+					dom := map[string]any{"id": defaultDomainID, "name": defaultDomainName}
+					ru["name"], ru["domain"] = u.Name, dom
+					rp["name"], rp["domain"] = p.Name, dom
+					rr["name"] = rn
+				}
+				a := map[string]any{"user": ru, "role": rr, "scope": map[string]any{"project": rp},
+					"links": map[string]any{"assignment": l.AuthURL() + "/projects/" + p.ID + "/users/" + u.ID + "/roles/" + roleID(rn)}}
+				if effective && rn != role {
+					a["links"].(map[string]any)["prior_role"] = l.AuthURL() + "/roles/" + roleID(role)
+				}
+				out = append(out, a)
+			}
+		}
+	}
+	l.writeJSON(w, http.StatusOK, map[string]any{"role_assignments": out,
+		"links": map[string]any{"self": l.AuthURL() + "/role_assignments", "next": nil, "previous": nil}})
 	return nil
 }
 

@@ -64,7 +64,7 @@ type user struct {
 	Salt           string            `json:"salt"`
 	PasswordHash   string            `json:"password_sha256"`
 	DefaultProject string            `json:"default_project_id,omitempty"`
-	Roles          map[string]string `json:"roles"` // project id → "admin" or "member"
+	Roles          map[string]string `json:"roles"` // project id → "admin", "member" or "reader"
 }
 
 type flavor struct {
