@@ -232,7 +232,7 @@ func TestTenantAPI(t *testing.T) {
 	t.Run("backups start and cancel", func(t *testing.T) {
 		// The run's API id is its workflow id with "~" for "/"; the
 		// engine's helper makes the workflow id.
-		runID := strings.ReplaceAll(workflows.BackupWorkflowID("web"), "/", "~")
+		runID := strings.ReplaceAll(workflows.BackupWorkflowID(alpha, "web"), "/", "~")
 		var out struct {
 			Run api.BackupRunView `json:"backup_run"`
 		}

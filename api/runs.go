@@ -231,7 +231,7 @@ func (s *Server) startBackup(w http.ResponseWriter, r *http.Request, id *Identit
 	}
 	req := workflows.BackupRequest{Workload: b.Workload, Project: id.ProjectID, Repository: repoID,
 		Selector: activities.Selector{Workload: b.Workload}, Consistency: b.Consistency, ExpireAfter: expire}
-	wid := workflows.BackupWorkflowID(b.Workload)
+	wid := workflows.BackupWorkflowID(id.ProjectID, b.Workload)
 	run, err := s.cfg.Temporal.ExecuteWorkflow(r.Context(), client.StartWorkflowOptions{
 		ID: wid, TaskQueue: activities.ControlQueue,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
