@@ -179,6 +179,11 @@ func (w *watchdog) parentAlive() bool {
 // remain.
 func (w *watchdog) sweep(ctx context.Context) int {
 	keys, err := w.dir.Keys()
+	if errors.Is(err, os.ErrNotExist) {
+		// The directory is gone (removed with its freezer's work
+		// directory): no record can be left in it.
+		return 0
+	}
 	if err != nil {
 		w.log.Error("reading the freeze records failed", "err", err)
 		return 1 // keep running: records may be there

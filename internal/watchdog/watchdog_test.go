@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -209,6 +210,36 @@ func TestRunsWhileParentLives(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitThawed(t, f, 5*time.Second)
+}
+
+// TestEndsWhenItsDirectoryIsGone: a watchdog whose directory was removed
+// (a freezer's work directory deleted, records and all) ends once its
+// parent is gone, instead of running on forever.
+func TestEndsWhenItsDirectoryIsGone(t *testing.T) {
+	_, recs, _ := deadGuest(t, time.Now().Add(time.Hour))
+	parent := exec.Command("sleep", "1")
+	if err := parent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := run(t, recs, parent.Process.Pid)
+	time.Sleep(100 * time.Millisecond)
+	if err := os.RemoveAll(recs.Path()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("watchdog ended while its parent lives: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	parent.Wait()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watchdog of a removed directory runs on 5 s after its parent ended")
+	}
 }
 
 // TestFreezeJournal: a client with a journal records its freeze before
