@@ -200,7 +200,10 @@ func (a *app) startRestore(ctx context.Context, c client.Client, id, op string, 
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: activities.ControlQueue,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-		TypedSearchAttributes:    temporal.NewSearchAttributes(workflows.SAOperation.ValueSet(op))}, wf, req)
+		TypedSearchAttributes:    temporal.NewSearchAttributes(workflows.SAOperation.ValueSet(op)),
+		// Without it the SDK answers with the running run as if this call
+		// had started it.
+		WorkflowExecutionErrorWhenAlreadyStarted: true}, wf, req)
 	if err != nil {
 		var started *serviceerror.WorkflowExecutionAlreadyStarted
 		if errors.As(err, &started) {

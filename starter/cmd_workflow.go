@@ -101,6 +101,9 @@ func (a *app) backupStartCmd() *cobra.Command {
 				WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
 				WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 				TypedSearchAttributes:    sa,
+				// Without it the SDK answers with the running backup's run
+				// as if this call had started it.
+				WorkflowExecutionErrorWhenAlreadyStarted: true,
 			}, workflows.WorkloadBackup, req)
 			if err != nil {
 				var started *serviceerror.WorkflowExecutionAlreadyStarted

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+
+	"github.com/raksha-backup/raksha/workflows"
 )
 
 // TestTemporalOptionsPrecedence: the CLI's Temporal settings come from its
@@ -95,5 +98,47 @@ func TestTemporalSetupFromEnvironment(t *testing.T) {
 				t.Errorf("temporal-setup: %v, want a failure naming %s", err, tc.fail)
 			}
 		})
+	}
+}
+
+// TestStartWhileRunningRefused: a second `raksha backup start` of a workload
+// whose backup runs, or a second `raksha clone start` of a clone name that
+// runs, is refused with a clear error (the SDK would otherwise hand back the
+// running run as if it had been started). No worker runs, so the first of
+// each stays running.
+func TestStartWhileRunningRefused(t *testing.T) {
+	bin, _ := filepath.Abs(filepath.Join("..", "bin", "temporal"))
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("the temporal CLI is missing at %s: run make test", bin)
+		}
+		t.Skipf("SKIPPED: the temporal CLI is missing at %s: run make test", bin)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := testsuite.StartDevServer(ctx, testsuite.DevServerOptions{ExistingPath: bin, LogLevel: "error",
+		ClientOptions: &client.Options{Namespace: "default"},
+		SearchAttributes: temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet(""), workflows.SAProject.ValueSet(""),
+			workflows.SAOperation.ValueSet(""), workflows.SAPolicy.ValueSet(""))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	c := &cli{t: t, env: map[string]string{"TEMPORAL_CONFIG_FILE": filepath.Join(t.TempDir(), "none")}}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"backup", "start", "--workload", "web", "--project", "p1", "--repository", "main"}, "a backup of workload web is already running (workflow backup/p1/web)"},
+		{[]string{"clone", "start", "20261207-000000-abcdef", "--name", "stg", "--repository", "main", "--to-project", "staging"}, "clone clone/stg exists already"},
+	} {
+		args := append([]string{"--temporal", srv.FrontendHostPort()}, tc.args...)
+		if _, errs, err := c.run(args...); err != nil {
+			t.Fatalf("first %v: %v\n%s", tc.args[:2], err, errs)
+		}
+		_, _, err := c.run(args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("second %v while the first runs: %v; want %q", tc.args[:2], err, tc.want)
+		}
 	}
 }
