@@ -437,16 +437,13 @@ func leftovers(t *testing.T, e *labEnv, round int) int {
 // slots (labEnvOptions.NoSlots).
 func takeAllGuestSlots(t *testing.T) {
 	t.Helper()
-	n := vmtest.MaxGuests()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	for range n {
-		release, err := vmtest.AcquireSlot(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(release)
+	release, err := vmtest.AcquireSlots(ctx, vmtest.MaxGuests())
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(release)
 }
 
 // copyCounter is a worker interceptor that counts the CopyDisk activities

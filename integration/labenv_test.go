@@ -63,9 +63,9 @@ type labEnvOptions struct {
 	RBDVolumes string
 	// TokenTTL is the lab Keystone's token lifetime (default one hour).
 	TokenTTL time.Duration
-	// NoSlots starts the lab's QEMU guests without taking the machine-wide
-	// guest slots: for a test that holds every slot itself
-	// (takeAllGuestSlots) and runs more guests than there are slots.
+	// NoSlots runs the lab without taking the machine-wide guest slots
+	// (by default it takes them all before its first guest starts): for a
+	// test that holds every slot itself (takeAllGuestSlots).
 	NoSlots bool
 	// Interceptors are added to the in-process workers (newLabEnvWith).
 	Interceptors []interceptor.WorkerInterceptor
@@ -93,24 +93,23 @@ func startLabDemoWith(t *testing.T, o labEnvOptions) *labDemo {
 	}
 	var lvc *libvirt.Conn
 	lockDir := filepath.Join(dir, "locks")
+	if !o.NoSlots {
+		// The lab's guests (its two, and those a restore, clone or drill
+		// adds) run in the machine's guest slots, all taken at once before
+		// the first guest starts: a test that took two and waited for a
+		// third could wait for ever on another process doing the same.
+		release, err := vmtest.AcquireSlots(ctx, vmtest.MaxGuests())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(release)
+	}
 	if o.Libvirt {
 		lvc = libvirttest.Conn(t)
-		// The lab's two guests run in guest slots like every test guest.
-		for range 2 {
-			release, err := vmtest.AcquireSlot(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(release)
-		}
 		comp = lab.NewLibvirtCompute(lab.LibvirtOptions{Conn: lvc, Image: img, Description: libvirttest.Owner(), LockDir: lockDir, WriterInterval: 100 * time.Millisecond, Log: quiet})
 	} else {
-		startVM := vmtest.StartConfig
-		if o.NoSlots {
-			startVM = nil // vm.Start, no slot
-		}
-		comp = lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond,
-			Log: quiet, StartVM: startVM})
+		// StartVM nil: vm.Start, no slot of its own (the lab holds them).
+		comp = lab.NewQEMUCompute(lab.QEMUOptions{LabDir: dir, Image: img, WriterInterval: 100 * time.Millisecond, Log: quiet})
 	}
 	first, labLog := 0, quiet
 	if o.Libvirt {

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,6 +187,54 @@ func MaxGuests() int {
 		return v
 	}
 	return DefaultMaxGuests
+}
+
+// AcquireSlots takes n of the machine-wide guest slots at once, all or
+// none (n is capped at MaxGuests): a test that will run several guests
+// together takes their slots before it starts any, so that two test
+// processes, each holding some slots and waiting for more, cannot wait for
+// each other for ever. It waits until ctx ends.
+func AcquireSlots(ctx context.Context, n int) (release func(), err error) {
+	max := MaxGuests()
+	n = min(n, max)
+	dir := filepath.Join(os.TempDir(), "raksha-vm-slots")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, fmt.Errorf("guest slots: %w", err)
+	}
+	releaseAll := func(held []*os.File) {
+		for _, f := range held {
+			unix.Flock(int(f.Fd()), unix.LOCK_UN)
+			f.Close()
+		}
+	}
+	for {
+		var held []*os.File
+		for i := 0; i < max && len(held) < n; i++ {
+			f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("slot%d.lock", i)), os.O_RDWR|os.O_CREATE, 0o666)
+			if err != nil {
+				releaseAll(held)
+				return nil, fmt.Errorf("guest slots: %w", err)
+			}
+			if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+				f.Close()
+				if !errors.Is(err, unix.EWOULDBLOCK) {
+					releaseAll(held)
+					return nil, fmt.Errorf("guest slots: %w", err)
+				}
+				continue
+			}
+			held = append(held, f)
+		}
+		if len(held) == n {
+			return func() { releaseAll(held) }, nil
+		}
+		releaseAll(held) // none held while waiting
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("guest slots: %d of %d not free together: %w", n, max, ctx.Err())
+		case <-time.After(200*time.Millisecond + time.Duration(rand.IntN(200))*time.Millisecond):
+		}
+	}
 }
 
 // AcquireSlot takes one of the machine-wide guest slots (shared by every
