@@ -263,6 +263,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		w.RegisterWorkflow(workflows.Clone)
 		w.RegisterWorkflow(workflows.CloneDelete)
 		w.RegisterWorkflow(workflows.RepositoryMaintenance)
+		w.RegisterWorkflow(workflows.RestoreDrill)
 		w.RegisterActivity(acts)
 		workers = append(workers, w)
 	}

@@ -22,10 +22,14 @@ var (
 	SAProject   = temporal.NewSearchAttributeKeyKeyword("RakshaProject")
 	SAOperation = temporal.NewSearchAttributeKeyKeyword("RakshaOperation")
 	SAPolicy    = temporal.NewSearchAttributeKeyKeyword("RakshaPolicy")
+	// SABackup is the backup a drill (and its clone) took.
+	SABackup = temporal.NewSearchAttributeKeyKeyword("RakshaBackup")
+	// SADrill is a drill's result: pass or fail.
+	SADrill = temporal.NewSearchAttributeKeyKeyword("RakshaDrill")
 )
 
 // SearchAttributeNames are the custom search attributes the workflows use.
-var SearchAttributeNames = []string{"RakshaWorkload", "RakshaProject", "RakshaOperation", "RakshaPolicy"}
+var SearchAttributeNames = []string{"RakshaWorkload", "RakshaProject", "RakshaOperation", "RakshaPolicy", "RakshaBackup", "RakshaDrill"}
 
 // WorkloadLockID is the semaphore (one permit) that keeps two backups of a
 // workload from running at once.

@@ -39,10 +39,12 @@ type restoreFixture struct {
 	// overrides
 	writeDisk func(activities.WriteDiskInput) (*activities.WriteDiskResult, error)
 	guestRun  func(activities.GuestRunInput) (*activities.GuestRunResult, error)
-	createIn  []activities.CreateServerInput
-	volumesIn []activities.CreateVolumeInput
-	writes    []activities.WriteDiskInput
-	writeQ    map[string]string // manifest → "stopped"/"running" state of its server when written
+	// guestAfter delays every GuestRun by this much mock-clock time.
+	guestAfter time.Duration
+	createIn   []activities.CreateServerInput
+	volumesIn  []activities.CreateVolumeInput
+	writes     []activities.WriteDiskInput
+	writeQ     map[string]string // manifest → "stopped"/"running" state of its server when written
 }
 
 func newRestoreFixture(t *testing.T) *restoreFixture {
@@ -151,10 +153,11 @@ func newRestoreFixture(t *testing.T) *restoreFixture {
 			return f.guestRun(in)
 		}
 		return &activities.GuestRunResult{ExitCode: 0, Stdout: "ok"}, nil
-	})
+	}).AfterFn(func() time.Duration { return f.guestAfter })
 	env.OnActivity(acts.FindByLabel, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.FindByLabelInput) (*activities.Resources, error) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
+		f.rec.add("find-by-label " + in.Key)
 		r := &activities.Resources{}
 		for id := range f.servers {
 			r.Servers = append(r.Servers, id)
