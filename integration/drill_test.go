@@ -15,6 +15,9 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/repo"
@@ -105,6 +108,9 @@ drill:
 		}
 		if len(st.Recent) == 1 && st.Recent[0].WorkflowID != "" {
 			run = st.Recent[0]
+			if st.Drill == nil || st.Workload != "demo" || st.Drill.DrillProject != "staging" || st.Drill.HealthCheck == nil {
+				t.Errorf("policy show of the drill policy: workload %q, drill %+v", st.Workload, st.Drill)
+			}
 			return true
 		}
 		return false
@@ -213,6 +219,33 @@ drill:
 			Query: `RakshaDrill = "fail" AND RakshaWorkload = "demo" AND ExecutionStatus = "Failed"`})
 		return err == nil && len(resp.Executions) == 1 && resp.Executions[0].Execution.RunId == wr.GetRunID()
 	})
+
+	// Both runs replay with today's code; with RAKSHA_RECORD_HISTORIES
+	// (workflows/testdata) they are kept for the replay tests.
+	for name, ex := range map[string]workflow.Execution{"drill-pass": {ID: run.WorkflowID}, "drill-fail": {ID: wr.GetID(), RunID: wr.GetRunID()}} {
+		h := history(t, c, ex.ID, ex.RunID)
+		rp := worker.NewWorkflowReplayer()
+		rp.RegisterWorkflow(workflows.RestoreDrill)
+		ex.RunID = h.Events[0].GetWorkflowExecutionStartedEventAttributes().GetOriginalExecutionRunId()
+		if err := rp.ReplayWorkflowHistoryWithOptions(nil, h, worker.ReplayWorkflowHistoryOptions{OriginalExecution: ex}); err != nil {
+			t.Errorf("%s: today's code does not replay the history it just made: %v", name, err)
+		}
+		if dir := os.Getenv("RAKSHA_RECORD_HISTORIES"); dir != "" {
+			out := filepath.Join(dir, "history-"+name+".json")
+			if _, err := os.Stat(out); err == nil {
+				t.Logf("%s exists: kept", out)
+				continue
+			}
+			b, err := protojson.MarshalOptions{Indent: "  "}.Marshal(h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(out, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: %d events, workflow id %s", out, len(h.Events), ex.ID)
+		}
+	}
 
 	// 3. raksha backup list shows the last drill.
 	bin := filepath.Join(t.TempDir(), "raksha")

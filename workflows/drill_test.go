@@ -190,6 +190,25 @@ func TestDrillCancelledTearsDownAndRecords(t *testing.T) {
 	}
 }
 
+func TestDrillTeardownLeftoversFailTheRun(t *testing.T) {
+	f := newDrillFixture(t)
+	f.stuck = map[string]bool{"new-web": true}
+	f.env.ExecuteWorkflow(RestoreDrill, drillRequest())
+	err := f.env.GetWorkflowError()
+	var ae *temporal.ApplicationError
+	if !errors.As(err, &ae) || ae.Type() != ErrLeftovers || !strings.Contains(err.Error(), "passed, but its teardown left") ||
+		!strings.Contains(err.Error(), "server new-web") {
+		t.Fatalf("error %v, want %s naming new-web", err, ErrLeftovers)
+	}
+	rec := f.record(t)
+	if rec.Result != repo.DrillPass || !strings.HasPrefix(rec.Teardown, "left: ") || !strings.Contains(rec.Teardown, "server new-web") {
+		t.Errorf("record %+v", rec)
+	}
+	if !f.servers["new-web"] || f.servers["new-db"] {
+		t.Errorf("servers after the teardown %v: want only the stuck one", f.servers)
+	}
+}
+
 func TestDrillWithoutBackupFails(t *testing.T) {
 	f := newDrillFixture(t)
 	req := drillRequest()

@@ -41,6 +41,8 @@ type restoreFixture struct {
 	guestRun  func(activities.GuestRunInput) (*activities.GuestRunResult, error)
 	// guestAfter delays every GuestRun by this much mock-clock time.
 	guestAfter time.Duration
+	// stuck servers cannot be deleted.
+	stuck map[string]bool
 	createIn   []activities.CreateServerInput
 	volumesIn  []activities.CreateVolumeInput
 	writes     []activities.WriteDiskInput
@@ -136,6 +138,9 @@ func newRestoreFixture(t *testing.T) *restoreFixture {
 	env.OnActivity(acts.DeleteRestoreServer, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ServerRef) error {
 		f.mu.Lock()
 		defer f.mu.Unlock()
+		if f.stuck[in.ServerID] {
+			return temporal.NewNonRetryableApplicationError("server "+in.ServerID+" is stuck in ERROR", "Stuck", nil)
+		}
 		delete(f.servers, in.ServerID)
 		f.rec.add("delete-server " + in.ServerID)
 		return nil
