@@ -32,6 +32,11 @@ const DrillOutputTail = 2048
 // details are the drill's record.
 const ErrDrillFailed = "DrillFailed"
 
+// DrillMetric is the counter of finished drills (tags result: pass|fail,
+// and workload), emitted through the Temporal SDK's metrics handler of the
+// worker that runs the drill.
+const DrillMetric = "raksha_drills"
+
 // DrillRequest is the input of RestoreDrill.
 type DrillRequest struct {
 	// Workload is the workload whose newest backup is drilled; Project,
@@ -89,7 +94,8 @@ func drillValidate(req DrillRequest) error {
 // clone down with CloneDelete, records the drill beside the backup in the
 // repository (repo.Drill: pass or fail, time to ready, each guest's check
 // and output tail, what teardown left) and sets the search attributes
-// RakshaDrill (pass|fail), RakshaBackup and RakshaWorkload. A failed drill
+// RakshaDrill (pass|fail), RakshaBackup and RakshaWorkload, and counts it
+// in DrillMetric by result. A failed drill
 // fails the workflow with type DrillFailed naming the guest and the check's
 // output tail, after the teardown and the record; a teardown that left
 // something fails it with type RestoreLeftovers. The backup itself is
@@ -222,6 +228,8 @@ func RestoreDrill(ctx workflow.Context, req DrillRequest) (*repo.Drill, error) {
 	recErr := workflow.ExecuteActivity(cloudOpts(dctx, 2*time.Minute, 5), a.RecordDrill,
 		activities.RecordDrillInput{Repository: req.Repository, Drill: rec}).Get(dctx, nil)
 	_ = workflow.UpsertTypedSearchAttributes(dctx, SADrill.ValueSet(rec.Result))
+	// The SDK's metrics handler (the worker's client's; silent on replay).
+	workflow.GetMetricsHandler(dctx).WithTags(map[string]string{"result": rec.Result, "workload": req.Workload}).Counter(DrillMetric).Inc(1)
 	_ = workflow.UpsertMemo(dctx, map[string]any{"drill": map[string]any{"backup_id": rec.Backup, "result": rec.Result,
 		"time_to_ready": rec.TimeToReady.String(), "error": rec.Error, "teardown": rec.Teardown}})
 	prog.Phase = "done"

@@ -3,6 +3,7 @@ package workflows
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/raksha-backup/raksha/activities"
@@ -25,10 +27,61 @@ type drillFixture struct {
 	records []repo.Drill
 	drillSA []string
 	backup  []string
+	metrics *countingMetrics
+}
+
+// countingMetrics is a metrics handler that counts DrillMetric by tags.
+type countingMetrics struct {
+	tags   map[string]string
+	mu     *sync.Mutex
+	counts map[string]int64 // "result/workload" → count
+}
+
+func newCountingMetrics() *countingMetrics {
+	return &countingMetrics{mu: &sync.Mutex{}, counts: map[string]int64{}}
+}
+
+func (m *countingMetrics) WithTags(tags map[string]string) client.MetricsHandler {
+	n := *m
+	n.tags = maps.Clone(m.tags)
+	if n.tags == nil {
+		n.tags = map[string]string{}
+	}
+	maps.Copy(n.tags, tags)
+	return &n
+}
+
+func (m *countingMetrics) Counter(name string) client.MetricsCounter {
+	if name != DrillMetric {
+		return client.MetricsNopHandler.Counter(name)
+	}
+	return counterFunc(func(d int64) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.counts[m.tags["result"]+"/"+m.tags["workload"]] += d
+	})
+}
+
+func (m *countingMetrics) Gauge(name string) client.MetricsGauge {
+	return client.MetricsNopHandler.Gauge(name)
+}
+func (m *countingMetrics) Timer(name string) client.MetricsTimer {
+	return client.MetricsNopHandler.Timer(name)
+}
+
+type counterFunc func(int64)
+
+func (f counterFunc) Inc(d int64) { f(d) }
+
+func (m *countingMetrics) count(key string) int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.counts[key]
 }
 
 func newDrillFixture(t *testing.T) *drillFixture {
-	f := &drillFixture{restoreFixture: newRestoreFixture(t)}
+	m := newCountingMetrics()
+	f := &drillFixture{restoreFixture: newRestoreFixtureWith(t, m), metrics: m}
 	acts := activities.New(activities.Config{})
 	f.env.RegisterWorkflow(RestoreDrill)
 	f.env.OnActivity(acts.FindNewestBackup, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.NewestBackupInput) (*activities.NewestBackup, error) {
@@ -114,6 +167,9 @@ func TestDrillPassesAndTearsDown(t *testing.T) {
 	if !slices.Equal(f.drillSA, []string{"pass"}) || !slices.Contains(f.backup, "b1") {
 		t.Errorf("search attributes: RakshaDrill %v, RakshaBackup %v", f.drillSA, f.backup)
 	}
+	if n, m := f.metrics.count("pass/demo"), f.metrics.count("fail/demo"); n != 1 || m != 0 {
+		t.Errorf("%s: %d pass, %d fail; want 1 pass", DrillMetric, n, m)
+	}
 }
 
 func TestDrillFailedHealthCheckTearsDownRecordsAndFails(t *testing.T) {
@@ -150,6 +206,9 @@ func TestDrillFailedHealthCheckTearsDownRecordsAndFails(t *testing.T) {
 	f.nothingLeft(t)
 	if !slices.Equal(f.drillSA, []string{"fail"}) {
 		t.Errorf("RakshaDrill %v", f.drillSA)
+	}
+	if n, m := f.metrics.count("pass/demo"), f.metrics.count("fail/demo"); n != 0 || m != 1 {
+		t.Errorf("%s: %d pass, %d fail; want 1 fail", DrillMetric, n, m)
 	}
 }
 

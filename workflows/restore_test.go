@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
@@ -42,15 +43,22 @@ type restoreFixture struct {
 	// guestAfter delays every GuestRun by this much mock-clock time.
 	guestAfter time.Duration
 	// stuck servers cannot be deleted.
-	stuck map[string]bool
-	createIn   []activities.CreateServerInput
-	volumesIn  []activities.CreateVolumeInput
-	writes     []activities.WriteDiskInput
-	writeQ     map[string]string // manifest → "stopped"/"running" state of its server when written
+	stuck     map[string]bool
+	createIn  []activities.CreateServerInput
+	volumesIn []activities.CreateVolumeInput
+	writes    []activities.WriteDiskInput
+	writeQ    map[string]string // manifest → "stopped"/"running" state of its server when written
 }
 
-func newRestoreFixture(t *testing.T) *restoreFixture {
+func newRestoreFixture(t *testing.T) *restoreFixture { return newRestoreFixtureWith(t, nil) }
+
+// newRestoreFixtureWith is newRestoreFixture whose workflows emit metrics
+// to mh (when not nil).
+func newRestoreFixtureWith(t *testing.T, mh client.MetricsHandler) *restoreFixture {
 	var s testsuite.WorkflowTestSuite
+	if mh != nil {
+		s.SetMetricsHandler(mh)
+	}
 	env := s.NewTestWorkflowEnvironment()
 	acts := activities.New(activities.Config{})
 	env.RegisterActivity(acts)
