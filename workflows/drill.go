@@ -119,11 +119,19 @@ func RestoreDrill(ctx workflow.Context, req DrillRequest) (*repo.Drill, error) {
 		_ = workflow.UpsertTypedSearchAttributes(ctx, SADrill.ValueSet(repo.DrillFail))
 		return nil, fmt.Errorf("drill of workload %s: %w", req.Workload, err)
 	}
-	short := shortID(info.WorkflowExecution.RunID)
-	clone := "drill-" + req.Workload + "-" + short
+	// The drill's id and the clone's name are fixed once, so that a reset
+	// run (another run id) replays the same child.
+	var ids struct{ Drill, Clone string }
+	if err := workflow.SideEffect(ctx, func(workflow.Context) any {
+		short := shortID(info.WorkflowExecution.RunID)
+		return struct{ Drill, Clone string }{start.UTC().Format("20060102-150405") + "-" + short, "drill-" + req.Workload + "-" + short}
+	}).Get(&ids); err != nil {
+		return nil, err
+	}
+	clone := ids.Clone
 	prog.BackupID, prog.Clone = nb.BackupID, clone
 	_ = workflow.UpsertTypedSearchAttributes(ctx, SABackup.ValueSet(nb.BackupID))
-	rec := repo.Drill{ID: start.UTC().Format("20060102-150405") + "-" + short, Backup: nb.BackupID, Workload: req.Workload,
+	rec := repo.Drill{ID: ids.Drill, Backup: nb.BackupID, Workload: req.Workload,
 		Policy: req.Policy, Project: req.DrillProject, Clone: clone, Workflow: info.WorkflowExecution.ID,
 		RunID: info.WorkflowExecution.RunID, Started: start.UTC()}
 
