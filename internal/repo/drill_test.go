@@ -69,3 +69,35 @@ func TestDrillRecords(t *testing.T) {
 		t.Fatalf("after deleting %s: %+v %v", b1.ID, last, err)
 	}
 }
+
+// TestGCRemovesOrphanDrills: the drill records of a backup whose record is
+// gone (a delete that stopped before them) are removed by gc; those of a
+// live backup stay.
+func TestGCRemovesOrphanDrills(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newLocalRepo(t)
+	im := newImage(t, 9)
+	im.create(2*testCS, map[int64][]byte{0: im.random(testCS)})
+	gone := backupFile(t, r, im.path, nil, DiskOptions{}).backup
+	live := backupFile(t, r, im.path, nil, DiskOptions{}).backup
+	for _, b := range []*Backup{gone, live} {
+		if err := r.SaveDrill(ctx, &Drill{ID: "d1", Backup: b.ID, Started: time.Now(), Result: DrillPass}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.be.Delete(ctx, backupName(gone.ID)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	st, err := r.GC(ctx, fastGC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := r.LastDrills(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.OrphanDrills != 1 || len(last) != 1 || last[live.ID] == nil {
+		t.Errorf("gc: %d orphan drills; drills left %v; want only %s's", st.OrphanDrills, last, live.ID)
+	}
+}
