@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,8 +39,17 @@ import (
 // down; its record says fail, it is found by RakshaDrill="fail", and
 // `raksha backup list --format json` shows the backup's last drill as fail.
 func TestRestoreDrillOfLabWorkload(t *testing.T) {
-	e := newLabEnv(t)
-	ctx, c := e.ctx, e.temporal
+	// The workers' client counts the drills (workflows.DrillMetric) as a
+	// worker's metrics handler would export them.
+	c, _ := startTemporal(t)
+	drillCount := &drillCounter{counts: map[string]int64{}}
+	wc, err := client.NewClientFromExisting(c, client.Options{MetricsHandler: drillCount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &labEnv{labDemo: startLabDemo(t), temporal: c}
+	startWorkers(t, wc, e.acts, activities.ControlQueue, activities.HostQueue("h1"))
+	ctx := e.ctx
 	b := e.backup()
 	t.Logf("backup %s: %d disks", b.BackupID, len(b.Disks))
 	// The drills need only the backup. The originals go, so that the
@@ -155,6 +166,9 @@ drill:
 		t.Errorf("search attribute RakshaWorkload %q", v)
 	}
 	nothingLeft("after the passing drill", rec.Clone)
+	if n := drillCount.get("pass", "demo"); n != 1 {
+		t.Errorf("%s{result=pass,workload=demo} = %d after the passing drill, want 1", workflows.DrillMetric, n)
+	}
 	if after, err := r.LoadBackup(ctx, b.BackupID); err != nil || !reflect.DeepEqual(after, before) {
 		t.Errorf("the drill changed the backup's record (%v):\n%+v\n%+v", err, before, after)
 	}
@@ -205,6 +219,9 @@ drill:
 		t.Errorf("failed drill's guests %+v", fail.Guests)
 	}
 	nothingLeft("after the failing drill", fail.Clone)
+	if p, f := drillCount.get("pass", "demo"), drillCount.get("fail", "demo"); p != 1 || f != 1 {
+		t.Errorf("%s after both drills: %d pass, %d fail; want 1 and 1", workflows.DrillMetric, p, f)
+	}
 	// Visible as a failure: the run is failed and carries RakshaDrill=fail,
 	// which the Web UI's query finds.
 	desc, err = c.DescribeWorkflow(ctx, wr.GetID(), wr.GetRunID())
@@ -268,4 +285,60 @@ drill:
 	if len(list) != 1 || list[0].ID != b.BackupID || list[0].LastDrill == nil || list[0].LastDrill.Result != "fail" || list[0].LastDrill.ID != fail.ID {
 		t.Errorf("raksha backup list: %s", out)
 	}
+}
+
+// drillCounter is a Temporal metrics handler that counts
+// workflows.DrillMetric by result and workload (every other metric is
+// dropped).
+type drillCounter struct {
+	tags   map[string]string
+	mu     sync.Mutex
+	counts map[string]int64
+	root   *drillCounter
+}
+
+func (d *drillCounter) base() *drillCounter {
+	if d.root != nil {
+		return d.root
+	}
+	return d
+}
+
+func (d *drillCounter) WithTags(tags map[string]string) client.MetricsHandler {
+	n := &drillCounter{tags: maps.Clone(d.tags), root: d.base()}
+	if n.tags == nil {
+		n.tags = map[string]string{}
+	}
+	maps.Copy(n.tags, tags)
+	return n
+}
+
+func (d *drillCounter) Counter(name string) client.MetricsCounter {
+	if name != workflows.DrillMetric {
+		return client.MetricsNopHandler.Counter(name)
+	}
+	return drillInc{d}
+}
+
+func (d *drillCounter) Gauge(name string) client.MetricsGauge {
+	return client.MetricsNopHandler.Gauge(name)
+}
+func (d *drillCounter) Timer(name string) client.MetricsTimer {
+	return client.MetricsNopHandler.Timer(name)
+}
+
+func (d *drillCounter) get(result, workload string) int64 {
+	b := d.base()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.counts[result+"/"+workload]
+}
+
+type drillInc struct{ d *drillCounter }
+
+func (i drillInc) Inc(n int64) {
+	b := i.d.base()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.counts[i.d.tags["result"]+"/"+i.d.tags["workload"]] += n
 }
