@@ -38,6 +38,7 @@ func RoleActivities(a *Activities, role string) map[string]any {
 			"ResolveProject": a.ResolveProject, "Begin": a.Begin, "Commit": a.Commit, "Abort": a.Abort, "Prune": a.Prune,
 			"PruneExpired": a.PruneExpired, "CollectGarbage": a.CollectGarbage, "VerifyRepository": a.VerifyRepository,
 			"AcquirePermits": a.AcquirePermits, "ClosedRuns": a.ClosedRuns,
+			"FindNewestBackup": a.FindNewestBackup, "RecordDrill": a.RecordDrill,
 			"PlanRestore": a.PlanRestore, "CreateRestoreVolume": a.CreateRestoreVolume, "WaitRestoreVolume": a.WaitRestoreVolume,
 			"ConnectVolume": a.ConnectVolume, "DisconnectVolume": a.DisconnectVolume,
 			"CreateRestoreServer": a.CreateRestoreServer, "WaitRestoreServer": a.WaitRestoreServer, "ServerInfo": a.ServerInfo,

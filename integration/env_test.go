@@ -50,7 +50,7 @@ func startTemporal(t *testing.T) (client.Client, string) {
 	bin := filepath.Join(repoRoot(t), "bin", "temporal")
 	require(t, "the temporal CLI", bin)
 	sa := temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet(""), workflows.SAProject.ValueSet(""),
-		workflows.SAOperation.ValueSet(""), workflows.SAPolicy.ValueSet(""))
+		workflows.SAOperation.ValueSet(""), workflows.SAPolicy.ValueSet(""), workflows.SABackup.ValueSet(""), workflows.SADrill.ValueSet(""))
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -98,6 +98,7 @@ func startWorkersWith(t *testing.T, c client.Client, acts *activities.Activities
 			w.RegisterWorkflow(workflows.Clone)
 			w.RegisterWorkflow(workflows.CloneDelete)
 			w.RegisterWorkflow(workflows.RepositoryMaintenance)
+			w.RegisterWorkflow(workflows.RestoreDrill)
 			w.RegisterWorkflow(workflows.Semaphore)
 		}
 		switch {

@@ -33,6 +33,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(base + "retention:\n  expire_after: 400d\n  last: 3\n"))
 	f.Add([]byte(base + "hooks:\n  pre: &h\n    - path: /bin/a\n      args: [x]\n  post: *h\n"))
 	f.Add([]byte("name: [unclosed\n"))
+	f.Add([]byte(drillBase + "  networks: {a: b}\n  vms: [x]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ps, err := Parse("p.yaml", data)
 		if err != nil {
@@ -77,6 +78,15 @@ func checkPolicy(t *testing.T, p *Policy) {
 	case KindBackup:
 		if p.Name == "" || p.Repository == "" || p.Workload == "" {
 			t.Fatalf("accepted a policy without name, repository or workload: %+v", p)
+		}
+	case KindDrill:
+		dr := p.Drill
+		if p.Name == "" || p.Repository == "" || p.Workload == "" || dr == nil || dr.Project == "" || !strings.HasPrefix(dr.HealthCheck.Path, "/") ||
+			dr.Project == p.Project || dr.Timeout < time.Minute {
+			t.Fatalf("accepted a drill policy without name, repository, workload, drill project, health check or timeout, or into its own project: %+v", p)
+		}
+		if req := p.DrillRequest(); req.HealthCheck == nil || req.DrillProject != dr.Project {
+			t.Fatalf("drill request %+v of policy %+v", req, p)
 		}
 	default:
 		t.Fatalf("accepted a policy of kind %q", p.Kind)

@@ -511,8 +511,10 @@ func (d *decoder) policy(doc *yaml.Node) *Policy {
 	}
 	var paused bool
 	present := d.mapping(root, "", fields{
-		"kind":        func(n *yaml.Node, f string) { d.oneOf(n, f, []string{KindBackup, KindMaintenance}, &p.Kind) },
+		"kind":        func(n *yaml.Node, f string) { d.oneOf(n, f, []string{KindBackup, KindMaintenance, KindDrill}, &p.Kind) },
 		"maintenance": func(n *yaml.Node, f string) { p.Maintenance = &Maintenance{}; d.maintenance(n, f, p.Maintenance) },
+		"drill":       func(n *yaml.Node, f string) { p.Drill = &Drill{}; d.drill(n, f, p.Drill) },
+		"project":     func(n *yaml.Node, f string) { d.str(n, f, &p.Project) },
 		"name":        func(n *yaml.Node, f string) { d.name(n, f, 63, &p.Name) },
 		"description": func(n *yaml.Node, f string) { d.str(n, f, &p.Description) },
 		"workload":    func(n *yaml.Node, f string) { d.name(n, f, 128, &p.Workload) },
@@ -535,11 +537,27 @@ func (d *decoder) policy(doc *yaml.Node) *Policy {
 		p.Paused = &paused
 	}
 	if p.Kind == KindMaintenance {
+		if v, ok := present["drill"]; ok {
+			d.errf(v.key, "drill", "only a policy of kind drill has a drill section")
+		}
+		if v, ok := present["project"]; ok {
+			d.errf(v.key, "project", "a maintenance policy acts on a whole repository, not on a project")
+		}
 		d.maintenancePolicy(root, p, present)
 		return p
 	}
 	if m, ok := present["maintenance"]; ok {
 		d.errf(m.key, "maintenance", "only a policy of kind maintenance has a maintenance section (add kind: maintenance, or drop it)")
+	}
+	if p.Kind == KindDrill {
+		d.drillPolicy(root, p, present)
+		return p
+	}
+	if v, ok := present["drill"]; ok {
+		d.errf(v.key, "drill", "only a policy of kind drill has a drill section (add kind: drill, or drop it)")
+	}
+	if v, ok := present["project"]; ok {
+		d.errf(v.key, "project", "a backup policy names its project as selector.project")
 	}
 	for _, req := range []string{"name", "selector", "schedule", "repository"} {
 		if _, ok := present[req]; !ok {
@@ -797,28 +815,34 @@ func (d *decoder) hookList(n *yaml.Node, field string, dst *[]Hook) {
 		return
 	}
 	for i, item := range n.Content {
-		item = deref(item)
-		f := fmt.Sprintf("%s[%d]", field, i)
-		var h Hook
-		present := d.mapping(item, f, fields{
-			"name":    func(n *yaml.Node, f string) { d.str(n, f, &h.Name) },
-			"path":    func(n *yaml.Node, f string) { d.str(n, f, &h.Path) },
-			"args":    func(n *yaml.Node, f string) { d.args(n, f, &h.Args) },
-			"timeout": func(n *yaml.Node, f string) { d.duration(n, f, time.Second, time.Hour, &h.Timeout) },
-		})
-		if present == nil {
-			continue
+		if h, ok := d.hook(deref(item), fmt.Sprintf("%s[%d]", field, i)); ok {
+			*dst = append(*dst, h)
 		}
-		if p, ok := present["path"]; !ok {
-			d.errf(item, join(f, "path"), "missing: the program to run in the guest")
-		} else if h.Path != "" && !strings.HasPrefix(h.Path, "/") {
-			d.errf(p.val, join(f, "path"), "%q: want an absolute path in the guest", h.Path)
-		}
-		if h.Timeout == 0 {
-			h.Timeout = DefaultHookTimeout
-		}
-		*dst = append(*dst, h)
 	}
+}
+
+// hook reads one guest program ({path, args, timeout, name}); ok is false
+// when n is not a mapping.
+func (d *decoder) hook(item *yaml.Node, f string) (Hook, bool) {
+	var h Hook
+	present := d.mapping(item, f, fields{
+		"name":    func(n *yaml.Node, f string) { d.str(n, f, &h.Name) },
+		"path":    func(n *yaml.Node, f string) { d.str(n, f, &h.Path) },
+		"args":    func(n *yaml.Node, f string) { d.args(n, f, &h.Args) },
+		"timeout": func(n *yaml.Node, f string) { d.duration(n, f, time.Second, time.Hour, &h.Timeout) },
+	})
+	if present == nil {
+		return h, false
+	}
+	if p, ok := present["path"]; !ok {
+		d.errf(item, join(f, "path"), "missing: the program to run in the guest")
+	} else if h.Path != "" && !strings.HasPrefix(h.Path, "/") {
+		d.errf(p.val, join(f, "path"), "%q: want an absolute path in the guest", h.Path)
+	}
+	if h.Timeout == 0 {
+		h.Timeout = DefaultHookTimeout
+	}
+	return h, true
 }
 
 // args reads a list of arguments; unlike other strings, an argument may be
@@ -888,4 +912,109 @@ func (d *decoder) maintenance(n *yaml.Node, field string, m *Maintenance) {
 		"gc_grace":      func(n *yaml.Node, f string) { d.duration(n, f, time.Second, 30*24*time.Hour, &m.GCGrace) },
 		"verify":        func(n *yaml.Node, f string) { d.oneOf(n, f, []string{"none", "check", "full"}, &m.Verify) },
 	})
+}
+
+// drillPolicy checks a policy of kind drill: it needs name, workload,
+// schedule, repository and a drill section with a project and a health
+// check; it has no backup fields; its drill project is not the workload's
+// own.
+func (d *decoder) drillPolicy(root *yaml.Node, p *Policy, present map[string]kv) {
+	for _, req := range []string{"name", "workload", "schedule", "repository", "drill"} {
+		if _, ok := present[req]; !ok {
+			d.errf(root, req, "missing (a drill policy needs name, workload, schedule, repository and drill)")
+		}
+	}
+	for _, f := range []string{"selector", "consistency", "hooks", "retention"} {
+		if v, ok := present[f]; ok {
+			d.errf(v.key, f, "a drill policy backs up nothing: %s belongs to a backup policy (a drill takes the newest backup of its workload)", f)
+		}
+	}
+	dr := p.Drill
+	if dr == nil {
+		return
+	}
+	if p.Project != "" && dr.Project == p.Project {
+		d.errf(present["drill"].val, "drill.project", "%q is the workload's own project: a drill clones into a separate drill project", dr.Project)
+	}
+	if dr.Timeout == 0 {
+		dr.Timeout = DefaultDrillTimeout
+	}
+}
+
+func (d *decoder) drill(n *yaml.Node, field string, dr *Drill) {
+	present := d.mapping(n, field, fields{
+		"project":    func(n *yaml.Node, f string) { d.str(n, f, &dr.Project) },
+		"vms":        func(n *yaml.Node, f string) { d.uniqueList(n, f, "VM", &dr.VMs) },
+		"networks":   func(n *yaml.Node, f string) { d.stringMap(n, f, &dr.Networks) },
+		"flavors":    func(n *yaml.Node, f string) { d.stringMap(n, f, &dr.Flavors) },
+		"post_hooks": func(n *yaml.Node, f string) { d.hookList(n, f, &dr.PostHooks) },
+		"health_check": func(n *yaml.Node, f string) {
+			if n.Kind != yaml.MappingNode {
+				d.errf(n, f, "want one hook ({path: /usr/local/bin/check, args: [...], timeout: 2m}), got %s", kindName(n))
+				return
+			}
+			dr.HealthCheck, _ = d.hook(n, f)
+		},
+		"timeout": func(n *yaml.Node, f string) { d.duration(n, f, time.Minute, 24*time.Hour, &dr.Timeout) },
+	})
+	if present == nil {
+		return
+	}
+	if _, ok := present["project"]; !ok {
+		d.errf(n, join(field, "project"), "missing: the project the drill clones into")
+	}
+	if _, ok := present["health_check"]; !ok {
+		d.errf(n, join(field, "health_check"), "missing: the program that says, in every guest of the clone, whether it is healthy (exit 0)")
+	}
+}
+
+// uniqueList reads a non-empty list of distinct strings.
+func (d *decoder) uniqueList(n *yaml.Node, field, what string, dst *[]string) {
+	if n.Kind != yaml.SequenceNode || len(n.Content) == 0 {
+		d.errf(n, field, "want a non-empty list of %s names, got %s", what, kindName(n))
+		return
+	}
+	seen := map[string]int{}
+	for i, item := range n.Content {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		var s string
+		d.str(deref(item), f, &s)
+		if s == "" {
+			continue
+		}
+		if j, dup := seen[s]; dup {
+			d.errf(item, f, "%s %q is listed twice (also %s[%d])", what, s, field, j)
+			continue
+		}
+		seen[s] = i
+		*dst = append(*dst, s)
+	}
+}
+
+// stringMap reads a mapping of non-empty strings to non-empty strings (a
+// remap of names or ids).
+func (d *decoder) stringMap(n *yaml.Node, field string, dst *map[string]string) {
+	if n.Kind != yaml.MappingNode {
+		d.errf(n, field, "want a mapping of captured names or ids to new ones, got %s", kindName(n))
+		return
+	}
+	out := map[string]string{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := deref(n.Content[i]), deref(n.Content[i+1])
+		var from, to string
+		d.str(k, field, &from)
+		if from == "" {
+			continue
+		}
+		f := join(field, from)
+		if _, dup := out[from]; dup {
+			d.errf(k, f, "given twice")
+			continue
+		}
+		d.str(v, f, &to)
+		if to != "" {
+			out[from] = to
+		}
+	}
+	*dst = out
 }

@@ -41,7 +41,7 @@ func TestParseErrors(t *testing.T) {
 		{"system label workload", base + "labels:\n  workload: other\n",
 			[]string{`p.yaml:10:3: labels.workload: label "workload" is a system label (set by Raksha: [policy project workload]); a request's labels cannot set it`}},
 		{"unknown field without suggestion", base + "colour: blue\n",
-			[]string{`p.yaml:9:1: colour: unknown field "colour" (known: consistency, description, hooks, kind, labels, maintenance, name, paused, repository, retention, schedule, selector, workload)`}},
+			[]string{`p.yaml:9:1: colour: unknown field "colour" (known: consistency, description, drill, hooks, kind, labels, maintenance, name, paused, project, repository, retention, schedule, selector, workload)`}},
 		{"missing required fields", "description: nothing else\n",
 			[]string{
 				"p.yaml:1:1: name: missing (every policy needs name, selector, schedule and repository)",
@@ -263,6 +263,14 @@ func TestExamples(t *testing.T) {
 		req.HookFailure != "fail" || req.OnAppFailure != "crash" {
 		t.Errorf("erp request %+v", req)
 	}
+	dr := byName["demo-drill"]
+	if dr == nil || dr.Kind != KindDrill {
+		t.Fatal("no demo-drill example")
+	}
+	if r := dr.DrillRequest(); r.Workload != "demo" || r.Project != "demo" || r.DrillProject != "staging" || r.Networks["lab-net"] != "lab-net-2" ||
+		len(r.PostHooks) != 1 || r.HealthCheck == nil || r.HealthCheck.Timeout != 2*time.Minute || r.Timeout != time.Hour {
+		t.Errorf("demo-drill request %+v", r)
+	}
 	eo := erp.ScheduleOptions()
 	if len(eo.Spec.Intervals) != 1 || eo.Spec.Intervals[0] != (client.ScheduleIntervalSpec{Every: 6 * time.Hour, Offset: 30 * time.Minute}) ||
 		len(eo.Spec.CronExpressions) != 0 || eo.Spec.TimeZoneName != "" {
@@ -368,5 +376,103 @@ func TestPolicyLabels(t *testing.T) {
 	}
 	if !req.Operator {
 		t.Error("a policy's run is not marked operator")
+	}
+}
+
+// drillBase is a valid drill policy; cases replace or add lines.
+const drillBase = `kind: drill
+name: demo-drill
+workload: demo
+project: demo
+repository: main
+schedule:
+  every: 24h
+drill:
+  project: staging
+  health_check:
+    path: /bin/sh
+    args: ["-c", "guestapp check /data/*"]
+`
+
+// TestParseDrillPolicy: a drill policy gets its defaults, and its schedule
+// starts RestoreDrill on the control queue under the workload's drill id
+// with the drill's search attributes; what is wrong is named by field.
+func TestParseDrillPolicy(t *testing.T) {
+	ps, err := Parse("d.yaml", []byte(drillBase+"  vms: [demo-1]\n  networks:\n    lab-net: lab-net-2\n  post_hooks:\n    - path: /bin/mask\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := ps[0]
+	hc := activities.Hook{Path: "/bin/sh", Args: []string{"-c", "guestapp check /data/*"}, Timeout: DefaultHookTimeout}
+	want := workflows.DrillRequest{Workload: "demo", Project: "demo", Policy: "demo-drill", Repository: "main", DrillProject: "staging", Operator: true,
+		VMs: []string{"demo-1"}, Networks: map[string]string{"lab-net": "lab-net-2"}, PostHooks: []activities.Hook{{Path: "/bin/mask", Timeout: DefaultHookTimeout}},
+		HealthCheck: &hc, Timeout: DefaultDrillTimeout}
+	if got := p.DrillRequest(); !reflect.DeepEqual(got, want) {
+		t.Errorf("request\n got %+v\nwant %+v", got, want)
+	}
+	o := p.ScheduleOptions()
+	act := o.Action.(*client.ScheduleWorkflowAction)
+	if act.ID != "drill/demo" || act.TaskQueue != activities.ControlQueue || !reflect.DeepEqual(act.Args[0], want) {
+		t.Errorf("action %+v", act)
+	}
+	if reflect.ValueOf(act.Workflow).Pointer() != reflect.ValueOf(workflows.RestoreDrill).Pointer() {
+		t.Errorf("action workflow %T, want RestoreDrill", act.Workflow)
+	}
+	for _, sa := range [][2]string{{"RakshaPolicy", "demo-drill"}, {"RakshaWorkload", "demo"}, {"RakshaOperation", "drill"}, {"RakshaProject", "staging"}} {
+		if v, ok := act.TypedSearchAttributes.GetKeyword(temporal.NewSearchAttributeKeyKeyword(sa[0])); !ok || v != sa[1] {
+			t.Errorf("action search attribute %s = %q, %v; want %q", sa[0], v, ok, sa[1])
+		}
+	}
+
+	cases := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"missing drill section and workload", "kind: drill\nname: d\nrepository: main\nschedule:\n  every: 1h\n",
+			[]string{"d.yaml:1:1: workload: missing (a drill policy needs name, workload, schedule, repository and drill)",
+				"d.yaml:1:1: drill: missing (a drill policy needs name, workload, schedule, repository and drill)"}},
+		{"no health check, no project", drillBase[:strings.Index(drillBase, "  project: staging")] + "  timeout: 1h\n",
+			[]string{"d.yaml:9:3: drill.project: missing: the project the drill clones into",
+				"d.yaml:9:3: drill.health_check: missing: the program that says, in every guest of the clone, whether it is healthy (exit 0)"}},
+		{"drill into the workload's own project", strings.Replace(drillBase, "project: staging", "project: demo", 1),
+			[]string{`d.yaml:9:3: drill.project: "demo" is the workload's own project: a drill clones into a separate drill project`}},
+		{"health check relative path", strings.Replace(drillBase, "path: /bin/sh", "path: bin/sh", 1),
+			[]string{`d.yaml:11:11: drill.health_check.path: "bin/sh": want an absolute path in the guest`}},
+		{"health check as a list", strings.Replace(drillBase, "  health_check:\n    path: /bin/sh\n", "  health_check:\n  - path: /bin/sh\n", 1),
+			[]string{"d.yaml:11:3: drill.health_check: want one hook ({path: /usr/local/bin/check, args: [...], timeout: 2m}), got a list"}},
+		{"timeout too short", drillBase + "  timeout: 10s\n",
+			[]string{"d.yaml:13:12: drill.timeout: 10s is too short: at least 1m"}},
+		{"vm listed twice", drillBase + "  vms: [a, a]\n",
+			[]string{`d.yaml:13:12: drill.vms[1]: VM "a" is listed twice (also drill.vms[0])`}},
+		{"network remap to nothing", drillBase + "  networks:\n    lab-net:\n",
+			[]string{"d.yaml:14:13: drill.networks.lab-net: want a string, got no value"}},
+		{"backup fields in a drill", drillBase + "retention:\n  daily: 7\nselector:\n  tag: x\n",
+			[]string{"d.yaml:13:1: retention: a drill policy backs up nothing: retention belongs to a backup policy (a drill takes the newest backup of its workload)",
+				"d.yaml:15:1: selector: a drill policy backs up nothing: selector belongs to a backup policy (a drill takes the newest backup of its workload)"}},
+		{"drill section in a backup policy", base + "drill:\n  project: x\n  health_check: {path: /x}\n",
+			[]string{"p.yaml:9:1: drill: only a policy of kind drill has a drill section (add kind: drill, or drop it)"}},
+		{"project in a backup policy", base + "project: demo\n",
+			[]string{"p.yaml:9:1: project: a backup policy names its project as selector.project"}},
+		{"unknown drill field", drillBase + "  helth_check: {path: /x}\n",
+			[]string{`d.yaml:13:3: drill.helth_check: unknown field "helth_check"; did you mean "health_check"?`}},
+	}
+	for _, c := range cases {
+		file := "d.yaml"
+		if !strings.HasPrefix(c.yaml, "kind: drill") {
+			file = "p.yaml"
+		}
+		_, err := Parse(file, []byte(c.yaml))
+		var ve *ValidationError
+		if !errors.As(err, &ve) {
+			t.Errorf("%s: error %v, want a ValidationError", c.name, err)
+			continue
+		}
+		var got []string
+		for _, fe := range ve.Errs {
+			got = append(got, fe.Error())
+		}
+		if !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s:\n got %q\nwant %q", c.name, got, c.want)
+		}
 	}
 }

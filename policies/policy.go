@@ -35,14 +35,23 @@ const (
 	// KindMaintenance prunes expired backups, collects garbage and checks or
 	// verifies one repository (RepositoryMaintenance).
 	KindMaintenance = "maintenance"
+	// KindDrill clones the newest backup of one workload into a drill
+	// project, runs its health check in every guest, records the result
+	// and tears the clone down (RestoreDrill).
+	KindDrill = "drill"
 )
 
-// Policy is one backup or maintenance policy.
+// Policy is one backup, maintenance or drill policy.
 type Policy struct {
-	// Kind is KindBackup or KindMaintenance.
+	// Kind is KindBackup, KindMaintenance or KindDrill.
 	Kind string `json:"kind"`
 	// Maintenance is what a maintenance policy does (kind maintenance only).
 	Maintenance *Maintenance `json:"maintenance,omitempty"`
+	// Drill is what a drill policy does (kind drill only).
+	Drill *Drill `json:"drill,omitempty"`
+	// Project is the project the drilled workload's backups were captured
+	// in (kind drill only; a backup policy says selector.project).
+	Project string `json:"project,omitempty"`
 	// Name identifies the policy; its schedule is policy/<name>.
 	Name        string `json:"name"`
 	Description string `json:"description,omitempty"`
@@ -158,6 +167,45 @@ type Maintenance struct {
 	GCGrace      time.Duration `json:"gc_grace,omitempty"`
 	// Verify is "none", "check" (structure) or "full" (every chunk re-read).
 	Verify string `json:"verify,omitempty"`
+}
+
+// Drill is what each run of a drill policy does: clone the workload's
+// newest backup into Project, run the post-hooks and the health check in
+// every guest, tear the clone down.
+type Drill struct {
+	// Project is the drill project the clone goes into (never the
+	// workload's own).
+	Project string `json:"project"`
+	// VMs selects servers of the backup (empty: all).
+	VMs []string `json:"vms,omitempty"`
+	// Networks and Flavors map captured names or ids to the drill
+	// project's.
+	Networks map[string]string `json:"networks,omitempty"`
+	Flavors  map[string]string `json:"flavors,omitempty"`
+	// PostHooks run in every guest before the health check.
+	PostHooks []Hook `json:"post_hooks,omitempty"`
+	// HealthCheck runs in every guest; exit 0 is healthy.
+	HealthCheck Hook `json:"health_check"`
+	// Timeout bounds the clone up to the health check passing (default
+	// DefaultDrillTimeout).
+	Timeout time.Duration `json:"timeout"`
+}
+
+// DefaultDrillTimeout is a drill policy's timeout unless it gives one.
+const DefaultDrillTimeout = workflows.DefaultDrillTimeout
+
+// DrillRequest is the RestoreDrill input every run of a drill policy gets.
+func (p *Policy) DrillRequest() workflows.DrillRequest {
+	// A policy is the operator's file: its drills may run hooks.
+	req := workflows.DrillRequest{Workload: p.Workload, Project: p.Project, Policy: p.Name, Repository: p.Repository, Operator: true}
+	if dr := p.Drill; dr != nil {
+		hc := activities.Hook(dr.HealthCheck)
+		req.DrillProject, req.VMs, req.Networks, req.Flavors, req.HealthCheck, req.Timeout = dr.Project, dr.VMs, dr.Networks, dr.Flavors, &hc, dr.Timeout
+		for _, h := range dr.PostHooks {
+			req.PostHooks = append(req.PostHooks, activities.Hook(h))
+		}
+	}
+	return req
 }
 
 // MaintenanceRequest is the RepositoryMaintenance input every run of a

@@ -37,6 +37,14 @@ func (p *Policy) searchAttributes() temporal.SearchAttributes {
 	if p.Kind == KindMaintenance {
 		return temporal.NewSearchAttributes(workflows.SAPolicy.ValueSet(p.Name), workflows.SAOperation.ValueSet("maintenance"))
 	}
+	if p.Kind == KindDrill {
+		updates := []temporal.SearchAttributeUpdate{workflows.SAPolicy.ValueSet(p.Name), workflows.SAWorkload.ValueSet(p.Workload),
+			workflows.SAOperation.ValueSet("drill")}
+		if p.Drill != nil {
+			updates = append(updates, workflows.SAProject.ValueSet(p.Drill.Project))
+		}
+		return temporal.NewSearchAttributes(updates...)
+	}
 	updates := []temporal.SearchAttributeUpdate{
 		workflows.SAPolicy.ValueSet(p.Name),
 		workflows.SAWorkload.ValueSet(p.Workload),
@@ -75,6 +83,18 @@ func (p *Policy) action() *client.ScheduleWorkflowAction {
 			StaticSummary:         fmt.Sprintf("maintenance of repository %s by policy %s", p.Repository, p.Name),
 		}
 	}
+	if p.Kind == KindDrill {
+		return &client.ScheduleWorkflowAction{
+			// The server appends the nominal start time to this id.
+			ID:                    workflows.DrillWorkflowID(p.Workload),
+			Workflow:              workflows.RestoreDrill,
+			Args:                  []any{p.DrillRequest()},
+			TaskQueue:             activities.ControlQueue,
+			Memo:                  memo,
+			TypedSearchAttributes: p.searchAttributes(),
+			StaticSummary:         fmt.Sprintf("restore drill of workload %s by policy %s", p.Workload, p.Name),
+		}
+	}
 	if p.Retention.ExpireAfter > 0 {
 		memo[MemoExpireAfter] = FormatDuration(p.Retention.ExpireAfter)
 	}
@@ -93,7 +113,7 @@ func (p *Policy) action() *client.ScheduleWorkflowAction {
 
 // ScheduleOptions is the Temporal Schedule of the policy: id policy/<name>;
 // its action starts WorkloadBackup with the policy's BackupRequest on the
-// control queue; a run that would overlap a running one is skipped; runs
+// control queue (RepositoryMaintenance, RestoreDrill for the other kinds); a run that would overlap a running one is skipped; runs
 // missed by up to the catch-up window are taken late. Search attributes
 // (RakshaPolicy, RakshaWorkload, RakshaOperation, RakshaProject) are set on
 // the schedule and on every backup it starts.
@@ -234,6 +254,8 @@ type Status struct {
 	// Maintenance is the MaintenanceRequest each run gets (Show only,
 	// maintenance policies).
 	Maintenance *workflows.MaintenanceRequest `json:"maintenance,omitempty"`
+	// Drill is the DrillRequest each run gets (Show only, drill policies).
+	Drill *workflows.DrillRequest `json:"drill,omitempty"`
 	// ExpireAfter is the policy's backup lifetime (Show only).
 	ExpireAfter string      `json:"expire_after,omitempty"`
 	Digest      string      `json:"digest,omitempty"`
@@ -335,6 +357,12 @@ func Show(ctx context.Context, sc client.ScheduleClient, name string) (*Status, 
 			var req workflows.MaintenanceRequest
 			if err := decode(act.Args[0], &req); err == nil {
 				st.Maintenance = &req
+			}
+		} else if len(act.Args) == 1 && act.Workflow == "RestoreDrill" {
+			var req workflows.DrillRequest
+			if err := decode(act.Args[0], &req); err == nil {
+				st.Drill = &req
+				st.Workload = req.Workload
 			}
 		} else if len(act.Args) == 1 {
 			var req workflows.BackupRequest

@@ -45,7 +45,8 @@ for b in raksha raksha-worker temporal; do [ -x "$BIN/$b" ] || fail "$BIN/$b mis
 say "1. Temporal dev server with the Web UI (search attributes registered)"
 "$BIN/temporal" server start-dev --ip 127.0.0.1 --port "$TPORT" --ui-port "$UIPORT" --db-filename "$W/temporal.db" \
 	--log-level error --search-attribute RakshaWorkload=Keyword --search-attribute RakshaProject=Keyword \
-	--search-attribute RakshaOperation=Keyword --search-attribute RakshaPolicy=Keyword >"$W/temporal.log" 2>&1 &
+	--search-attribute RakshaOperation=Keyword --search-attribute RakshaPolicy=Keyword \
+	--search-attribute RakshaBackup=Keyword --search-attribute RakshaDrill=Keyword >"$W/temporal.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$TPORT") 2>/dev/null && break; sleep 0.2; done
 (echo >/dev/tcp/127.0.0.1/"$TPORT") 2>/dev/null || fail "Temporal did not start (see $W/temporal.log)"

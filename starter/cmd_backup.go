@@ -60,6 +60,26 @@ func backupSize(b *repo.Backup) int64 {
 	return n
 }
 
+// listedBackup is one backup of `backup list --format json`: the backup
+// record's fields, and its last drill (if any) as last_drill.
+type listedBackup struct {
+	*repo.Backup
+	LastDrill *repo.Drill `json:"last_drill,omitempty"`
+}
+
+// drillString says how a drill ended and when: "pass 2026-12-07 10:31" (time
+// to ready after a pass), or "-" for none.
+func drillString(d *repo.Drill) string {
+	if d == nil {
+		return "-"
+	}
+	out := d.Result + " " + d.Finished.Local().Format("2006-01-02 15:04")
+	if d.Result == repo.DrillPass && d.TimeToReady > 0 {
+		out += fmt.Sprintf(" (ready in %.0fs)", d.TimeToReady.Seconds())
+	}
+	return out
+}
+
 func (a *app) backupListCmd() *cobra.Command {
 	var labels, tags []string
 	c := &cobra.Command{
@@ -79,14 +99,19 @@ func (a *app) backupListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			drills, err := r.LastDrills(cmd.Context())
+			if err != nil {
+				return err
+			}
 			if a.format == "json" {
-				if list == nil {
-					list = []*repo.Backup{}
+				out := make([]listedBackup, 0, len(list))
+				for _, b := range list {
+					out = append(out, listedBackup{Backup: b, LastDrill: drills[b.ID]})
 				}
-				return a.printJSON(list)
+				return a.printJSON(out)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tCREATED\tSIZE\tDISKS\tREAD\tNEW DATA\tREUSED\tSTORED\tCONSISTENCY\tFREEZE WINDOWS\tSTATUS\tEXPIRES\tLABELS\tTAGS")
+			fmt.Fprintln(tw, "ID\tCREATED\tSIZE\tDISKS\tREAD\tNEW DATA\tREUSED\tSTORED\tCONSISTENCY\tFREEZE WINDOWS\tSTATUS\tEXPIRES\tLAST DRILL\tLABELS\tTAGS")
 			for _, b := range list {
 				status := "available"
 				if b.Protected {
@@ -100,10 +125,10 @@ func (a *app) backupListCmd() *cobra.Command {
 				if consistency == "" {
 					consistency = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Created.Local().Format("2006-01-02 15:04:05"),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Created.Local().Format("2006-01-02 15:04:05"),
 					humanBytes(backupSize(b)), len(b.Disks), humanBytes(b.Stats.BytesRead), humanBytes(b.Stats.BytesNew),
 					humanBytes(b.Stats.BytesReused), humanBytes(b.Stats.BytesStored), consistency, freezeString(b.FreezeWindows, b.WorkloadWindow),
-					status, exp, labelString(b.Labels), strings.Join(b.Tags, ","))
+					status, exp, drillString(drills[b.ID]), labelString(b.Labels), strings.Join(b.Tags, ","))
 			}
 			return tw.Flush()
 		},
@@ -136,8 +161,15 @@ func (a *app) backupShowCmd() *cobra.Command {
 				}
 				ms = append(ms, m)
 			}
+			drills, err := r.ListDrills(ctx, b.ID)
+			if err != nil {
+				return err
+			}
 			if a.format == "json" {
-				return a.printJSON(map[string]any{"backup": b, "disks": ms})
+				if drills == nil {
+					drills = []*repo.Drill{}
+				}
+				return a.printJSON(map[string]any{"backup": b, "disks": ms, "drills": drills})
 			}
 			fmt.Fprintf(a.stdout, "backup      %s\ncreated     %s\ncompleted   %s\nprotected   %v\n", b.ID,
 				b.Created.Local().Format(time.RFC3339), b.Completed.Local().Format(time.RFC3339), b.Protected)
@@ -164,6 +196,19 @@ func (a *app) backupShowCmd() *cobra.Command {
 					humanBytes(st.BytesRead), humanBytes(st.BytesNew), humanBytes(st.BytesStored), humanBytes(st.BytesReused), st.Holes, st.Seconds)
 				if m.Checkpoint != nil {
 					fmt.Fprintf(a.stdout, "  checkpoint %s %s (generation %d)\n", m.Checkpoint.Kind, m.Checkpoint.Name, m.Checkpoint.Generation)
+				}
+			}
+			for _, d := range drills {
+				fmt.Fprintf(a.stdout, "drill %s %s: %s into project %s (workflow %s), teardown %s\n", d.ID, d.Started.Local().Format(time.RFC3339),
+					drillString(d), d.Project, d.Workflow, d.Teardown)
+				if d.Error != "" {
+					fmt.Fprintf(a.stdout, "  %s\n", d.Error)
+				}
+				for _, g := range d.Guests {
+					fmt.Fprintf(a.stdout, "  %s: exit %d in %.1fs\n", g.VM, g.ExitCode, g.Seconds)
+					for _, l := range strings.Split(g.OutputTail, "\n") {
+						fmt.Fprintf(a.stdout, "    | %s\n", l)
+					}
 				}
 			}
 			return nil

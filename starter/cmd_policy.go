@@ -21,7 +21,9 @@ func (a *app) policyCmd() *cobra.Command {
 Applied, it is the Temporal Schedule policy/<name>, whose runs are WorkloadBackup
 workflows on the raksha-control task queue. A policy of kind maintenance instead
 prunes expired backups, collects garbage and checks or verifies one repository
-(RepositoryMaintenance workflows).`,
+(RepositoryMaintenance workflows); one of kind drill clones the newest backup of
+a workload into a drill project, runs its health check in every guest, records
+the result beside the backup and tears the clone down (RestoreDrill workflows).`,
 	}
 	c.AddCommand(a.policyValidateCmd(), a.policyApplyCmd(), a.policyListCmd(), a.policyShowCmd(),
 		a.policyPauseCmd(true), a.policyPauseCmd(false), a.policyTriggerCmd(), a.policyDeleteCmd())
@@ -98,7 +100,26 @@ func what(p *policies.Policy) string {
 	if p.Kind == policies.KindMaintenance {
 		return "maintenance of repository " + p.Repository + " (" + maintenanceSteps(p.MaintenanceRequest()) + ")"
 	}
+	if p.Kind == policies.KindDrill {
+		return drillSteps(p.DrillRequest())
+	}
 	return "workload " + p.Workload
+}
+
+// drillSteps says what a drill run does.
+func drillSteps(r workflows.DrillRequest) string {
+	out := "restore drill of workload " + r.Workload
+	if r.Project != "" {
+		out += " (backups of project " + r.Project + ")"
+	}
+	out += " into project " + r.DrillProject
+	if len(r.VMs) > 0 {
+		out += " (VMs " + strings.Join(r.VMs, ", ") + ")"
+	}
+	if r.HealthCheck != nil {
+		out += ", health check " + strings.Join(append([]string{r.HealthCheck.Path}, r.HealthCheck.Args...), " ")
+	}
+	return out + ", timeout " + policies.FormatDuration(r.Timeout)
 }
 
 // maintenanceSteps lists what a maintenance run does, in order.
@@ -283,7 +304,19 @@ func (a *app) policyShowCmd() *cobra.Command {
 			if m := st.Maintenance; m != nil {
 				fmt.Fprintf(w, "maintains   repository %s: %s\n", m.Repository, maintenanceSteps(*m))
 			}
-			if r := st.Request; r != nil && st.Maintenance == nil {
+			if d := st.Drill; d != nil {
+				fmt.Fprintf(w, "drills      %s\nrepository  %s\n", drillSteps(*d), d.Repository)
+				for from, to := range d.Networks {
+					fmt.Fprintf(w, "network     %s -> %s\n", from, to)
+				}
+				for from, to := range d.Flavors {
+					fmt.Fprintf(w, "flavor      %s -> %s\n", from, to)
+				}
+				for _, h := range d.PostHooks {
+					fmt.Fprintf(w, "post-hook   %s (timeout %s)\n", strings.Join(append([]string{h.Path}, h.Args...), " "), policies.FormatDuration(h.Timeout))
+				}
+			}
+			if r := st.Request; r != nil && st.Maintenance == nil && st.Drill == nil {
 				fmt.Fprintf(w, "backs up    %s", r.Selector)
 				if r.Project != "" {
 					fmt.Fprintf(w, " in project %s", r.Project)

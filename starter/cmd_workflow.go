@@ -283,7 +283,7 @@ func (a *app) temporalSetupCmd() *cobra.Command {
 	var tf temporalFlags
 	c := &cobra.Command{
 		Use:   "temporal-setup",
-		Short: "Register Raksha's search attributes (RakshaWorkload, RakshaProject, RakshaOperation, RakshaPolicy) in the namespace",
+		Short: "Register Raksha's search attributes (RakshaWorkload, RakshaProject, RakshaOperation, RakshaPolicy, RakshaBackup, RakshaDrill) in the namespace",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts, err := a.temporalOptions(tf)

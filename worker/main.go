@@ -291,6 +291,7 @@ func run(log *slog.Logger, args []string, getenv func(string) string) error {
 		w.RegisterWorkflow(workflows.Clone)
 		w.RegisterWorkflow(workflows.CloneDelete)
 		w.RegisterWorkflow(workflows.RepositoryMaintenance)
+		w.RegisterWorkflow(workflows.RestoreDrill)
 		activities.RegisterRole(w, acts, activities.RoleControl)
 		workers = append(workers, w)
 	}

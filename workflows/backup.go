@@ -22,10 +22,14 @@ var (
 	SAProject   = temporal.NewSearchAttributeKeyKeyword("RakshaProject")
 	SAOperation = temporal.NewSearchAttributeKeyKeyword("RakshaOperation")
 	SAPolicy    = temporal.NewSearchAttributeKeyKeyword("RakshaPolicy")
+	// SABackup is the backup a drill (and its clone) took.
+	SABackup = temporal.NewSearchAttributeKeyKeyword("RakshaBackup")
+	// SADrill is a drill's result: pass or fail.
+	SADrill = temporal.NewSearchAttributeKeyKeyword("RakshaDrill")
 )
 
 // SearchAttributeNames are the custom search attributes the workflows use.
-var SearchAttributeNames = []string{"RakshaWorkload", "RakshaProject", "RakshaOperation", "RakshaPolicy"}
+var SearchAttributeNames = []string{"RakshaWorkload", "RakshaProject", "RakshaOperation", "RakshaPolicy", "RakshaBackup", "RakshaDrill"}
 
 // A workload is keyed by (project, workload name): two projects' workloads
 // of the same name share no lock, workflow id, base or retention. The lock

@@ -36,6 +36,11 @@ var recordedHistories = map[string]string{
 	// marker): a 40-disk backup's children and a small backup. The
 	// semaphore runs for long; its running history must replay.
 	"history-semaphore-by-run.json": CopySemaphoreID,
+	// Restore drills on the lab (TestRestoreDrillOfLabWorkload): one
+	// started by its policy's schedule that passed, one whose health check
+	// failed in a guest.
+	"history-drill-pass.json": "drill/demo-2026-12-07T10:53:14Z",
+	"history-drill-fail.json": DrillWorkflowID("demo"),
 }
 
 // TestReplayRecordedHistories replays the recorded histories with today's
@@ -66,6 +71,7 @@ func TestReplayRecordedHistories(t *testing.T) {
 			rp.RegisterWorkflow(WorkloadBackup)
 			rp.RegisterWorkflow(CopyDisks)
 			rp.RegisterWorkflow(Semaphore)
+			rp.RegisterWorkflow(RestoreDrill)
 			if err := rp.ReplayWorkflowHistoryWithOptions(nil, h, worker.ReplayWorkflowHistoryOptions{
 				OriginalExecution: workflow.Execution{ID: id, RunID: runID}}); err != nil {
 				t.Fatal(err)

@@ -123,6 +123,11 @@ type RestoreProgress struct {
 	Volumes    []string `json:"volumes,omitempty"`
 }
 
+// ErrHookFailed is the failure type of a restore or clone whose
+// post-restore hook or health check exited non-zero; its details are the
+// []HookOutcome of the hooks run so far, the failed one last.
+const ErrHookFailed = "HookFailed"
+
 // ErrLeftovers is the failure type of a restore whose clean-up could not
 // delete everything it made; the message lists what is left.
 const ErrLeftovers = "RestoreLeftovers"
@@ -510,8 +515,10 @@ func (run *restoreRun) fresh(ctx workflow.Context, plan *activities.RestorePlan)
 				run.res.Hooks = append(run.res.Hooks, HookOutcome{VM: s.vm.Name, Hook: hookName(h), ExitCode: out.ExitCode,
 					Seconds: out.Seconds, Output: strings.TrimSpace(out.Stdout + out.Stderr)})
 				if out.ExitCode != 0 {
+					// The details are every hook outcome so far, the failed
+					// one last (a drill records the check's output from them).
 					return temporal.NewNonRetryableApplicationError(fmt.Sprintf("hook %s in %s exited %d: %s", hookName(h), s.vm.Name,
-						out.ExitCode, strings.TrimSpace(out.Stderr)), "HookFailed", nil)
+						out.ExitCode, strings.TrimSpace(out.Stderr)), ErrHookFailed, nil, run.res.Hooks)
 				}
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
@@ -39,14 +40,25 @@ type restoreFixture struct {
 	// overrides
 	writeDisk func(activities.WriteDiskInput) (*activities.WriteDiskResult, error)
 	guestRun  func(activities.GuestRunInput) (*activities.GuestRunResult, error)
+	// guestAfter delays every GuestRun by this much mock-clock time.
+	guestAfter time.Duration
+	// stuck servers cannot be deleted.
+	stuck     map[string]bool
 	createIn  []activities.CreateServerInput
 	volumesIn []activities.CreateVolumeInput
 	writes    []activities.WriteDiskInput
 	writeQ    map[string]string // manifest → "stopped"/"running" state of its server when written
 }
 
-func newRestoreFixture(t *testing.T) *restoreFixture {
+func newRestoreFixture(t *testing.T) *restoreFixture { return newRestoreFixtureWith(t, nil) }
+
+// newRestoreFixtureWith is newRestoreFixture whose workflows emit metrics
+// to mh (when not nil).
+func newRestoreFixtureWith(t *testing.T, mh client.MetricsHandler) *restoreFixture {
 	var s testsuite.WorkflowTestSuite
+	if mh != nil {
+		s.SetMetricsHandler(mh)
+	}
 	env := s.NewTestWorkflowEnvironment()
 	acts := activities.New(activities.Config{})
 	env.RegisterActivity(acts)
@@ -135,6 +147,9 @@ func newRestoreFixture(t *testing.T) *restoreFixture {
 	env.OnActivity(acts.DeleteRestoreServer, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ServerRef) error {
 		f.mu.Lock()
 		defer f.mu.Unlock()
+		if f.stuck[in.ServerID] {
+			return temporal.NewNonRetryableApplicationError("server "+in.ServerID+" is stuck in ERROR", "Stuck", nil)
+		}
 		delete(f.servers, in.ServerID)
 		f.rec.add("delete-server " + in.ServerID)
 		return nil
@@ -152,10 +167,11 @@ func newRestoreFixture(t *testing.T) *restoreFixture {
 			return f.guestRun(in)
 		}
 		return &activities.GuestRunResult{ExitCode: 0, Stdout: "ok"}, nil
-	})
+	}).AfterFn(func() time.Duration { return f.guestAfter })
 	env.OnActivity(acts.FindByLabel, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.FindByLabelInput) (*activities.Resources, error) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
+		f.rec.add("find-by-label " + in.Key)
 		r := &activities.Resources{}
 		for id := range f.servers {
 			r.Servers = append(r.Servers, id)

@@ -93,8 +93,8 @@ func (r *Repository) LatestWithLabels(ctx context.Context, labels map[string]str
 }
 
 // DeleteBackup removes a backup: the record first (then it no longer exists),
-// then its manifests. Protected backups are refused with ErrProtected. Chunks
-// are freed by gc.
+// then its manifests and its drill records. Protected backups are refused
+// with ErrProtected. Chunks are freed by gc.
 func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 	b, err := r.LoadBackup(ctx, id)
 	if backend.IsNotFound(err) {
@@ -109,7 +109,10 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 	if err := r.be.Delete(ctx, backupName(id)); err != nil {
 		return fmt.Errorf("delete %s: %w", id, err)
 	}
-	return r.deleteManifests(ctx, id)
+	if err := r.deleteManifests(ctx, id); err != nil {
+		return err
+	}
+	return r.deleteDrills(ctx, id)
 }
 
 func (r *Repository) deleteManifests(ctx context.Context, backupID string) error {

@@ -23,7 +23,8 @@ package repo
 //     min(T0 - Grace, start of the oldest live session).
 //  3. Read every backup record and its manifests: the referenced set R.
 //     Manifests without a record, older than the cutoff and with no live
-//     session, are leftovers of crashed or deleted backups and are removed.
+//     session, are leftovers of crashed or deleted backups and are removed,
+//     as are the drill records (drills/BACKUP/ID) of backups without a record.
 //  4. Every chunk not in R and older than the cutoff moves to the trash (copy,
 //     then delete). Chunks newer than the cutoff may belong to a running
 //     backup and are left alone. Then save gc/trashed: every move of this run
@@ -105,6 +106,8 @@ type GCStats struct {
 	LiveSessions    int   `json:"live_sessions"`
 	DeadSessions    int   `json:"dead_sessions"`
 	OrphanManifests int   `json:"orphan_manifests"`
+	// OrphanDrills counts drill records of backups that no longer exist.
+	OrphanDrills int `json:"orphan_drills,omitempty"`
 }
 
 // GC collects chunks no backup references; see the comment at the top of gc.go.
@@ -198,6 +201,19 @@ func (r *Repository) GC(ctx context.Context, o GCOptions) (GCStats, error) {
 		return st, fmt.Errorf("gc: list manifests: %w", err)
 	}
 	st.OrphanManifests = len(orphans)
+	// Drill records of a deleted backup (DeleteBackup removes them; this
+	// catches a delete that stopped between the record and its drills).
+	err = r.be.List(ctx, "drills/", func(in backend.Info) error {
+		backupID, _, _ := strings.Cut(strings.TrimPrefix(in.Name, "drills/"), "/")
+		if !records[backupID] && !live[backupID] && in.ModTime.Before(cutoff) {
+			orphans[in.Name] = true
+			st.OrphanDrills++
+		}
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("gc: list drills: %w", err)
+	}
 	if err := leaseOK(); err != nil {
 		return st, fmt.Errorf("gc: %w", err)
 	}

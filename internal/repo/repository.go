@@ -14,6 +14,8 @@
 //	manifests/BACKUP/VM/DISK/page-N     the chunk list, PageEntries ids a page
 //	backups/BACKUP                      the backup record; a backup exists only once it is written
 //	sessions/BACKUP                     a marker of a backup in progress (its ModTime is its start)
+//	drills/BACKUP/ID                    the record of one restore drill of the backup (never
+//	                                    part of the backup record, which a drill does not change)
 //	gc/last                             written at the start of every gc run
 //
 // A backup commits in this order: chunks, disk manifests, backup record. The

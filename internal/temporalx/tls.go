@@ -60,7 +60,8 @@ func (t TLS) Config() (*tls.Config, error) {
 }
 
 // SearchAttributes are Raksha's custom search attributes (all Keyword).
-var SearchAttributes = []string{"RakshaWorkload", "RakshaProject", "RakshaOperation", "RakshaPolicy"}
+// (workflows.SearchAttributeNames lists the same; a test keeps them equal.)
+var SearchAttributes = []string{"RakshaWorkload", "RakshaProject", "RakshaOperation", "RakshaPolicy", "RakshaBackup", "RakshaDrill"}
 
 // EnsureSearchAttributes registers the search attributes Raksha uses in the
 // client's namespace, leaving those that exist alone. It returns the names
