@@ -27,11 +27,12 @@ const ScreenshotsEnv = "RAKSHA_WEBUI_SHOTS"
 
 // TestWebUIShowsRakshaWorkflows opens the Temporal Web UI of a dev server
 // in Debian's headless Chromium (chromedp, the DevTools protocol) after a
-// real backup of the lab's demo workload and a restore of one of its
-// volumes: the workflow list filtered by RakshaWorkload="demo" shows both
-// workflows (and nothing else of the server's), the backup's page shows
-// its search attributes and its memo (the backup id), and the screenshots
-// are saved.
+// real backup of the lab's demo workload, a restore of one of its volumes
+// and a restore drill whose health check fails: the workflow list filtered
+// by RakshaWorkload="demo" shows the three (the drill as Failed, and
+// nothing of another workload), the backup's page shows its search
+// attributes and its memo (the backup id), RakshaDrill="fail" finds the
+// drill, and the screenshots are saved.
 func TestWebUIShowsRakshaWorkflows(t *testing.T) {
 	chromium := "/usr/bin/chromium"
 	require(t, "Debian's chromium", chromium)
@@ -45,6 +46,18 @@ func TestWebUIShowsRakshaWorkflows(t *testing.T) {
 	res, _, err := e.restore("restore/webui", workflows.RestoreRequest{Repository: "main", BackupID: b.BackupID, Volumes: []string{volID}, NamePrefix: "ui-"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// A drill whose health check fails in every guest: red in the Web UI.
+	dr, err := c.ExecuteWorkflow(d.ctx, client.StartWorkflowOptions{ID: workflows.DrillWorkflowID("demo"), TaskQueue: activities.ControlQueue,
+		TypedSearchAttributes: temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet("demo"), workflows.SAOperation.ValueSet("drill"))},
+		workflows.RestoreDrill, workflows.DrillRequest{Workload: "demo", Project: "demo", Repository: "main", DrillProject: "staging",
+			VMs: []string{"demo-1"}, Operator: true,
+			HealthCheck: &activities.Hook{Name: "health", Path: "/bin/sh", Args: []string{"-c", "echo the shop is down; exit 3"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dr.Get(d.ctx, nil); err == nil || !strings.Contains(err.Error(), "the shop is down") {
+		t.Fatalf("the failing drill: %v; want it failed with the check's output", err)
 	}
 	// A workflow of another workload, which the filter must hide.
 	other, err := c.ExecuteWorkflow(d.ctx, client.StartWorkflowOptions{ID: "backup/other", TaskQueue: activities.ControlQueue,
@@ -92,7 +105,7 @@ func TestWebUIShowsRakshaWorkflows(t *testing.T) {
 	if strings.Contains(text, "backup/other") {
 		t.Errorf("the list filtered by RakshaWorkload=\"demo\" shows backup/other")
 	}
-	for _, want := range []string{backupWF, "restore/webui", "WorkloadBackup", "Restore"} {
+	for _, want := range []string{backupWF, "restore/webui", "WorkloadBackup", "Restore", "drill/demo", "RestoreDrill", "Failed"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the filtered list does not show %q", want)
 		}
@@ -124,6 +137,12 @@ func TestWebUIShowsRakshaWorkflows(t *testing.T) {
 			}
 		}
 	}
+	// The failed drill, found by its result.
+	failedURL := base + "/workflows?query=" + url.QueryEscape(`RakshaDrill="fail"`)
+	if err := chromedp.Do(bctx, chromedp.Navigate(failedURL), waitText("drill/demo"), waitText("Failed")); err != nil {
+		t.Fatalf("the failed drill in the Web UI at %s: %v", failedURL, err)
+	}
+	save(t, filepath.Join(shots, "webui-failed-drill.png"), screenshot(t, bctx))
 	t.Logf("Web UI checked: %d restored volume(s); screenshots in %s", len(res.Volumes), shots)
 }
 
@@ -134,7 +153,7 @@ func startTemporalUI(t *testing.T) (client.Client, string) {
 	bin := filepath.Join(repoRoot(t), "bin", "temporal")
 	require(t, "the temporal CLI", bin)
 	sa := temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet(""), workflows.SAProject.ValueSet(""),
-		workflows.SAOperation.ValueSet(""), workflows.SAPolicy.ValueSet(""))
+		workflows.SAOperation.ValueSet(""), workflows.SAPolicy.ValueSet(""), workflows.SABackup.ValueSet(""), workflows.SADrill.ValueSet(""))
 	ui := fmt.Sprint(freePort(t))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
