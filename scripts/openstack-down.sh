@@ -17,13 +17,13 @@ D=${OPENSTACK_DIR:-/var/tmp/raksha-openstack}
 GRACE=${GRACE:-15}
 RBD_SECRET_UUID=${OPENSTACK_RBD_SECRET_UUID:-5b3e6f1a-0c1d-4d5e-9f70-8a9b0c1d2e3f}
 RUN=$D/run
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 T0=$(date +%s%N)
 elapsed() { local now; now=$(date +%s%N); printf '%d.%01ds' $(((now - T0) / 1000000000)) $(((now - T0) / 100000000 % 10)); }
 
 [ -d "$D" ] || { echo "openstack: nothing to stop ($D not found)"; exit 0; }
 if [ "${1:-}" != --locked ]; then
-  exec 9>"$D/lock"
+  exec 9>"$D/.flock"
   flock 9
 fi
 rm -f "$D/ready"

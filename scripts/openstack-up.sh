@@ -58,12 +58,12 @@ CEPH_MON_V1_PORT=${OPENSTACK_CEPH_MON_V1_PORT:-47790}
 CEPH_MSGR_MIN=${OPENSTACK_CEPH_MSGR_PORT_MIN:-47800}
 CEPH_MSGR_MAX=${OPENSTACK_CEPH_MSGR_PORT_MAX:-47819}
 PY=/usr/bin/python3 # `python3` on PATH may be another interpreter
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 export DEBIAN_FRONTEND=noninteractive
 
 APT_OPENSTACK=(python3-keystone python3-nova python3-cinder python3-glance python3-placement python3-neutron
   python3-heat python3-heatclient python3-openstackclient python3-pymysql python3-rbd python3-rados
-  uwsgi-core uwsgi-plugin-python3 rabbitmq-server mariadb-server curl sudo
+  python3-libvirt uwsgi-core uwsgi-plugin-python3 rabbitmq-server mariadb-server curl sudo
   ceph-mon ceph-osd ceph-common uuid-runtime
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils qemu-block-extra
   busybox-static qemu-guest-agent e2fsprogs)
@@ -89,13 +89,20 @@ on_err() {
 }
 
 # ---- helpers
-# start NAME CMD...: a background process in its own session.
-start() { local n=$1; shift; setsid nohup "$@" >>"$LOG/$n.log" 2>&1 </dev/null & echo $! >"$RUN/$n.pid"; }
-# wait_for DESC SECS CMD...: poll CMD until it succeeds.
+# start NAME CMD...: a background process in its own session. No daemon
+# keeps the lock (fd 9): a later run would wait for it for ever.
+start() { local n=$1; shift; setsid nohup "$@" >>"$LOG/$n.log" 2>&1 </dev/null 9>&- & echo $! >"$RUN/$n.pid"; }
+# wait_for DESC SECS CMD...: poll CMD until it succeeds. With WATCH=NAME,
+# fail at once when that service's process is gone.
 wait_for() {
   local desc=$1 secs=$2; shift 2
   local end=$(($(date +%s) + secs))
   until "$@" >/dev/null 2>&1; do
+    if [ -n "${WATCH:-}" ] && ! alive "$WATCH"; then
+      echo "openstack-up.sh: $WATCH exited while waiting for $desc; see $LOG/$WATCH.log" >&2
+      tail -n 15 "$LOG/$WATCH.log" >&2
+      return 1
+    fi
     [ "$(date +%s)" -lt "$end" ] || { echo "openstack-up.sh: timeout (${secs}s) waiting for $desc" >&2; return 1; }
     sleep 0.5
   done
@@ -170,7 +177,7 @@ fi
 [ "$(id -u)" = 0 ] || die "needs root (packages, /etc configuration, the system libvirtd)"
 
 mkdir -p "$D"
-exec 9>"$D/lock"
+exec 9>"$D/.flock"
 flock 9
 if is_up; then
   echo "openstack: already up"
@@ -198,7 +205,7 @@ phase_install() {
   if [ ! -f "$D/common/.done" ]; then
     ts "install: files of the *-common packages"
     rm -rf "$D/common"; mkdir -p "$D/common"
-    (cd "$D/common" && apt-get download -qq nova-common cinder-common glance-common neutron-common heat-common >/dev/null &&
+    (cd "$D/common" && apt-get download -qq nova-common cinder-common glance-common neutron-common heat-common >/dev/null 2>>"$LOG/apt.log" &&
       for f in *.deb; do dpkg-deb -x "$f" x; done && rm -f ./*.deb)
     touch "$D/common/.done"
   fi
@@ -246,7 +253,7 @@ phase_ceph() {
   ts "ceph: a throwaway cluster (scripts/ceph-up.sh) with the pool volumes"
   WITH_RGW=0 WITH_RBD=0 CEPHLAB_MON_PORT=$CEPH_MON_PORT CEPHLAB_MON_V1_PORT=$CEPH_MON_V1_PORT \
     CEPHLAB_MSGR_PORT_MIN=$CEPH_MSGR_MIN CEPHLAB_MSGR_PORT_MAX=$CEPH_MSGR_MAX \
-    "$here/ceph-up.sh" "$D/ceph" >"$LOG/ceph-up.log" 2>&1 ||
+    "$here/ceph-up.sh" "$D/ceph" >"$LOG/ceph-up.log" 2>&1 9>&- ||
     { echo "openstack-up.sh: scripts/ceph-up.sh failed; see $LOG/ceph-up.log and $D/ceph/log" >&2; tail -n 20 "$LOG/ceph-up.log" >&2; return 1; }
   export CEPH_CONF=$D/ceph/ceph.conf
   ceph osd pool create volumes 8 8 >/dev/null 2>&1
@@ -256,7 +263,7 @@ phase_ceph() {
 phase_libvirt() {
   PHASE=libvirt
   ts "libvirt: the system libvirtd (scripts/libvirtd-up.sh) and the ceph secret"
-  LIBVIRTD_OWNER=openstack "$here/libvirtd-up.sh" >>"$LOG/libvirtd-up.log" 2>&1 ||
+  LIBVIRTD_OWNER=openstack "$here/libvirtd-up.sh" >>"$LOG/libvirtd-up.log" 2>&1 9>&- ||
     { echo "openstack-up.sh: scripts/libvirtd-up.sh failed; see $LOG/libvirtd-up.log" >&2; tail -n 5 "$LOG/libvirtd-up.log" >&2; return 1; }
   cat >"$RUN/secret.xml" <<EOF
 <secret ephemeral='no' private='no'><uuid>$RBD_SECRET_UUID</uuid><usage type='ceph'><name>client.admin secret (raksha openstack-up.sh)</name></usage></secret>
@@ -275,7 +282,7 @@ phase_infra() {
   [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >"$LOG/mariadb-install.log" 2>&1
   start mariadb /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --port=3306 --max-connections=500 --skip-name-resolve \
     --innodb-flush-log-at-trx-commit=0 --innodb-buffer-pool-size=64M
-  wait_for "mariadb (log: $LOG/mariadb.log)" 60 mysqladmin ping
+  WATCH=mariadb wait_for "mariadb (log: $LOG/mariadb.log)" 60 mysqladmin ping
   mysql -e "CREATE USER IF NOT EXISTS 'os'@'127.0.0.1' IDENTIFIED BY '$PW'; GRANT ALL ON *.* TO 'os'@'127.0.0.1'; FLUSH PRIVILEGES;"
   local db
   for db in keystone glance placement nova_api nova nova_cell0 cinder neutron heat; do
@@ -284,7 +291,7 @@ phase_infra() {
   ts "infra: rabbitmq"
   mkdir -p /var/log/rabbitmq; chown rabbitmq:rabbitmq /var/log/rabbitmq
   start rabbitmq su rabbitmq -s /bin/sh -c 'cd /var/lib/rabbitmq && HOME=/var/lib/rabbitmq ERL_EPMD_ADDRESS=127.0.0.1 RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODENAME=rabbit@localhost exec /usr/lib/rabbitmq/bin/rabbitmq-server'
-  wait_for "rabbitmq (log: $LOG/rabbitmq.log)" 120 rabbitmqctl -q -n rabbit@localhost await_startup
+  WATCH=rabbitmq wait_for "rabbitmq (log: $LOG/rabbitmq.log)" 120 rabbitmqctl -q -n rabbit@localhost await_startup
   rabbitmqctl -q -n rabbit@localhost add_user openstack "$PW" >/dev/null 2>&1 || rabbitmqctl -q -n rabbit@localhost change_password openstack "$PW" >/dev/null
   rabbitmqctl -q -n rabbit@localhost set_permissions openstack ".*" ".*" ".*" >/dev/null
 }
@@ -314,7 +321,7 @@ EOF
       --bootstrap-public-url http://127.0.0.1:5000/v3/
   } >>"$LOG/keystone-manage.log" 2>&1
   uwsgi_app keystone 5000 /usr/bin/keystone-wsgi-public
-  wait_for "keystone on :5000 (log: $LOG/keystone.log)" 60 http_up http://127.0.0.1:5000/v3
+  WATCH=keystone wait_for "keystone on :5000 (log: $LOG/keystone.log)" 60 http_up http://127.0.0.1:5000/v3
   ts "keystone: projects, users, catalog"
   admin_env
   # One openstack process reading commands from stdin saves ~2 s a command.
@@ -371,7 +378,7 @@ endpoint create --region RegionOne orchestration internal http://127.0.0.1:8004/
 EOF
   # The interactive CLI goes on after a failed command: check the result.
   openstack user show staging-member -f value -c id >/dev/null
-  openstack endpoint list --service orchestration -f value -c ID | grep -q . ||
+  [ -n "$(openstack endpoint list --service orchestration -f value -c ID)" ] ||
     { echo "openstack-up.sh: keystone set-up incomplete; see $LOG/keystone-setup.log" >&2; return 1; }
 }
 
@@ -414,7 +421,7 @@ filesystem_store_datadir = $D/images/
 lock_path = $D/lock
 EOF
     ksat glance; } >/etc/glance/glance-api.conf
-  glance-manage --config-file /etc/glance/glance-api.conf db_sync >>"$LOG/glance-manage.log" 2>&1
+  "$BIN/os-run" glance.cmd.manage:main --config-file /etc/glance/glance-api.conf db_sync >>"$LOG/glance-manage.log" 2>&1
   start glance-api "$BIN/os-run" glance.cmd.api:main --config-file /etc/glance/glance-api.conf
 }
 
@@ -512,10 +519,10 @@ EOF
     ksat nova; svc_auth placement placement; svc_auth cinder cinder; echo "os_region_name = RegionOne"
     svc_auth neutron neutron; } >/etc/nova/nova.conf
   {
-    nova-manage api_db sync
-    nova-manage cell_v2 map_cell0
-    nova-manage cell_v2 create_cell --name=cell1 --verbose
-    nova-manage db sync
+    "$BIN/os-run" nova.cmd.manage:main api_db sync
+    "$BIN/os-run" nova.cmd.manage:main cell_v2 map_cell0
+    "$BIN/os-run" nova.cmd.manage:main cell_v2 create_cell --name=cell1 --verbose
+    "$BIN/os-run" nova.cmd.manage:main db sync
   } >>"$LOG/nova-manage.log" 2>&1
   ts "nova: start api, conductor, scheduler"
   uwsgi_app nova-api 8774 "$BIN/nova-api-wsgi" 2 1
@@ -556,7 +563,7 @@ rbd_user = admin
 rbd_secret_uuid = $RBD_SECRET_UUID
 EOF
     ksat cinder; echo "service_token_roles_required = true"; svc_auth nova nova; } >/etc/cinder/cinder.conf
-  cinder-manage db sync >>"$LOG/cinder-manage.log" 2>&1
+  "$BIN/os-run" cinder.cmd.manage:main db sync >>"$LOG/cinder-manage.log" 2>&1
   uwsgi_app cinder-api 8776 "$BIN/cinder-wsgi" 2 1
   # The scheduler first: a backend whose capabilities it missed is NoValidBackend.
   start cinder-scheduler "$BIN/os-run" cinder.cmd.scheduler:main --config-file /etc/cinder/cinder.conf
@@ -598,19 +605,19 @@ EOF
 # phase_wait_*: what the starts above must reach before the next step.
 phase_compute() {
   PHASE=nova-compute
-  wait_for "placement on :8778 (log: $LOG/placement.log)" 60 http_up http://127.0.0.1:8778/
-  wait_for "nova-api on :8774 (log: $LOG/nova-api.log)" "$WAIT_MAX" http_up http://127.0.0.1:8774/
+  WATCH=placement wait_for "placement on :8778 (log: $LOG/placement.log)" 60 http_up http://127.0.0.1:8778/
+  WATCH=nova-api wait_for "nova-api on :8774 (log: $LOG/nova-api.log)" "$WAIT_MAX" http_up http://127.0.0.1:8774/
   admin_env
   # nova-compute after the conductor answers (else it waits for it and
   # retries after 10-20 s).
   ts "nova: wait for nova-conductor"
-  wait_for "nova-conductor up (log: $LOG/nova-conductor.log)" "$WAIT_MAX" \
+  WATCH=nova-conductor wait_for "nova-conductor up (log: $LOG/nova-conductor.log)" "$WAIT_MAX" \
     bash -c 'openstack compute service list --service nova-conductor -f value -c State | grep -q up'
   ts "nova: start nova-compute"
   start nova-compute "$BIN/os-run" nova.cmd.compute:main --config-file /etc/nova/nova.conf
   PHASE=cinder-volume
-  wait_for "cinder-api on :8776 (log: $LOG/cinder-api.log)" "$WAIT_MAX" http_up http://127.0.0.1:8776/
-  wait_for "cinder-scheduler up (log: $LOG/cinder-scheduler.log)" "$WAIT_MAX" \
+  WATCH=cinder-api wait_for "cinder-api on :8776 (log: $LOG/cinder-api.log)" "$WAIT_MAX" http_up http://127.0.0.1:8776/
+  WATCH=cinder-scheduler wait_for "cinder-scheduler up (log: $LOG/cinder-scheduler.log)" "$WAIT_MAX" \
     bash -c 'openstack volume service list -f value -c Binary -c State | grep -q "cinder-scheduler up"'
   start cinder-volume "$BIN/os-run" cinder.cmd.volume:main --config-file /etc/cinder/cinder.conf
 }
@@ -618,7 +625,7 @@ phase_compute() {
 phase_resources() {
   PHASE=resources
   admin_env
-  wait_for "glance on :9292 (log: $LOG/glance-api.log)" "$WAIT_MAX" http_up http://127.0.0.1:9292/
+  WATCH=glance-api wait_for "glance on :9292 (log: $LOG/glance-api.log)" "$WAIT_MAX" http_up http://127.0.0.1:9292/
   ts "glance: the image raksha-lab-guest (kernel, ramdisk, qcow2 root)"
   local kid rid
   kid=$(openstack image create --disk-format aki --container-format aki --public --file "$GUEST_KERNEL" raksha-lab-guest-kernel -f value -c id)
@@ -630,15 +637,15 @@ phase_resources() {
     --property hw_qemu_guest_agent=yes --property os_shutdown_timeout=3 \
     raksha-lab-guest -f value -c id >/dev/null
   PHASE=neutron
-  wait_for "neutron-server on :9696 (log: $LOG/neutron-server.log)" "$WAIT_MAX" http_up http://127.0.0.1:9696/
+  WATCH=neutron-server wait_for "neutron-server on :9696 (log: $LOG/neutron-server.log)" "$WAIT_MAX" http_up http://127.0.0.1:9696/
   ts "neutron: the shared flat network public"
   openstack network create --share --provider-network-type flat --provider-physical-network physnet1 public -f value -c id >/dev/null
   openstack subnet create --network public --subnet-range 10.30.0.0/24 --no-dhcp public-subnet -f value -c id >/dev/null
   PHASE=nova-compute
   ts "nova: wait for nova-compute, map the host, flavors"
-  wait_for "nova-compute up (log: $LOG/nova-compute.log)" "$WAIT_MAX" \
+  WATCH=nova-compute wait_for "nova-compute up (log: $LOG/nova-compute.log)" "$WAIT_MAX" \
     bash -c 'openstack compute service list --service nova-compute -f value -c State | grep -q up'
-  nova-manage cell_v2 discover_hosts --verbose >>"$LOG/nova-manage.log" 2>&1
+  "$BIN/os-run" nova.cmd.manage:main cell_v2 discover_hosts --verbose >>"$LOG/nova-manage.log" 2>&1
   openstack flavor create --id 1 --vcpus 1 --ram 256 --disk 1 m1.tiny -f value -c id >/dev/null
   openstack flavor create --id 2 --vcpus 1 --ram 512 --disk 2 m1.small -f value -c id >/dev/null
   PHASE=cinder-volume
@@ -646,11 +653,11 @@ phase_resources() {
   openstack volume type create --property volume_backend_name=ceph --public ceph -f value -c id >/dev/null
   local tok proj
   read -r tok proj < <(openstack token issue -f value -c id -c project_id | tr '\n' ' ')
-  wait_for "the scheduler to list the ceph pool (log: $LOG/cinder-volume.log)" "$WAIT_MAX" \
+  WATCH=cinder-volume wait_for "the scheduler to list the ceph pool (log: $LOG/cinder-volume.log)" "$WAIT_MAX" \
     bash -c "curl -sf -H 'X-Auth-Token: $tok' http://127.0.0.1:8776/v3/$proj/scheduler-stats/get_pools | grep -q '\"name\"'"
   PHASE=heat
-  wait_for "heat-api on :8004 (log: $LOG/heat-api.log)" "$WAIT_MAX" http_up http://127.0.0.1:8004/
-  wait_for "heat-engine up (log: $LOG/heat-engine.log)" "$WAIT_MAX" \
+  WATCH=heat-api wait_for "heat-api on :8004 (log: $LOG/heat-api.log)" "$WAIT_MAX" http_up http://127.0.0.1:8004/
+  WATCH=heat-engine wait_for "heat-engine up (log: $LOG/heat-engine.log)" "$WAIT_MAX" \
     bash -c 'openstack orchestration service list -f value -c Status 2>/dev/null | grep -q up'
 }
 
