@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -154,6 +156,37 @@ func TestConnectFromEnvAndCloudsYAML(t *testing.T) {
 	_, err = Connect(ctx, Config{})
 	if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "OS_CLOUD") {
 		t.Fatalf("no config: %v", err)
+	}
+}
+
+// countingTransport counts the requests it carries.
+type countingTransport struct{ n atomic.Int64 }
+
+func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// A clouds.yaml entry comes with TLS settings; the caller's HTTP client must
+// still carry every request (found by the contract suite against a real
+// cloud: its recorder saw none of internal/cloud's requests).
+func TestHTTPClientCarriesRequestsWithCloudsYAML(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ct := &countingTransport{}
+	c, err := Connect(ctx, Config{Cloud: "lab-admin", CloudsFile: f.cloudsYA, HTTPClient: &http.Client{Transport: ct}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := ct.n.Load()
+	if before == 0 {
+		t.Fatal("the token request did not go through Config.HTTPClient")
+	}
+	if _, err := c.Discover(ctx, Selector{Workload: "none"}); err != nil {
+		t.Fatal(err)
+	}
+	if ct.n.Load() == before {
+		t.Fatal("a Nova request did not go through Config.HTTPClient")
 	}
 }
 
