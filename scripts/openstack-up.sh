@@ -640,7 +640,7 @@ phase_resources() {
   WATCH=neutron-server wait_for "neutron-server on :9696 (log: $LOG/neutron-server.log)" "$WAIT_MAX" http_up http://127.0.0.1:9696/
   ts "neutron: the shared flat network public"
   openstack network create --share --provider-network-type flat --provider-physical-network physnet1 public -f value -c id >/dev/null
-  openstack subnet create --network public --subnet-range 10.30.0.0/24 --no-dhcp public-subnet -f value -c id >/dev/null
+  openstack subnet create --network public --subnet-range 10.30.0.0/24 public-subnet -f value -c id >/dev/null
   PHASE=nova-compute
   ts "nova: wait for nova-compute, map the host, flavors"
   WATCH=nova-compute wait_for "nova-compute up (log: $LOG/nova-compute.log)" "$WAIT_MAX" \

@@ -214,6 +214,21 @@ func TestDiscoveryBySelectorAndTopologyChange(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// The groups of servers discovered from a list (Nova answers
+	// server_groups only when it shows one server).
+	w, err := c.DiscoverWorkload(ctx, "demo", Selector{Workload: "demo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range w.Servers {
+		want := []string{g.ID}
+		if m.Name == "db-1" {
+			want = nil
+		}
+		if !reflect.DeepEqual(m.ServerGroups, want) {
+			t.Errorf("discovered %s in server groups %v, want %v", m.Name, m.ServerGroups, want)
+		}
+	}
 	cases := []struct {
 		sel  Selector
 		want string

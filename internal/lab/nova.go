@@ -380,7 +380,11 @@ func (l *Lab) listServers(w http.ResponseWriter, r *http.Request, c *call) error
 	}
 	out := []any{}
 	for _, s := range list {
-		out = append(out, l.serverView(s, c, detail))
+		v := l.serverView(s, c, detail)
+		// Nova answers server_groups only in show, rebuild and update,
+		// never in a list (seen on Zed).
+		delete(v, "server_groups")
+		out = append(out, v)
 	}
 	resp["servers"] = out
 	l.writeJSON(w, http.StatusOK, resp)
