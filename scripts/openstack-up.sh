@@ -10,6 +10,7 @@
 #
 # Usage: scripts/openstack-up.sh            then: scripts/openstack-down.sh
 #        scripts/openstack-up.sh status     (exit 0 when up)
+#        scripts/openstack-up.sh rss        (resident memory of each service and the sum)
 #
 # What it makes: projects prod and staging; users admin (admin of admin, prod
 # and staging), prod-member and staging-member (member); a clouds.yaml with
@@ -169,11 +170,35 @@ summary() {
   echo "use: export OS_CLIENT_CONFIG_FILE=$D/clouds.yaml OS_CLOUD=prod; openstack server list"
 }
 
-if [ "${1:-}" = status ]; then
+# rss: the resident memory of every service with its descendants (uwsgi
+# workers, privsep daemons, the Erlang VM), from /proc through ps, in MiB.
+# Guests (qemu, children of libvirtd) and libvirtd itself are not counted.
+rss() {
+  local f total=0 kb
+  # A process counts for a service when it descends from the recorded
+  # process or shares its session (the privsep daemons of nova-compute
+  # detach from their parent, not from the session start() gave it).
+  local tree; tree=$(ps -e -o pid=,ppid=,sid=,rss=)
+  for f in "$RUN"/*.pid "$D"/ceph/run/*.pid; do
+    [ -f "$f" ] || continue
+    kb=$(awk -v root="$(cat "$f")" '{pp[$1]=$2; sid[$1]=$3; r[$1]=$4} END {
+      for (p in pp) {
+        if (sid[p] == root) { s += r[p]; continue }
+        q=p; while (q != "" && q != 0 && q != 1) { if (q == root) { s += r[p]; break } q = pp[q] } }
+      print s+0 }' <<<"$tree")
+    printf '%-18s %5d MiB\n' "$(basename "$f" .pid)" $((kb / 1024))
+    total=$((total + kb))
+  done
+  printf '%-18s %5d MiB\n' total $((total / 1024))
+}
+
+case "${1:-}" in
+status)
   if is_up; then echo "openstack: up"; summary; exit 0; fi
-  echo "openstack: not up"; exit 1
-fi
-[ $# = 0 ] || die "usage: $0 [status]"
+  echo "openstack: not up"; exit 1 ;;
+rss) rss; exit 0 ;;
+esac
+[ $# = 0 ] || die "usage: $0 [status|rss]"
 [ "$(id -u)" = 0 ] || die "needs root (packages, /etc configuration, the system libvirtd)"
 
 mkdir -p "$D"
