@@ -167,10 +167,10 @@ openstack-up:
 openstack-down:
 	scripts/openstack-down.sh
 
-# RAKSHA_OPENSTACK_CLOUDS names the clouds.yaml the contract suite runs
-# against besides the lab (internal/lab/contract_test.go).
+# RAKSHA_OPENSTACK_CLOUDS names the clouds.yaml the contract suites run
+# against besides the lab (internal/lab/contract_*_test.go).
 openstack-contract: openstack-up
-	RAKSHA_OPENSTACK_CLOUDS=$(OPENSTACK_DIR)/clouds.yaml $(GO) test -count=1 -timeout 20m -run '^TestAPIContract' -v ./internal/lab/
+	RAKSHA_OPENSTACK_CLOUDS=$(OPENSTACK_DIR)/clouds.yaml $(GO) test -count=1 -timeout 20m -run '^TestAPI(Contract|Behaviour)' -v ./internal/lab/
 
 lint: $(BIN)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
