@@ -139,9 +139,9 @@ func TestOpenStackBackupAndIncremental(t *testing.T) {
 		t.Fatal(err)
 	}
 	acts := activities.New(activities.Config{
-		Repos:   map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
-		WorkDir: filepath.Join(dir, "work"),
-		Log:     slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Repos:      map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
+		WorkDir:    filepath.Join(dir, "work"),
+		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Discoverer: &activities.CloudDiscoverer{Client: admin}, CephConf: env["CEPH_CONF"],
 		Libvirt: libvirttest.Conn(t), LockDir: filepath.Join(dir, "locks"),
 	})

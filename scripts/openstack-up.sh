@@ -34,9 +34,15 @@
 # its tail.
 #
 # Idempotent: when every service answers it says so and returns at once.
-# Otherwise it stops what is left of an earlier run and sets the cloud up
-# afresh (fresh databases and Ceph cluster; the Debian packages, the guest
-# image build and the *-common files stay), which is the warm start.
+# Otherwise it stops what is left of an earlier run and starts the cloud.
+# The first set-up (databases synced, Keystone's projects, users and
+# catalog, the image, network, flavors and volume type made) ends with a
+# baseline: a dump of the databases and Glance's files, taken before
+# anything used the cloud. A warm start (the baseline is there and was made
+# by this script with these package versions) loads the baseline instead
+# of setting up again: the cloud starts as it was after its first set-up,
+# with a fresh Ceph cluster (no volume outlives a stop). OPENSTACK_FRESH=1,
+# or removing OPENSTACK_DIR/baseline, sets up afresh.
 # Debian packages are installed with apt-get when missing (root; no daemon
 # is started by their postinst: policy-rc.d).
 #
@@ -151,6 +157,7 @@ admin_env() {
   unset OS_CLOUD OS_CLIENT_CONFIG_FILE
 }
 DB="mysql+pymysql://os:$PW@127.0.0.1"
+DATABASES="keystone glance placement nova_api nova nova_cell0 cinder neutron heat"
 RABBIT="rabbit://openstack:$PW@127.0.0.1:5672/"
 
 # up: every service's process runs and Keystone issues a token.
@@ -168,6 +175,12 @@ summary() {
   echo "clouds.yaml: $D/clouds.yaml (entries admin, prod-admin, staging-admin, prod, staging)"
   echo "logs: $LOG"
   echo "use: export OS_CLIENT_CONFIG_FILE=$D/clouds.yaml OS_CLOUD=prod; openstack server list"
+}
+
+# baseline_key: what a baseline is valid for (this script, the packages'
+# versions, the guest image).
+baseline_key() {
+  { cat "${BASH_SOURCE[0]}"; dpkg-query -W "${APT_OPENSTACK[@]}" 2>/dev/null; echo "$GUEST_KEY"; } | sha256sum | cut -c1-16
 }
 
 # rss: the resident memory of every service with its descendants (uwsgi
@@ -265,6 +278,7 @@ phase_guest() {
   GUEST_INITRD=$(sed -n 's/^initrd=//p' <<<"$out")
   GUEST_ROOT=$(sed -n 's/^root=//p' <<<"$out")
   local key; key=$(sed -n 's/^key=//p' <<<"$out")
+  GUEST_KEY=$key
   mkdir -p "$D/guest"
   if [ ! -f "$D/guest/$key.qcow2" ]; then
     rm -f "$D"/guest/*.qcow2
@@ -310,9 +324,13 @@ phase_infra() {
   WATCH=mariadb wait_for "mariadb (log: $LOG/mariadb.log)" 60 mysqladmin ping
   mysql -e "CREATE USER IF NOT EXISTS 'os'@'127.0.0.1' IDENTIFIED BY '$PW'; GRANT ALL ON *.* TO 'os'@'127.0.0.1'; FLUSH PRIVILEGES;"
   local db
-  for db in keystone glance placement nova_api nova nova_cell0 cinder neutron heat; do
+  for db in $DATABASES; do
     mysql -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db CHARACTER SET utf8mb4;"
   done
+  if [ "$WARM" = 1 ]; then
+    ts "infra: the baseline's databases"
+    mysql <"$D/baseline/db.sql"
+  fi
   ts "infra: rabbitmq"
   mkdir -p /var/log/rabbitmq; chown rabbitmq:rabbitmq /var/log/rabbitmq
   start rabbitmq su rabbitmq -s /bin/sh -c 'cd /var/lib/rabbitmq && HOME=/var/lib/rabbitmq ERL_EPMD_ADDRESS=127.0.0.1 RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODENAME=rabbit@localhost exec /usr/lib/rabbitmq/bin/rabbitmq-server'
@@ -336,6 +354,7 @@ key_repository = /etc/keystone/fernet-keys
 [credential]
 key_repository = /etc/keystone/credential-keys
 EOF
+  if [ "$WARM" = 0 ]; then
   rm -rf /etc/keystone/fernet-keys /etc/keystone/credential-keys
   {
     keystone-manage db_sync
@@ -345,8 +364,10 @@ EOF
       --bootstrap-admin-url http://127.0.0.1:5000/v3/ --bootstrap-internal-url http://127.0.0.1:5000/v3/ \
       --bootstrap-public-url http://127.0.0.1:5000/v3/
   } >>"$LOG/keystone-manage.log" 2>&1
+  fi
   uwsgi_app keystone 5000 /usr/bin/keystone-wsgi-public
   WATCH=keystone wait_for "keystone on :5000 (log: $LOG/keystone.log)" 60 http_up http://127.0.0.1:5000/v3
+  [ "$WARM" = 0 ] || return 0
   ts "keystone: projects, users, catalog"
   admin_env
   # One openstack process reading commands from stdin saves ~2 s a command.
@@ -419,14 +440,16 @@ auth_strategy = keystone
 connection = $DB/placement
 EOF
     ksat placement; } >/etc/placement/placement.conf
-  placement-manage db sync >>"$LOG/placement-manage.log" 2>&1
+  [ "$WARM" = 1 ] || placement-manage db sync >>"$LOG/placement-manage.log" 2>&1
   uwsgi_app placement 8778 /usr/bin/placement-api
 }
 
 phase_glance() {
   PHASE=glance
   ts "glance (file store in $D/images)"
-  mkdir -p "$D/images" "$D/lock"
+  mkdir -p "$D/lock"
+  rm -rf "$D/images"
+  if [ "$WARM" = 1 ]; then cp -a "$D/baseline/images" "$D/images"; else mkdir -p "$D/images"; fi
   { cat <<EOF
 [DEFAULT]
 use_stderr = true
@@ -446,7 +469,7 @@ filesystem_store_datadir = $D/images/
 lock_path = $D/lock
 EOF
     ksat glance; } >/etc/glance/glance-api.conf
-  "$BIN/os-run" glance.cmd.manage:main --config-file /etc/glance/glance-api.conf db_sync >>"$LOG/glance-manage.log" 2>&1
+  [ "$WARM" = 1 ] || "$BIN/os-run" glance.cmd.manage:main --config-file /etc/glance/glance-api.conf db_sync >>"$LOG/glance-manage.log" 2>&1
   start glance-api "$BIN/os-run" glance.cmd.api:main --config-file /etc/glance/glance-api.conf
 }
 
@@ -482,7 +505,7 @@ extension_drivers = port_security
 [ml2_type_flat]
 flat_networks = *
 EOF
-  "$BIN/os-run" neutron.db.migration.cli:main --config-file /etc/neutron/neutron.conf \
+  [ "$WARM" = 1 ] || "$BIN/os-run" neutron.db.migration.cli:main --config-file /etc/neutron/neutron.conf \
     --config-file /etc/neutron/plugins/ml2/ml2_conf.ini upgrade heads >>"$LOG/neutron-manage.log" 2>&1
   start neutron-server "$BIN/os-run" neutron.cmd.eventlet.server:main --config-file /etc/neutron/neutron.conf \
     --config-file /etc/neutron/plugins/ml2/ml2_conf.ini
@@ -543,7 +566,7 @@ password = $PW
 EOF
     ksat nova; svc_auth placement placement; svc_auth cinder cinder; echo "os_region_name = RegionOne"
     svc_auth neutron neutron; } >/etc/nova/nova.conf
-  {
+  [ "$WARM" = 1 ] || {
     "$BIN/os-run" nova.cmd.manage:main api_db sync
     "$BIN/os-run" nova.cmd.manage:main cell_v2 map_cell0
     "$BIN/os-run" nova.cmd.manage:main cell_v2 create_cell --name=cell1 --verbose
@@ -588,7 +611,7 @@ rbd_user = admin
 rbd_secret_uuid = $RBD_SECRET_UUID
 EOF
     ksat cinder; echo "service_token_roles_required = true"; svc_auth nova nova; } >/etc/cinder/cinder.conf
-  "$BIN/os-run" cinder.cmd.manage:main db sync >>"$LOG/cinder-manage.log" 2>&1
+  [ "$WARM" = 1 ] || "$BIN/os-run" cinder.cmd.manage:main db sync >>"$LOG/cinder-manage.log" 2>&1
   uwsgi_app cinder-api 8776 "$BIN/cinder-wsgi" 2 1
   # The scheduler first: a backend whose capabilities it missed is NoValidBackend.
   start cinder-scheduler "$BIN/os-run" cinder.cmd.scheduler:main --config-file /etc/cinder/cinder.conf
@@ -622,7 +645,7 @@ lock_path = $D/lock
 heartbeat_in_pthread = false
 EOF
     ksat heat; svc_auth trustee heat; } >/etc/heat/heat.conf
-  "$BIN/os-run" heat.cmd.manage:main --config-file /etc/heat/heat.conf db_sync >>"$LOG/heat-manage.log" 2>&1
+  [ "$WARM" = 1 ] || "$BIN/os-run" heat.cmd.manage:main --config-file /etc/heat/heat.conf db_sync >>"$LOG/heat-manage.log" 2>&1
   start heat-api "$BIN/os-run" heat.cmd.api:main --config-file /etc/heat/heat.conf
   start heat-engine "$BIN/os-run" heat.cmd.engine:main --config-file /etc/heat/heat.conf
 }
@@ -651,6 +674,17 @@ phase_resources() {
   PHASE=resources
   admin_env
   WATCH=glance-api wait_for "glance on :9292 (log: $LOG/glance-api.log)" "$WAIT_MAX" http_up http://127.0.0.1:9292/
+  if [ "$WARM" = 1 ]; then
+    PHASE=neutron
+    WATCH=neutron-server wait_for "neutron-server on :9696 (log: $LOG/neutron-server.log)" "$WAIT_MAX" http_up http://127.0.0.1:9696/
+    PHASE=nova-compute
+    ts "nova: wait for nova-compute"
+    WATCH=nova-compute wait_for "nova-compute up (log: $LOG/nova-compute.log)" "$WAIT_MAX" \
+      bash -c 'openstack compute service list --service nova-compute -f value -c State | grep -q up'
+    wait_pool
+    wait_heat
+    return 0
+  fi
   ts "glance: the image raksha-lab-guest (kernel, ramdisk, qcow2 root)"
   local kid rid
   kid=$(openstack image create --disk-format aki --container-format aki --public --file "$GUEST_KERNEL" raksha-lab-guest-kernel -f value -c id)
@@ -674,16 +708,41 @@ phase_resources() {
   openstack flavor create --id 1 --vcpus 1 --ram 256 --disk 1 m1.tiny -f value -c id >/dev/null
   openstack flavor create --id 2 --vcpus 1 --ram 512 --disk 2 m1.small -f value -c id >/dev/null
   PHASE=cinder-volume
-  ts "cinder: volume type ceph, wait for the scheduler to see the pool"
+  ts "cinder: volume type ceph"
   openstack volume type create --property volume_backend_name=ceph --public ceph -f value -c id >/dev/null
+  wait_pool
+  wait_heat
+}
+
+# wait_pool: a volume create fails with NoValidBackend until the scheduler
+# has the backend's capabilities.
+wait_pool() {
+  PHASE=cinder-volume
+  ts "cinder: wait for the scheduler to see the ceph pool"
   local tok proj
   read -r tok proj < <(openstack token issue -f value -c id -c project_id | tr '\n' ' ')
   WATCH=cinder-volume wait_for "the scheduler to list the ceph pool (log: $LOG/cinder-volume.log)" "$WAIT_MAX" \
     bash -c "curl -sf -H 'X-Auth-Token: $tok' http://127.0.0.1:8776/v3/$proj/scheduler-stats/get_pools | grep -q '\"name\"'"
+}
+
+wait_heat() {
   PHASE=heat
   WATCH=heat-api wait_for "heat-api on :8004 (log: $LOG/heat-api.log)" "$WAIT_MAX" http_up http://127.0.0.1:8004/
   WATCH=heat-engine wait_for "heat-engine up (log: $LOG/heat-engine.log)" "$WAIT_MAX" \
     bash -c 'openstack orchestration service list -f value -c Status 2>/dev/null | grep -q up'
+}
+
+# save_baseline: the databases and Glance's files as the first set-up left
+# them, for the next warm start.
+save_baseline() {
+  PHASE=baseline
+  ts "baseline: the databases and Glance's files for the next warm start"
+  rm -rf "$D/baseline.tmp"; mkdir -p "$D/baseline.tmp"
+  # shellcheck disable=SC2086
+  mysqldump --databases $DATABASES --single-transaction >"$D/baseline.tmp/db.sql"
+  cp -a "$D/images" "$D/baseline.tmp/images"
+  baseline_key >"$D/baseline.tmp/key"
+  rm -rf "$D/baseline"; mv "$D/baseline.tmp" "$D/baseline"
 }
 
 phase_clouds() {
@@ -731,6 +790,14 @@ echo "openstack-up.sh: state in $D, logs in $LOG"
 
 phase_install
 phase_guest
+WARM=0
+if [ "${OPENSTACK_FRESH:-0}" != 1 ] && [ -f "$D/baseline/key" ] && [ "$(cat "$D/baseline/key")" = "$(baseline_key)" ]; then
+  WARM=1
+  ts "warm start from the baseline of the first set-up"
+else
+  rm -rf "$D/baseline"
+  ts "first set-up (no baseline of this script and these packages)"
+fi
 phase_ceph
 phase_libvirt
 phase_infra
@@ -746,6 +813,7 @@ phase_heat
 phase_compute
 phase_resources
 phase_clouds
+[ "$WARM" = 1 ] || save_baseline
 touch "$D/ready"
 trap - ERR
 ts "openstack: up"
