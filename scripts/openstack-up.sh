@@ -50,7 +50,7 @@
 # tests; one libvirtd per machine, as on a compute node). Nova names its
 # domains os-instance-%08x so they never collide with the lab's
 # instance-%08x domains in the same libvirtd.
-set -euo pipefail
+set -Eeuo pipefail # -E: the ERR trap also fires inside functions
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -720,7 +720,8 @@ wait_pool() {
   PHASE=cinder-volume
   ts "cinder: wait for the scheduler to see the ceph pool"
   local tok proj
-  read -r tok proj < <(openstack token issue -f value -c id -c project_id | tr '\n' ' ')
+  read -r tok proj < <(openstack token issue -f value -c id -c project_id | tr '\n' ' ') || true # no newline: read says EOF
+  [ -n "$proj" ] || { echo "openstack-up.sh: no admin token from keystone" >&2; return 1; }
   WATCH=cinder-volume wait_for "the scheduler to list the ceph pool (log: $LOG/cinder-volume.log)" "$WAIT_MAX" \
     bash -c "curl -sf -H 'X-Auth-Token: $tok' http://127.0.0.1:8776/v3/$proj/scheduler-stats/get_pools | grep -q '\"name\"'"
 }
