@@ -16,6 +16,7 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/internal/cloud"
+	"github.com/raksha-backup/raksha/internal/host/libvirt"
 	"github.com/raksha-backup/raksha/internal/host/libvirt/libvirttest"
 	"github.com/raksha-backup/raksha/internal/lab"
 	"github.com/raksha-backup/raksha/internal/repo"
@@ -32,7 +33,11 @@ import (
 //	  -count=1 -run TestOpenStack -v ./integration/
 //
 // This is the first of them (issue 14): an app-consistent backup and an
-// incremental of two image-booted servers with an RBD volume each.
+// incremental of two image-booted servers with an RBD volume each. Not
+// checked yet (the issue's later part): after the test's cleanup the two
+// volumes are gone from Cinder, but their RBD images stay in the pool's
+// trash, held there by the snapshot Raksha keeps for the next diff (seen:
+// `rbd trash ls -l volumes` lists both).
 
 // openstackEnv reads the clouds.yaml path and the env file of
 // scripts/openstack-up.sh.
@@ -138,12 +143,27 @@ func TestOpenStackBackupAndIncremental(t *testing.T) {
 	if _, err := repo.Init(ctx, be, repo.InitOptions{Password: "secret"}, repo.Options{}); err != nil {
 		t.Fatal(err)
 	}
+	// The guests answer their agent some seconds after ACTIVE (the
+	// in-guest writer's first records are durable by then).
+	lvc := libvirttest.Conn(t)
+	for _, id := range serverIDs {
+		actx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		dom, err := lvc.Domain(actx, id)
+		if err == nil {
+			err = libvirt.WaitAgent(actx, lvc, dom)
+		}
+		cancel()
+		if err != nil {
+			t.Fatalf("the guest agent of server %s: %v", id, err)
+		}
+	}
+	t.Logf("both guests' agents answer %v after the servers were created", time.Since(start).Round(time.Second))
 	acts := activities.New(activities.Config{
 		Repos:      map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
 		WorkDir:    filepath.Join(dir, "work"),
 		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Discoverer: &activities.CloudDiscoverer{Client: admin}, CephConf: env["CEPH_CONF"],
-		Libvirt: libvirttest.Conn(t), LockDir: filepath.Join(dir, "locks"),
+		Libvirt: lvc, LockDir: filepath.Join(dir, "locks"),
 	})
 	t.Cleanup(func() { activities.Shutdown(context.Background(), acts) })
 	startWorkers(t, tc, acts, activities.ControlQueue, activities.HostQueue(host), activities.DataQueue)
