@@ -4,6 +4,12 @@
 #   make test    installs what the tests need and runs every test, printing phase times
 #   make bench   Raksha side by side with restic and kopia (bench/RESULTS.md)
 #   make lint    gofmt, go vet, staticcheck
+#   make openstack-up / openstack-down
+#                a real all-in-one OpenStack (Debian's Zed) on 127.0.0.1, started
+#                and stopped by scripts/openstack-up.sh / openstack-down.sh
+#   make openstack-contract
+#                the cloud adapter's contract tests against the lab and that
+#                real OpenStack (brought up first if it is not)
 #
 # Debian packages are installed with apt-get (as root) when missing; Go tools are
 # installed at pinned versions into ./bin.
@@ -43,7 +49,7 @@ APT_DEMO := $(APT_QEMU) $(APT_LIBVIRT)
 # that it is looked up when used, after test-deps ran).
 CEPH_TAGS = $(shell test -e /usr/include/rbd/librbd.h && echo "-tags ceph,pacific")
 
-.PHONY: all build demo test test-deps demo-deps bench lint fuzz chaos clean appliance deploy-check webui-shots
+.PHONY: all build demo test test-deps demo-deps bench lint fuzz chaos clean appliance deploy-check webui-shots openstack-up openstack-down openstack-contract
 
 all: build
 
@@ -155,6 +161,23 @@ BENCH_LIBVIRT ?= 1
 bench: test-deps build
 	bench/run.sh
 	if [ "$(BENCH_LIBVIRT)" = 1 ]; then bench/libvirt.sh; fi
+
+# The real OpenStack tier (issue 14): scripts/openstack-up.sh installs the
+# Debian packages it needs (apt-get, as root), is idempotent, and prints
+# where its clouds.yaml is (OPENSTACK_DIR, default /var/tmp/raksha-openstack).
+# Heavy (about 3.5 GiB of services): stop it with make openstack-down.
+OPENSTACK_DIR ?= /var/tmp/raksha-openstack
+export OPENSTACK_DIR
+openstack-up:
+	scripts/openstack-up.sh
+
+openstack-down:
+	scripts/openstack-down.sh
+
+# RAKSHA_OPENSTACK_CLOUDS names the clouds.yaml the contract suites run
+# against besides the lab (internal/lab/contract_*_test.go).
+openstack-contract: openstack-up
+	RAKSHA_OPENSTACK_CLOUDS=$(OPENSTACK_DIR)/clouds.yaml $(GO) test -count=1 -timeout 20m -run '^TestAPI(Contract|Behaviour)' -v ./internal/lab/
 
 lint: $(BIN)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

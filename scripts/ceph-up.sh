@@ -12,6 +12,9 @@
 #   CEPHLAB_DIR            cluster directory if no argument is given
 #                          (default ${TMPDIR:-/tmp}/raksha-cephlab); must not exist or be empty
 #   CEPHLAB_MON_PORT       mon port (msgr2)                         default 46789
+#   CEPHLAB_MON_V1_PORT    if set, the mon also listens on msgr1 at this port (Cinder's
+#                          RBD driver and libvirt take the mon's legacy v1 address from
+#                          `ceph mon dump`; scripts/openstack-up.sh sets it)
 #   CEPHLAB_RGW_PORT       radosgw HTTP port                        default 47480
 #   CEPHLAB_MSGR_PORT_MIN  first/last port daemons other than the   default 46800
 #   CEPHLAB_MSGR_PORT_MAX  mon bind (OSD, mgr: about 6 are used)    default 46819
@@ -36,6 +39,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 D=${1:-${CEPHLAB_DIR:-${TMPDIR:-/tmp}/raksha-cephlab}}
 MON_PORT=${CEPHLAB_MON_PORT:-46789}
+MON_V1_PORT=${CEPHLAB_MON_V1_PORT:-}
 RGW_PORT=${CEPHLAB_RGW_PORT:-47480}
 PMIN=${CEPHLAB_MSGR_PORT_MIN:-46800}
 PMAX=${CEPHLAB_MSGR_PORT_MAX:-46819}
@@ -59,7 +63,7 @@ need=(ceph ceph-authtool monmaptool ceph-mon ceph-osd uuidgen)
 [ "$WITH_RBD" = 1 ] && need+=(rbd)
 for b in "${need[@]}"; do command -v "$b" >/dev/null 2>&1 || missing+=("$b"); done
 [ ${#missing[@]} = 0 ] || die "missing programs: ${missing[*]} (install the Debian packages: make test-deps)"
-for p in "$MON_PORT" "$RGW_PORT" "$PMIN" "$PMAX"; do
+for p in "$MON_PORT" ${MON_V1_PORT:+"$MON_V1_PORT"} "$RGW_PORT" "$PMIN" "$PMAX"; do
   [[ $p =~ ^[0-9]+$ ]] && [ "$p" -gt 0 ] && [ "$p" -lt 65536 ] || die "invalid port $p"
 done
 [ "$PMIN" -le "$PMAX" ] || die "CEPHLAB_MSGR_PORT_MIN $PMIN > CEPHLAB_MSGR_PORT_MAX $PMAX"
@@ -90,16 +94,21 @@ export CEPH_CONF="$D/ceph.conf"
 # Without a mgr the mon raises MGR_DOWN (HEALTH_WARN) ~2 min after creation; push that out.
 MGR_GRACE=120
 [ "$WITH_MGR" = 1 ] || MGR_GRACE=31536000
+# The mon's addresses: msgr2 only, or msgr2 and msgr1 (CEPHLAB_MON_V1_PORT).
+MON_HOST="v2:127.0.0.1:$MON_PORT" MONMAP_ADDRS="[v2:127.0.0.1:$MON_PORT]" MSGR1=false
+if [ -n "$MON_V1_PORT" ]; then
+  MONMAP_ADDRS="[v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$MON_V1_PORT]" MON_HOST=$MONMAP_ADDRS MSGR1=true
+fi
 
 cat >"$D/ceph.conf" <<EOF
 [global]
 fsid = $FSID
-mon host = v2:127.0.0.1:$MON_PORT
+mon host = $MON_HOST
 public addr = 127.0.0.1
 public network = 127.0.0.0/8
 ms bind ipv4 = true
 ms bind ipv6 = false
-ms bind msgr1 = false
+ms bind msgr1 = $MSGR1
 ms bind port min = $PMIN
 ms bind port max = $PMAX
 auth cluster required = cephx
@@ -175,7 +184,7 @@ ceph-authtool --create-keyring "$D/keyring.mon-seed" --gen-key -n mon. --cap mon
 ceph-authtool --create-keyring "$D/keyring.admin" --gen-key -n client.admin \
   --cap mon 'allow *' --cap osd 'allow *' --cap mds 'allow *' --cap mgr 'allow *' >/dev/null
 ceph-authtool "$D/keyring.mon-seed" --import-keyring "$D/keyring.admin" >/dev/null
-monmaptool --create --fsid "$FSID" --addv a "[v2:127.0.0.1:$MON_PORT]" "$D/monmap" >/dev/null
+monmaptool --create --fsid "$FSID" --addv a "$MONMAP_ADDRS" "$D/monmap" >/dev/null
 ceph-mon --mkfs -i a --monmap "$D/monmap" --keyring "$D/keyring.mon-seed"
 rm -f "$D/monmap" "$D/keyring.mon-seed"
 

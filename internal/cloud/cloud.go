@@ -338,9 +338,21 @@ func looksLikeID(s string) bool {
 
 // newProvider authenticates with AllowReauth: gophercloud renews an expired
 // token once and repeats the request.
+// newProvider authenticates with the HTTP client hc. The TLS settings of a
+// clouds.yaml entry (tlsCfg) go into hc's transport: gophercloud's
+// WithTLSConfig would replace the transport, and a caller's Config.HTTPClient
+// (a proxy, a test's recorder) would then carry no request. A caller's
+// transport that is no *http.Transport keeps its own TLS settings.
 func newProvider(ctx context.Context, ao gophercloud.AuthOptions, hc http.Client, tlsCfg *tls.Config) (*gophercloud.ProviderClient, error) {
 	if tlsCfg != nil {
-		return config.NewProviderClient(ctx, ao, config.WithHTTPClient(hc), config.WithTLSConfig(tlsCfg))
+		switch t := hc.Transport.(type) {
+		case nil:
+			return config.NewProviderClient(ctx, ao, config.WithHTTPClient(hc), config.WithTLSConfig(tlsCfg))
+		case *http.Transport:
+			t = t.Clone()
+			t.TLSClientConfig = tlsCfg
+			hc.Transport = t
+		}
 	}
 	return config.NewProviderClient(ctx, ao, config.WithHTTPClient(hc))
 }

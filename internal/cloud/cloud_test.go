@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -157,6 +159,37 @@ func TestConnectFromEnvAndCloudsYAML(t *testing.T) {
 	}
 }
 
+// countingTransport counts the requests it carries.
+type countingTransport struct{ n atomic.Int64 }
+
+func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// A clouds.yaml entry comes with TLS settings; the caller's HTTP client must
+// still carry every request (found by the contract suite against a real
+// cloud: its recorder saw none of internal/cloud's requests).
+func TestHTTPClientCarriesRequestsWithCloudsYAML(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ct := &countingTransport{}
+	c, err := Connect(ctx, Config{Cloud: "lab-admin", CloudsFile: f.cloudsYA, HTTPClient: &http.Client{Transport: ct}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := ct.n.Load()
+	if before == 0 {
+		t.Fatal("the token request did not go through Config.HTTPClient")
+	}
+	if _, err := c.Discover(ctx, Selector{Workload: "none"}); err != nil {
+		t.Fatal(err)
+	}
+	if ct.n.Load() == before {
+		t.Fatal("a Nova request did not go through Config.HTTPClient")
+	}
+}
+
 func TestDiscoveryBySelectorAndTopologyChange(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -180,6 +213,21 @@ func TestDiscoveryBySelectorAndTopologyChange(t *testing.T) {
 		{Name: "data", Type: "OS::Cinder::Volume", PhysicalID: "not-a-server"},
 	}); err != nil {
 		t.Fatal(err)
+	}
+	// The groups of servers discovered from a list (Nova answers
+	// server_groups only when it shows one server).
+	w, err := c.DiscoverWorkload(ctx, "demo", Selector{Workload: "demo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range w.Servers {
+		want := []string{g.ID}
+		if m.Name == "db-1" {
+			want = nil
+		}
+		if !reflect.DeepEqual(m.ServerGroups, want) {
+			t.Errorf("discovered %s in server groups %v, want %v", m.Name, m.ServerGroups, want)
+		}
 	}
 	cases := []struct {
 		sel  Selector

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"time"
 
@@ -183,7 +184,38 @@ func (c *Client) DiscoverWorkload(ctx context.Context, name string, sel Selector
 		}
 		w.Servers = append(w.Servers, *m)
 	}
+	if err := c.fillServerGroups(ctx, w.Servers); err != nil {
+		return nil, fmt.Errorf("discover workload %s: %w", name, err)
+	}
 	return w, nil
+}
+
+// fillServerGroups sets the server groups of servers captured from a list:
+// Nova answers server_groups only when it shows one server, never in a list
+// (seen on Zed), so the groups' members are read once instead.
+func (c *Client) fillServerGroups(ctx context.Context, ms []ServerMeta) error {
+	if len(ms) == 0 {
+		return nil
+	}
+	pages, err := servergroups.List(c.compute, servergroups.ListOpts{}).AllPages(ctx)
+	if err != nil {
+		return classify("list server groups", err)
+	}
+	gs, err := servergroups.ExtractServerGroups(pages)
+	if err != nil {
+		return classify("list server groups", err)
+	}
+	for i := range ms {
+		if ms[i].ServerGroups != nil {
+			continue
+		}
+		for _, g := range gs {
+			if slices.Contains(g.Members, ms[i].ID) {
+				ms[i].ServerGroups = append(ms[i].ServerGroups, g.ID)
+			}
+		}
+	}
+	return nil
 }
 
 func (c *Client) listServers(ctx context.Context, opts servers.ListOpts) ([]servers.Server, error) {

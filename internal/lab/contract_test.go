@@ -2,8 +2,6 @@ package lab_test
 
 import (
 	"bytes"
-	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,11 +15,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
-
-	"github.com/raksha-backup/raksha/internal/cloud"
-	"github.com/raksha-backup/raksha/internal/lab"
-	"github.com/raksha-backup/raksha/internal/lab/labtest"
 )
 
 // The contract tests hold the lab's responses against JSON samples from
@@ -40,11 +33,26 @@ type exchange struct {
 	Body         []byte
 }
 
-// recorder is an http.RoundTripper that keeps every exchange.
+// recorder is an http.RoundTripper that keeps every exchange. Paths are
+// recorded as the lab lays them out (one host, a prefix per service:
+// /compute/v2.1/..., /volume/v3/...): prefix maps the host of a real
+// cloud's service (one port each) to the lab's prefix of that service.
 type recorder struct {
-	rt http.RoundTripper
-	mu sync.Mutex
-	ex []exchange
+	rt     http.RoundTripper
+	mu     sync.Mutex
+	ex     []exchange
+	prefix map[string]string
+}
+
+// path is the request's path as the lab would have it.
+func (r *recorder) path(req *http.Request) string {
+	r.mu.Lock()
+	p, ok := r.prefix[req.URL.Host]
+	r.mu.Unlock()
+	if ok && !strings.HasPrefix(req.URL.Path, p+"/") {
+		return p + req.URL.Path
+	}
+	return req.URL.Path
 }
 
 func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -58,8 +66,9 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("record %s %s: %w", req.Method, req.URL.Path, err)
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))
+	path := r.path(req)
 	r.mu.Lock()
-	r.ex = append(r.ex, exchange{Method: req.Method, Path: req.URL.Path, Status: resp.StatusCode, Body: body})
+	r.ex = append(r.ex, exchange{Method: req.Method, Path: path, Status: resp.StatusCode, Body: body})
 	r.mu.Unlock()
 	return resp, nil
 }
@@ -103,6 +112,31 @@ type contract struct {
 	// anyShape are string paths whose shape (timestamp, id, URL) is not
 	// compared, with the reason in a comment.
 	anyShape []string
+	// omitted are paths the reference sample has that this route must not
+	// answer (the sample is of another route or a later release).
+	omitted []string
+	// mayLack are paths a target may not answer (set per target, see
+	// contractTarget.deployment).
+	mayLack []string
+}
+
+// with returns the contract with a target's allowances added.
+func (ct contract) with(d deploymentAllowance) contract {
+	ct.mayLack = append(slices.Clone(ct.mayLack), d.mayLack...)
+	ct.emptyOK = append(slices.Clone(ct.emptyOK), d.emptyOK...)
+	ct.anyShape = append(slices.Clone(ct.anyShape), d.anyShape...)
+	ct.values = slices.DeleteFunc(slices.Clone(ct.values), func(v string) bool {
+		return slices.Contains(d.skipValues, strings.TrimPrefix(v, "="))
+	})
+	return ct
+}
+
+// deploymentAllowance is what a target's deployment answers differently
+// from the reference samples, for reasons of that deployment (extensions
+// it does not load, a release older than the sample, what the test could
+// make there), each with its reason where it is set.
+type deploymentAllowance struct {
+	mayLack, emptyOK, anyShape, skipValues []string
 }
 
 // Paths: keys joined by ".", "[]" for every element of a list, "*" for
@@ -135,7 +169,10 @@ var contracts = []contract{
 		values:   []string{"status", "OS-EXT-STS:vm_state", "host_status", "addresses.*[].OS-EXT-IPS:type"},
 		nullable: []string{"locked_reason", "key_name"},
 		freeKeys: []string{"metadata", "addresses", "flavor.extra_specs"},
-		emptyOK:  []string{"server_groups"},
+		// Nova answers server_groups (2.71) only in show, rebuild and
+		// update, never in a list (nova/api/openstack/compute/views/
+		// servers.py; seen on Zed).
+		omitted: []string{"server_groups"},
 	},
 	{
 		name: "Nova flavor show with extra specs (microversion 2.79)", method: "GET", path: `^/compute/v2\.1/flavors/[^/]+$`,
@@ -205,8 +242,10 @@ var contracts = []contract{
 	{
 		name: "Neutron security group show", method: "GET", path: `^/network/v2\.0/security-groups/[^/]+$`,
 		fixture: "neutron-security-group-show.json", fixtureAt: "security_group", respAt: "security_group",
-		values:   []string{"stateful", "shared"},
-		nullable: []string{"security_group_rules[].remote_group_id"},
+		values: []string{"stateful", "shared"},
+		// Zed answers null for the description of the rules Neutron makes
+		// in a default group itself (the sample, of a later release, "").
+		nullable: []string{"security_group_rules[].remote_group_id", "security_group_rules[].description"},
 		emptyOK:  []string{"tags", "security_group_rules[].tags"},
 	},
 	{
@@ -237,157 +276,6 @@ var contracts = []contract{
 		// The sample predates the "Z" of heat.common.timeutils.isotime.
 		anyShape: []string{"creation_time", "updated_time"},
 	},
-}
-
-func TestAPIContractAgainstReferenceSamples(t *testing.T) {
-	start := time.Now()
-	l := labtest.Start(t)
-	ctx := context.Background()
-	const project = "contract"
-	projectID, err := l.EnsureProject(project)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.EnsureUser(lab.AdminUser, labtest.AdminPassword, project, "admin"); err != nil {
-		t.Fatal(err)
-	}
-	rec := &recorder{rt: http.DefaultTransport}
-	c, err := cloud.Connect(ctx, cloud.Config{
-		AuthURL: l.AuthURL(), Username: lab.AdminUser, Password: labtest.AdminPassword, ProjectName: project,
-		Region: "RegionOne", PollInterval: 10 * time.Millisecond, HTTPClient: &http.Client{Transport: rec},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	// A workload as internal/cloud sees it: a server with user data, tags
-	// and metadata, an attached volume, in a Heat stack and a server group.
-	meta := &cloud.ServerMeta{
-		Name: "app-1", Metadata: map[string]string{cloud.WorkloadKey: project}, Tags: []string{"tier=app"},
-		UserData: base64.StdEncoding.EncodeToString([]byte("#!/bin/sh\necho hello\n")),
-		Flavor:   cloud.FlavorMeta{ID: "1"}, Image: &cloud.ImageMeta{Name: lab.GuestImage},
-		Ports: []cloud.PortMeta{{NetworkName: lab.Network}}, SecurityGroups: []cloud.SecurityGroupMeta{{Name: "default"}},
-	}
-	serverID, err := c.CreateServer(ctx, meta, nil, cloud.Remap{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	volID, err := c.CreateVolume(ctx, cloud.VolumeOpts{Name: "app-1-data", Description: "data of app-1", SizeGB: 1,
-		Metadata: map[string]string{cloud.WorkloadKey: project}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.WaitServer(ctx, serverID, "ACTIVE", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.WaitVolume(ctx, volID, "available", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.AttachVolume(ctx, serverID, volID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.WaitVolume(ctx, volID, "in-use", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	inner, err := l.CreateStack(projectID, "app-inner", "", []lab.StackResource{{Name: "server", Type: "OS::Nova::Server", PhysicalID: serverID}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.CreateStack(projectID, "app", "", []lab.StackResource{{Name: "inner", Type: "app-inner.yaml", PhysicalID: inner}}); err != nil {
-		t.Fatal(err)
-	}
-	groupID := createServerGroup(t, l, project)
-
-	w, err := c.DiscoverWorkload(ctx, "contract", cloud.Selector{Workload: project})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(w.Servers) != 1 || len(w.Servers[0].Volumes) != 1 || len(w.Servers[0].Ports) != 1 {
-		t.Fatalf("discovered %+v", w)
-	}
-	if list, err := c.Discover(ctx, cloud.Selector{Stack: "app"}); err != nil || len(list) != 1 {
-		t.Fatalf("discover by stack: %v %v", list, err)
-	}
-	if _, err := c.Discover(ctx, cloud.Selector{ServerGroup: groupID}); err != nil {
-		t.Fatalf("discover by server group: %v", err)
-	}
-	snapID, err := c.CreateSnapshot(ctx, volID, cloud.SnapshotOpts{Name: "app-1-data-snap", Description: "contract", Force: true,
-		Metadata: map[string]string{"raksha.backup": "b1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.WaitSnapshot(ctx, snapID, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	// Before microversion 2.47 internal/cloud reads the extra specs apart.
-	rawGet(t, rec, l, c, "/compute/v2.1/flavors/1/os-extra_specs")
-	t.Logf("workload set up and captured through internal/cloud in %s", time.Since(start).Round(time.Millisecond))
-
-	for _, ct := range contracts {
-		t.Run(ct.name, func(t *testing.T) {
-			e, ok := rec.last(ct.method, regexp.MustCompile(ct.path))
-			if !ok {
-				t.Fatalf("internal/cloud made no successful %s matching %s: the contract is stale or the call is gone", ct.method, ct.path)
-			}
-			checkContract(t, ct, e)
-		})
-	}
-}
-
-// createServerGroup makes an empty server group (internal/cloud only
-// reads them) with a raw request as the lab admin.
-func createServerGroup(t *testing.T, l *lab.Lab, project string) string {
-	t.Helper()
-	tok := rawToken(t, l, project)
-	req, _ := http.NewRequest("POST", l.URL()+"/compute/v2.1/os-server-groups",
-		strings.NewReader(`{"server_group":{"name":"app-group","policy":"anti-affinity"}}`))
-	req.Header.Set("X-Auth-Token", tok)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("OpenStack-API-Version", "compute "+cloud.DefaultComputeMicroversion)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out struct {
-		ServerGroup struct{ ID string } `json:"server_group"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.ServerGroup.ID == "" {
-		t.Fatalf("create server group: %d %v", resp.StatusCode, err)
-	}
-	return out.ServerGroup.ID
-}
-
-func rawToken(t *testing.T, l *lab.Lab, project string) string {
-	t.Helper()
-	body := fmt.Sprintf(`{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":%q,"domain":{"id":"default"},"password":%q}}},"scope":{"project":{"name":%q,"domain":{"id":"default"}}}}}`,
-		lab.AdminUser, labtest.AdminPassword, project)
-	resp, err := http.Post(l.AuthURL()+"/auth/tokens", "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("token: %d", resp.StatusCode)
-	}
-	return resp.Header.Get("X-Subject-Token")
-}
-
-// rawGet sends a GET through the recording client with Raksha's compute
-// microversion.
-func rawGet(t *testing.T, rec *recorder, l *lab.Lab, c *cloud.Client, path string) {
-	t.Helper()
-	req, _ := http.NewRequest("GET", l.URL()+path, nil)
-	req.Header.Set("X-Auth-Token", rawToken(t, l, c.ProjectName()))
-	req.Header.Set("OpenStack-API-Version", "compute "+cloud.DefaultComputeMicroversion)
-	resp, err := (&http.Client{Transport: rec}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %d", path, resp.StatusCode)
-	}
 }
 
 func loadFixture(t *testing.T, name string) any {
@@ -532,6 +420,15 @@ func (c *comparer) compare(p string, fix, got any) {
 		}
 		for _, k := range sortedKeys(f) {
 			gv, ok := g[k]
+			if c.in(c.ct.omitted, join(p, k)) {
+				if ok {
+					c.errs = append(c.errs, fmt.Sprintf("%s: answered; this route does not answer it", join(p, k)))
+				}
+				continue
+			}
+			if !ok && c.in(c.ct.mayLack, join(p, k)) {
+				continue
+			}
 			if !ok {
 				c.errs = append(c.errs, fmt.Sprintf("%s: missing (the reference has %s %s)", join(p, k), kind(f[k]), js(f[k])))
 				continue

@@ -380,7 +380,11 @@ func (l *Lab) listServers(w http.ResponseWriter, r *http.Request, c *call) error
 	}
 	out := []any{}
 	for _, s := range list {
-		out = append(out, l.serverView(s, c, detail))
+		v := l.serverView(s, c, detail)
+		// Nova answers server_groups only in show, rebuild and update,
+		// never in a list (seen on Zed).
+		delete(v, "server_groups")
+		out = append(out, v)
 	}
 	resp["servers"] = out
 	l.writeJSON(w, http.StatusOK, resp)
@@ -1278,7 +1282,9 @@ func (l *Lab) attachVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 		dev = nextDevice(l.st, s)
 	}
 	a := attachment{ID: newID(), VolumeID: v.ID, Device: dev, Tag: ba.Tag, DeleteOnTermination: ba.DeleteOnTermination, AttachedAt: time.Now()}
-	v.Status, v.Updated = "attaching", time.Now()
+	// As Zed: nova-api reserves the volume (Cinder's attachment create:
+	// "reserved"), nova-compute then attaches it ("attaching", "in-use").
+	v.Status, v.Updated = "reserved", time.Now()
 	running := s.VMState == vmActive
 	ref := InstanceRef{s.Host, s.InstanceName}
 	disk := l.volumeDisk(v)
@@ -1287,6 +1293,11 @@ func (l *Lab) attachVolume(w http.ResponseWriter, r *http.Request, c *call) erro
 		return err
 	}
 	l.async(func(ctx context.Context) {
+		l.mu.Lock()
+		if vol := l.st.Volumes[a.VolumeID]; vol != nil && vol.Status == "reserved" {
+			vol.Status, vol.Updated = "attaching", time.Now()
+		}
+		l.mu.Unlock()
 		var err error
 		if running {
 			err = l.opts.Compute.Attach(ctx, ref, disk)

@@ -387,6 +387,11 @@ func secRuleView(r *secRule, inDefault bool) map[string]any {
 		"remote_address_group_id": nil, "tenant_id": r.ProjectID, "project_id": r.ProjectID, "description": "",
 		"normalized_cidr": nil, "revision_number": 0,
 	}
+	if inDefault {
+		// The rules Neutron makes in a default group itself have no
+		// description: Zed answers null (later releases "").
+		v["description"] = nil
+	}
 	if r.PortMin != nil {
 		v["port_range_min"] = *r.PortMin
 	}

@@ -1,0 +1,220 @@
+package lab_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/raksha-backup/raksha/internal/cloud"
+	"github.com/raksha-backup/raksha/internal/lab"
+)
+
+// TestAPIBehaviourContract holds what the targets do, beside what they
+// answer: the status codes, error bodies and the kinds internal/cloud makes
+// of them for the refusals Raksha meets, and the statuses a volume, a
+// snapshot and a server pass through. The expectations are the real Zed's
+// (seen with scripts/openstack-up.sh); the lab must show the same.
+func TestAPIBehaviourContract(t *testing.T) {
+	t.Run("lab", func(t *testing.T) { runBehaviour(t, labTarget(t)) })
+	t.Run("openstack", func(t *testing.T) { runBehaviour(t, openstackTarget(t)) })
+}
+
+func runBehaviour(t *testing.T, tgt contractTarget) {
+	ctx := context.Background()
+	rec := &recorder{rt: http.DefaultTransport}
+	s := newRawSession(t, tgt, rec)
+	cfg := tgt.cfg
+	cfg.PollInterval = 100 * time.Millisecond
+	c, err := cloud.Connect(ctx, cfg)
+	if err != nil {
+		t.Fatalf("%s: %v", tgt.name, err)
+	}
+	const missing = "00000000-0000-4000-8000-000000000000"
+
+	// Not found: 404 with the service's fault key, ErrNotFound.
+	for _, nf := range []struct{ service, path, fault string }{
+		{"compute", "/servers/" + missing, "itemNotFound"},
+		{"volumev3", "/volumes/" + missing, "itemNotFound"},
+		{"volumev3", "/snapshots/" + missing, "itemNotFound"},
+		{"network", "/v2.0/ports/" + missing, "NeutronError"},
+	} {
+		st, body, err := s.do(ctx, "GET", nf.service, nf.path, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkFault(t, "GET "+nf.service+nf.path, st, body, http.StatusNotFound, nf.fault)
+	}
+	if _, err := c.GetServer(ctx, missing); !errors.Is(err, cloud.ErrNotFound) {
+		t.Errorf("GetServer of a missing server: %v, want ErrNotFound", err)
+	}
+	if _, err := c.GetVolume(ctx, missing); !errors.Is(err, cloud.ErrNotFound) {
+		t.Errorf("GetVolume of a missing volume: %v, want ErrNotFound", err)
+	}
+
+	// A server and a volume, with the statuses they pass through.
+	meta := &cloud.ServerMeta{Name: "behaviour-1", Flavor: cloud.FlavorMeta{ID: "1"}, Image: &cloud.ImageMeta{Name: lab.GuestImage}}
+	if tgt.bootNetwork != "" {
+		meta.Ports = []cloud.PortMeta{{NetworkName: tgt.bootNetwork}}
+	}
+	serverID, err := c.CreateServer(ctx, meta, nil, cloud.Remap{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.DeleteServer(ctx, serverID); err == nil {
+			_ = c.WaitServerGone(ctx, serverID, tgt.wait)
+		}
+	})
+	volID, err := c.CreateVolume(ctx, cloud.VolumeOpts{Name: "behaviour-data", SizeGB: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.RemoveVolume(ctx, volID, tgt.wait); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	statuses(t, s, "volume create", "volumev3", "/volumes/"+volID, "volume", "available", tgt.wait,
+		"creating", "available")
+	statuses(t, s, "server build", "compute", "/servers/"+serverID, "server", "ACTIVE", tgt.wait,
+		"BUILD", "ACTIVE")
+
+	if _, err := c.AttachVolume(ctx, serverID, volID); err != nil {
+		t.Fatal(err)
+	}
+	statuses(t, s, "volume attach", "volumev3", "/volumes/"+volID, "volume", "in-use", tgt.wait,
+		"available", "reserved", "attaching", "in-use")
+
+	// Refusals on an in-use volume: Cinder's 400 with "status must be"
+	// (ErrConflict: retryable), a snapshot without force is a bad request.
+	st, body, err := s.do(ctx, "DELETE", "volumev3", "/volumes/"+volID, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFault(t, "DELETE an in-use volume", st, body, http.StatusBadRequest, "badRequest")
+	if err := c.DeleteVolume(ctx, volID); !errors.Is(err, cloud.ErrConflict) {
+		t.Errorf("DeleteVolume of an in-use volume: %v, want ErrConflict", err)
+	}
+	st, body, err = s.do(ctx, "POST", "volumev3", "/snapshots",
+		map[string]any{"snapshot": map[string]any{"volume_id": volID, "name": "no-force"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFault(t, "snapshot an in-use volume without force", st, body, http.StatusBadRequest, "badRequest")
+	if _, err := c.CreateSnapshot(ctx, volID, cloud.SnapshotOpts{Name: "no-force"}); !errors.Is(err, cloud.ErrConflict) {
+		t.Errorf("CreateSnapshot of an in-use volume without force: %v, want ErrConflict", err)
+	}
+	// Nova refuses to start an active server: 409.
+	st, body, err = s.do(ctx, "POST", "compute", "/servers/"+serverID+"/action", map[string]any{"os-start": nil}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFault(t, "start an active server", st, body, http.StatusConflict, "conflictingRequest")
+	if err := c.StartServer(ctx, serverID); !errors.Is(err, cloud.ErrConflict) {
+		t.Errorf("StartServer of an active server: %v, want ErrConflict", err)
+	}
+
+	snapID, err := c.CreateSnapshot(ctx, volID, cloud.SnapshotOpts{Name: "forced", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	statuses(t, s, "snapshot create", "volumev3", "/snapshots/"+snapID, "snapshot", "available", tgt.wait,
+		"creating", "available")
+	if err := c.DeleteSnapshot(ctx, snapID); err != nil {
+		t.Fatal(err)
+	}
+	statuses(t, s, "snapshot delete", "volumev3", "/snapshots/"+snapID, "snapshot", "", tgt.wait,
+		"available", "deleting")
+
+	if err := c.StopServer(ctx, serverID); err != nil {
+		t.Fatal(err)
+	}
+	statuses(t, s, "server stop", "compute", "/servers/"+serverID, "server", "SHUTOFF", tgt.wait,
+		"ACTIVE", "SHUTOFF")
+	if err := c.StartServer(ctx, serverID); err != nil {
+		t.Fatal(err)
+	}
+	statuses(t, s, "server start", "compute", "/servers/"+serverID, "server", "ACTIVE", tgt.wait,
+		"SHUTOFF", "ACTIVE")
+
+	if err := c.DetachVolume(ctx, serverID, volID); err != nil {
+		t.Fatal(err)
+	}
+	statuses(t, s, "volume detach", "volumev3", "/volumes/"+volID, "volume", "available", tgt.wait,
+		"in-use", "detaching", "available")
+	if err := c.DeleteVolume(ctx, volID); err != nil {
+		t.Fatal(err)
+	}
+	statuses(t, s, "volume delete", "volumev3", "/volumes/"+volID, "volume", "", tgt.wait,
+		"available", "deleting")
+}
+
+// checkFault checks a refusal's status and the fault key of its body.
+func checkFault(t *testing.T, what string, st int, body []byte, want int, fault string) {
+	t.Helper()
+	if st != want {
+		t.Errorf("%s: %d, want %d: %s", what, st, want, body)
+		return
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Errorf("%s: the body is no JSON object: %v: %s", what, err, body)
+		return
+	}
+	if _, ok := m[fault]; !ok {
+		t.Errorf("%s: no %q in the body: %s", what, fault, body)
+	}
+}
+
+// statuses polls the resource's status every 50 ms until it is until ("":
+// until the resource is gone, 404) and checks that every status seen is
+// one of allowed, in that order.
+func statuses(t *testing.T, s *rawSession, what, service, path, key, until string, timeout time.Duration, allowed ...string) {
+	t.Helper()
+	var seen []string
+	end := time.Now().Add(timeout)
+	for {
+		var got map[string]struct {
+			Status string `json:"status"`
+		}
+		st, body, err := s.do(context.Background(), "GET", service, path, nil, &got)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if st == http.StatusNotFound && until == "" {
+			break
+		}
+		if st != http.StatusOK {
+			t.Fatalf("%s: GET %s: %d: %s", what, path, st, body)
+		}
+		status := got[key].Status
+		if len(seen) == 0 || seen[len(seen)-1] != status {
+			seen = append(seen, status)
+		}
+		if until != "" && status == until {
+			break
+		}
+		if strings.Contains(strings.ToLower(status), "error") {
+			t.Fatalf("%s: status %s (seen %v)", what, status, seen)
+		}
+		if time.Now().After(end) {
+			t.Fatalf("%s: not %q within %s (seen %v)", what, until, timeout, seen)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	last := -1
+	for _, st := range seen {
+		i := slices.Index(allowed, st)
+		if i < 0 || i < last {
+			t.Errorf("%s: statuses %v, want a subsequence of %v", what, seen, allowed)
+			return
+		}
+		last = i
+	}
+	t.Logf("%s: %v", what, seen)
+}
