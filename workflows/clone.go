@@ -51,6 +51,10 @@ func Clone(ctx workflow.Context, req CloneRequest) (*RestoreResult, error) {
 type CloneDeleteRequest struct {
 	Name    string `json:"name"`
 	Project string `json:"project"`
+	// MissingOK makes a clone of which nothing is left (one that failed
+	// and deleted itself) a success with nothing removed, instead of
+	// ErrNotFound: a drill's teardown, which runs whatever happened.
+	MissingOK bool `json:"missing_ok,omitempty"`
 }
 
 // CloneDeleteResult lists what CloneDelete removed.
@@ -73,6 +77,9 @@ func CloneDelete(ctx workflow.Context, req CloneDeleteRequest) (*CloneDeleteResu
 		return nil, fmt.Errorf("find clone %s: %w", req.Name, err)
 	}
 	if len(found.Servers)+len(found.Volumes) == 0 {
+		if req.MissingOK {
+			return &CloneDeleteResult{}, nil
+		}
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("clone %s: nothing in project %s carries %s=%s",
 			req.Name, req.Project, activities.MetaClone, req.Name), activities.ErrNotFound, nil)
 	}

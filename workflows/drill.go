@@ -225,7 +225,7 @@ func RestoreDrill(ctx workflow.Context, req DrillRequest) (*repo.Drill, error) {
 	err := workflow.ExecuteChildWorkflow(workflow.WithChildOptions(dctx, workflow.ChildWorkflowOptions{
 		WorkflowID: CloneWorkflowID(clone) + "/delete", TaskQueue: activities.ControlQueue,
 		TypedSearchAttributes: temporal.NewSearchAttributes(SAOperation.ValueSet("clone-delete"), SAWorkload.ValueSet(req.Workload)),
-	}), CloneDelete, CloneDeleteRequest{Name: clone, Project: req.DrillProject}).Get(dctx, &del)
+	}), CloneDelete, CloneDeleteRequest{Name: clone, Project: req.DrillProject, MissingOK: true}).Get(dctx, &del)
 	var ae *temporal.ApplicationError
 	switch {
 	case err == nil, errors.As(err, &ae) && ae.Type() == activities.ErrNotFound:

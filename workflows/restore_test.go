@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -342,6 +343,27 @@ func TestCloneHooksAndDelete(t *testing.T) {
 	}
 	if len(g.servers)+len(g.volumes) != 0 {
 		t.Errorf("clone delete left %v %v", g.servers, g.volumes)
+	}
+}
+
+// TestCloneDeleteOfNothing: deleting a clone of which nothing is left fails
+// as ErrNotFound, unless the request says MissingOK (a drill's teardown of
+// a clone that deleted itself), which succeeds with nothing removed.
+func TestCloneDeleteOfNothing(t *testing.T) {
+	f := newRestoreFixture(t)
+	f.env.ExecuteWorkflow(CloneDelete, CloneDeleteRequest{Name: "gone", Project: "staging"})
+	var ae *temporal.ApplicationError
+	if err := f.env.GetWorkflowError(); !errors.As(err, &ae) || ae.Type() != activities.ErrNotFound {
+		t.Fatalf("delete of a clone of which nothing is left: %v; want %s", err, activities.ErrNotFound)
+	}
+	g := newRestoreFixture(t)
+	g.env.ExecuteWorkflow(CloneDelete, CloneDeleteRequest{Name: "gone", Project: "staging", MissingOK: true})
+	if err := g.env.GetWorkflowError(); err != nil {
+		t.Fatalf("delete with MissingOK of a clone of which nothing is left: %v", err)
+	}
+	var res CloneDeleteResult
+	if err := g.env.GetWorkflowResult(&res); err != nil || len(res.Servers)+len(res.Volumes) != 0 {
+		t.Errorf("result %+v, %v; want nothing removed", res, err)
 	}
 }
 
