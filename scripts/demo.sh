@@ -166,7 +166,7 @@ say "7e. The backups: size, bytes read / new / reused from earlier backups / sto
 
 say "8. Temporal Web UI"
 echo "workflows:      http://127.0.0.1:$UIPORT/namespaces/default/workflows?query=RakshaWorkload%3D%22demo%22"
-echo "latest backup:  http://127.0.0.1:$UIPORT/namespaces/default/workflows/backup%2Fdemo"
+echo "latest backup:  http://127.0.0.1:$UIPORT/namespaces/default/workflows/backup%2Fdemo%2Fdemo"
 echo "restores:       http://127.0.0.1:$UIPORT/namespaces/default/workflows?query=RakshaOperation%3D%22restore%22"
 echo "clones:         http://127.0.0.1:$UIPORT/namespaces/default/workflows?query=RakshaOperation%3D%22clone%22"
 echo "drills:         http://127.0.0.1:$UIPORT/namespaces/default/workflows?query=RakshaOperation%3D%22drill%22"
