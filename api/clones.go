@@ -1,7 +1,6 @@
 package api
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,7 +9,6 @@ import (
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
-	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
@@ -117,91 +115,18 @@ func (s *Server) startClone(w http.ResponseWriter, r *http.Request, id *Identity
 // listClones is GET /v1/clones: the clones into the token's project (or
 // project_id), newest first; marker is the opaque token of the next page.
 func (s *Server) listClones(w http.ResponseWriter, r *http.Request, id *Identity) error {
-	limit, marker, err := page(r)
-	if err != nil {
-		return err
-	}
-	project := id.ProjectID
-	if p := r.URL.Query().Get("project_id"); p != "" {
-		project = p
-	}
-	if !projectIDRE.MatchString(project) {
-		return errorf(http.StatusBadRequest, "Invalid project_id %q.", project)
-	}
-	if err := s.require(r.Context(), id, ActionCloneList, project, nil); err != nil {
-		return err
-	}
-	var next []byte
-	if marker != "" {
-		if next, err = base64.RawURLEncoding.DecodeString(marker); err != nil || len(next) == 0 {
-			return errorf(http.StatusBadRequest, "Marker %s could not be found.", marker)
-		}
-	}
-	resp, err := s.cfg.Temporal.ListWorkflow(r.Context(), &workflowservice.ListWorkflowExecutionsRequest{
-		Query:    fmt.Sprintf("RakshaOperation = 'clone' AND RakshaProject = '%s'", project),
-		PageSize: int32(limit), NextPageToken: next})
-	if err != nil {
-		var inv *serviceerror.InvalidArgument
-		if errors.As(err, &inv) && marker != "" {
-			return errorf(http.StatusBadRequest, "Marker %s could not be found.", marker)
-		}
-		return fmt.Errorf("list clones of project %s: %w", project, err)
-	}
-	out := struct {
-		Clones []CloneView `json:"clones"`
-		Links  []Link      `json:"clones_links,omitempty"`
-	}{Clones: []CloneView{}}
-	for _, e := range resp.GetExecutions() {
-		out.Clones = append(out.Clones, cloneView(infoOfExecution(e)))
-	}
-	if t := resp.GetNextPageToken(); len(t) > 0 {
-		out.Links = nextLink(r, base64.RawURLEncoding.EncodeToString(t))
-	}
-	writeJSON(w, http.StatusOK, out)
-	return nil
+	return s.listRuns(cloneKind(), w, r, id)
 }
 
 // showClone is GET /v1/clones/{id}, with progress while it runs.
 func (s *Server) showClone(w http.ResponseWriter, r *http.Request, id *Identity) error {
-	notFound := errorf(http.StatusNotFound, "Clone %s could not be found.", r.PathValue("id"))
-	wid, ok := runWorkflowID(r.PathValue("id"), "clone/")
-	if !ok {
-		return notFound
-	}
-	ri, err := s.describeRun(r.Context(), id, wid, "clone", ActionCloneShow, notFound)
-	if err != nil {
-		return err
-	}
-	v := cloneView(ri)
-	if ri.Running {
-		var p workflows.RestoreProgress
-		if s.query(r.Context(), wid, &p) {
-			v.Progress = &p
-		}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"clone": v})
-	return nil
+	return s.showRun(cloneKind(), w, r, id)
 }
 
 // cancelClone is POST /v1/clones/{id}/cancel: a clone being made is
 // cancelled and deletes what it made.
 func (s *Server) cancelClone(w http.ResponseWriter, r *http.Request, id *Identity) error {
-	notFound := errorf(http.StatusNotFound, "Clone %s could not be found.", r.PathValue("id"))
-	wid, ok := runWorkflowID(r.PathValue("id"), "clone/")
-	if !ok {
-		return notFound
-	}
-	ri, err := s.describeRun(r.Context(), id, wid, "clone", ActionCloneCancel, notFound)
-	if err != nil {
-		return err
-	}
-	if err := s.cancelRun(r.Context(), ri, "Clone "+r.PathValue("id")); err != nil {
-		return err
-	}
-	v := cloneView(ri)
-	v.Status = "CANCEL_REQUESTED"
-	writeJSON(w, http.StatusAccepted, map[string]any{"clone": v})
-	return nil
+	return s.cancelRunRequest(cloneKind(), w, r, id)
 }
 
 // CloneDeleteView is a clone's tear-down: a CloneDelete workflow.

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -9,7 +8,6 @@ import (
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
-	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
@@ -147,90 +145,17 @@ func (s *Server) startRestore(w http.ResponseWriter, r *http.Request, id *Identi
 // (or project_id), newest first, from Temporal's visibility store; marker
 // is the opaque token of the next page.
 func (s *Server) listRestores(w http.ResponseWriter, r *http.Request, id *Identity) error {
-	limit, marker, err := page(r)
-	if err != nil {
-		return err
-	}
-	project := id.ProjectID
-	if p := r.URL.Query().Get("project_id"); p != "" {
-		project = p
-	}
-	if !projectIDRE.MatchString(project) {
-		return errorf(http.StatusBadRequest, "Invalid project_id %q.", project)
-	}
-	if err := s.require(r.Context(), id, ActionRestoreList, project, nil); err != nil {
-		return err
-	}
-	var next []byte
-	if marker != "" {
-		if next, err = base64.RawURLEncoding.DecodeString(marker); err != nil || len(next) == 0 {
-			return errorf(http.StatusBadRequest, "Marker %s could not be found.", marker)
-		}
-	}
-	resp, err := s.cfg.Temporal.ListWorkflow(r.Context(), &workflowservice.ListWorkflowExecutionsRequest{
-		Query:    fmt.Sprintf("RakshaOperation = 'restore' AND RakshaProject = '%s'", project),
-		PageSize: int32(limit), NextPageToken: next})
-	if err != nil {
-		var inv *serviceerror.InvalidArgument
-		if errors.As(err, &inv) && marker != "" {
-			return errorf(http.StatusBadRequest, "Marker %s could not be found.", marker)
-		}
-		return fmt.Errorf("list restores of project %s: %w", project, err)
-	}
-	out := struct {
-		Restores []RestoreView `json:"restores"`
-		Links    []Link        `json:"restores_links,omitempty"`
-	}{Restores: []RestoreView{}}
-	for _, e := range resp.GetExecutions() {
-		out.Restores = append(out.Restores, restoreView(infoOfExecution(e)))
-	}
-	if t := resp.GetNextPageToken(); len(t) > 0 {
-		out.Links = nextLink(r, base64.RawURLEncoding.EncodeToString(t))
-	}
-	writeJSON(w, http.StatusOK, out)
-	return nil
+	return s.listRuns(restoreKind(), w, r, id)
 }
 
 // showRestore is GET /v1/restores/{id}, with the workflow's progress
 // (its progress query) while it runs.
 func (s *Server) showRestore(w http.ResponseWriter, r *http.Request, id *Identity) error {
-	notFound := errorf(http.StatusNotFound, "Restore %s could not be found.", r.PathValue("id"))
-	wid, ok := runWorkflowID(r.PathValue("id"), "restore/")
-	if !ok {
-		return notFound
-	}
-	ri, err := s.describeRun(r.Context(), id, wid, "restore", ActionRestoreShow, notFound)
-	if err != nil {
-		return err
-	}
-	v := restoreView(ri)
-	if ri.Running {
-		var p workflows.RestoreProgress
-		if s.query(r.Context(), wid, &p) {
-			v.Progress = &p
-		}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"restore": v})
-	return nil
+	return s.showRun(restoreKind(), w, r, id)
 }
 
 // cancelRestore is POST /v1/restores/{id}/cancel: the workflow is
 // cancelled and deletes what it made.
 func (s *Server) cancelRestore(w http.ResponseWriter, r *http.Request, id *Identity) error {
-	notFound := errorf(http.StatusNotFound, "Restore %s could not be found.", r.PathValue("id"))
-	wid, ok := runWorkflowID(r.PathValue("id"), "restore/")
-	if !ok {
-		return notFound
-	}
-	ri, err := s.describeRun(r.Context(), id, wid, "restore", ActionRestoreCancel, notFound)
-	if err != nil {
-		return err
-	}
-	if err := s.cancelRun(r.Context(), ri, "Restore "+r.PathValue("id")); err != nil {
-		return err
-	}
-	v := restoreView(ri)
-	v.Status = "CANCEL_REQUESTED"
-	writeJSON(w, http.StatusAccepted, map[string]any{"restore": v})
-	return nil
+	return s.cancelRunRequest(restoreKind(), w, r, id)
 }
