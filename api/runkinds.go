@@ -29,15 +29,21 @@ type runKind struct {
 	view func(ri runInfo, p *workflows.RestoreProgress, status string) any
 }
 
+// set gives a view its progress (nil: none) and, when not empty, a status
+// that replaces the workflow's.
+func (v *RestoreView) set(p *workflows.RestoreProgress, status string) {
+	v.Progress = p
+	if status != "" {
+		v.Status = status
+	}
+}
+
 func restoreKind() runKind {
 	return runKind{op: "restore", noun: "Restore", plural: "restores",
 		list: ActionRestoreList, show: ActionRestoreShow, cancel: ActionRestoreCancel,
 		view: func(ri runInfo, p *workflows.RestoreProgress, status string) any {
 			v := restoreView(ri)
-			v.Progress = p
-			if status != "" {
-				v.Status = status
-			}
+			v.set(p, status)
 			return v
 		}}
 }
@@ -47,10 +53,7 @@ func cloneKind() runKind {
 		list: ActionCloneList, show: ActionCloneShow, cancel: ActionCloneCancel,
 		view: func(ri runInfo, p *workflows.RestoreProgress, status string) any {
 			v := cloneView(ri)
-			v.Progress = p
-			if status != "" {
-				v.Status = status
-			}
+			v.set(p, status)
 			return v
 		}}
 }
