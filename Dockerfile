@@ -1,4 +1,5 @@
-# Raksha's binaries, raksha (the CLI) and raksha-worker, in one image.
+# Raksha's binaries, raksha (the CLI), raksha-worker and raksha-api (the
+# tenants' API), in one image.
 #
 #   docker build -t raksha:local .
 #
@@ -25,7 +26,8 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 RUN CGO_ENABLED=1 go build -trimpath -tags ceph,pacific -o /out/raksha ./starter \
- && CGO_ENABLED=1 go build -trimpath -tags ceph,pacific -o /out/raksha-worker ./worker
+ && CGO_ENABLED=1 go build -trimpath -tags ceph,pacific -o /out/raksha-worker ./worker \
+ && CGO_ENABLED=1 go build -trimpath -tags ceph,pacific -o /out/raksha-api ./apiserver
 
 FROM debian:12.11-slim AS runtime
 RUN apt-get update \
@@ -34,7 +36,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 raksha \
  && useradd --system --uid 10001 --gid raksha --home-dir /var/lib/raksha --create-home --shell /usr/sbin/nologin raksha
-COPY --from=build /out/raksha /out/raksha-worker /usr/local/bin/
+COPY --from=build /out/raksha /out/raksha-worker /out/raksha-api /usr/local/bin/
 USER raksha:raksha
 WORKDIR /var/lib/raksha
 ENTRYPOINT ["/usr/local/bin/raksha-worker"]

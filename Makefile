@@ -118,7 +118,7 @@ webui-shots: test-deps $(BIN)/temporal
 	RAKSHA_WEBUI_SHOTS=$(CURDIR)/docs $(GO) test -count=1 -timeout 15m -run '^TestWebUIShowsRakshaWorkflows$$' ./integration/
 
 deploy-check: $(BIN)/temporal
-	$(GO) test -count=1 -run '^TestDeploy' ./deploy ./worker ./starter
+	$(GO) test -count=1 -run '^TestDeploy' ./deploy ./worker ./starter ./apiserver
 
 # Timed fuzzing stays out of make test: the engine can overrun -fuzztime
 # while minimizing a new input and then reports "context deadline exceeded".

@@ -23,6 +23,9 @@
 //
 // Temporal's settings also come from TEMPORAL_* and the Temporal config
 // file's profile, as for raksha-worker.
+//
+// GET /healthz (no token) answers 200 "ok" while Temporal answers, and 503
+// naming the error when it does not: for load balancers and health checks.
 package main
 
 import (
@@ -163,7 +166,7 @@ func run(ctx context.Context, log *slog.Logger, args []string, getenv func(strin
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
+	hs := &http.Server{Handler: withHealth(srv, tc), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
 		WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -180,4 +183,24 @@ func run(ctx context.Context, log *slog.Logger, args []string, getenv func(strin
 	}
 	log.Info("raksha-api stopped")
 	return nil
+}
+
+// withHealth serves GET /healthz without a token in front of api: 200 while
+// Temporal's health check passes, 503 with the error otherwise. Every other
+// request goes to api.
+func withHealth(api http.Handler, tc client.Client) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if _, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{}); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "temporal: %v\n", err)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("/", api)
+	return mux
 }

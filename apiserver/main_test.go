@@ -128,12 +128,31 @@ log_format: json
 			if resp.StatusCode != 200 || strings.TrimSpace(string(data)) != `{"backups":[]}` {
 				t.Fatalf("GET /v1/backups: %d %s", resp.StatusCode, data)
 			}
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("raksha-api does not answer: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// /healthz needs no token and says whether Temporal answers.
+	health := func() (int, string) {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(data))
+	}
+	if st, body := health(); st != 200 || body != "ok" {
+		t.Errorf("GET /healthz with Temporal up: %d %q, want 200 ok", st, body)
+	}
+	if err := dev.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if st, body := health(); st != 503 || !strings.HasPrefix(body, "temporal: ") {
+		t.Errorf("GET /healthz with Temporal stopped: %d %q, want 503 naming Temporal", st, body)
 	}
 }
 

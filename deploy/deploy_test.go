@@ -80,7 +80,7 @@ func TestDeployComposeFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"postgresql", "temporal", "temporal-ui", "temporal-setup", "s3", "control", "data"} {
+	for _, name := range []string{"postgresql", "temporal", "temporal-ui", "temporal-setup", "s3", "control", "data", "api"} {
 		if _, ok := c.Services[name]; !ok {
 			t.Errorf("service %s missing (have %v)", name, c.Names())
 		}
@@ -116,12 +116,12 @@ func TestDeployComposeFile(t *testing.T) {
 	}
 	// The one-shots (temporal-setup, raksha) end; the UI image has no HTTP
 	// client to check itself with. The rest are asked.
-	for _, name := range []string{"postgresql", "temporal", "s3", "control", "data"} {
+	for _, name := range []string{"postgresql", "temporal", "s3", "control", "data", "api"} {
 		if h := c.Services[name].Healthcheck; h == nil || len(h.Test) == 0 {
 			t.Errorf("service %s has no health check", name)
 		}
 	}
-	for _, name := range []string{"control", "data"} {
+	for _, name := range []string{"control", "data", "api"} {
 		d := c.Services[name].DependsOn
 		if d["temporal-setup"].Condition != "service_completed_successfully" || d["s3"].Condition != "service_healthy" {
 			t.Errorf("service %s must wait for temporal-setup to complete and s3 to be healthy: %+v", name, d)
@@ -324,12 +324,12 @@ func TestDeployDockerfile(t *testing.T) {
 	if tags == nil {
 		t.Fatal("Makefile: no -tags ceph... in CEPH_TAGS")
 	}
-	for _, pkg := range []string{"./starter", "./worker"} {
+	for _, pkg := range []string{"./starter", "./worker", "./apiserver"} {
 		if !regexp.MustCompile(`-tags ` + regexp.QuoteMeta(string(tags[1])) + ` [^\n]*` + regexp.QuoteMeta(pkg) + `\b`).MatchString(built) {
 			t.Errorf("the build stage does not build %s with -tags %s (as the Makefile does)", pkg, tags[1])
 		}
 	}
-	for _, bin := range []string{"raksha", "raksha-worker"} {
+	for _, bin := range []string{"raksha", "raksha-worker", "raksha-api"} {
 		if !regexp.MustCompile(`/` + bin + `\b[^-]`).MatchString(copied) {
 			t.Errorf("the runtime stage does not copy %s from the build stage:\n%s", bin, copied)
 		}
@@ -352,8 +352,8 @@ func TestDeploySystemdUnits(t *testing.T) {
 	bin := need(t, "systemd-analyze")
 	r := root(t)
 	units, err := filepath.Glob(filepath.Join(r, "deploy", "systemd", "*.service"))
-	if err != nil || len(units) < 3 {
-		t.Fatalf("want the host, control and data units in deploy/systemd, have %v (%v)", units, err)
+	if err != nil || len(units) < 4 {
+		t.Fatalf("want the host, control, data and API units in deploy/systemd, have %v (%v)", units, err)
 	}
 	sysroot := t.TempDir()
 	unitDir := filepath.Join(sysroot, "etc", "systemd", "system")
@@ -417,7 +417,7 @@ func TestDeploySystemdUnits(t *testing.T) {
 	// data workers need no privilege (exposure "OK"); the host worker runs
 	// as root with libvirt and the instances directory, so less is
 	// possible, but not the unhardened 9+ of a bare unit.
-	limit := map[string]float64{"raksha-control.service": 2.5, "raksha-data.service": 2.5, "raksha-worker@host.service": 7.0}
+	limit := map[string]float64{"raksha-control.service": 2.5, "raksha-data.service": 2.5, "raksha-api.service": 2.5, "raksha-worker@host.service": 7.0}
 	exposure := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+)`)
 	for _, name := range names {
 		out, err := exec.Command(bin, "security", "--offline=true", "--root="+sysroot, name).CombinedOutput()

@@ -3,7 +3,8 @@
 # random values and never overwritten: deploy/secrets/{s3-access-key,
 # s3-secret-key, s3-credentials (the same pair for Raksha, as an AWS
 # credentials file), repo-password}, TEMPORAL_DB_PASSWORD in .env, and
-# deploy/secrets/clouds.yaml as a template to fill in with the cloud's
+# deploy/secrets/clouds.yaml and deploy/secrets/keystone-password (raksha-api's
+# Keystone service user) as templates to fill in with the cloud's
 # credentials. The directory is 0700 and its files 0644, so that the
 # containers' unprivileged users can read them (compose bind-mounts them
 # with these modes) while no other user of this host can reach them.
@@ -47,6 +48,7 @@ clouds:
     interface: internal
     identity_api_version: 3
 "
+put keystone-password "CHANGE-ME"
 if ! grep -q '^TEMPORAL_DB_PASSWORD=' .env 2>/dev/null; then
 	umask 077
 	echo "TEMPORAL_DB_PASSWORD=$(rand 32)" >> .env
