@@ -32,6 +32,9 @@ type app struct {
 	format       string
 	logLevel     string
 	progress     string
+	osCloud      string   // --os-cloud: through raksha-api (cmd_api.go)
+	apiURL       string   // --api-url: raksha-api's URL instead of the catalog's
+	columns      []string // -c: the columns or fields to print (through raksha-api)
 	log          *slog.Logger
 	started      time.Time // when the command started, for phase timings
 }
@@ -78,8 +81,19 @@ func (a *app) root() *cobra.Command {
 				return usagef("--log-level %q: use debug, info, warn or error", a.logLevel)
 			}
 			a.log = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: lvl}))
-			if a.format != "table" && a.format != "json" {
-				return usagef("-f %q: use table or json", a.format)
+			if err := checkFormat(a.format); err != nil {
+				return err
+			}
+			if viaAPI := cmd.Annotations[apiAnnotation] != "" && a.apiMode(cmd); !viaAPI {
+				if a.format != "table" && a.format != "json" {
+					return usagef("-f %s: only through raksha-api (--os-cloud); this command prints table or json", a.format)
+				}
+				if len(a.columns) > 0 {
+					return usagef("-c: only through raksha-api (--os-cloud)")
+				}
+				if cmd.Flags().Changed("os-cloud") || cmd.Flags().Changed("api-url") {
+					return usagef("raksha %s is not offered through raksha-api: it needs --repo or --temporal (an operator's)", cmd.CommandPath()[len("raksha "):])
+				}
 			}
 			if a.repoURL == "" {
 				a.repoURL = a.getenv("RAKSHA_REPO")
@@ -95,7 +109,10 @@ func (a *app) root() *cobra.Command {
 	pf.StringVar(&a.passwordFile, "password-file", "", "read the repository password from this file (default: env RAKSHA_PASSWORD)")
 	pf.StringVar(&a.s3Endpoint, "s3-endpoint", "", "S3 endpoint for Ceph RGW or MinIO, e.g. http://127.0.0.1:7480 (env RAKSHA_S3_ENDPOINT)")
 	pf.BoolVar(&a.s3PathStyle, "s3-path-style", true, "path-style S3 addressing (needed by RGW and MinIO)")
-	pf.StringVarP(&a.format, "format", "f", "table", "output format: table or json")
+	pf.StringVarP(&a.format, "format", "f", "table", "output format: table or json; through raksha-api also yaml or value")
+	pf.StringArrayVarP(&a.columns, "column", "c", nil, "through raksha-api: print only this column or field (repeatable)")
+	pf.StringVar(&a.osCloud, "os-cloud", "", "go through raksha-api as this clouds.yaml entry's user (env OS_CLOUD; see 'raksha help' for when it applies)")
+	pf.StringVar(&a.apiURL, "api-url", "", "raksha-api's URL, instead of the Keystone catalog's data-protection endpoint (env RAKSHA_API_URL)")
 	pf.StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	pf.StringVar(&a.progress, "progress", "auto", "progress display: auto (bar on a terminal, lines otherwise), bar, lines, none")
 

@@ -14,7 +14,7 @@ import (
 
 func (a *app) backupCmd() *cobra.Command {
 	c := &cobra.Command{Use: "backup", Short: "List, show, protect and delete backups"}
-	c.AddCommand(a.backupStartCmd(), a.backupCancelCmd(), a.backupListCmd(), a.backupShowCmd(), a.backupDeleteCmd(),
+	c.AddCommand(a.backupStartCmd(), a.backupCancelCmd(), viaAPI(a.backupListCmd()), viaAPI(a.backupShowCmd()), a.backupDeleteCmd(),
 		a.backupProtectCmd("protect", true), a.backupProtectCmd("unprotect", false))
 	return c
 }
@@ -82,11 +82,22 @@ func drillString(d *repo.Drill) string {
 
 func (a *app) backupListCmd() *cobra.Command {
 	var labels, tags []string
+	var pf pageFlags
 	c := &cobra.Command{
 		Use:   "list [--label k=v]... [--tag T]...",
-		Short: "List backups, oldest first",
+		Short: "List backups, oldest first (through raksha-api: the project's, newest first)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			api := a.apiMode(cmd)
+			if err := pf.check(cmd, api); err != nil {
+				return err
+			}
+			if api {
+				if err := notThroughAPI(cmd, "label", "tag"); err != nil {
+					return err
+				}
+				return a.apiBackupList(cmd.Context(), pf)
+			}
 			lbl, err := parseLabels(labels)
 			if err != nil {
 				return err
@@ -135,6 +146,7 @@ func (a *app) backupListCmd() *cobra.Command {
 	}
 	c.Flags().StringArrayVar(&labels, "label", nil, "only backups with this label (key=value), repeatable")
 	c.Flags().StringArrayVar(&tags, "tag", nil, "only backups with this tag, repeatable")
+	pf.add(c)
 	return c
 }
 
@@ -145,6 +157,9 @@ func (a *app) backupShowCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if a.apiMode(cmd) {
+				return a.apiBackupShow(ctx, args[0])
+			}
 			r, err := a.openRepo(ctx)
 			if err != nil {
 				return err

@@ -16,7 +16,7 @@ import (
 
 func (a *app) restoreCmd() *cobra.Command {
 	c := &cobra.Command{Use: "restore", Short: "Restore from backups: workloads, servers, volumes (workflows) and single files"}
-	c.AddCommand(a.restoreFilesCmd(), a.restoreStartCmd(), a.restoreListCmd("restore"), a.restoreShowCmd(), a.restoreCancelCmd("restore"))
+	c.AddCommand(a.restoreFilesCmd(), viaAPI(a.restoreStartCmd()), viaAPI(a.restoreListCmd("restore")), viaAPI(a.restoreShowCmd()), viaAPI(a.restoreCancelCmd("restore")))
 	return c
 }
 

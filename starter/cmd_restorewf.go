@@ -179,6 +179,9 @@ func (a *app) restoreStartCmd() *cobra.Command {
 		Short: "Restore a workload backup: new volumes and servers (or --in-place rollback, or --volume to new volumes)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.apiMode(cmd) {
+				return a.apiRestoreStart(cmd, args[0], &rf)
+			}
 			if err := rf.finish(args[0]); err != nil {
 				return err
 			}
@@ -321,11 +324,19 @@ func (a *app) listRuns(ctx context.Context, c client.Client, op string) error {
 
 func (a *app) restoreListCmd(op string) *cobra.Command {
 	var tf temporalFlags
+	var pf pageFlags
 	c := &cobra.Command{
 		Use:   "list",
-		Short: "List " + op + "s (running and finished) from Temporal",
+		Short: "List " + op + "s (running and finished) from Temporal (or raksha-api)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			api := a.apiMode(cmd)
+			if err := pf.check(cmd, api); err != nil {
+				return err
+			}
+			if api {
+				return a.apiRunList(cmd.Context(), op, pf)
+			}
 			c, err := a.temporalClient(tf)
 			if err != nil {
 				return err
@@ -335,6 +346,7 @@ func (a *app) restoreListCmd(op string) *cobra.Command {
 		},
 	}
 	tf.add(c)
+	pf.add(c)
 	return c
 }
 
@@ -346,6 +358,9 @@ func (a *app) restoreShowCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if a.apiMode(cmd) {
+				return a.apiRestoreShow(ctx, args[0])
+			}
 			c, err := a.temporalClient(tf)
 			if err != nil {
 				return err
@@ -392,6 +407,9 @@ func (a *app) restoreCancelCmd(op string) *cobra.Command {
 		Short: "Cancel a running " + op + " (what it made is deleted)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.apiMode(cmd) {
+				return a.apiRunCancel(cmd.Context(), op, args[0])
+			}
 			c, err := a.temporalClient(tf)
 			if err != nil {
 				return err
@@ -414,7 +432,7 @@ func (a *app) restoreCancelCmd(op string) *cobra.Command {
 
 func (a *app) cloneCmd() *cobra.Command {
 	c := &cobra.Command{Use: "clone", Short: "Staging clones: a backup restored into another project, labelled, torn down in one command"}
-	c.AddCommand(a.cloneStartCmd(), a.cloneDeleteCmd(), a.restoreListCmd("clone"), a.restoreCancelCmd("clone"))
+	c.AddCommand(a.cloneStartCmd(), viaAPI(a.cloneDeleteCmd()), viaAPI(a.restoreListCmd("clone")), viaAPI(a.restoreCancelCmd("clone")))
 	return c
 }
 
@@ -460,6 +478,12 @@ func (a *app) cloneDeleteCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if a.apiMode(cmd) {
+				if err := notThroughAPI(cmd, "project"); err != nil {
+					return err
+				}
+				return a.apiCloneDelete(ctx, args[0])
+			}
 			if project == "" {
 				return usagef("--project is required")
 			}

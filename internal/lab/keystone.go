@@ -237,7 +237,11 @@ func (l *Lab) catalog(projectID string) []any {
 		}
 		return map[string]any{"id": stableID("service", name), "type": typ, "name": name, "endpoints": eps}
 	}
-	return []any{
+	extra := []any{}
+	for _, svc := range l.services {
+		extra = append(extra, entry(svc.typ, svc.name, svc.url))
+	}
+	return append([]any{
 		entry("identity", "keystone", l.AuthURL()),
 		entry("compute", "nova", l.base+"/compute/v2.1"),
 		entry("volumev3", "cinderv3", l.base+"/volume/v3/"+projectID),
@@ -245,7 +249,20 @@ func (l *Lab) catalog(projectID string) []any {
 		entry("image", "glance", l.base+"/image"),
 		entry("network", "neutron", l.base+"/network"),
 		entry("orchestration", "heat", l.base+"/orchestration/v1/"+projectID),
-	}
+	}, extra...)
+}
+
+// catalogService is a catalog entry the lab does not serve itself.
+type catalogService struct{ typ, name, url string }
+
+// AddService lists a service that runs beside the lab (raksha-api, say) in
+// the catalog of every token issued or validated from now on, as an
+// operator's `openstack service create` and `endpoint create` would; every
+// interface has url. It is not kept across restarts of the lab.
+func (l *Lab) AddService(typ, name, url string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.services = append(l.services, catalogService{typ, name, url})
 }
 
 // stableID is a Keystone-style id (32 hex digits) derived from names, so

@@ -83,6 +83,9 @@ type Lab struct {
 	// backendFaults counts the operations of the storage backend still to
 	// fail (FailNextBackend).
 	backendFaults map[BackendOp]int
+	// services are catalog entries added by AddService (services the lab
+	// does not serve itself, such as raksha-api).
+	services []catalogService
 
 	// rbd drives the Ceph cluster of Options.RBD; nil without.
 	rbd *rbdStore

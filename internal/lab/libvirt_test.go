@@ -45,7 +45,9 @@ func TestLibvirtComputeThroughNovaAPI(t *testing.T) {
 	defer l.Close()
 	defer comp.StopAll(context.Background())
 	t.Cleanup(func() { libvirttest.Remove(t, conn, name) })
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// Four boots under TCG: about 12 s each on an idle machine, near a
+	// minute each when the machine is loaded several times over.
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	dom, err := conn.Domain(ctx, id)
 	if err != nil || dom.Name != name || !strings.HasPrefix(name, "instance-") {

@@ -1,0 +1,419 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
+
+	"github.com/raksha-backup/raksha/api/apiclient"
+	"github.com/raksha-backup/raksha/internal/cloud"
+)
+
+// A tenant's raksha talks to raksha-api, as the openstack client talks to
+// the cloud's services: the commands that have an API counterpart (backup
+// list and show; restore start, list, show and cancel; clone list, delete
+// and cancel) go through it when the command line names a cloud
+// (--os-cloud), or when OS_CLOUD or OS_AUTH_URL is set and no operator
+// target is (--repo, RAKSHA_REPO, --temporal, RAKSHA_TEMPORAL,
+// TEMPORAL_ADDRESS): an operator's explicit repository or Temporal wins.
+
+// apiMode says whether cmd goes through raksha-api.
+func (a *app) apiMode(cmd *cobra.Command) bool {
+	if cmd.Flags().Changed("os-cloud") || cmd.Flags().Changed("api-url") {
+		return true
+	}
+	if a.getenv("OS_CLOUD") == "" && a.getenv("OS_AUTH_URL") == "" {
+		return false
+	}
+	for _, f := range []string{"repo", "temporal"} {
+		if fl := cmd.Flags().Lookup(f); fl != nil && fl.Changed {
+			return false
+		}
+	}
+	for _, v := range []string{"RAKSHA_REPO", "RAKSHA_TEMPORAL", "TEMPORAL_ADDRESS"} {
+		if a.getenv(v) != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// apiClient authenticates to Keystone as the openstack client would and
+// finds raksha-api in the catalog (or at --api-url / RAKSHA_API_URL).
+func (a *app) apiClient(ctx context.Context) (*apiclient.Client, error) {
+	cfg := cloud.ConfigFromEnv(a.getenv)
+	if a.osCloud != "" {
+		cfg.Cloud = a.osCloud
+	}
+	cfg.Log = a.log
+	endpoint := a.apiURL
+	if endpoint == "" {
+		endpoint = a.getenv("RAKSHA_API_URL")
+	}
+	return apiclient.New(ctx, apiclient.Options{Cloud: cfg, Endpoint: endpoint})
+}
+
+// notThroughAPI refuses, in API mode, flags only an operator has.
+func notThroughAPI(cmd *cobra.Command, flags ...string) error {
+	for _, f := range flags {
+		if fl := cmd.Flags().Lookup(f); fl != nil && fl.Changed {
+			return usagef("--%s is not offered through raksha-api (an operator's option: give --repo or --temporal)", f)
+		}
+	}
+	return nil
+}
+
+// fields turns a view into its JSON fields.
+func fields(v any) (map[string]any, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// columnsOf is the columns to print: -c's, each checked against what the
+// views have, or def.
+func (a *app) columnsOf(def []string, rows []map[string]any, known []string) ([]string, error) {
+	if len(a.columns) == 0 {
+		return def, nil
+	}
+	have := map[string]bool{}
+	for _, k := range known {
+		have[k] = true
+	}
+	for _, r := range rows {
+		for k := range r {
+			have[k] = true
+		}
+	}
+	for _, c := range a.columns {
+		if !have[c] {
+			names := make([]string, 0, len(have))
+			for k := range have {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			return nil, usagef("-c %s: no such column (have %s)", c, strings.Join(names, ", "))
+		}
+	}
+	return a.columns, nil
+}
+
+// cell is a value as a table or value line shows it.
+func cell(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case float64, bool:
+		return fmt.Sprint(x)
+	default:
+		data, _ := json.Marshal(x)
+		return string(data)
+	}
+}
+
+func pick(r map[string]any, cols []string) map[string]any {
+	out := make(map[string]any, len(cols))
+	for _, c := range cols {
+		out[c] = r[c]
+	}
+	return out
+}
+
+// printList prints views as -f asks (table, json, yaml, value), with the
+// columns of -c or def.
+func (a *app) printList(views any, def []string) error {
+	data, err := json.Marshal(views)
+	if err != nil {
+		return err
+	}
+	var rows []map[string]any
+	if err := json.Unmarshal(data, &rows); err != nil {
+		return err
+	}
+	cols, err := a.columnsOf(def, rows, def)
+	if err != nil {
+		return err
+	}
+	switch a.format {
+	case "json", "yaml":
+		out := make([]map[string]any, 0, len(rows))
+		for _, r := range rows {
+			out = append(out, pick(r, cols))
+		}
+		return a.printStructured(out)
+	case "value":
+		for _, r := range rows {
+			vals := make([]string, len(cols))
+			for i, c := range cols {
+				vals[i] = cell(r[c])
+			}
+			fmt.Fprintln(a.stdout, strings.Join(vals, " "))
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.ToUpper(strings.Join(cols, "\t")))
+	for _, r := range rows {
+		vals := make([]string, len(cols))
+		for i, c := range cols {
+			vals[i] = cell(r[c])
+		}
+		fmt.Fprintln(tw, strings.Join(vals, "\t"))
+	}
+	return tw.Flush()
+}
+
+// printOne prints one view: a field/value table, or json, yaml, or the
+// values one per line; -c selects fields.
+func (a *app) printOne(view any) error {
+	m, err := fields(view)
+	if err != nil {
+		return err
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	cols, err := a.columnsOf(keys, []map[string]any{m}, keys)
+	if err != nil {
+		return err
+	}
+	switch a.format {
+	case "json", "yaml":
+		return a.printStructured(pick(m, cols))
+	case "value":
+		for _, c := range cols {
+			fmt.Fprintln(a.stdout, cell(m[c]))
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FIELD\tVALUE")
+	for _, c := range cols {
+		fmt.Fprintf(tw, "%s\t%s\n", c, cell(m[c]))
+	}
+	return tw.Flush()
+}
+
+func (a *app) printStructured(v any) error {
+	if a.format == "yaml" {
+		enc := yaml.NewEncoder(a.stdout)
+		enc.SetIndent(2)
+		if err := enc.Encode(v); err != nil {
+			return err
+		}
+		return enc.Close()
+	}
+	return a.printJSON(v)
+}
+
+// apiPages fetches every page of a list, or one of limit items from marker.
+func apiPages[T any](ctx context.Context, a *app, limit int, marker string, list func(context.Context, apiclient.ListOpts) ([]T, apiclient.Page, error)) ([]T, error) {
+	var all []T
+	opts := apiclient.ListOpts{Limit: limit, Marker: marker}
+	for {
+		page, next, err := list(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if next.Marker == "" {
+			return all, nil
+		}
+		if limit > 0 {
+			fmt.Fprintf(a.stderr, "more: --marker %s\n", next.Marker)
+			return all, nil
+		}
+		opts.Marker = next.Marker
+	}
+}
+
+// pageFlags are --limit and --marker of the lists through raksha-api.
+type pageFlags struct {
+	limit  int
+	marker string
+}
+
+func (p *pageFlags) add(c *cobra.Command) {
+	c.Flags().IntVar(&p.limit, "limit", 0, "through raksha-api: one page of at most this many (default: every page)")
+	c.Flags().StringVar(&p.marker, "marker", "", "through raksha-api: the page after this one (the id or marker a --limit list printed)")
+}
+
+func (p pageFlags) check(cmd *cobra.Command, api bool) error {
+	if !api && (cmd.Flags().Changed("limit") || cmd.Flags().Changed("marker")) {
+		return usagef("--limit and --marker page the lists of raksha-api (--os-cloud)")
+	}
+	if p.limit < 0 {
+		return usagef("--limit %d: want a positive number", p.limit)
+	}
+	return nil
+}
+
+var (
+	backupColumns  = []string{"id", "project_id", "workload", "created_at", "consistency", "protected", "bytes_stored"}
+	restoreColumns = []string{"id", "backup_id", "project_id", "status", "started_at", "closed_at"}
+	cloneColumns   = []string{"id", "name", "backup_id", "project_id", "status", "started_at"}
+)
+
+// formats are the -f values; table and json for every command, yaml and
+// value through raksha-api.
+var formats = []string{"table", "json", "yaml", "value"}
+
+func checkFormat(format string) error {
+	if !slices.Contains(formats, format) {
+		return usagef("-f %q: use table, json, yaml or value", format)
+	}
+	return nil
+}
+
+// apiAnnotation marks the commands that go through raksha-api in API mode.
+const apiAnnotation = "raksha.api"
+
+// viaAPI marks c as one with an API counterpart.
+func viaAPI(c *cobra.Command) *cobra.Command {
+	if c.Annotations == nil {
+		c.Annotations = map[string]string{}
+	}
+	c.Annotations[apiAnnotation] = "yes"
+	return c
+}
+
+func (a *app) apiBackupList(ctx context.Context, pf pageFlags) error {
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	list, err := apiPages(ctx, a, pf.limit, pf.marker, c.ListBackups)
+	if err != nil {
+		return err
+	}
+	return a.printList(list, backupColumns)
+}
+
+func (a *app) apiBackupShow(ctx context.Context, id string) error {
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := c.GetBackup(ctx, id)
+	if err != nil {
+		return err
+	}
+	return a.printOne(b)
+}
+
+// apiRestoreStart starts a restore through raksha-api with the flags a
+// tenant may give (hooks and health checks are the operator's).
+func (a *app) apiRestoreStart(cmd *cobra.Command, backup string, rf *restoreFlags) error {
+	if err := notThroughAPI(cmd, "wait"); err != nil {
+		return err
+	}
+	nets, err := parseMap("map-network", rf.networks)
+	if err != nil {
+		return err
+	}
+	flavors, err := parseMap("map-flavor", rf.flavors)
+	if err != nil {
+		return err
+	}
+	if rf.mapFile != "" {
+		m, err := readMapFile(rf.mapFile)
+		if err != nil {
+			return err
+		}
+		nets, flavors = mergeMap(m.Networks, nets), mergeMap(m.Flavors, flavors)
+	}
+	ctx := cmd.Context()
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	r := rf.req
+	v, err := c.StartRestore(ctx, apiclient.RestoreStartOpts{BackupID: backup, Repository: r.Repository, ProjectID: r.Project,
+		VMs: r.VMs, Volumes: r.Volumes, NamePrefix: r.NamePrefix, Networks: nets, Flavors: flavors,
+		KeepFixedIPs: r.KeepFixedIPs, InPlace: r.InPlace, NoWorkloadLabel: rf.noLabel, MaxParallelWrites: r.MaxParallelWrites})
+	if err != nil {
+		return err
+	}
+	return a.printOne(v)
+}
+
+func (a *app) apiRestoreShow(ctx context.Context, id string) error {
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	v, err := c.GetRestore(ctx, id)
+	if err != nil {
+		return err
+	}
+	return a.printOne(v)
+}
+
+// apiRunList lists restores or clones (op) through raksha-api.
+func (a *app) apiRunList(ctx context.Context, op string, pf pageFlags) error {
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	if op == "clone" {
+		list, err := apiPages(ctx, a, pf.limit, pf.marker, c.ListClones)
+		if err != nil {
+			return err
+		}
+		return a.printList(list, cloneColumns)
+	}
+	list, err := apiPages(ctx, a, pf.limit, pf.marker, c.ListRestores)
+	if err != nil {
+		return err
+	}
+	return a.printList(list, restoreColumns)
+}
+
+// apiRunCancel cancels a restore or a clone (op) through raksha-api.
+func (a *app) apiRunCancel(ctx context.Context, op, id string) error {
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	if op == "clone" {
+		v, err := c.CancelClone(ctx, id)
+		if err != nil {
+			return err
+		}
+		return a.printOne(v)
+	}
+	v, err := c.CancelRestore(ctx, id)
+	if err != nil {
+		return err
+	}
+	return a.printOne(v)
+}
+
+func (a *app) apiCloneDelete(ctx context.Context, id string) error {
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	v, err := c.DeleteClone(ctx, id)
+	if err != nil {
+		return err
+	}
+	return a.printOne(v)
+}
