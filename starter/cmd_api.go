@@ -14,6 +14,7 @@ import (
 
 	"github.com/raksha-backup/raksha/api/apiclient"
 	"github.com/raksha-backup/raksha/internal/cloud"
+	"github.com/raksha-backup/raksha/workflows"
 )
 
 // A tenant's raksha talks to raksha-api, as the openstack client talks to
@@ -412,6 +413,48 @@ func (a *app) apiCloneDelete(ctx context.Context, id string) error {
 		return err
 	}
 	v, err := c.DeleteClone(ctx, id)
+	if err != nil {
+		return err
+	}
+	return a.printOne(v)
+}
+
+// apiBackupStart starts a backup of a workload of the token's project
+// through raksha-api: the servers whose metadata raksha.workload names it.
+// Selectors, hooks, policies and freeze settings are the operator's.
+func (a *app) apiBackupStart(cmd *cobra.Command, req workflows.BackupRequest) error {
+	if err := notThroughAPI(cmd, "project", "policy", "on-app-failure", "freeze-timeout", "tag", "stack", "server-group",
+		"server", "include", "exclude", "wait"); err != nil {
+		return err
+	}
+	if req.Workload == "" {
+		return usagef("--workload is required")
+	}
+	ctx := cmd.Context()
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	v, err := c.StartBackup(ctx, apiclient.BackupStartOpts{Workload: req.Workload, Repository: req.Repository, Consistency: req.Consistency})
+	if err != nil {
+		return err
+	}
+	return a.printOne(v)
+}
+
+// apiBackupCancel cancels the running backup of a workload of the token's
+// project through raksha-api.
+func (a *app) apiBackupCancel(cmd *cobra.Command, workload string) error {
+	if err := notThroughAPI(cmd, "project"); err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	id := strings.ReplaceAll(workflows.BackupWorkflowID(c.ProjectID(), workload), "/", "~")
+	v, err := c.CancelBackupRun(ctx, id)
 	if err != nil {
 		return err
 	}

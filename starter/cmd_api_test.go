@@ -61,6 +61,8 @@ func startAPICloud(t *testing.T) *apiCloud {
 	}
 	t.Cleanup(func() { _ = srv.Stop() })
 	w := worker.New(srv.Client(), activities.ControlQueue, worker.Options{})
+	w.RegisterWorkflow(workflows.WorkloadBackup)
+	w.RegisterWorkflow(workflows.Semaphore)
 	w.RegisterWorkflow(workflows.Restore)
 	w.RegisterWorkflow(workflows.Clone)
 	w.RegisterWorkflow(workflows.CloneDelete)
@@ -215,6 +217,25 @@ func TestCLIThroughAPI(t *testing.T) {
 		t.Errorf("alice cancels her restore: %q", out)
 	}
 
+	// A backup of alice's workload: started, refused while it runs,
+	// cancelled by her and not by bob (his "web" is beta's).
+	var run map[string]any
+	out = as("alice").must("backup", "start", "--workload", "web", "-f", "json")
+	if err := json.Unmarshal([]byte(out), &run); err != nil || run["id"] != "backup~"+c.projects["alpha"]+"~web" || run["status"] != "RUNNING" {
+		t.Fatalf("alice's backup start: %v\n%s", err, out)
+	}
+	_, _, err = as("alice").run("backup", "start", "--workload", "web")
+	if !errors.As(err, &ae) || ae.Status != 409 || ae.Message != "A backup of workload web is already running." {
+		t.Errorf("alice's second backup start: %v, want 409 already running", err)
+	}
+	_, _, err = as("bob").run("backup", "cancel", "web")
+	if !errors.As(err, &ae) || ae.Status != 404 {
+		t.Errorf("bob cancels web: %v, want 404 (beta has no running backup of web)", err)
+	}
+	if out := as("alice").must("backup", "cancel", "web", "-f", "value", "-c", "status"); strings.TrimSpace(out) != "CANCEL_REQUESTED" {
+		t.Errorf("alice cancels her backup: %q", out)
+	}
+
 	// What only an operator has is refused, naming it.
 	for _, tc := range []struct {
 		args []string
@@ -223,6 +244,8 @@ func TestCLIThroughAPI(t *testing.T) {
 		{[]string{"backup", "list", "--label", "a=b"}, "--label is not offered through raksha-api"},
 		{[]string{"restore", "start", alpha[0], "--wait"}, "--wait is not offered through raksha-api"},
 		{[]string{"backup", "list", "-c", "nope"}, "-c nope: no such column"},
+		{[]string{"backup", "start", "--workload", "web", "--tag", "x"}, "--tag is not offered through raksha-api"},
+		{[]string{"backup", "cancel", "web", "--project", "p"}, "--project is not offered through raksha-api"},
 		{[]string{"--os-cloud", "alice", "repo", "check"}, "raksha repo check is not offered through raksha-api"},
 	} {
 		if _, _, err := as("alice").run(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -14,7 +14,7 @@ import (
 
 func (a *app) backupCmd() *cobra.Command {
 	c := &cobra.Command{Use: "backup", Short: "List, show, protect and delete backups"}
-	c.AddCommand(a.backupStartCmd(), a.backupCancelCmd(), viaAPI(a.backupListCmd()), viaAPI(a.backupShowCmd()), a.backupDeleteCmd(),
+	c.AddCommand(viaAPI(a.backupStartCmd()), viaAPI(a.backupCancelCmd()), viaAPI(a.backupListCmd()), viaAPI(a.backupShowCmd()), a.backupDeleteCmd(),
 		a.backupProtectCmd("protect", true), a.backupProtectCmd("unprotect", false))
 	return c
 }

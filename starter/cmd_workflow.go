@@ -77,6 +77,9 @@ func (a *app) backupStartCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if a.apiMode(cmd) {
+				return a.apiBackupStart(cmd, req)
+			}
 			if req.Workload == "" || req.Repository == "" {
 				return usagef("--workload and --repository are required")
 			}
@@ -257,6 +260,9 @@ func (a *app) backupCancelCmd() *cobra.Command {
 		Short: "Cancel the running backup of a workload (guests are thawed, nothing is committed)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.apiMode(cmd) {
+				return a.apiBackupCancel(cmd, args[0])
+			}
 			c, err := a.temporalClient(tf)
 			if err != nil {
 				return err

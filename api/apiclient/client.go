@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/gophercloud/gophercloud/v2"
+	"github.com/gophercloud/gophercloud/v2/openstack/identity/v3/tokens"
 
 	"github.com/raksha-backup/raksha/api"
 	"github.com/raksha-backup/raksha/internal/cloud"
@@ -36,8 +37,12 @@ type Options struct {
 // Client calls one raksha-api as one user scoped to one project. It is safe
 // for concurrent use.
 type Client struct {
-	sc *gophercloud.ServiceClient
+	sc        *gophercloud.ServiceClient
+	projectID string
 }
+
+// ProjectID is the id of the project the client's token is scoped to.
+func (c *Client) ProjectID() string { return c.projectID }
 
 // New authenticates and locates the API.
 func New(ctx context.Context, opts Options) (*Client, error) {
@@ -57,7 +62,14 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("raksha-api endpoint %q: %w", endpoint, err)
 	}
 	endpoint = strings.TrimSuffix(strings.TrimSuffix(endpoint, "/"), "/v1") + "/"
-	return &Client{sc: &gophercloud.ServiceClient{ProviderClient: prov, Endpoint: endpoint, ResourceBase: endpoint + "v1/", Type: ServiceType}}, nil
+	var project string
+	if res, ok := prov.GetAuthResult().(tokens.CreateResult); ok {
+		if p, err := res.ExtractProject(); err == nil && p != nil {
+			project = p.ID
+		}
+	}
+	return &Client{sc: &gophercloud.ServiceClient{ProviderClient: prov, Endpoint: endpoint, ResourceBase: endpoint + "v1/", Type: ServiceType},
+		projectID: project}, nil
 }
 
 // Error is a refusal or failure the API answered: its HTTP status and the
