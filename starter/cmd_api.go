@@ -19,8 +19,8 @@ import (
 
 // A tenant's raksha talks to raksha-api, as the openstack client talks to
 // the cloud's services: the commands that have an API counterpart (backup
-// list and show; restore start, list, show and cancel; clone list, delete
-// and cancel) go through it when the command line names a cloud
+// start, cancel, list and show; restore start, list, show and cancel; clone
+// list, delete and cancel) go through it when the command line names a cloud
 // (--os-cloud), or when OS_CLOUD or OS_AUTH_URL is set and no operator
 // target is (--repo, RAKSHA_REPO, --temporal, RAKSHA_TEMPORAL,
 // TEMPORAL_ADDRESS): an operator's explicit repository or Temporal wins.
