@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -46,6 +48,13 @@ type fakeActs struct {
 	freezeDelay        time.Duration
 	freezing           atomic.Int32
 	frozenAt, thawedAt map[string]time.Time
+
+	// stopDelay is how long a cancelled copy takes to stop (flushing what
+	// it wrote); lastCopyEnd is when the last cancelled copy returned and
+	// abortAt when Abort ran.
+	stopDelay            time.Duration
+	lastCopyEnd, abortAt time.Time
+	cancelledAtAbort     int32
 
 	mu     sync.Mutex
 	copier map[string]string // disk manifest → workflow id that ran its copy
@@ -122,6 +131,10 @@ func (f *fakeActs) CopyDisk(ctx context.Context, in activities.CopyInput) (*acti
 		activity.RecordHeartbeat(ctx, activities.CopyProgress{})
 		select {
 		case <-ctx.Done():
+			time.Sleep(f.stopDelay)
+			f.mu.Lock()
+			f.lastCopyEnd = time.Now()
+			f.mu.Unlock()
 			f.cancelled.Add(1)
 			return nil, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
@@ -137,7 +150,13 @@ func (f *fakeActs) Commit(_ context.Context, in activities.CommitInput) (*activi
 	return &activities.CommitResult{BackupID: in.BackupID, Disks: len(in.Manifests)}, nil
 }
 
-func (f *fakeActs) Abort(context.Context, activities.AbortInput) error { return nil }
+func (f *fakeActs) Abort(context.Context, activities.AbortInput) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.abortAt = time.Now()
+	f.cancelledAtAbort = f.cancelled.Load()
+	return nil
+}
 
 func (f *fakeActs) ResolveProject(_ context.Context, in activities.ResolveProjectInput) (string, error) {
 	return "id-of-" + in.Project, nil
@@ -446,6 +465,44 @@ func TestTerminatedBackupCancelsItsCopyChildren(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "copies still run", func() bool { return f.cancelled.Load() == 40 })
 	t.Logf("3 children and their 40 copies cancelled %v after the backup was terminated", time.Since(start).Round(time.Millisecond))
+}
+
+// TestCancelledBackupAbortsAfterItsLastCopy: a large backup is cancelled
+// while its children copy, and its copies take a second to stop (as a real
+// copy finishing a chunk); the backup aborts only after the last of them
+// returned, so that nothing is written for a backup already aborted.
+func TestCancelledBackupAbortsAfterItsLastCopy(t *testing.T) {
+	c, _ := startTemporal(t)
+	ctx := context.Background()
+	f := &fakeActs{vms: fakeWorkload(4, 10), stopDelay: time.Second}
+	f.block.Store(true)
+	startFakeWorkers(t, c, f)
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "backup/big-cancel", TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup,
+		workflows.BackupRequest{Workload: "big-cancel", Repository: "main", Consistency: "crash", CopyBatchSize: 16, CopyHeartbeatTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the children did not start every copy", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.copier) == 40
+	})
+	if err := c.CancelWorkflow(ctx, run.GetID(), run.GetRunID()); err != nil {
+		t.Fatal(err)
+	}
+	var ce *temporal.CanceledError
+	if err := run.Get(ctx, nil); !errors.As(err, &ce) {
+		t.Fatalf("the cancelled backup ended with %v, want cancelled", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n := f.cancelled.Load(); n != 40 {
+		t.Errorf("%d copies saw the cancellation, want 40", n)
+	}
+	if f.cancelledAtAbort != 40 || f.abortAt.IsZero() || !f.abortAt.After(f.lastCopyEnd) {
+		t.Errorf("abort at %v with %d copies stopped, the last copy stopped at %v: the abort must come after all 40", f.abortAt.Format(time.StampMicro), f.cancelledAtAbort, f.lastCopyEnd.Format(time.StampMicro))
+	}
+	t.Logf("the abort ran %v after the last copy stopped", f.abortAt.Sub(f.lastCopyEnd).Round(time.Millisecond))
 }
 
 // TestLargeWorkloadUnderCopySemaphore: the 100 copies of a large workload,

@@ -24,6 +24,10 @@ const (
 // replay on the flat path, copies in the backup's own history.
 const childCopyChange = "copy-large-workloads-in-child-workflows"
 
+// copyWaitsForCancelChange marks histories whose copies are not started
+// once the run is cancelled and are waited for when cancelled.
+const copyWaitsForCancelChange = "copies-wait-for-cancellation"
+
 // CopyBatch is the input of CopyDisks: some disks of one backup.
 type CopyBatch struct {
 	Repository string `json:"repository"`
@@ -96,6 +100,10 @@ func runCopies(ctx workflow.Context, jobs []copyJob, heartbeat time.Duration, do
 		keys = append(keys, j.key)
 	}
 	left, failed := len(copies), false
+	// Since copyWaitsForCancelChange, a cancelled run starts no copy and
+	// waits for the running ones to stop (their heartbeats carry the
+	// cancellation), so that its abort comes after the last chunk written.
+	waitCancel := workflow.GetVersion(ctx, copyWaitsForCancelChange, workflow.DefaultVersion, 1) >= 1
 	sel := workflow.NewSelector(ctx)
 	requested := workflow.Now(ctx)
 	var permitWait client.MetricsTimer
@@ -120,8 +128,19 @@ func runCopies(ctx workflow.Context, jobs []copyJob, heartbeat time.Duration, do
 			permits.Release(ctx, key)
 			left--
 			return
+		case waitCancel && ctx.Err() != nil:
+			p.err, failed = fmt.Errorf("copy %s: not started: %w", p.job.name(), temporal.NewCanceledError()), true
+			permits.Release(ctx, key)
+			left--
+			return
 		}
-		f := workflow.ExecuteActivity(copyOpts(ctx, p.job.in.Disk, p.job.host, heartbeat), a.CopyDisk, p.job.in)
+		actx := copyOpts(ctx, p.job.in.Disk, p.job.host, heartbeat)
+		if waitCancel {
+			o := workflow.GetActivityOptions(actx)
+			o.WaitForCancellation = true
+			actx = workflow.WithActivityOptions(actx, o)
+		}
+		f := workflow.ExecuteActivity(actx, a.CopyDisk, p.job.in)
 		sel.AddFuture(f, func(f workflow.Future) {
 			var cr activities.CopyResult
 			if err := f.Get(ctx, &cr); err != nil {

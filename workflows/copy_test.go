@@ -242,9 +242,10 @@ func TestCancelDuringChildCopiesCleansUp(t *testing.T) {
 	if f.rec.count("commit") != 0 || f.rec.count("abort") != 1 || f.rec.count("finish abort") != 10 {
 		t.Errorf("cancellation during child copies did not clean up: %v", f.rec.calls)
 	}
-	if i, j := f.rec.lastIndex("copy "), f.rec.index("abort"); i > j {
-		t.Errorf("a copy ran after the abort: %v", f.rec.calls)
-	}
+	// That the abort comes after the last copy stopped is checked against a
+	// real server (integration's TestCancelledBackupAbortsAfterItsLastCopy):
+	// the SDK's test environment reports a cancelled activity at once and
+	// may still start its function later, whatever WaitForCancellation says.
 }
 
 // TestTransientErrorInChildIsRetried: a retryable copy error in a child is
@@ -274,16 +275,4 @@ func TestTransientErrorInChildIsRetried(t *testing.T) {
 	if tries != 2 || len(c.by) != 50 || f.rec.count("abort") != 0 {
 		t.Errorf("tries %d (want 2), copied %d (want 50), calls %v", tries, len(c.by), f.rec.calls)
 	}
-}
-
-func (r *recorder) lastIndex(prefix string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	last := -1
-	for i, c := range r.calls {
-		if strings.HasPrefix(c, prefix) {
-			last = i
-		}
-	}
-	return last
 }
