@@ -165,6 +165,10 @@ func cloudOpts(ctx workflow.Context, timeout time.Duration, attempts int32) work
 	})
 }
 
+// writesWaitForCancelChange marks histories whose restores wait for their
+// cancelled writes to stop.
+const writesWaitForCancelChange = "writes-wait-for-cancellation"
+
 func writeOpts(ctx workflow.Context, queue string) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              queue,
@@ -294,6 +298,11 @@ func (run *restoreRun) writeDisks(ctx workflow.Context, jobs []diskJob) error {
 		limit = DefaultParallelWrites
 	}
 	var firstErr error
+	// Since writesWaitForCancelChange, a cancelled restore starts no more
+	// writes and waits for the running ones to stop before it disconnects
+	// and deletes what it made (a volume still written to cannot be
+	// deleted cleanly).
+	waitCancel := workflow.GetVersion(ctx, writesWaitForCancelChange, workflow.DefaultVersion, 1) >= 1
 	sel := workflow.NewSelector(ctx)
 	inflight := 0
 	collect := func(i int) func(workflow.Future) {
@@ -320,6 +329,10 @@ func (run *restoreRun) writeDisks(ctx workflow.Context, jobs []diskJob) error {
 		if firstErr != nil {
 			break // no new writes after a failure; the running ones finish
 		}
+		if waitCancel && ctx.Err() != nil {
+			firstErr = fmt.Errorf("write disks: %w", temporal.NewCanceledError())
+			break
+		}
 		j := &jobs[i]
 		if j.volume != "" {
 			var conn cloud.Connection
@@ -330,7 +343,13 @@ func (run *restoreRun) writeDisks(ctx workflow.Context, jobs []diskJob) error {
 			}
 			j.target, j.queue = activities.TargetFor(&conn)
 		}
-		f := workflow.ExecuteActivity(writeOpts(ctx, j.queue), a.WriteDisk, activities.WriteDiskInput{
+		wctx := writeOpts(ctx, j.queue)
+		if waitCancel {
+			o := workflow.GetActivityOptions(wctx)
+			o.WaitForCancellation = true
+			wctx = workflow.WithActivityOptions(wctx, o)
+		}
+		f := workflow.ExecuteActivity(wctx, a.WriteDisk, activities.WriteDiskInput{
 			Repository: run.req.Repository, Manifest: j.disk.Manifest, Target: j.target})
 		inflight++
 		sel.AddFuture(f, collect(i))
