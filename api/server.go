@@ -45,6 +45,9 @@ type Config struct {
 	// names none.
 	Repos             Repositories
 	DefaultRepository string
+	// Workloads discovers a project's workloads for GET /v1/workloads;
+	// nil answers that route with 501.
+	Workloads WorkloadSource
 	// Policy decides; nil is the defaults.
 	Policy *Policy
 	// CacheTTL bounds how long a validated token (and a user's roles on
@@ -144,6 +147,7 @@ func (s *Server) routes() []route {
 	}
 	return []route{
 		{method: "GET", path: "/v1/openapi.json", handler: http.HandlerFunc(serveOpenAPI), public: true},
+		h("GET", "/v1/workloads", s.listWorkloads),
 		h("GET", "/v1/backups", s.listBackups),
 		h("POST", "/v1/backups", s.startBackup),
 		h("GET", "/v1/backups/{id}", s.showBackup),

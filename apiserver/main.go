@@ -15,6 +15,10 @@
 //	  project_name: service
 //	  project_domain_name: Default
 //	temporal: {address: temporal:7233, namespace: default, tls: {...}}
+//	cloud: raksha                   # clouds.yaml entry of the cloud user that
+//	                                # discovers workloads (GET /v1/workloads), as
+//	                                # the control worker's; empty: OS_* variables,
+//	                                # and no OS_CLOUD/OS_AUTH_URL either: no discovery (501)
 //	repositories: {main: {url: ..., password_file: ...}}   # as worker.yaml
 //	default_repository: main
 //	policy_file: /etc/raksha/api-policy.yaml   # overrides of api.DefaultRules
@@ -44,6 +48,7 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/api"
+	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/temporalx"
 )
 
@@ -63,6 +68,9 @@ type Config struct {
 		Namespace string        `yaml:"namespace"`
 		TLS       temporalx.TLS `yaml:"tls"`
 	} `yaml:"temporal"`
+	// Cloud names the clouds.yaml entry of the cloud user that discovers
+	// workloads (empty: OS_* variables).
+	Cloud             string                           `yaml:"cloud"`
 	Repositories      map[string]activities.RepoConfig `yaml:"repositories"`
 	DefaultRepository string                           `yaml:"default_repository"`
 	PolicyFile        string                           `yaml:"policy_file"`
@@ -148,6 +156,20 @@ func run(ctx context.Context, log *slog.Logger, args []string, getenv func(strin
 		return fmt.Errorf("connect to Temporal at %s: %w", topts.HostPort, err)
 	}
 	defer tc.Close()
+	var workloads api.WorkloadSource
+	if ccfg := cloud.ConfigFromEnv(getenv); cfg.Cloud != "" || ccfg.Cloud != "" || ccfg.AuthURL != "" {
+		if cfg.Cloud != "" {
+			ccfg.Cloud = cfg.Cloud
+		}
+		ccfg.Log = log
+		cl, err := cloud.Connect(ctx, ccfg)
+		if err != nil {
+			return fmt.Errorf("connect to the cloud: %w", err)
+		}
+		workloads = &api.CloudWorkloads{Client: cl}
+	} else {
+		log.Warn("no cloud configured (cloud, OS_CLOUD, OS_AUTH_URL): GET /v1/workloads answers 501")
+	}
 	k := cfg.Keystone
 	srv, err := api.New(api.Config{
 		Identity: api.NewKeystone(api.ServiceCredentials{AuthURL: k.AuthURL, Username: k.Username,
@@ -155,6 +177,7 @@ func run(ctx context.Context, log *slog.Logger, args []string, getenv func(strin
 			ProjectName: k.ProjectName, ProjectDomainName: k.ProjectDomainName}, nil),
 		AuthURL: k.AuthURL, Temporal: tc, Repos: api.NewRegistry(cfg.Repositories, log),
 		DefaultRepository: cfg.DefaultRepository, Policy: policy, CacheTTL: cfg.TokenCacheTTL, Log: log,
+		Workloads: workloads,
 	})
 	if err != nil {
 		return err
