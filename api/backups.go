@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/raksha-backup/raksha/internal/repo"
@@ -224,4 +225,98 @@ func (s *Server) showBackup(w http.ResponseWriter, r *http.Request, id *Identity
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"backup": backupView(repoID, b)})
 	return nil
+}
+
+// backupLocks serializes the API's own changes of one backup's record
+// (delete, protect, unprotect), so that a protect racing a delete in this
+// process cannot write back the record of a backup just deleted.
+type backupLocks struct {
+	mu    sync.Mutex
+	locks map[string]*backupLock
+}
+
+type backupLock struct {
+	sync.Mutex
+	users int
+}
+
+func (l *backupLocks) lock(key string) func() {
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = map[string]*backupLock{}
+	}
+	bl := l.locks[key]
+	if bl == nil {
+		bl = &backupLock{}
+		l.locks[key] = bl
+	}
+	bl.users++
+	l.mu.Unlock()
+	bl.Lock()
+	return func() {
+		bl.Unlock()
+		l.mu.Lock()
+		if bl.users--; bl.users == 0 {
+			delete(l.locks, key)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// deleteBackup is DELETE /v1/backups/{id}: the repository's delete, as
+// `raksha backup delete` does it (the record first, then its manifests
+// and drill records; chunks are left to gc, so every other backup stays
+// whole). A protected backup is refused with 409.
+func (s *Server) deleteBackup(w http.ResponseWriter, r *http.Request, id *Identity) error {
+	repoGiven, backupID := r.URL.Query().Get("repository"), r.PathValue("id")
+	if _, _, err := s.loadBackup(r, id, repoGiven, backupID, ActionBackupDelete); err != nil {
+		return err
+	}
+	repoID, rp, err := s.openRepo(r, repoGiven)
+	if err != nil {
+		return err
+	}
+	defer s.backupLocks.lock(repoID + "/" + backupID)()
+	err = rp.DeleteBackup(r.Context(), backupID)
+	switch {
+	case errors.Is(err, repo.ErrProtected):
+		return errorf(http.StatusConflict, "Backup %s is protected; unprotect it first.", backupID)
+	case errors.Is(err, repo.ErrNoBackup):
+		return errorf(http.StatusNotFound, "Backup %s could not be found.", backupID)
+	case err != nil:
+		return fmt.Errorf("delete backup %s of repository %s: %w", backupID, repoID, err)
+	}
+	s.log.Info("backup deleted", "backup_id", backupID, "repository", repoID, "user_id", id.UserID, "project_id", id.ProjectID)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// protectBackup is POST /v1/backups/{id}/protect (protect true) and
+// .../unprotect: a protected backup is never deleted, by a caller or by
+// prune, until it is unprotected.
+func (s *Server) protectBackup(protect bool) apiFunc {
+	action := ActionBackupUnprotect
+	if protect {
+		action = ActionBackupProtect
+	}
+	return func(w http.ResponseWriter, r *http.Request, id *Identity) error {
+		repoGiven, backupID := r.URL.Query().Get("repository"), r.PathValue("id")
+		if _, _, err := s.loadBackup(r, id, repoGiven, backupID, action); err != nil {
+			return err
+		}
+		repoID, rp, err := s.openRepo(r, repoGiven)
+		if err != nil {
+			return err
+		}
+		defer s.backupLocks.lock(repoID + "/" + backupID)()
+		b, err := rp.UpdateBackup(r.Context(), backupID, func(b *repo.Backup) error { b.Protected = protect; return nil })
+		if errors.Is(err, repo.ErrNoBackup) {
+			return errorf(http.StatusNotFound, "Backup %s could not be found.", backupID)
+		}
+		if err != nil {
+			return fmt.Errorf("%s backup %s of repository %s: %w", map[bool]string{true: "protect", false: "unprotect"}[protect], backupID, repoID, err)
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"backup": backupView(repoID, b)})
+		return nil
+	}
 }

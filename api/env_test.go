@@ -135,7 +135,8 @@ type env struct {
 	log      *syncBuffer
 	projects map[string]string // name → id
 	backups  map[string][]string
-	tokens   []string // every token a test made, for the log check
+	repo     *repo.Repository // the registry's repository "main", opened by the test
+	tokens   []string         // every token a test made, for the log check
 	mu       sync.Mutex
 }
 
@@ -190,6 +191,7 @@ func newEnvWith(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Con
 	// password file.
 	dir := t.TempDir()
 	r := repotest.NewLocal(t, filepath.Join(dir, "repo"), 64<<10)
+	e.repo = r
 	pwFile := filepath.Join(dir, "password")
 	if err := os.WriteFile(pwFile, []byte(repotest.Password+"\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -68,6 +68,8 @@ type Server struct {
 	tokens *cache[*Identity]
 	roles  *cache[[]string]
 	mux    *http.ServeMux
+
+	backupLocks backupLocks
 }
 
 // New makes a Server.
@@ -151,6 +153,9 @@ func (s *Server) routes() []route {
 		h("GET", "/v1/backups", s.listBackups),
 		h("POST", "/v1/backups", s.startBackup),
 		h("GET", "/v1/backups/{id}", s.showBackup),
+		h("DELETE", "/v1/backups/{id}", s.deleteBackup),
+		h("POST", "/v1/backups/{id}/protect", s.protectBackup(true)),
+		h("POST", "/v1/backups/{id}/unprotect", s.protectBackup(false)),
 		h("GET", "/v1/backup-runs/{id}", s.showBackupRun),
 		h("POST", "/v1/backup-runs/{id}/cancel", s.cancelBackupRun),
 		h("GET", "/v1/restores", s.listRestores),

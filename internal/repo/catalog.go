@@ -173,7 +173,9 @@ type PruneDecision struct {
 
 // Prune applies the retention to the backups matching f, newest first in
 // each label group, and deletes the rest unless dryRun. It returns every
-// decision, so --dry-run shows what would go and why.
+// decision, so --dry-run shows what would go and why. A backup protected
+// after the listing (DeleteBackup re-reads its record) is kept, its
+// decision saying so.
 func (r *Repository) Prune(ctx context.Context, f Filter, p Retention, now time.Time, dryRun bool) ([]PruneDecision, error) {
 	all, err := r.ListBackups(ctx, f)
 	if err != nil {
@@ -183,11 +185,17 @@ func (r *Repository) Prune(ctx context.Context, f Filter, p Retention, now time.
 	if dryRun {
 		return decisions, nil
 	}
-	for _, d := range decisions {
+	for i, d := range decisions {
 		if d.Keep {
 			continue
 		}
-		if err := r.DeleteBackup(ctx, d.Backup.ID); err != nil {
+		err := r.DeleteBackup(ctx, d.Backup.ID)
+		if errors.Is(err, ErrProtected) {
+			// Protected since the listing: kept, and the rest still go.
+			decisions[i].Keep, decisions[i].Reasons = true, []string{"protected"}
+			continue
+		}
+		if err != nil {
 			return decisions, fmt.Errorf("prune: %w", err)
 		}
 	}
