@@ -44,6 +44,8 @@ const (
 	// file-level restore: a member's by default).
 	ActionBackupFilesList     = "backup:files:list"
 	ActionBackupFilesDownload = "backup:files:download"
+	// ActionQuotaShow shows a project's quotas and usage.
+	ActionQuotaShow = "quota:show"
 	// RuleAdmin is the rule that lets a caller act in any project with
 	// its token's roles (oslo.policy's context_is_admin).
 	RuleAdmin = "context_is_admin"
@@ -78,6 +80,7 @@ func DefaultRules() map[string]string {
 		ActionBackupUnprotect:     "rule:project_member",
 		ActionBackupFilesList:     "rule:project_member",
 		ActionBackupFilesDownload: "rule:project_member",
+		ActionQuotaShow:           "rule:project_reader",
 	}
 }
 

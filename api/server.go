@@ -48,6 +48,9 @@ type Config struct {
 	// Workloads discovers a project's workloads for GET /v1/workloads;
 	// nil answers that route with 501.
 	Workloads WorkloadSource
+	// Quotas are the admin's limits per project, enforced at backup start;
+	// nil limits nothing.
+	Quotas *Quotas
 	// Policy decides; nil is the defaults.
 	Policy *Policy
 	// CacheTTL bounds how long a validated token (and a user's roles on
@@ -76,6 +79,11 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	if cfg.Identity == nil || cfg.Temporal == nil || cfg.Repos == nil {
 		return nil, errors.New("api: identity service, Temporal client and repository registry are required")
+	}
+	if cfg.Quotas != nil {
+		if err := cfg.Quotas.Validate(); err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
 	}
 	if cfg.CacheTTL == 0 {
 		cfg.CacheTTL = 30 * time.Second
@@ -156,6 +164,7 @@ func (s *Server) routes() []route {
 		h("DELETE", "/v1/backups/{id}", s.deleteBackup),
 		h("POST", "/v1/backups/{id}/protect", s.protectBackup(true)),
 		h("POST", "/v1/backups/{id}/unprotect", s.protectBackup(false)),
+		h("GET", "/v1/quotas", s.showQuotas),
 		h("GET", "/v1/backup-runs/{id}", s.showBackupRun),
 		h("POST", "/v1/backup-runs/{id}/cancel", s.cancelBackupRun),
 		h("GET", "/v1/restores", s.listRestores),

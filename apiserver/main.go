@@ -22,6 +22,9 @@
 //	repositories: {main: {url: ..., password_file: ...}}   # as worker.yaml
 //	default_repository: main
 //	policy_file: /etc/raksha/api-policy.yaml   # overrides of api.DefaultRules
+//	quotas:                         # api.Quotas, enforced at backup start (413)
+//	  default: {backups: 100, bytes: 1099511627776}   # omitted or negative: no limit
+//	  projects: {PROJECT_ID: {backups: 10}}           # a missing field takes the default's
 //	token_cache_ttl: 30s
 //	log_format: text                # or json
 //
@@ -74,6 +77,7 @@ type Config struct {
 	Repositories      map[string]activities.RepoConfig `yaml:"repositories"`
 	DefaultRepository string                           `yaml:"default_repository"`
 	PolicyFile        string                           `yaml:"policy_file"`
+	Quotas            api.Quotas                       `yaml:"quotas"`
 	TokenCacheTTL     time.Duration                    `yaml:"token_cache_ttl"`
 	LogFormat         string                           `yaml:"log_format"`
 }
@@ -110,6 +114,9 @@ func loadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: default_repository %q is not in repositories", path, cfg.DefaultRepository)
 	case cfg.LogFormat != "" && cfg.LogFormat != "text" && cfg.LogFormat != "json":
 		return nil, fmt.Errorf("config %s: log_format %q: text or json", path, cfg.LogFormat)
+	}
+	if err := cfg.Quotas.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:8779"
@@ -177,7 +184,7 @@ func run(ctx context.Context, log *slog.Logger, args []string, getenv func(strin
 			ProjectName: k.ProjectName, ProjectDomainName: k.ProjectDomainName}, nil),
 		AuthURL: k.AuthURL, Temporal: tc, Repos: api.NewRegistry(cfg.Repositories, log),
 		DefaultRepository: cfg.DefaultRepository, Policy: policy, CacheTTL: cfg.TokenCacheTTL, Log: log,
-		Workloads: workloads,
+		Workloads: workloads, Quotas: &cfg.Quotas,
 	})
 	if err != nil {
 		return err
