@@ -36,6 +36,8 @@ type BackupView struct {
 
 // BackupDiskView is one disk of a backup.
 type BackupDiskView struct {
+	// ID is the disk's id in the file routes: VM~DISK.
+	ID   string `json:"id"`
 	VM   string `json:"vm"`
 	Disk string `json:"disk"`
 	Size int64  `json:"size"`
@@ -72,7 +74,7 @@ func backupView(repoID string, b *repo.Backup) BackupView {
 		}
 	}
 	for _, d := range b.Disks {
-		v.Disks = append(v.Disks, BackupDiskView{VM: d.VM, Disk: d.Disk, Size: d.Size})
+		v.Disks = append(v.Disks, BackupDiskView{ID: diskAPIID(d), VM: d.VM, Disk: d.Disk, Size: d.Size})
 	}
 	return v
 }

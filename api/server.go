@@ -51,6 +51,10 @@ type Config struct {
 	// Quotas are the admin's limits per project, enforced at backup start;
 	// nil limits nothing.
 	Quotas *Quotas
+	// MaxFileRequests bounds the file listings and downloads served at
+	// once (default DefaultMaxFileRequests); more are refused with 429.
+	// Each holds at most a few decoded chunks in memory.
+	MaxFileRequests int
 	// Policy decides; nil is the defaults.
 	Policy *Policy
 	// CacheTTL bounds how long a validated token (and a user's roles on
@@ -73,6 +77,7 @@ type Server struct {
 	mux    *http.ServeMux
 
 	backupLocks backupLocks
+	fileSlots   chan struct{}
 }
 
 // New makes a Server.
@@ -97,8 +102,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.MaxFileRequests <= 0 {
+		cfg.MaxFileRequests = DefaultMaxFileRequests
+	}
 	s := &Server{cfg: cfg, log: cfg.Log, policy: cfg.Policy,
-		tokens: newCache[*Identity](cfg.CacheSize), roles: newCache[[]string](cfg.CacheSize), mux: http.NewServeMux()}
+		tokens: newCache[*Identity](cfg.CacheSize), roles: newCache[[]string](cfg.CacheSize), mux: http.NewServeMux(),
+		fileSlots: make(chan struct{}, cfg.MaxFileRequests)}
 	if s.policy == nil {
 		p, err := NewPolicy(nil)
 		if err != nil {
@@ -164,6 +173,8 @@ func (s *Server) routes() []route {
 		h("DELETE", "/v1/backups/{id}", s.deleteBackup),
 		h("POST", "/v1/backups/{id}/protect", s.protectBackup(true)),
 		h("POST", "/v1/backups/{id}/unprotect", s.protectBackup(false)),
+		h("GET", "/v1/backups/{id}/disks/{disk}/files", s.listFiles),
+		h("GET", "/v1/backups/{id}/disks/{disk}/files/content", s.downloadFile),
 		h("GET", "/v1/quotas", s.showQuotas),
 		h("GET", "/v1/backup-runs/{id}", s.showBackupRun),
 		h("POST", "/v1/backup-runs/{id}/cancel", s.cancelBackupRun),

@@ -25,6 +25,7 @@
 //	quotas:                         # api.Quotas, enforced at backup start (413)
 //	  default: {backups: 100, bytes: 1099511627776}   # omitted or negative: no limit
 //	  projects: {PROJECT_ID: {backups: 10}}           # a missing field takes the default's
+//	max_file_requests: 8            # file listings and downloads at once (429 beyond)
 //	token_cache_ttl: 30s
 //	log_format: text                # or json
 //
@@ -78,6 +79,7 @@ type Config struct {
 	DefaultRepository string                           `yaml:"default_repository"`
 	PolicyFile        string                           `yaml:"policy_file"`
 	Quotas            api.Quotas                       `yaml:"quotas"`
+	MaxFileRequests   int                              `yaml:"max_file_requests"`
 	TokenCacheTTL     time.Duration                    `yaml:"token_cache_ttl"`
 	LogFormat         string                           `yaml:"log_format"`
 }
@@ -184,7 +186,7 @@ func run(ctx context.Context, log *slog.Logger, args []string, getenv func(strin
 			ProjectName: k.ProjectName, ProjectDomainName: k.ProjectDomainName}, nil),
 		AuthURL: k.AuthURL, Temporal: tc, Repos: api.NewRegistry(cfg.Repositories, log),
 		DefaultRepository: cfg.DefaultRepository, Policy: policy, CacheTTL: cfg.TokenCacheTTL, Log: log,
-		Workloads: workloads, Quotas: &cfg.Quotas,
+		Workloads: workloads, Quotas: &cfg.Quotas, MaxFileRequests: cfg.MaxFileRequests,
 	})
 	if err != nil {
 		return err
