@@ -46,6 +46,11 @@ const (
 	ActionBackupFilesDownload = "backup:files:download"
 	// ActionQuotaShow shows a project's quotas and usage.
 	ActionQuotaShow = "quota:show"
+	// Tenant backup policies (schedules) of a project.
+	ActionPolicyCreate = "policy:create"
+	ActionPolicyList   = "policy:list"
+	ActionPolicyShow   = "policy:show"
+	ActionPolicyDelete = "policy:delete"
 	// RuleAdmin is the rule that lets a caller act in any project with
 	// its token's roles (oslo.policy's context_is_admin).
 	RuleAdmin = "context_is_admin"
@@ -81,6 +86,10 @@ func DefaultRules() map[string]string {
 		ActionBackupFilesList:     "rule:project_member",
 		ActionBackupFilesDownload: "rule:project_member",
 		ActionQuotaShow:           "rule:project_reader",
+		ActionPolicyCreate:        "rule:project_member",
+		ActionPolicyList:          "rule:project_reader",
+		ActionPolicyShow:          "rule:project_reader",
+		ActionPolicyDelete:        "rule:project_member",
 	}
 }
 

@@ -55,6 +55,9 @@ type Config struct {
 	// once (default DefaultMaxFileRequests); more are refused with 429.
 	// Each holds at most a few decoded chunks in memory.
 	MaxFileRequests int
+	// PolicyLimits are the admin's limits on tenants' backup policies;
+	// nil: tenants publish none (403).
+	PolicyLimits *PolicyLimits
 	// Policy decides; nil is the defaults.
 	Policy *Policy
 	// CacheTTL bounds how long a validated token (and a user's roles on
@@ -84,6 +87,11 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	if cfg.Identity == nil || cfg.Temporal == nil || cfg.Repos == nil {
 		return nil, errors.New("api: identity service, Temporal client and repository registry are required")
+	}
+	if cfg.PolicyLimits != nil {
+		if err := cfg.PolicyLimits.Validate(); err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
 	}
 	if cfg.Quotas != nil {
 		if err := cfg.Quotas.Validate(); err != nil {
@@ -176,6 +184,10 @@ func (s *Server) routes() []route {
 		h("GET", "/v1/backups/{id}/disks/{disk}/files", s.listFiles),
 		h("GET", "/v1/backups/{id}/disks/{disk}/files/content", s.downloadFile),
 		h("GET", "/v1/quotas", s.showQuotas),
+		h("GET", "/v1/policies", s.listPolicies),
+		h("POST", "/v1/policies", s.createPolicy),
+		h("GET", "/v1/policies/{name}", s.showPolicy),
+		h("DELETE", "/v1/policies/{name}", s.deletePolicy),
 		h("GET", "/v1/backup-runs/{id}", s.showBackupRun),
 		h("POST", "/v1/backup-runs/{id}/cancel", s.cancelBackupRun),
 		h("GET", "/v1/restores", s.listRestores),

@@ -25,6 +25,8 @@
 //	quotas:                         # api.Quotas, enforced at backup start (413)
 //	  default: {backups: 100, bytes: 1099511627776}   # omitted or negative: no limit
 //	  projects: {PROJECT_ID: {backups: 10}}           # a missing field takes the default's
+//	tenant_policies:                # api.PolicyLimits; absent: tenants publish no policy
+//	  {min_interval: 1h, max_expire_after: 720h, max_per_project: 5}
 //	max_file_requests: 8            # file listings and downloads at once (429 beyond)
 //	token_cache_ttl: 30s
 //	log_format: text                # or json
@@ -80,6 +82,7 @@ type Config struct {
 	PolicyFile        string                           `yaml:"policy_file"`
 	Quotas            api.Quotas                       `yaml:"quotas"`
 	MaxFileRequests   int                              `yaml:"max_file_requests"`
+	TenantPolicies    *api.PolicyLimits                `yaml:"tenant_policies"`
 	TokenCacheTTL     time.Duration                    `yaml:"token_cache_ttl"`
 	LogFormat         string                           `yaml:"log_format"`
 }
@@ -119,6 +122,11 @@ func loadConfig(path string) (*Config, error) {
 	}
 	if err := cfg.Quotas.Validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if cfg.TenantPolicies != nil {
+		if err := cfg.TenantPolicies.Validate(); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:8779"
@@ -187,6 +195,7 @@ func run(ctx context.Context, log *slog.Logger, args []string, getenv func(strin
 		AuthURL: k.AuthURL, Temporal: tc, Repos: api.NewRegistry(cfg.Repositories, log),
 		DefaultRepository: cfg.DefaultRepository, Policy: policy, CacheTTL: cfg.TokenCacheTTL, Log: log,
 		Workloads: workloads, Quotas: &cfg.Quotas, MaxFileRequests: cfg.MaxFileRequests,
+		PolicyLimits: cfg.TenantPolicies,
 	})
 	if err != nil {
 		return err
