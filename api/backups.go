@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,11 +9,15 @@ import (
 	"net/url"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"go.temporal.io/api/workflowservice/v1"
+
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend"
+	"github.com/raksha-backup/raksha/workflows"
 )
 
 // BackupView is a backup as the API shows it: its record, with the project
@@ -279,6 +284,11 @@ func (s *Server) deleteBackup(w http.ResponseWriter, r *http.Request, id *Identi
 		return err
 	}
 	defer s.backupLocks.lock(repoID + "/" + backupID)()
+	if wid, err := s.runningReader(r.Context(), repoID, backupID); err != nil {
+		return err
+	} else if wid != "" {
+		return errorf(http.StatusConflict, "Backup %s is being restored or cloned by %s; delete it once that run has ended.", backupID, runAPIID(wid))
+	}
 	err = rp.DeleteBackup(r.Context(), backupID)
 	switch {
 	case errors.Is(err, repo.ErrProtected):
@@ -320,5 +330,31 @@ func (s *Server) protectBackup(protect bool) apiFunc {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"backup": backupView(repoID, b)})
 		return nil
+	}
+}
+
+// runningReader is the workflow id of a running restore or clone that
+// reads the backup (a restore's id names its backup; a clone the API
+// started says it in its memo), or "". A clone started on Temporal by an
+// operator without the API's memo is not seen.
+func (s *Server) runningReader(ctx context.Context, repoID, backupID string) (string, error) {
+	var next []byte
+	for {
+		resp, err := s.cfg.Temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
+			Query:    "RakshaOperation IN ('restore', 'clone') AND ExecutionStatus = 'Running'",
+			PageSize: 1000, NextPageToken: next})
+		if err != nil {
+			return "", fmt.Errorf("delete backup %s: list running restores and clones: %w", backupID, err)
+		}
+		for _, e := range resp.GetExecutions() {
+			ri := infoOfExecution(e)
+			if strings.HasPrefix(ri.WorkflowID, workflows.RestoreWorkflowID(backupID, "")) ||
+				ri.Memo.BackupID == backupID && (ri.Memo.Repository == "" || ri.Memo.Repository == repoID) {
+				return ri.WorkflowID, nil
+			}
+		}
+		if next = resp.GetNextPageToken(); len(next) == 0 {
+			return "", nil
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,11 +18,12 @@ import (
 // project's backups through the API; a protected backup is refused by
 // delete (409) and kept by prune, expired or not; another project's
 // backup cannot be deleted, protected or unprotected (404, as if it did
-// not exist), a reader cannot change any (403); a delete removes the
-// record and manifests through the repository's delete and leaves the
+// not exist), a reader cannot change any (403); a backup a restore or a
+// clone is reading is refused (409) until that run ends; a delete removes
+// the record and manifests through the repository's delete and leaves the
 // chunks to gc, so the other backups of the same data still read whole.
 func TestBackupDeleteProtect(t *testing.T) {
-	e := newEnv(t, lab.Options{}, lazyTemporal(t), api.Config{}, nil)
+	e := newEnv(t, lab.Options{}, startTemporal(t), api.Config{}, nil)
 	ctx := context.Background()
 	aliceTok := e.token(t, alice, "alpha")
 	bobTok := e.token(t, bob, "beta")
@@ -105,6 +107,36 @@ func TestBackupDeleteProtect(t *testing.T) {
 			t.Errorf("backup %s does not read whole after the delete: %v", id, err)
 		}
 	}
+	// A backup being restored, or cloned, is not deleted until the run
+	// ends (the dev server's worker runs the workflows, no activity: the
+	// runs stay in their first phase).
+	var rs struct{ Restore api.RestoreView }
+	if st, body := e.call(t, aliceTok, "POST", "/v1/restores", map[string]any{"restore": map[string]any{"backup_id": alphaB[1]}}, &rs); st != 202 {
+		t.Fatalf("alice restores: %d %s", st, body)
+	}
+	var cl struct{ Clone api.CloneView }
+	if st, body := e.call(t, aliceTok, "POST", "/v1/clones", map[string]any{"clone": map[string]any{"backup_id": alphaB[2], "name": "del-test"}}, &cl); st != 202 {
+		t.Fatalf("alice clones: %d %s", st, body)
+	}
+	for _, c := range []struct{ backup, run string }{{alphaB[1], rs.Restore.ID}, {alphaB[2], cl.Clone.ID}} {
+		waitFor(t, "the delete of "+c.backup+" refused while "+c.run+" runs", func() bool {
+			st, body := e.call(t, aliceTok, "DELETE", "/v1/backups/"+c.backup, nil, nil)
+			if st == 204 {
+				t.Fatalf("backup %s deleted while %s reads it", c.backup, c.run)
+			}
+			return st == 409 && strings.Contains(string(body), "Backup "+c.backup+" is being restored or cloned by "+c.run+"; delete it once that run has ended.")
+		})
+	}
+	for _, p := range []string{"/v1/restores/" + rs.Restore.ID + "/cancel", "/v1/clones/" + cl.Clone.ID + "/cancel"} {
+		if st, body := e.call(t, aliceTok, "POST", p, nil, nil); st != 202 {
+			t.Fatalf("%s: %d %s", p, st, body)
+		}
+	}
+	waitFor(t, "the delete of the restored backup once the restore ended", func() bool {
+		st, _ := e.call(t, aliceTok, "DELETE", "/v1/backups/"+alphaB[1], nil, nil)
+		return st == 204
+	})
+
 	// Beta's backups are untouched; the admin may protect them.
 	if st, _ := e.call(t, bobTok, "GET", "/v1/backups", nil, &l); st != 200 || len(l.Backups) != len(betaB) {
 		t.Errorf("beta's backups: %d %v", st, ids(l.Backups))
