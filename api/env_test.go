@@ -153,7 +153,8 @@ const repoID = "main"
 
 // newEnv starts everything; cfg is the server's Config but for Identity
 // (the lab's Keystone, through wrap when it is not nil), Temporal (tc),
-// Repos and Log, which are set here.
+// Repos (the registry, behind cfg.Repos when that has a Wrap method) and
+// Log, which are set here.
 func newEnv(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Config, wrap func(api.IdentityService) api.IdentityService) *env {
 	t.Helper()
 	return newEnvWith(t, labOpts, tc, cfg, wrap, nil)
@@ -218,7 +219,14 @@ func newEnvWith(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Con
 	}
 	cfg.AuthURL = l.AuthURL()
 	cfg.Temporal = tc
-	cfg.Repos = reg
+	// A test may put its own Repositories in front of the registry.
+	if w, ok := cfg.Repos.(interface {
+		Wrap(api.Repositories) api.Repositories
+	}); ok {
+		cfg.Repos = w.Wrap(reg)
+	} else {
+		cfg.Repos = reg
+	}
 	cfg.DefaultRepository = repoID
 	cfg.Log = slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s, err := api.New(cfg)

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -233,4 +235,65 @@ func TestBackupFiles(t *testing.T) {
 		wantError(t, c.what, st, body, c.status, c.msg)
 	}
 	e.checkLogs(t)
+}
+
+// gate is Repositories in front of the registry that holds the second
+// Open after it is armed until it is released (a file request opens the
+// repository once to load the backup and once inside its slot).
+type gate struct {
+	api.Repositories
+	mu      sync.Mutex
+	armed   bool
+	calls   int
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (g *gate) Wrap(r api.Repositories) api.Repositories { g.Repositories = r; return g }
+
+func (g *gate) Open(ctx context.Context, id string) (*repo.Repository, error) {
+	g.mu.Lock()
+	hold := false
+	if g.armed {
+		if g.calls++; g.calls == 2 {
+			hold = true
+		}
+	}
+	g.mu.Unlock()
+	if hold {
+		close(g.held)
+		<-g.release
+	}
+	return g.Repositories.Open(ctx, id)
+}
+
+// TestBackupFilesBusy: past MaxFileRequests file requests at once, the
+// next is refused with 429 and answered again once one ends.
+func TestBackupFilesBusy(t *testing.T) {
+	g := &gate{held: make(chan struct{}), release: make(chan struct{})}
+	e := newEnv(t, lab.Options{}, lazyTemporal(t), api.Config{Repos: g, MaxFileRequests: 1}, nil)
+	img, _ := ext4Image(t)
+	const bid = "20261203-000000-alpha"
+	src, _ := json.Marshal(map[string]any{"name": "web", "project_id": e.projects["alpha"]})
+	backUp(t, e.repo, img, repo.BackupSpec{ID: bid, Labels: map[string]string{"workload": "web"}, Source: src})
+	tok := e.token(t, alice, "alpha")
+	list := "/v1/backups/" + bid + "/disks/vm1~root/files?path=/etc"
+	g.mu.Lock()
+	g.armed = true
+	g.mu.Unlock()
+	done := make(chan int)
+	go func() {
+		resp, _ := e.get(t, tok, list, nil)
+		done <- resp.StatusCode
+	}()
+	<-g.held // the first request holds the only slot
+	st, body := e.call(t, tok, "GET", list, nil, nil)
+	wantError(t, "a second file request at once", st, body, 429, "Too many file requests in progress; try again later.")
+	close(g.release)
+	if st := <-done; st != 200 {
+		t.Errorf("the first request: %d", st)
+	}
+	if st, body := e.call(t, tok, "GET", list, nil, nil); st != 200 {
+		t.Errorf("a request after it: %d %s", st, body)
+	}
 }
