@@ -185,21 +185,34 @@ func (r *Repository) Prune(ctx context.Context, f Filter, p Retention, now time.
 	if dryRun {
 		return decisions, nil
 	}
+	if _, err := r.ApplyDecisions(ctx, decisions); err != nil {
+		return decisions, fmt.Errorf("prune: %w", err)
+	}
+	return decisions, nil
+}
+
+// ApplyDecisions deletes the backups of the decisions that do not keep
+// them, in order. A backup protected since the decisions were made
+// (DeleteBackup re-reads its record) is kept, its decision changed to say
+// so, and the others still go. It returns the ids it deleted, and stops at
+// the first other error.
+func (r *Repository) ApplyDecisions(ctx context.Context, decisions []PruneDecision) ([]string, error) {
+	var removed []string
 	for i, d := range decisions {
 		if d.Keep {
 			continue
 		}
 		err := r.DeleteBackup(ctx, d.Backup.ID)
 		if errors.Is(err, ErrProtected) {
-			// Protected since the listing: kept, and the rest still go.
 			decisions[i].Keep, decisions[i].Reasons = true, []string{"protected"}
 			continue
 		}
 		if err != nil {
-			return decisions, fmt.Errorf("prune: %w", err)
+			return removed, err
 		}
+		removed = append(removed, d.Backup.ID)
 	}
-	return decisions, nil
+	return removed, nil
 }
 
 // Decide is prune's pure decision: for backups (any order) under retention p at
