@@ -210,15 +210,11 @@ func (a *Activities) Prune(ctx context.Context, in PruneInput) (*PruneResult, er
 		}
 		return l
 	})
-	out := &PruneResult{}
-	for _, d := range dec {
-		if d.Keep {
-			continue
-		}
-		if err := r.DeleteBackup(ctx, d.Backup.ID); err != nil {
-			return out, fmt.Errorf("prune workload %s of project %q: %w", in.Labels[LabelWorkload], in.Project, err)
-		}
-		out.Removed = append(out.Removed, d.Backup.ID)
+	// A backup protected since the listing is kept.
+	removed, err := r.ApplyDecisions(ctx, dec)
+	out := &PruneResult{Removed: removed}
+	if err != nil {
+		return out, fmt.Errorf("prune workload %s of project %q: %w", in.Labels[LabelWorkload], in.Project, err)
 	}
 	return out, nil
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,10 +9,15 @@ import (
 	"net/url"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
+
+	"go.temporal.io/api/workflowservice/v1"
 
 	"github.com/raksha-backup/raksha/internal/repo"
 	"github.com/raksha-backup/raksha/internal/repo/backend"
+	"github.com/raksha-backup/raksha/workflows"
 )
 
 // BackupView is a backup as the API shows it: its record, with the project
@@ -35,6 +41,8 @@ type BackupView struct {
 
 // BackupDiskView is one disk of a backup.
 type BackupDiskView struct {
+	// ID is the disk's id in the file routes: VM~DISK.
+	ID   string `json:"id"`
 	VM   string `json:"vm"`
 	Disk string `json:"disk"`
 	Size int64  `json:"size"`
@@ -71,7 +79,7 @@ func backupView(repoID string, b *repo.Backup) BackupView {
 		}
 	}
 	for _, d := range b.Disks {
-		v.Disks = append(v.Disks, BackupDiskView{VM: d.VM, Disk: d.Disk, Size: d.Size})
+		v.Disks = append(v.Disks, BackupDiskView{ID: diskAPIID(d), VM: d.VM, Disk: d.Disk, Size: d.Size})
 	}
 	return v
 }
@@ -224,4 +232,129 @@ func (s *Server) showBackup(w http.ResponseWriter, r *http.Request, id *Identity
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"backup": backupView(repoID, b)})
 	return nil
+}
+
+// backupLocks serializes the API's own changes of one backup's record
+// (delete, protect, unprotect), so that a protect racing a delete in this
+// process cannot write back the record of a backup just deleted.
+type backupLocks struct {
+	mu    sync.Mutex
+	locks map[string]*backupLock
+}
+
+type backupLock struct {
+	sync.Mutex
+	users int
+}
+
+func (l *backupLocks) lock(key string) func() {
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = map[string]*backupLock{}
+	}
+	bl := l.locks[key]
+	if bl == nil {
+		bl = &backupLock{}
+		l.locks[key] = bl
+	}
+	bl.users++
+	l.mu.Unlock()
+	bl.Lock()
+	return func() {
+		bl.Unlock()
+		l.mu.Lock()
+		if bl.users--; bl.users == 0 {
+			delete(l.locks, key)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// deleteBackup is DELETE /v1/backups/{id}: the repository's delete, as
+// `raksha backup delete` does it (the record first, then its manifests
+// and drill records; chunks are left to gc, so every other backup stays
+// whole). A protected backup is refused with 409.
+func (s *Server) deleteBackup(w http.ResponseWriter, r *http.Request, id *Identity) error {
+	repoGiven, backupID := r.URL.Query().Get("repository"), r.PathValue("id")
+	if _, _, err := s.loadBackup(r, id, repoGiven, backupID, ActionBackupDelete); err != nil {
+		return err
+	}
+	repoID, rp, err := s.openRepo(r, repoGiven)
+	if err != nil {
+		return err
+	}
+	defer s.backupLocks.lock(repoID + "/" + backupID)()
+	if wid, err := s.runningReader(r.Context(), repoID, backupID); err != nil {
+		return err
+	} else if wid != "" {
+		return errorf(http.StatusConflict, "Backup %s is being restored or cloned by %s; delete it once that run has ended.", backupID, runAPIID(wid))
+	}
+	err = rp.DeleteBackup(r.Context(), backupID)
+	switch {
+	case errors.Is(err, repo.ErrProtected):
+		return errorf(http.StatusConflict, "Backup %s is protected; unprotect it first.", backupID)
+	case errors.Is(err, repo.ErrNoBackup):
+		return errorf(http.StatusNotFound, "Backup %s could not be found.", backupID)
+	case err != nil:
+		return fmt.Errorf("delete backup %s of repository %s: %w", backupID, repoID, err)
+	}
+	s.log.Info("backup deleted", "backup_id", backupID, "repository", repoID, "user_id", id.UserID, "project_id", id.ProjectID)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// protectBackup is POST /v1/backups/{id}/protect (protect true) and
+// .../unprotect: a protected backup is never deleted, by a caller or by
+// prune, until it is unprotected.
+func (s *Server) protectBackup(protect bool) apiFunc {
+	action := ActionBackupUnprotect
+	if protect {
+		action = ActionBackupProtect
+	}
+	return func(w http.ResponseWriter, r *http.Request, id *Identity) error {
+		repoGiven, backupID := r.URL.Query().Get("repository"), r.PathValue("id")
+		if _, _, err := s.loadBackup(r, id, repoGiven, backupID, action); err != nil {
+			return err
+		}
+		repoID, rp, err := s.openRepo(r, repoGiven)
+		if err != nil {
+			return err
+		}
+		defer s.backupLocks.lock(repoID + "/" + backupID)()
+		b, err := rp.UpdateBackup(r.Context(), backupID, func(b *repo.Backup) error { b.Protected = protect; return nil })
+		if errors.Is(err, repo.ErrNoBackup) {
+			return errorf(http.StatusNotFound, "Backup %s could not be found.", backupID)
+		}
+		if err != nil {
+			return fmt.Errorf("%s backup %s of repository %s: %w", map[bool]string{true: "protect", false: "unprotect"}[protect], backupID, repoID, err)
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"backup": backupView(repoID, b)})
+		return nil
+	}
+}
+
+// runningReader is the workflow id of a running restore or clone that
+// reads the backup (a restore's id names its backup; a clone the API
+// started says it in its memo), or "". A clone started on Temporal by an
+// operator without the API's memo is not seen.
+func (s *Server) runningReader(ctx context.Context, repoID, backupID string) (string, error) {
+	var next []byte
+	for {
+		resp, err := s.cfg.Temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
+			Query:    "RakshaOperation IN ('restore', 'clone') AND ExecutionStatus = 'Running'",
+			PageSize: 1000, NextPageToken: next})
+		if err != nil {
+			return "", fmt.Errorf("delete backup %s: list running restores and clones: %w", backupID, err)
+		}
+		for _, e := range resp.GetExecutions() {
+			ri := infoOfExecution(e)
+			if strings.HasPrefix(ri.WorkflowID, workflows.RestoreWorkflowID(backupID, "")) ||
+				ri.Memo.BackupID == backupID && (ri.Memo.Repository == "" || ri.Memo.Repository == repoID) {
+				return ri.WorkflowID, nil
+			}
+		}
+		if next = resp.GetNextPageToken(); len(next) == 0 {
+			return "", nil
+		}
+	}
 }

@@ -17,6 +17,13 @@
 //
 //	{"error": {"code": 403, "title": "Forbidden", "message": "..."}}
 //
+// Beside backups, runs, restores and clones, the API lists a project's
+// workloads by the control worker's discovery (WorkloadSource), deletes
+// and protects backups through the repository, enforces the admin's
+// Quotas at backup start, lists and streams files out of a backup's
+// ext2/3/4 disk with filerestore (no kernel mount), and publishes
+// tenants' backup policies as Temporal Schedules within PolicyLimits.
+//
 // Routes are versioned under /v1 and described by the OpenAPI 3 document
 // served at /v1/openapi.json (openapi.json in this directory).
 package api

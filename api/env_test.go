@@ -135,7 +135,8 @@ type env struct {
 	log      *syncBuffer
 	projects map[string]string // name → id
 	backups  map[string][]string
-	tokens   []string // every token a test made, for the log check
+	repo     *repo.Repository // the registry's repository "main", opened by the test
+	tokens   []string         // every token a test made, for the log check
 	mu       sync.Mutex
 }
 
@@ -152,7 +153,8 @@ const repoID = "main"
 
 // newEnv starts everything; cfg is the server's Config but for Identity
 // (the lab's Keystone, through wrap when it is not nil), Temporal (tc),
-// Repos and Log, which are set here.
+// Repos (the registry, behind cfg.Repos when that has a Wrap method) and
+// Log, which are set here.
 func newEnv(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Config, wrap func(api.IdentityService) api.IdentityService) *env {
 	t.Helper()
 	return newEnvWith(t, labOpts, tc, cfg, wrap, nil)
@@ -190,6 +192,7 @@ func newEnvWith(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Con
 	// password file.
 	dir := t.TempDir()
 	r := repotest.NewLocal(t, filepath.Join(dir, "repo"), 64<<10)
+	e.repo = r
 	pwFile := filepath.Join(dir, "password")
 	if err := os.WriteFile(pwFile, []byte(repotest.Password+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -216,7 +219,14 @@ func newEnvWith(t *testing.T, labOpts lab.Options, tc client.Client, cfg api.Con
 	}
 	cfg.AuthURL = l.AuthURL()
 	cfg.Temporal = tc
-	cfg.Repos = reg
+	// A test may put its own Repositories in front of the registry.
+	if w, ok := cfg.Repos.(interface {
+		Wrap(api.Repositories) api.Repositories
+	}); ok {
+		cfg.Repos = w.Wrap(reg)
+	} else {
+		cfg.Repos = reg
+	}
 	cfg.DefaultRepository = repoID
 	cfg.Log = slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s, err := api.New(cfg)

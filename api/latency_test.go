@@ -1,7 +1,9 @@
 package api_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -11,7 +13,9 @@ import (
 	"time"
 
 	"github.com/raksha-backup/raksha/api"
+	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/lab"
+	"github.com/raksha-backup/raksha/internal/repo"
 )
 
 // TestLatency measures the API's latency per call on the lab (its
@@ -20,7 +24,8 @@ import (
 // token's validation cached (the default 30 s) and not cached (every call
 // asks Keystone). RAKSHA_API_LATENCY_CALLS sets the calls per row
 // (default 50; the README's figures are from 200). It fails only on a
-// call that does not succeed.
+// call that does not succeed. Rows cover workloads (the lab cloud's discovery),
+// quotas and the file routes on a real ext4 image too.
 func TestLatency(t *testing.T) {
 	calls := 50
 	if v := os.Getenv("RAKSHA_API_LATENCY_CALLS"); v != "" {
@@ -36,7 +41,19 @@ func TestLatency(t *testing.T) {
 		name string
 		ttl  time.Duration
 	}{{"cached", 0}, {"uncached", -1}} {
-		e := newEnv(t, lab.Options{}, tc, api.Config{CacheTTL: mode.ttl}, nil)
+		src := &api.CloudWorkloads{}
+		e := newEnv(t, lab.Options{}, tc, api.Config{CacheTTL: mode.ttl, Workloads: src}, nil)
+		src.Client = labCloud(t, e.lab)
+		ac, err := src.Client.ForProject(t.Context(), "alpha")
+		if err != nil {
+			t.Fatal(err)
+		}
+		bootServer(t, ac, "web-1", map[string]string{cloud.WorkloadKey: "web"})
+		bootServer(t, ac, "web-2", map[string]string{cloud.WorkloadKey: "web"})
+		img, _ := ext4Image(t)
+		src2, _ := json.Marshal(map[string]any{"name": "web", "project_id": e.projects["alpha"]})
+		backUp(t, e.repo, img, repo.BackupSpec{ID: "20261203-000000-alpha", Labels: map[string]string{"workload": "web"}, Source: src2})
+		files := "/v1/backups/20261203-000000-alpha/disks/vm1~root/files"
 		tok := e.token(t, alice, "alpha")
 		carolTok := e.token(t, carol, "alpha")
 		var started struct{ Restore api.RestoreView }
@@ -54,6 +71,11 @@ func TestLatency(t *testing.T) {
 			{"GET /v1/backups?project_id (other project, role assignments)", carolTok, "/v1/backups?project_id=" + e.projects["beta"]},
 			{"GET /v1/restores", tok, "/v1/restores"},
 			{"GET /v1/restores/{id} (describe + progress query)", tok, "/v1/restores/" + started.Restore.ID},
+			{"GET /v1/workloads (discovery: 1 workload of 2 servers)", tok, "/v1/workloads"},
+			{"GET /v1/quotas (records + running count)", tok, "/v1/quotas"},
+			{"GET .../files?path=/etc/app (ext4, 6 entries)", tok, files + "?path=/etc/app"},
+			{"GET .../files/content (12-byte file)", tok, files + "/content?path=/etc/app/app.conf"},
+			{"GET .../files/content (3 MiB file)", tok, files + "/content?path=/etc/app/big.bin"},
 		} {
 			var ds []time.Duration
 			for range calls {
@@ -64,7 +86,7 @@ func TestLatency(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				_, _ = resp.Body.Read(make([]byte, 1<<16))
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				ds = append(ds, time.Since(start))
 				if resp.StatusCode != 200 {

@@ -30,6 +30,27 @@ const (
 	ActionCloneShow     = "clone:show"
 	ActionCloneCancel   = "clone:cancel"
 	ActionCloneDelete   = "clone:delete"
+	// ActionWorkloadList lists a project's workloads as discovery finds
+	// them.
+	ActionWorkloadList = "workload:list"
+	// ActionBackupDelete deletes a backup's record (its chunks are left to
+	// gc); ActionBackupProtect and ActionBackupUnprotect set and clear its
+	// protection from delete and prune.
+	ActionBackupDelete    = "backup:delete"
+	ActionBackupProtect   = "backup:protect"
+	ActionBackupUnprotect = "backup:unprotect"
+	// ActionBackupFilesList lists a directory of a backup's disk;
+	// ActionBackupFilesDownload reads a file's content out of it (both a
+	// file-level restore: a member's by default).
+	ActionBackupFilesList     = "backup:files:list"
+	ActionBackupFilesDownload = "backup:files:download"
+	// ActionQuotaShow shows a project's quotas and usage.
+	ActionQuotaShow = "quota:show"
+	// Tenant backup policies (schedules) of a project.
+	ActionPolicyCreate = "policy:create"
+	ActionPolicyList   = "policy:list"
+	ActionPolicyShow   = "policy:show"
+	ActionPolicyDelete = "policy:delete"
 	// RuleAdmin is the rule that lets a caller act in any project with
 	// its token's roles (oslo.policy's context_is_admin).
 	RuleAdmin = "context_is_admin"
@@ -57,6 +78,18 @@ func DefaultRules() map[string]string {
 		ActionCloneShow:     "rule:project_reader",
 		ActionCloneCancel:   "rule:project_member",
 		ActionCloneDelete:   "rule:project_member",
+
+		ActionWorkloadList:        "rule:project_reader",
+		ActionBackupDelete:        "rule:project_member",
+		ActionBackupProtect:       "rule:project_member",
+		ActionBackupUnprotect:     "rule:project_member",
+		ActionBackupFilesList:     "rule:project_member",
+		ActionBackupFilesDownload: "rule:project_member",
+		ActionQuotaShow:           "rule:project_reader",
+		ActionPolicyCreate:        "rule:project_member",
+		ActionPolicyList:          "rule:project_reader",
+		ActionPolicyShow:          "rule:project_reader",
+		ActionPolicyDelete:        "rule:project_member",
 	}
 }
 

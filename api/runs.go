@@ -226,8 +226,14 @@ func (s *Server) startBackup(w http.ResponseWriter, r *http.Request, id *Identit
 	if err != nil {
 		return err
 	}
-	if _, err := s.cfg.Repos.Open(r.Context(), repoID); errors.Is(err, ErrUnknownRepository) {
+	rp, err := s.cfg.Repos.Open(r.Context(), repoID)
+	if errors.Is(err, ErrUnknownRepository) {
 		return errorf(http.StatusNotFound, "Repository %s could not be found.", repoID)
+	}
+	// A repository the API cannot open fails the start only when a quota
+	// needs its records (the workers open it on their own).
+	if err := s.checkQuota(r.Context(), id.ProjectID, repoID, rp, err); err != nil {
+		return err
 	}
 	req := workflows.BackupRequest{Workload: b.Workload, Project: id.ProjectID, Repository: repoID,
 		Selector: activities.Selector{Workload: b.Workload}, Consistency: b.Consistency, ExpireAfter: expire}

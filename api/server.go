@@ -45,6 +45,19 @@ type Config struct {
 	// names none.
 	Repos             Repositories
 	DefaultRepository string
+	// Workloads discovers a project's workloads for GET /v1/workloads;
+	// nil answers that route with 501.
+	Workloads WorkloadSource
+	// Quotas are the admin's limits per project, enforced at backup start;
+	// nil limits nothing.
+	Quotas *Quotas
+	// MaxFileRequests bounds the file listings and downloads served at
+	// once (default DefaultMaxFileRequests); more are refused with 429.
+	// Each holds at most a few decoded chunks in memory.
+	MaxFileRequests int
+	// PolicyLimits are the admin's limits on tenants' backup policies;
+	// nil: tenants publish none (403).
+	PolicyLimits *PolicyLimits
 	// Policy decides; nil is the defaults.
 	Policy *Policy
 	// CacheTTL bounds how long a validated token (and a user's roles on
@@ -65,12 +78,25 @@ type Server struct {
 	tokens *cache[*Identity]
 	roles  *cache[[]string]
 	mux    *http.ServeMux
+
+	backupLocks backupLocks
+	fileSlots   chan struct{}
 }
 
 // New makes a Server.
 func New(cfg Config) (*Server, error) {
 	if cfg.Identity == nil || cfg.Temporal == nil || cfg.Repos == nil {
 		return nil, errors.New("api: identity service, Temporal client and repository registry are required")
+	}
+	if cfg.PolicyLimits != nil {
+		if err := cfg.PolicyLimits.Validate(); err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
+	}
+	if cfg.Quotas != nil {
+		if err := cfg.Quotas.Validate(); err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
 	}
 	if cfg.CacheTTL == 0 {
 		cfg.CacheTTL = 30 * time.Second
@@ -84,8 +110,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.MaxFileRequests <= 0 {
+		cfg.MaxFileRequests = DefaultMaxFileRequests
+	}
 	s := &Server{cfg: cfg, log: cfg.Log, policy: cfg.Policy,
-		tokens: newCache[*Identity](cfg.CacheSize), roles: newCache[[]string](cfg.CacheSize), mux: http.NewServeMux()}
+		tokens: newCache[*Identity](cfg.CacheSize), roles: newCache[[]string](cfg.CacheSize), mux: http.NewServeMux(),
+		fileSlots: make(chan struct{}, cfg.MaxFileRequests)}
 	if s.policy == nil {
 		p, err := NewPolicy(nil)
 		if err != nil {
@@ -144,9 +174,20 @@ func (s *Server) routes() []route {
 	}
 	return []route{
 		{method: "GET", path: "/v1/openapi.json", handler: http.HandlerFunc(serveOpenAPI), public: true},
+		h("GET", "/v1/workloads", s.listWorkloads),
 		h("GET", "/v1/backups", s.listBackups),
 		h("POST", "/v1/backups", s.startBackup),
 		h("GET", "/v1/backups/{id}", s.showBackup),
+		h("DELETE", "/v1/backups/{id}", s.deleteBackup),
+		h("POST", "/v1/backups/{id}/protect", s.protectBackup(true)),
+		h("POST", "/v1/backups/{id}/unprotect", s.protectBackup(false)),
+		h("GET", "/v1/backups/{id}/disks/{disk}/files", s.listFiles),
+		h("GET", "/v1/backups/{id}/disks/{disk}/files/content", s.downloadFile),
+		h("GET", "/v1/quotas", s.showQuotas),
+		h("GET", "/v1/policies", s.listPolicies),
+		h("POST", "/v1/policies", s.createPolicy),
+		h("GET", "/v1/policies/{name}", s.showPolicy),
+		h("DELETE", "/v1/policies/{name}", s.deletePolicy),
 		h("GET", "/v1/backup-runs/{id}", s.showBackupRun),
 		h("POST", "/v1/backup-runs/{id}/cancel", s.cancelBackupRun),
 		h("GET", "/v1/restores", s.listRestores),

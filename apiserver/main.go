@@ -15,9 +15,19 @@
 //	  project_name: service
 //	  project_domain_name: Default
 //	temporal: {address: temporal:7233, namespace: default, tls: {...}}
+//	cloud: raksha                   # clouds.yaml entry of the cloud user that
+//	                                # discovers workloads (GET /v1/workloads), as
+//	                                # the control worker's; empty: OS_* variables,
+//	                                # and no OS_CLOUD/OS_AUTH_URL either: no discovery (501)
 //	repositories: {main: {url: ..., password_file: ...}}   # as worker.yaml
 //	default_repository: main
 //	policy_file: /etc/raksha/api-policy.yaml   # overrides of api.DefaultRules
+//	quotas:                         # api.Quotas, enforced at backup start (413)
+//	  default: {backups: 100, bytes: 1099511627776}   # omitted or negative: no limit
+//	  projects: {PROJECT_ID: {backups: 10}}           # a missing field takes the default's
+//	tenant_policies:                # api.PolicyLimits; absent: tenants publish no policy
+//	  {min_interval: 1h, max_expire_after: 720h, max_per_project: 5}
+//	max_file_requests: 8            # file listings and downloads at once (429 beyond)
 //	token_cache_ttl: 30s
 //	log_format: text                # or json
 //
@@ -47,6 +57,7 @@ import (
 
 	"github.com/raksha-backup/raksha/activities"
 	"github.com/raksha-backup/raksha/api"
+	"github.com/raksha-backup/raksha/internal/cloud"
 	"github.com/raksha-backup/raksha/internal/temporalx"
 )
 
@@ -66,9 +77,15 @@ type Config struct {
 		Namespace string        `yaml:"namespace"`
 		TLS       temporalx.TLS `yaml:"tls"`
 	} `yaml:"temporal"`
+	// Cloud names the clouds.yaml entry of the cloud user that discovers
+	// workloads (empty: OS_* variables).
+	Cloud             string                           `yaml:"cloud"`
 	Repositories      map[string]activities.RepoConfig `yaml:"repositories"`
 	DefaultRepository string                           `yaml:"default_repository"`
 	PolicyFile        string                           `yaml:"policy_file"`
+	Quotas            api.Quotas                       `yaml:"quotas"`
+	MaxFileRequests   int                              `yaml:"max_file_requests"`
+	TenantPolicies    *api.PolicyLimits                `yaml:"tenant_policies"`
 	TokenCacheTTL     time.Duration                    `yaml:"token_cache_ttl"`
 	LogFormat         string                           `yaml:"log_format"`
 }
@@ -105,6 +122,14 @@ func loadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: default_repository %q is not in repositories", path, cfg.DefaultRepository)
 	case cfg.LogFormat != "" && cfg.LogFormat != "text" && cfg.LogFormat != "json":
 		return nil, fmt.Errorf("config %s: log_format %q: text or json", path, cfg.LogFormat)
+	}
+	if err := cfg.Quotas.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if cfg.TenantPolicies != nil {
+		if err := cfg.TenantPolicies.Validate(); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:8779"
@@ -151,6 +176,20 @@ func run(ctx context.Context, log *slog.Logger, args []string, getenv func(strin
 		return fmt.Errorf("connect to Temporal at %s: %w", topts.HostPort, err)
 	}
 	defer tc.Close()
+	var workloads api.WorkloadSource
+	if ccfg := cloud.ConfigFromEnv(getenv); cfg.Cloud != "" || ccfg.Cloud != "" || ccfg.AuthURL != "" {
+		if cfg.Cloud != "" {
+			ccfg.Cloud = cfg.Cloud
+		}
+		ccfg.Log = log
+		cl, err := cloud.Connect(ctx, ccfg)
+		if err != nil {
+			return fmt.Errorf("connect to the cloud: %w", err)
+		}
+		workloads = &api.CloudWorkloads{Client: cl}
+	} else {
+		log.Warn("no cloud configured (cloud, OS_CLOUD, OS_AUTH_URL): GET /v1/workloads answers 501")
+	}
 	k := cfg.Keystone
 	srv, err := api.New(api.Config{
 		Identity: api.NewKeystone(api.ServiceCredentials{AuthURL: k.AuthURL, Username: k.Username,
@@ -158,6 +197,8 @@ func run(ctx context.Context, log *slog.Logger, args []string, getenv func(strin
 			ProjectName: k.ProjectName, ProjectDomainName: k.ProjectDomainName}, nil),
 		AuthURL: k.AuthURL, Temporal: tc, Repos: api.NewRegistry(cfg.Repositories, log),
 		DefaultRepository: cfg.DefaultRepository, Policy: policy, CacheTTL: cfg.TokenCacheTTL, Log: log,
+		Workloads: workloads, Quotas: &cfg.Quotas, MaxFileRequests: cfg.MaxFileRequests,
+		PolicyLimits: cfg.TenantPolicies,
 	})
 	if err != nil {
 		return err

@@ -153,6 +153,28 @@ func (c *Client) Discover(ctx context.Context, sel Selector) ([]servers.Server, 
 	return out, nil
 }
 
+// WorkloadNames lists the workloads of this client's project: the
+// distinct values of the raksha.workload metadata of its servers, sorted.
+// Only the project's own servers are listed (never all projects), so an
+// admin client scoped to a tenant's project names only that tenant's
+// workloads.
+func (c *Client) WorkloadNames(ctx context.Context) ([]string, error) {
+	all, err := c.listServers(ctx, servers.ListOpts{})
+	if err != nil {
+		return nil, classify("list workloads", err)
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range all {
+		if w := s.Metadata[WorkloadKey]; w != "" && (s.TenantID == "" || s.TenantID == c.projectID) && !seen[w] {
+			seen[w] = true
+			out = append(out, w)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
 // checkServerProject refuses a server that is not in the client's project
 // (Nova's tenant_id): an admin's Nova shows any project's server by id, so
 // a workload naming another project's server by id, stack or server group

@@ -78,3 +78,36 @@ func TestDiscoveryRefusesOtherProjectsServers(t *testing.T) {
 	_, err = admin.DiscoverWorkload(ctx, "shop", Selector{ServerIDs: []string{ours}})
 	check("their volume on our server", err, "their-data", vol)
 }
+
+// TestWorkloadNames: the workloads of a project are the distinct
+// raksha.workload values of its own servers, sorted; a server without the
+// key is none, and another project's server is never one, even for an
+// admin client whose Nova could list every project.
+func TestWorkloadNames(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.lab.EnsureProject("other"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.lab.EnsureUser(lab.AdminUser, labtest.AdminPassword, "other", "admin"); err != nil {
+		t.Fatal(err)
+	}
+	admin := f.connect(t, "lab-admin") // scoped to demo
+	oc, err := admin.ForProject(ctx, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootServer(t, admin, "web-1", map[string]string{WorkloadKey: "shop"}, nil, "")
+	bootServer(t, admin, "web-2", map[string]string{WorkloadKey: "shop"}, nil, "")
+	bootServer(t, admin, "batch", map[string]string{WorkloadKey: "etl"}, nil, "")
+	bootServer(t, admin, "pet", nil, nil, "")
+	bootServer(t, oc, "theirs", map[string]string{WorkloadKey: "secret"}, nil, "")
+	got, err := admin.WorkloadNames(ctx)
+	if err != nil || strings.Join(got, ",") != "etl,shop" {
+		t.Errorf("demo's workloads: %v %v, want etl,shop", got, err)
+	}
+	got, err = oc.WorkloadNames(ctx)
+	if err != nil || strings.Join(got, ",") != "secret" {
+		t.Errorf("other's workloads: %v %v, want secret", got, err)
+	}
+}

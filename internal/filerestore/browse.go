@@ -1,9 +1,11 @@
 package filerestore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"sort"
 	"time"
 )
@@ -253,4 +255,50 @@ func (x *FS) Lookup(dir uint32, name string) (uint32, error) {
 		return 0, fmt.Errorf("%w: %q in directory inode %d", ErrNotFound, name, dir)
 	}
 	return ino, nil
+}
+
+// LookupPath resolves path p (made absolute and clean; ".." is resolved
+// lexically and stops at the root) to an inode number, as Extract does:
+// symlinks in directory components are followed inside the file system,
+// never on the host, at most MaxLinkHops of them; a symlink in the last
+// component is followed only when followLast is set. A missing entry is
+// an error wrapping ErrNotFound.
+func (x *FS) LookupPath(ctx context.Context, p string, followLast bool) (uint32, error) {
+	return x.f.lookupFollow(ctx, path.Clean("/"+p), followLast)
+}
+
+// ErrStop, returned by a ReadDirFunc callback, ends the listing early
+// without an error.
+var ErrStop = errors.New("stop listing")
+
+// ReadDirFunc calls fn for each entry of directory ino, without "." and
+// "..", in the order the directory holds them, reading one block at a
+// time (so a caller that stops early never holds a whole directory); fn
+// returning ErrStop ends it with a nil error, any other error ends it with
+// that error.
+func (x *FS) ReadDirFunc(ino uint32, fn func(DirEntry) error) error {
+	in, err := x.f.inode(ino)
+	if err != nil {
+		return err
+	}
+	if !in.isDir() {
+		return fmt.Errorf("inode %d: %w", ino, ErrNotDir)
+	}
+	err = x.f.readDir(in, func(e dirent) error {
+		if e.name == "." || e.name == ".." {
+			return nil
+		}
+		if e.ino > x.f.inodes {
+			return fmt.Errorf("directory inode %d: %w: entry %q points at inode %d of %d", ino, ErrCorruptFS, e.name, e.ino, x.f.inodes)
+		}
+		d := DirEntry{Name: e.name, Ino: e.ino}
+		if int(e.ftype) < len(ftypeMode) {
+			d.Type = ftypeMode[e.ftype]
+		}
+		return fn(d)
+	})
+	if errors.Is(err, ErrStop) {
+		return nil
+	}
+	return err
 }

@@ -192,6 +192,12 @@ func Extract(ctx context.Context, r io.ReaderAt, size int64, p, destDir string, 
 // symlinks in directory components inside the file system (never on the
 // host) but not in the last component.
 func (f *fsys) lookup(ctx context.Context, p string) (uint32, error) {
+	return f.lookupFollow(ctx, p, false)
+}
+
+// lookupFollow is lookup that also follows a symlink in the last
+// component when followLast is set.
+func (f *fsys) lookupFollow(ctx context.Context, p string, followLast bool) (uint32, error) {
 	hops := 0
 	var walk func(comps []string, sofar string, followLast bool) (uint32, string, error)
 	walk = func(comps []string, sofar string, followLast bool) (uint32, string, error) {
@@ -241,7 +247,7 @@ func (f *fsys) lookup(ctx context.Context, p string) (uint32, error) {
 		}
 		return cur, sofar, nil
 	}
-	ino, _, err := walk(SplitPath(p), "/", false)
+	ino, _, err := walk(SplitPath(p), "/", followLast)
 	return ino, err
 }
 

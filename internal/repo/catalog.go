@@ -173,7 +173,9 @@ type PruneDecision struct {
 
 // Prune applies the retention to the backups matching f, newest first in
 // each label group, and deletes the rest unless dryRun. It returns every
-// decision, so --dry-run shows what would go and why.
+// decision, so --dry-run shows what would go and why. A backup protected
+// after the listing (DeleteBackup re-reads its record) is kept, its
+// decision saying so.
 func (r *Repository) Prune(ctx context.Context, f Filter, p Retention, now time.Time, dryRun bool) ([]PruneDecision, error) {
 	all, err := r.ListBackups(ctx, f)
 	if err != nil {
@@ -183,15 +185,34 @@ func (r *Repository) Prune(ctx context.Context, f Filter, p Retention, now time.
 	if dryRun {
 		return decisions, nil
 	}
-	for _, d := range decisions {
+	if _, err := r.ApplyDecisions(ctx, decisions); err != nil {
+		return decisions, fmt.Errorf("prune: %w", err)
+	}
+	return decisions, nil
+}
+
+// ApplyDecisions deletes the backups of the decisions that do not keep
+// them, in order. A backup protected since the decisions were made
+// (DeleteBackup re-reads its record) is kept, its decision changed to say
+// so, and the others still go. It returns the ids it deleted, and stops at
+// the first other error.
+func (r *Repository) ApplyDecisions(ctx context.Context, decisions []PruneDecision) ([]string, error) {
+	var removed []string
+	for i, d := range decisions {
 		if d.Keep {
 			continue
 		}
-		if err := r.DeleteBackup(ctx, d.Backup.ID); err != nil {
-			return decisions, fmt.Errorf("prune: %w", err)
+		err := r.DeleteBackup(ctx, d.Backup.ID)
+		if errors.Is(err, ErrProtected) {
+			decisions[i].Keep, decisions[i].Reasons = true, []string{"protected"}
+			continue
 		}
+		if err != nil {
+			return removed, err
+		}
+		removed = append(removed, d.Backup.ID)
 	}
-	return decisions, nil
+	return removed, nil
 }
 
 // Decide is prune's pure decision: for backups (any order) under retention p at

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -53,5 +54,54 @@ func TestDecideRetention(t *testing.T) {
 		if d.Keep == (d.Backup.ID == "d35") {
 			t.Errorf("no rules: %s keep=%v", d.Backup.ID, d.Keep)
 		}
+	}
+}
+
+// TestPruneKeepsBackupProtectedAfterListing: a backup prune decided to
+// delete but that was protected between the listing and the delete (a
+// tenant's protect through the API racing a retention run) is kept, its
+// decision says so, and prune still deletes the others instead of failing.
+func TestPruneKeepsBackupProtectedAfterListing(t *testing.T) {
+	r, _ := newLocalRepo(t)
+	ctx := context.Background()
+	im := newImage(t, 7)
+	im.create(4*testCS, nil)
+	labels := map[string]string{"workload": "web"}
+	a := backupFile(t, r, im.path, labels, DiskOptions{}).backup
+	b := backupFile(t, r, im.path, labels, DiskOptions{}).backup
+	past := time.Now().Add(-time.Hour)
+	for _, id := range []string{a.ID, b.ID} {
+		if _, err := r.UpdateBackup(ctx, id, func(x *Backup) error { x.Expires = &past; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The listing reads a unprotected; right after, a is protected.
+	match := func(x *Backup) bool {
+		if x.ID == a.ID && !x.Protected {
+			if _, err := r.UpdateBackup(ctx, a.ID, func(y *Backup) error { y.Protected = true; return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return true
+	}
+	dec, err := r.Prune(ctx, Filter{Match: match}, Retention{}, time.Now(), false)
+	if err != nil {
+		t.Fatalf("prune: %v", err)
+	}
+	got := map[string]PruneDecision{}
+	for _, d := range dec {
+		got[d.Backup.ID] = d
+	}
+	if d := got[a.ID]; !d.Keep || len(d.Reasons) != 1 || d.Reasons[0] != "protected" {
+		t.Errorf("the backup protected after the listing: %+v", d)
+	}
+	if d := got[b.ID]; d.Keep {
+		t.Errorf("the other expired backup: %+v", d)
+	}
+	if _, err := r.LoadBackup(ctx, a.ID); err != nil {
+		t.Errorf("the protected backup is gone: %v", err)
+	}
+	if _, err := r.LoadBackup(ctx, b.ID); err == nil {
+		t.Error("the unprotected expired backup is still there")
 	}
 }
