@@ -121,6 +121,7 @@ func (a *app) root() *cobra.Command {
 	root.AddCommand(a.policyCmd())
 	root.AddCommand(a.restoreCmd(), a.cloneCmd())
 	root.AddCommand(a.mountCmd(), a.umountCmd())
+	root.AddCommand(a.workloadCmd(), a.quotaCmd())
 	return root
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -459,4 +460,151 @@ func (a *app) apiBackupCancel(cmd *cobra.Command, workload string) error {
 		return err
 	}
 	return a.printOne(v)
+}
+
+// apiBackupDelete deletes backups through raksha-api, one by one; it stops
+// at the first refusal.
+func (a *app) apiBackupDelete(ctx context.Context, ids []string) error {
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if err := c.DeleteBackup(ctx, id); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "deleted %s\n", id)
+	}
+	return nil
+}
+
+func (a *app) apiBackupProtect(ctx context.Context, ids []string, protect bool) error {
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	var out []any
+	for _, id := range ids {
+		v, err := c.ProtectBackup(ctx, id, protect)
+		if err != nil {
+			return err
+		}
+		out = append(out, v)
+	}
+	return a.printList(out, []string{"id", "protected"})
+}
+
+// apiOnly is RunE for a command that exists only through raksha-api.
+func (a *app) apiOnly(run func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if !a.apiMode(cmd) {
+			return usagef("raksha %s works through raksha-api: give --os-cloud NAME or set OS_CLOUD (an operator reads the repository with --repo: raksha restore files, raksha mount)", cmd.CommandPath()[len("raksha "):])
+		}
+		return run(cmd, args)
+	}
+}
+
+func (a *app) backupLsCmd() *cobra.Command {
+	var partition int
+	c := &cobra.Command{
+		Use:   "ls BACKUP_ID DISK [PATH]",
+		Short: "List a directory of a backed-up disk (DISK is VM~DISK, as 'backup show' gives it) through raksha-api",
+		Args:  cobra.RangeArgs(2, 3),
+	}
+	c.RunE = a.apiOnly(func(cmd *cobra.Command, args []string) error {
+		o := apiclient.FileOpts{BackupID: args[0], Disk: args[1], Path: "/", Partition: partition}
+		if len(args) == 3 {
+			o.Path = args[2]
+		}
+		cl, err := a.apiClient(cmd.Context())
+		if err != nil {
+			return err
+		}
+		files, err := cl.ListFiles(cmd.Context(), o)
+		if err != nil {
+			return err
+		}
+		return a.printList(files, []string{"name", "type", "size", "mode", "modified_at", "target"})
+	})
+	c.Flags().IntVar(&partition, "partition", 0, "partition number (default: the whole disk, or its only file system)")
+	return c
+}
+
+func (a *app) backupGetCmd() *cobra.Command {
+	var partition int
+	var output string
+	c := &cobra.Command{
+		Use:   "get BACKUP_ID DISK PATH [--output FILE]",
+		Short: "Download one file of a backed-up disk through raksha-api (to stdout, or --output)",
+		Args:  cobra.ExactArgs(3),
+	}
+	c.RunE = a.apiOnly(func(cmd *cobra.Command, args []string) error {
+		cl, err := a.apiClient(cmd.Context())
+		if err != nil {
+			return err
+		}
+		o := apiclient.FileOpts{BackupID: args[0], Disk: args[1], Path: args[2], Partition: partition}
+		if output == "" || output == "-" {
+			_, err := cl.DownloadFile(cmd.Context(), o, a.stdout)
+			return err
+		}
+		f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fmt.Errorf("--output: %w", err)
+		}
+		n, err := cl.DownloadFile(cmd.Context(), o, f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(output)
+			return err
+		}
+		fmt.Fprintf(a.stderr, "%s: %d bytes\n", output, n)
+		return nil
+	})
+	c.Flags().IntVar(&partition, "partition", 0, "partition number (default: the whole disk, or its only file system)")
+	c.Flags().StringVarP(&output, "output", "o", "", "write to this new file (refused if it exists) instead of stdout")
+	return c
+}
+
+// workloadCmd and quotaCmd exist only through raksha-api.
+func (a *app) workloadCmd() *cobra.Command {
+	c := &cobra.Command{Use: "workload", Short: "The project's workloads as discovery finds them (through raksha-api)"}
+	var project string
+	list := viaAPI(&cobra.Command{Use: "list", Short: "List the project's workloads, their servers and volumes", Args: cobra.NoArgs})
+	list.RunE = a.apiOnly(func(cmd *cobra.Command, args []string) error {
+		cl, err := a.apiClient(cmd.Context())
+		if err != nil {
+			return err
+		}
+		ws, err := cl.ListWorkloads(cmd.Context(), project)
+		if err != nil {
+			return err
+		}
+		return a.printList(ws, []string{"name", "project_id", "servers"})
+	})
+	list.Flags().StringVar(&project, "project-id", "", "another project's (an admin's, or where you hold a role)")
+	c.AddCommand(list)
+	return c
+}
+
+func (a *app) quotaCmd() *cobra.Command {
+	c := &cobra.Command{Use: "quota", Short: "The project's quotas and usage (through raksha-api)"}
+	var project string
+	show := viaAPI(&cobra.Command{Use: "show", Short: "Show the project's backup and byte quotas and their usage", Args: cobra.NoArgs})
+	show.RunE = a.apiOnly(func(cmd *cobra.Command, args []string) error {
+		cl, err := a.apiClient(cmd.Context())
+		if err != nil {
+			return err
+		}
+		q, err := cl.GetQuota(cmd.Context(), project)
+		if err != nil {
+			return err
+		}
+		return a.printOne(q)
+	})
+	show.Flags().StringVar(&project, "project-id", "", "another project's (an admin's, or where you hold a role)")
+	c.AddCommand(show)
+	return c
 }

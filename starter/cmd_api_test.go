@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -39,6 +40,7 @@ type apiCloud struct {
 	clouds   string
 	projects map[string]string   // name → id
 	backups  map[string][]string // project name → backup ids, oldest first
+	file     []byte              // /etc/app.conf in alpha's "app" backup
 }
 
 func startAPICloud(t *testing.T) *apiCloud {
@@ -93,6 +95,19 @@ func startAPICloud(t *testing.T) *apiCloud {
 	if err := os.WriteFile(img, []byte(strings.Repeat("raksha", 20000)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// alpha's "app" backup is of an ext4 file system with a file in it.
+	tree := filepath.Join(dir, "tree")
+	if err := os.MkdirAll(filepath.Join(tree, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c.file = []byte(strings.Repeat("the app's configuration\n", 5000))
+	if err := os.WriteFile(filepath.Join(tree, "etc", "app.conf"), c.file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ext4 := filepath.Join(dir, "ext4.img")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", tree, ext4, "32M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 (e2fsprogs, make test-deps): %v\n%s", err, out)
+	}
 	for i, b := range []struct{ project, workload string }{{"alpha", "web"}, {"beta", "db"}, {"alpha", "web"}, {"alpha", "app"}} {
 		id := fmt.Sprintf("20261201-0000%02d-%s", i, b.project)
 		pid := c.projects[b.project]
@@ -102,7 +117,11 @@ func startAPICloud(t *testing.T) *apiCloud {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := file.Open(img)
+		disk := img
+		if b.workload == "app" {
+			disk = ext4
+		}
+		d, err := file.Open(disk)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,6 +253,51 @@ func TestCLIThroughAPI(t *testing.T) {
 	}
 	if out := as("alice").must("backup", "cancel", "web", "-f", "value", "-c", "status"); strings.TrimSpace(out) != "CANCEL_REQUESTED" {
 		t.Errorf("alice cancels her backup: %q", out)
+	}
+
+	// Protect, delete, files, quotas, workloads.
+	if out := as("alice").must("backup", "protect", alpha[1], "-f", "value"); strings.TrimSpace(out) != alpha[1]+" true" {
+		t.Errorf("alice protects %s: %q", alpha[1], out)
+	}
+	_, _, err = as("alice").run("backup", "delete", alpha[1])
+	if !errors.As(err, &ae) || ae.Status != 409 {
+		t.Errorf("alice deletes her protected backup: %v, want 409", err)
+	}
+	_, _, err = as("bob").run("backup", "unprotect", alpha[1])
+	if !errors.As(err, &ae) || ae.Status != 404 {
+		t.Errorf("bob unprotects alice's backup: %v, want 404", err)
+	}
+	as("alice").must("backup", "unprotect", alpha[1])
+	if out := as("alice").must("backup", "delete", alpha[1]); strings.TrimSpace(out) != "deleted "+alpha[1] {
+		t.Errorf("alice deletes %s: %q", alpha[1], out)
+	}
+	if out := as("alice").must("backup", "list", "-f", "value", "-c", "id"); strings.Contains(out, alpha[1]) {
+		t.Errorf("the deleted backup is still listed: %q", out)
+	}
+	if out := as("alice").must("backup", "ls", alpha[2], "vm1~root", "/etc", "-f", "value", "-c", "name", "-c", "type", "-c", "size"); strings.TrimSpace(out) != fmt.Sprintf("app.conf file %d", len(c.file)) {
+		t.Errorf("alice lists /etc of %s: %q", alpha[2], out)
+	}
+	got := filepath.Join(t.TempDir(), "app.conf")
+	as("alice").must("backup", "get", alpha[2], "vm1~root", "/etc/app.conf", "-o", got)
+	if data, err := os.ReadFile(got); err != nil || string(data) != string(c.file) {
+		t.Errorf("the downloaded file differs from the backed-up one (%d of %d bytes, %v)", len(data), len(c.file), err)
+	}
+	if _, _, err := as("alice").run("backup", "get", alpha[2], "vm1~root", "/etc/app.conf", "-o", got); err == nil || !strings.Contains(err.Error(), "file exists") {
+		t.Errorf("a download over an existing file: %v, want it refused", err)
+	}
+	_, _, err = as("bob").run("backup", "get", alpha[2], "vm1~root", "/etc/app.conf")
+	if !errors.As(err, &ae) || ae.Status != 404 {
+		t.Errorf("bob downloads from alice's backup: %v, want 404", err)
+	}
+	if out := as("alice").must("quota", "show", "-f", "json"); !strings.Contains(out, c.projects["alpha"]) {
+		t.Errorf("alice's quotas: %s", out)
+	}
+	_, _, err = as("alice").run("workload", "list")
+	if !errors.As(err, &ae) || ae.Status != 501 {
+		t.Errorf("workload list on an API without a cloud: %v, want 501", err)
+	}
+	if _, _, err := (&cli{t: t, env: map[string]string{}}).run("workload", "list"); err == nil || !strings.Contains(err.Error(), "works through raksha-api") {
+		t.Errorf("workload list without a cloud: %v", err)
 	}
 
 	// What only an operator has is refused, naming it.

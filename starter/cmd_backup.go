@@ -14,8 +14,9 @@ import (
 
 func (a *app) backupCmd() *cobra.Command {
 	c := &cobra.Command{Use: "backup", Short: "List, show, protect and delete backups"}
-	c.AddCommand(viaAPI(a.backupStartCmd()), viaAPI(a.backupCancelCmd()), viaAPI(a.backupListCmd()), viaAPI(a.backupShowCmd()), a.backupDeleteCmd(),
-		a.backupProtectCmd("protect", true), a.backupProtectCmd("unprotect", false))
+	c.AddCommand(viaAPI(a.backupStartCmd()), viaAPI(a.backupCancelCmd()), viaAPI(a.backupListCmd()), viaAPI(a.backupShowCmd()), viaAPI(a.backupDeleteCmd()),
+		viaAPI(a.backupProtectCmd("protect", true)), viaAPI(a.backupProtectCmd("unprotect", false)),
+		viaAPI(a.backupLsCmd()), viaAPI(a.backupGetCmd()))
 	return c
 }
 
@@ -237,6 +238,9 @@ func (a *app) backupDeleteCmd() *cobra.Command {
 		Short: "Delete backups (protected ones are refused); 'repo gc' frees their chunks",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.apiMode(cmd) {
+				return a.apiBackupDelete(cmd.Context(), args)
+			}
 			r, err := a.openRepo(cmd.Context())
 			if err != nil {
 				return err
@@ -258,6 +262,9 @@ func (a *app) backupProtectCmd(name string, protect bool) *cobra.Command {
 		Short: map[bool]string{true: "Protect backups from delete and prune", false: "Remove the protection"}[protect],
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.apiMode(cmd) {
+				return a.apiBackupProtect(cmd.Context(), args, protect)
+			}
 			r, err := a.openRepo(cmd.Context())
 			if err != nil {
 				return err
