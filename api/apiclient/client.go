@@ -166,3 +166,7 @@ func (l links) next() Page {
 	}
 	return Page{}
 }
+
+// Token is the client's current Keystone token (as `openstack token issue`
+// shows one); it is a credential: never log it.
+func (c *Client) Token() string { return c.sc.ProviderClient.Token() }
