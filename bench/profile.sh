@@ -26,8 +26,8 @@ IMG=$OUT/disk.img REPO=$OUT/repo
 cp --sparse=always "$BASE" "$IMG"
 export RAKSHA_PASSWORD=bench-password XDG_CACHE_HOME=$OUT/cache
 
-# run NAME CMD...: CPU profile (+ trace, + /usr/bin/time -v, + strace -c if
-# available) of one command.
+# run NAME CMD...: CPU, blocking and allocation profiles, execution trace
+# and /usr/bin/time -v of one command.
 run() {
 	local name=$1
 	shift
@@ -35,11 +35,6 @@ run() {
 	local env=(RAKSHA_CPUPROFILE="$OUT/$name.cpu" RAKSHA_BLOCKPROFILE="$OUT/$name.block" RAKSHA_MEMPROFILE="$OUT/$name.mem")
 	[[ ${PROFILE_TRACE:-1} == 1 ]] && env+=(RAKSHA_TRACE="$OUT/$name.trace")
 	env "${env[@]}" /usr/bin/time -v -o "$OUT/$name.time" "$RAKSHA" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"
-	if command -v strace >/dev/null; then
-		# a second run would change the repository: syscall counts come
-		# from bench/PROFILE.md's separate runs; here only the timings.
-		:
-	fi
 	printf '%-12s wall %s  user %s  sys %s  maxrss %s KiB\n' "$name" \
 		"$(awk -F': ' '/Elapsed/ { print $2 }' "$OUT/$name.time")" \
 		"$(awk -F': ' '/User time/ { print $2 }' "$OUT/$name.time")" \
