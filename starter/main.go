@@ -40,8 +40,9 @@ func main() {
 	// performance work: go tool pprof FILE).
 	// RAKSHA_TRACE=FILE writes an execution trace (go tool trace FILE: the
 	// goroutines' blocking, syscalls and GC, for the gaps a CPU profile does
-	// not show); RAKSHA_BLOCKPROFILE=FILE a blocking profile and
-	// RAKSHA_MEMPROFILE=FILE an allocation profile, written at exit.
+	// not show); RAKSHA_BLOCKPROFILE=FILE a blocking profile (every wait of
+	// 1 µs or more) and RAKSHA_MEMPROFILE=FILE an allocation profile (one
+	// sample per 64 KiB), written at exit. bench/profile.sh uses them all.
 	stopProfiles := startProfiles(os.Getenv)
 	defer stopProfiles()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -84,8 +85,7 @@ func startProfiles(getenv func(string) string) func() {
 	}
 	if path := getenv("RAKSHA_BLOCKPROFILE"); path != "" {
 		runtime.SetBlockProfileRate(int(time.Microsecond))
-		runtime.SetMutexProfileFraction(5)
-		stops = append(stops, func() { writeProfile("block", path, warn) })
+		stops = append(stops, func() { writeProfile("block", path, warn); runtime.SetBlockProfileRate(0) })
 	}
 	if path := getenv("RAKSHA_MEMPROFILE"); path != "" {
 		runtime.MemProfileRate = 64 << 10
