@@ -409,7 +409,7 @@ metas=(
 	-meta "cache=warm: the page cache is not dropped (no reliable way here); before every backup the image's data is read once, before every restore the repository's files, the same for every tool; \`sync\` runs before every measured command"
 	-meta "samples=$BENCH_ROUNDS round(s) of the whole sequence, each in fresh repositories on a fresh copy of the image; the tables give the median (wall: median, with min–max over the rounds; peak RSS: the largest)"
 	-meta "storage=repositories, images and restores on one file system (bench/work), the machine's only disk"
-	-meta "writes=Raksha writes chunk objects (64 KiB and more) and restored images (runs of 64 KiB and more) with O_DIRECT, so those device writes fall inside its measured time, and syncs the repository (syncfs) before and after each backup record; restic and kopia restore through the page cache, so write-back of a restored image may go on after they exit"
+	-meta "writes=Raksha writes chunk objects (64 KiB and more) and restored images (runs of 64 KiB and more) with O_DIRECT, so those device writes fall inside its measured time, and syncs the repository (syncfs) before and after each backup record; restic and kopia restore through the page cache, so write-back of a restored image may go on after they exit. Every measured command is therefore also timed up to the end of a \`sync\` run right after it exits (wall + sync: every tool's writes on the disk), and the targets are judged on those figures"
 )
 metas+=("${CHANGES[@]}")
 [[ -n $BIG_DESC ]] && metas+=(-meta "big image=$BIG_DESC")

@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"runtime/trace"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/raksha-backup/raksha/internal/watchdog"
 )
@@ -34,19 +38,77 @@ func main() {
 	}
 	// RAKSHA_CPUPROFILE=FILE writes a CPU profile of the command (for
 	// performance work: go tool pprof FILE).
-	if path := os.Getenv("RAKSHA_CPUPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil {
-			if err := pprof.StartCPUProfile(f); err == nil {
-				defer pprof.StopCPUProfile()
-			}
-		}
-	}
+	// RAKSHA_TRACE=FILE writes an execution trace (go tool trace FILE: the
+	// goroutines' blocking, syscalls and GC, for the gaps a CPU profile does
+	// not show); RAKSHA_BLOCKPROFILE=FILE a blocking profile (every wait of
+	// 1 µs or more) and RAKSHA_MEMPROFILE=FILE an allocation profile (one
+	// sample per 64 KiB), written at exit. bench/profile.sh uses them all.
+	stopProfiles := startProfiles(os.Getenv)
+	defer stopProfiles()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app := newApp(os.Stdout, os.Stderr, os.Getenv)
 	if err := app.root().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "raksha:", err)
-		pprof.StopCPUProfile()
+		stopProfiles()
 		os.Exit(exitCode(err))
+	}
+}
+
+// startProfiles starts the profiles the environment asks for
+// (RAKSHA_CPUPROFILE, RAKSHA_TRACE, RAKSHA_BLOCKPROFILE, RAKSHA_MEMPROFILE;
+// see bench/PROFILE.md) and returns the function that stops and writes them
+// (safe to call more than once). A profile that cannot be written is
+// reported on stderr and skipped: it never fails the command.
+func startProfiles(getenv func(string) string) func() {
+	var stops []func()
+	warn := func(what string, err error) { fmt.Fprintf(os.Stderr, "raksha: %s: %v\n", what, err) }
+	if path := getenv("RAKSHA_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err != nil {
+			warn("cpu profile", err)
+		} else if err := pprof.StartCPUProfile(f); err != nil {
+			warn("cpu profile", err)
+			f.Close()
+		} else {
+			stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+		}
+	}
+	if path := getenv("RAKSHA_TRACE"); path != "" {
+		if f, err := os.Create(path); err != nil {
+			warn("trace", err)
+		} else if err := trace.Start(f); err != nil {
+			warn("trace", err)
+			f.Close()
+		} else {
+			stops = append(stops, func() { trace.Stop(); f.Close() })
+		}
+	}
+	if path := getenv("RAKSHA_BLOCKPROFILE"); path != "" {
+		runtime.SetBlockProfileRate(int(time.Microsecond))
+		stops = append(stops, func() { writeProfile("block", path, warn); runtime.SetBlockProfileRate(0) })
+	}
+	if path := getenv("RAKSHA_MEMPROFILE"); path != "" {
+		runtime.MemProfileRate = 64 << 10
+		stops = append(stops, func() { writeProfile("allocs", path, warn) })
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			for _, stop := range stops {
+				stop()
+			}
+		})
+	}
+}
+
+func writeProfile(name, path string, warn func(string, error)) {
+	f, err := os.Create(path)
+	if err != nil {
+		warn(name+" profile", err)
+		return
+	}
+	defer f.Close()
+	if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
+		warn(name+" profile", err)
 	}
 }

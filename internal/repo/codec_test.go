@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 func TestSealSkipsCompressingRandomData(t *testing.T) {
@@ -195,5 +197,36 @@ func TestSparsePayloadFlag(t *testing.T) {
 		if err != nil || !bytes.Equal(back, plain) {
 			t.Errorf("%s: round trip failed: %v", tc.name, err)
 		}
+	}
+}
+
+// TestOpenZstdWithChecksum: objects written before the codec dropped zstd's
+// content checksum (frames with an xxhash trailer) still open.
+func TestOpenZstdWithChecksum(t *testing.T) {
+	aead, err := newGCM(randomBytes(32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := newCodec(true, true, 8<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.aead = aead
+	old, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderCRC(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := bytes.Repeat([]byte("older objects carry a checksum; "), 1<<14)
+	container := append([]byte{flagZstd}, old.EncodeAll(plain, nil)...)
+	hdr := len(c.header(nil))
+	obj := c.finish(append(c.header(nil), container...), hdr, []byte("aad"))
+	got, err := c.open(obj, []byte("aad"))
+	if err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("open of a frame with a checksum: %v", err)
+	}
+	// and the new frames have none: 4 bytes shorter
+	now := c.seal(plain, []byte("aad"), nil)
+	if len(now) != len(obj)-4 {
+		t.Errorf("sealed %d bytes, want %d (the old frame without its 4-byte checksum)", len(now), len(obj)-4)
 	}
 }

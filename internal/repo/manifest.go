@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 )
@@ -123,11 +122,27 @@ type DiskManifest struct {
 	Stats   DiskStats `json:"stats"`
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-
 // ValidName reports whether s can be a VM or disk name in a manifest id
-// (letters, digits, '.', '_', '-'; at most 128 characters).
-func ValidName(s string) bool { return nameRE.MatchString(s) }
+// (letters, digits, '.', '_', '-'; at most 128 characters; the first a
+// letter or digit): `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`, checked by hand.
+// (That regexp, compiled at package initialisation, cost every CLI command
+// about 1,700 allocations and 3 ms: the bounded repetition expands to 127
+// states.)
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // SplitDiskID splits BACKUP/VM/DISK, checking each part.
 func SplitDiskID(id string) (backup, vm, disk string, err error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -527,5 +528,20 @@ func TestCommitWritesConsistencyAndFreezeWindows(t *testing.T) {
 	}
 	if stored.Consistency != "app" || len(stored.FreezeWindows) != 1 || stored.FreezeWindows["web"] != w["web"] || stored.WorkloadWindow != 700*time.Millisecond {
 		t.Fatalf("stored record: consistency %q, freeze windows %v, workload window %v; want app, %v, 700ms", stored.Consistency, stored.FreezeWindows, stored.WorkloadWindow, w)
+	}
+}
+
+// TestValidNameMatchesRegexp: ValidName is the regexp it replaced.
+func TestValidNameMatchesRegexp(t *testing.T) {
+	re := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	cases := []string{"", "a", "A9", "vm-1", "disk.eph0", "_x", ".x", "-x", "x_", "x.", "x-", "a/b", "a b", "ä", "a\\x00",
+		strings.Repeat("a", 127), strings.Repeat("a", 128), strings.Repeat("a", 129), "x" + strings.Repeat("-", 127), "x" + strings.Repeat("-", 128)}
+	for c := range 256 {
+		cases = append(cases, string([]byte{byte(c)}), "a"+string([]byte{byte(c)}))
+	}
+	for _, s := range cases {
+		if got, want := ValidName(s), re.MatchString(s); got != want {
+			t.Errorf("ValidName(%q) = %v, the regexp says %v", s, got, want)
+		}
 	}
 }

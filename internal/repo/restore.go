@@ -114,7 +114,7 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 			bufs := &chunkBuffers{}
 			var alignedBuf []byte
 			if direct {
-				alignedBuf = alignedBuffer(int(cs))
+				alignedBuf = alignedBuffer(int(cs) + decodeSlack)
 				bufs.plain = alignedBuf
 			}
 			for j := range jobs {

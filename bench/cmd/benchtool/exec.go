@@ -23,9 +23,14 @@ type ExecResult struct {
 	ExitCode int      `json:"exit_code"`        // -1 when killed by a signal
 	Signal   string   `json:"signal,omitempty"` // set when killed by a signal
 	WallNS   int64    `json:"wall_ns"`          // start to reap
-	MaxRSSKB int64    `json:"maxrss_kb"`        // from wait4's rusage of the child
-	UserNS   int64    `json:"user_ns"`          // CPU time of the child (and its reaped children)
-	SysNS    int64    `json:"sys_ns"`           //
+	// SyncNS (with -sync) is how long a sync(2) started right after the
+	// reap took: the write-back of what the command left dirty in the page
+	// cache (and whatever else was dirty on the machine). WallNS + SyncNS is
+	// the command's time up to a final sync.
+	SyncNS   int64 `json:"sync_ns,omitempty"`
+	MaxRSSKB int64 `json:"maxrss_kb"` // from wait4's rusage of the child
+	UserNS   int64 `json:"user_ns"`   // CPU time of the child (and its reaped children)
+	SysNS    int64 `json:"sys_ns"`    //
 	// Counters of /proc/PID/io read at the child's PTRACE_EVENT_EXIT stop,
 	// i.e. after its last syscall, while the whole thread group is still
 	// accountable. rchar counts every byte returned by read(2)-family calls
@@ -46,6 +51,7 @@ func cmdExec(args []string) error {
 	fs := flag.NewFlagSet("exec", flag.ExitOnError)
 	out := fs.String("o", "", "write the JSON result to this file (default: stderr)")
 	timeout := fs.Duration("timeout", 0, "kill the command (SIGKILL) after this long; 0 = never")
+	doSync := fs.Bool("sync", false, "after the command is reaped, run sync(2) and time it (sync_ns)")
 	fs.Parse(args)
 	argv := fs.Args()
 	if len(argv) == 0 {
@@ -54,6 +60,11 @@ func cmdExec(args []string) error {
 	res, err := runTraced(argv, *timeout)
 	if err != nil {
 		return err
+	}
+	if *doSync {
+		t := time.Now()
+		syscall.Sync()
+		res.SyncNS = max(time.Since(t).Nanoseconds(), 1)
 	}
 	b, _ := json.Marshal(res)
 	if *out != "" {

@@ -26,9 +26,13 @@ type Record struct {
 	Status  string `json:"status"`            // ok, failed, skipped
 	Note    string `json:"note,omitempty"`
 
-	ExitCode    int     `json:"exit_code"`
-	SizeBytes   int64   `json:"size_bytes"` // logical bytes of the image: MB/s = SizeBytes / wall
-	WallS       float64 `json:"wall_s"`
+	ExitCode  int     `json:"exit_code"`
+	SizeBytes int64   `json:"size_bytes"` // logical bytes of the image: MB/s = SizeBytes / wall
+	WallS     float64 `json:"wall_s"`
+	// WallSyncedS is WallS plus a sync(2) run right after the command
+	// exited: its time up to a final sync, with its writes on the disk.
+	// 0 in records made before it was measured.
+	WallSyncedS float64 `json:"wall_synced_s,omitempty"`
 	CPUS        float64 `json:"cpu_s"`
 	Rchar       int64   `json:"rchar"`        // /proc/PID/io rchar at the exit stop
 	RcharReaped int64   `json:"rchar_reaped"` // cross-check (see ExecResult)
@@ -51,6 +55,10 @@ type Record struct {
 	OkRounds int     `json:"-"`
 	WallMin  float64 `json:"-"`
 	WallMax  float64 `json:"-"`
+	// SyncedMin, SyncedMax: the range of WallSyncedS (0 when any ok round
+	// lacks it).
+	SyncedMin float64 `json:"-"`
+	SyncedMax float64 `json:"-"`
 }
 
 type multiFlag []string
@@ -192,6 +200,7 @@ func cmdMeasure(args []string) error {
 	logPath := fs.String("log", "", "file for CMD's stderr")
 	timeBin := fs.String("time", "/usr/bin/time", "GNU time binary")
 	timeout := fs.Duration("timeout", 0, "kill CMD after this long (recorded as failed); 0 = never")
+	doSync := fs.Bool("sync", true, "also time a sync(2) right after CMD exits (wall_synced_s)")
 	var repos multiFlag
 	fs.Var(&repos, "repo", "directory whose growth is the bytes stored; repeatable")
 	fs.Parse(args)
@@ -236,7 +245,7 @@ func cmdMeasure(args []string) error {
 	execOut := *logPath + ".exec.json"
 	os.Remove(timeOut)
 	os.Remove(execOut)
-	full := append([]string{"-v", "-o", timeOut, self, "exec", "-o", execOut, "-timeout", timeout.String(), "--"}, argv...)
+	full := append([]string{"-v", "-o", timeOut, self, "exec", "-o", execOut, "-timeout", timeout.String(), "-sync=" + strconv.FormatBool(*doSync), "--"}, argv...)
 	c := exec.Command(*timeBin, full...)
 	so, err := os.Create(*stdoutPath)
 	if err != nil {
@@ -261,6 +270,9 @@ func cmdMeasure(args []string) error {
 	r.MaxRSSKBWait4 = er.MaxRSSKB
 	r.ExitCode = er.ExitCode
 	r.WallS = float64(er.WallNS) / 1e9
+	if er.SyncNS > 0 {
+		r.WallSyncedS = float64(er.WallNS+er.SyncNS) / 1e9
+	}
 	r.CPUS = float64(er.UserNS+er.SysNS) / 1e9
 	r.Rchar = er.RcharExit
 	r.RcharReaped = er.RcharReaped
@@ -316,8 +328,8 @@ func cmdMeasure(args []string) error {
 	if r.StoredBytes != nil {
 		stored = fmtMiB(*r.StoredBytes)
 	}
-	fmt.Fprintf(os.Stderr, "  %-34s %-6s %8.2fs  read %10s  stored %10s  rss %7.1f MiB\n",
-		r.Name, r.Status, r.WallS, fmtMiB(r.Rchar), stored, float64(r.MaxRSSKB)/1024)
+	fmt.Fprintf(os.Stderr, "  %-34s %-6s %8.2fs (synced %6.2fs)  read %10s  stored %10s  rss %7.1f MiB\n",
+		r.Name, r.Status, r.WallS, r.WallSyncedS, fmtMiB(r.Rchar), stored, float64(r.MaxRSSKB)/1024)
 	if r.Status != "ok" {
 		fmt.Fprintf(os.Stderr, "    -> %s (log: %s)\n", r.Note, *logPath)
 		if r.ExitCode > 0 {
