@@ -123,7 +123,10 @@ func (a *app) beginLibvirt(ctx context.Context, r *repo.Repository, loc libvirtL
 	name := libvirt.CheckpointPrefix + newCheckpointID()
 	work := filepath.Join(f.workDir, libvirt.UUIDString(dom.UUID))
 	a.phase("ready to begin", "frozen", h != nil, "base", baseCP != nil)
-	bk, berr := libvirt.Begin(ctx, c, dom, libvirt.BeginOptions{Name: name, Disks: []string{loc.Target}, Base: baseCP, WorkDir: work})
+	bk, berr := libvirt.Begin(ctx, c, dom, libvirt.BeginOptions{Name: name, Disks: []string{loc.Target}, Base: baseCP, WorkDir: work,
+		// Frozen, the CLI holds the guest's lock (--lock-dir): a backup job
+		// found on the domain was left by a raksha or worker that died.
+		EndStaleBackupJob: ag != nil})
 	a.phase("checkpoint and backup job begun")
 	if h != nil {
 		rep, terr := h.Thaw(context.WithoutCancel(ctx))

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/raksha-backup/raksha/internal/disk"
@@ -176,6 +177,19 @@ func (r *Jobs[J]) Set(req Request, j J) {
 		r.m = map[string]J{}
 	}
 	r.m[jobKey(req)] = j
+}
+
+// HasInstance reports whether a job of the VM instance is registered, for
+// any backup.
+func (r *Jobs[J]) HasInstance(instance string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k := range r.m {
+		if strings.HasSuffix(k, "/"+instance) {
+			return true
+		}
+	}
+	return false
 }
 
 // Delete forgets the job of req's VM and backup.

@@ -82,6 +82,12 @@ type BeginOptions struct {
 	// WorkDir holds the export's socket and the scratch files (a directory
 	// of the host worker's; its path must fit a unix socket name).
 	WorkDir string
+	// EndStaleBackupJob says the caller holds the guest's lock and runs no
+	// backup of the domain: a backup job found active was left by a Raksha
+	// process that died after its Begin (Nova starts no backup jobs), and
+	// is ended (its scratch files in WorkDir removed) before the new one.
+	// Any other job (a migration) is still refused with ErrJobActive.
+	EndStaleBackupJob bool
 }
 
 // Backup is a pull-mode backup job of one domain: a point-in-time NBD
@@ -95,6 +101,9 @@ type Backup struct {
 	Checkpoint Checkpoint
 	// Modes says how each disk of BeginOptions.Disks is read, in order.
 	Modes []DiskMode
+	// EndedStaleJob says a backup job a dead process left was ended first
+	// (BeginOptions.EndStaleBackupJob).
+	EndedStaleJob bool
 	// Base is the base checkpoint the job diffed against (nil: none);
 	// Release it once the new backup is committed, with Stale.
 	Base *Checkpoint
@@ -204,6 +213,7 @@ var ErrJobActive = errors.New("libvirt: the domain has an active job")
 // not validate is read in full. Checkpoint metadata is gone when Begin
 // returns, whatever happened. End must follow a successful Begin.
 func Begin(ctx context.Context, c *Conn, dom lv.Domain, opts BeginOptions) (_ *Backup, err error) {
+	staleEnded := false
 	if !strings.HasPrefix(opts.Name, CheckpointPrefix) || strings.ContainsAny(opts.Name, "/ '\"<>&") {
 		return nil, fmt.Errorf("libvirt backup: checkpoint name %q: must start with %q and hold no '/', space, quote or XML character", opts.Name, CheckpointPrefix)
 	}
@@ -226,9 +236,16 @@ func Begin(ctx context.Context, c *Conn, dom lv.Domain, opts BeginOptions) (_ *B
 	if active, err := c.JobActive(ctx, dom); err != nil {
 		return nil, fmt.Errorf("libvirt backup of %s: %w", dom.Name, err)
 	} else if active {
-		return nil, fmt.Errorf("libvirt backup of %s: %w", dom.Name, ErrJobActive)
+		op, err := c.jobOperation(ctx, dom)
+		if err != nil || !opts.EndStaleBackupJob || op != lv.DomainJobOperationStrBackup {
+			return nil, fmt.Errorf("libvirt backup of %s: %w (operation %d)", dom.Name, ErrJobActive, op)
+		}
+		if err := c.endJob(ctx, dom, opts.WorkDir); err != nil {
+			return nil, fmt.Errorf("libvirt backup of %s: the backup job a dead process left: %w", dom.Name, err)
+		}
+		staleEnded = true
 	}
-	b := &Backup{c: c, dom: dom, work: opts.WorkDir, sock: socketPath(opts.WorkDir), exports: map[string]export{}}
+	b := &Backup{c: c, dom: dom, work: opts.WorkDir, sock: socketPath(opts.WorkDir), exports: map[string]export{}, EndedStaleJob: staleEnded}
 	if err := os.MkdirAll(opts.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("libvirt backup of %s: %w", dom.Name, err)
 	}
@@ -546,6 +563,32 @@ func (c *Conn) Disks(ctx context.Context, dom lv.Domain) ([]DomainDisk, error) {
 		return nil, fmt.Errorf("domain XML of %s: %w", dom.Name, err)
 	}
 	return ParseDisks(x)
+}
+
+// jobOperation is the operation of dom's active job (a backup, a
+// migration out, ...).
+func (c *Conn) jobOperation(ctx context.Context, dom lv.Domain) (lv.DomainJobOperation, error) {
+	var params []lv.TypedParam
+	err := callCtx(ctx, func() error {
+		var err error
+		_, params, err = c.l.DomainGetJobStats(dom, 0)
+		return err
+	})
+	if err != nil {
+		return lv.DomainJobOperationStrUnknown, fmt.Errorf("job stats of %s: %w", dom.Name, err)
+	}
+	for _, p := range params {
+		if p.Field != lv.DomainJobOperationStr {
+			continue
+		}
+		switch v := p.Value.I.(type) {
+		case int32:
+			return lv.DomainJobOperation(v), nil
+		case uint32:
+			return lv.DomainJobOperation(v), nil
+		}
+	}
+	return lv.DomainJobOperationStrUnknown, nil
 }
 
 // JobActive reports whether dom runs a job (a backup, a migration).

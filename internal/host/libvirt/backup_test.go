@@ -240,6 +240,45 @@ func TestBackupChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertClean(t, c, d)
+
+	// 5. A backup job left by a process that died after its Begin: the
+	// next Begin is refused unless the caller says it holds the guest and
+	// runs no backup of it; then the dead job is ended and a full backup
+	// (no base) runs.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	work := filepath.Join(d.Dir, "work")
+	if _, err := libvirt.Begin(ctx, c, d.Dom, libvirt.BeginOptions{Name: "raksha-dead", Disks: []string{"vda"}, WorkDir: work}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := libvirt.Begin(ctx, c, d.Dom, libvirt.BeginOptions{Name: "raksha-b6", Disks: []string{"vda"}, WorkDir: work}); !errors.Is(err, libvirt.ErrJobActive) {
+		t.Fatalf("Begin over a dead backup's job: %v, want ErrJobActive", err)
+	}
+	bk, err := libvirt.Begin(ctx, c, d.Dom, libvirt.BeginOptions{Name: "raksha-b6", Disks: []string{"vda"}, WorkDir: work, EndStaleBackupJob: true})
+	if err != nil {
+		t.Fatalf("Begin ending a dead backup's job: %v", err)
+	}
+	if !bk.EndedStaleJob {
+		t.Error("Begin ended the dead job but does not say so")
+	}
+	src, err := bk.Open(ctx, "vda", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	if _, err := src.ReadAt(buf, 0); err != nil {
+		t.Fatalf("read the new job's export: %v", err)
+	}
+	src.Close()
+	if err := bk.End(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := libvirt.Release(ctx, c, d.Dom, bk.Checkpoint); err != nil {
+		t.Fatal(err)
+	}
+	if active, err := c.JobActive(ctx, d.Dom); err != nil || active {
+		t.Fatalf("a job is left: %v %v", active, err)
+	}
 	a.Close()
 	if err := c.Libvirt().DomainDestroy(d.Dom); err != nil {
 		t.Fatal(err)

@@ -170,9 +170,16 @@ func (d *Driver) Begin(ctx context.Context, req host.Request) (string, error) {
 		}
 	}
 	b, err := Begin(ctx, d.c, dom, BeginOptions{Name: CheckpointPrefix + req.BackupID, Disks: list,
-		Base: base, Full: full, Stale: stale, WorkDir: d.work(UUIDString(dom.UUID))})
+		Base: base, Full: full, Stale: stale, WorkDir: d.work(UUIDString(dom.UUID)),
+		// The workflows serialize a domain's backups (the workload lock):
+		// a backup job of it this worker does not know of was left by a
+		// worker that died after its Begin.
+		EndStaleBackupJob: !d.jobs.HasInstance(req.Instance)})
 	if err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", req.Instance, err)
+	}
+	if b.EndedStaleJob {
+		d.log.WarnContext(ctx, "ended the backup job a dead worker left on the domain", "instance", req.Instance)
 	}
 	for _, m := range b.Modes {
 		d.log.InfoContext(ctx, "libvirt disk read", "instance", req.Instance, "target", m.Target, "mode", m.Mode, "reason", m.Reason)
