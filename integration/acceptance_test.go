@@ -694,4 +694,77 @@ func TestAcceptance(t *testing.T) {
 			t.Errorf("left behind by the cancelled restore: %q", left)
 		}
 	})
+	// A volume under backup stays deletable and leaves nothing behind:
+	// Cinder (Zed) moves the image of a deleted volume with Raksha's base
+	// snapshot on it to the pool's trash; the next backup releases the
+	// snapshot and removes the image (rbd.Conn.ReleaseTrashed), and is
+	// still correct.
+	t.Run("DeletedVolumeLeavesNothing", func(t *testing.T) {
+		id := e.servers["acc-1"]
+		vol := diskOf(t, second, "acc-1", "vol-")
+		volID := strings.TrimPrefix(strings.Split(vol.Manifest, "/")[2], "vol-")
+		img := "volume-" + volID
+		if out, err := e.rbd("snap", "ls", "volumes/"+img); err != nil || !strings.Contains(out, "raksha-") {
+			t.Fatalf("no Raksha snapshot on %s: %v\n%s", img, err, out)
+		}
+		// Detached from the stopped server (the busybox guest ignores
+		// ACPI hot-unplug requests), then deleted through Cinder.
+		start := time.Now()
+		if err := admin.StopServer(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if err := admin.WaitServer(ctx, id, "SHUTOFF", 3*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if err := admin.DetachVolume(ctx, id, volID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.WaitVolume(ctx, volID, "available", 3*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if err := admin.RemoveVolume(ctx, volID, 3*time.Minute); err != nil {
+			t.Fatalf("Cinder's delete of a volume under backup: %v", err)
+		}
+		t.Logf("volume %s detached and deleted in %v", volID, time.Since(start).Round(time.Millisecond))
+		trash, err := e.rbd("trash", "ls", "volumes")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("the pool's trash after Cinder's delete: %q", strings.TrimSpace(trash))
+		if err := admin.StartServer(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if err := admin.WaitServer(ctx, id, "ACTIVE", 3*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := e.agentRun(id, "for i in $(seq 120); do test -e /run/raksha/writer.ready && exit 0; sleep 1; done; exit 1", 5*time.Minute); err != nil || res.ExitCode != 0 {
+			t.Fatalf("acc-1's writer after the restart: %v %+v", err, res)
+		}
+		third := backup("after the volume's delete")
+		if len(third.Disks) != 3 {
+			t.Fatalf("backup after the volume's delete: %d disks: %+v", len(third.Disks), third)
+		}
+		for _, w := range third.Warnings {
+			if strings.Contains(w, "RBD") {
+				t.Errorf("warning: %s", w)
+			}
+		}
+		trash, err = e.rbd("trash", "ls", "volumes")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(trash, img) {
+			t.Errorf("%s is still in the pool's trash after the next backup:\n%s", img, trash)
+		}
+		if out, err := e.rbd("ls", "volumes"); err != nil || strings.Contains(out, img) {
+			t.Errorf("rbd ls volumes: %v\n%s", err, out)
+		}
+		r := mustRepo(t, be)
+		for _, d := range []activities.CopyResult{diskOf(t, third, "acc-1", "root"), diskOf(t, third, "acc-2", "vol-")} {
+			_, files := restoreAndCheck(ctx, t, r, d.Manifest, d.Size, filepath.Join(t.TempDir(), "restored.raw"))
+			if files == 0 {
+				t.Errorf("%s: no record files", d.Manifest)
+			}
+		}
+	})
 }
