@@ -436,6 +436,9 @@ func TestAcceptance(t *testing.T) {
 		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Discoverer: &activities.CloudDiscoverer{Client: admin}, CephConf: env["CEPH_CONF"],
 		Libvirt: e.lvc, LockDir: e.lockDir,
+		// Nova's instances_path of this cloud (an operator with a
+		// non-default one sets write_roots so).
+		WriteRoots: []string{env["OPENSTACK_INSTANCES"]},
 	})
 	t.Cleanup(func() { activities.Shutdown(context.Background(), acts) })
 	startWorkers(t, tc, acts, activities.ControlQueue, activities.HostQueue(host), activities.DataQueue)
