@@ -258,6 +258,15 @@ func (c *Client) DisconnectVolume(ctx context.Context, id, host string) error {
 	if err = classify("disconnect volume "+id, err); errors.Is(err, ErrNotFound) {
 		return nil
 	}
+	// Cinder (the fix of bug 2004555, in Zed's updates) refuses a user's
+	// terminate_connection on a volume Nova has attached, lest the
+	// attachment go while the compute host still uses the volume. Raksha's
+	// initialize_connection made no attachment, so there is nothing of its
+	// own to end: the volume stays Nova's.
+	if errors.Is(err, ErrConflict) && strings.Contains(err.Error(), "ConflictNovaUsingAttachment") {
+		c.log.Debug("volume attached by Nova: no connection of Raksha's to terminate", "volume", id)
+		return nil
+	}
 	return err
 }
 
