@@ -77,7 +77,10 @@ func (a *Activities) SnapshotRBD(ctx context.Context, in RBDSnapshotInput) error
 	return nil
 }
 
-// FinishRBD releases or drops the backup's RBD snapshots.
+// FinishRBD releases or drops the backup's RBD snapshots. After a committed
+// backup it also lets go of Raksha's snapshots on the trashed images of the
+// pools the backup read (volumes deleted in Cinder since an earlier backup)
+// and removes those images.
 func (a *Activities) FinishRBD(ctx context.Context, in RBDFinishInput) error {
 	c, err := a.ceph(ctx)
 	if err != nil {
@@ -103,6 +106,25 @@ func (a *Activities) FinishRBD(ctx context.Context, in RBDFinishInput) error {
 		}
 		if err := c.DeleteSnapshot(ctx, pool, image, name); err != nil {
 			a.logger(ctx).Info("no snapshot of a failed backup to drop", "image", pool+"/"+image, "err", err)
+		}
+	}
+	if in.Committed {
+		// Volumes deleted since an earlier backup: Cinder moved their
+		// images to the pool's trash, where Raksha's base snapshot would
+		// keep them for ever (rbd.Conn.ReleaseTrashed).
+		pools := map[string]bool{}
+		for _, d := range in.Disks {
+			if pool, _, err := d.Locator.RBD(); err == nil && !pools[pool] {
+				pools[pool] = true
+				released, err := c.ReleaseTrashed(ctx, pool)
+				for _, r := range released {
+					a.logger(ctx).Info("released the Raksha snapshots of a deleted volume's trashed image",
+						"pool", pool, "image", r.Name, "id", r.ID, "snapshots", r.Snapshots, "removed", r.Removed)
+				}
+				if err != nil {
+					errs = append(errs, err)
+				}
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -33,11 +33,13 @@ import (
 //	  -count=1 -run TestOpenStack -v ./integration/
 //
 // This is the first of them (issue 14): an app-consistent backup and an
-// incremental of two image-booted servers with an RBD volume each. Not
-// checked yet (the issue's later part): after the test's cleanup the two
-// volumes are gone from Cinder, but their RBD images stay in the pool's
-// trash, held there by the snapshot Raksha keeps for the next diff (seen:
-// `rbd trash ls -l volumes` lists both).
+// incremental of two image-booted servers with an RBD volume each; the
+// scenarios on a Heat stack are in acceptance_test.go (make acceptance).
+// After this test's cleanup the two volumes are gone from Cinder, but their
+// RBD images stay in the pool's trash, held there by the snapshot Raksha
+// keeps for the next diff, until a later backup that reads that pool
+// releases them (rbd.Conn.ReleaseTrashed; TestAcceptance's
+// DeletedVolumeLeavesNothing).
 
 // openstackEnv reads the clouds.yaml path and the env file of
 // scripts/openstack-up.sh.

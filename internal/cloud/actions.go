@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -257,6 +258,15 @@ func (c *Client) DisconnectVolume(ctx context.Context, id, host string) error {
 	if err = classify("disconnect volume "+id, err); errors.Is(err, ErrNotFound) {
 		return nil
 	}
+	// Cinder (the fix of bug 2004555, in Zed's updates) refuses a user's
+	// terminate_connection on a volume Nova has attached, lest the
+	// attachment go while the compute host still uses the volume. Raksha's
+	// initialize_connection made no attachment, so there is nothing of its
+	// own to end: the volume stays Nova's.
+	if errors.Is(err, ErrConflict) && strings.Contains(err.Error(), "ConflictNovaUsingAttachment") {
+		c.log.Debug("volume attached by Nova: no connection of Raksha's to terminate", "volume", id)
+		return nil
+	}
 	return err
 }
 
@@ -344,6 +354,15 @@ func (c *Client) CreateServer(ctx context.Context, m *ServerMeta, vols map[strin
 			bd.BootIndex = 0
 		}
 		opts.BlockDevice = append(opts.BlockDevice, bd)
+	}
+	// Nova (API v2.1) builds the image's root mapping itself only when the
+	// request has no block_device_mapping_v2; with one, the root disk must
+	// be in it (boot_index 0), else the request is refused as an invalid
+	// boot sequence. python-novaclient (and so Heat) inserts the image
+	// mapping this way.
+	if opts.ImageRef != "" && len(opts.BlockDevice) > 0 && !slices.ContainsFunc(opts.BlockDevice, func(b servers.BlockDevice) bool { return b.BootIndex == 0 }) {
+		opts.BlockDevice = append([]servers.BlockDevice{{SourceType: servers.SourceImage, DestinationType: servers.DestinationLocal,
+			UUID: opts.ImageRef, BootIndex: 0, DeleteOnTermination: true}}, opts.BlockDevice...)
 	}
 	if m.BootFromVolume && len(opts.BlockDevice) == 0 {
 		return "", &Error{Op: op, Kind: ErrBadRequest, Msg: "the server booted from a volume and no restored root volume was given"}

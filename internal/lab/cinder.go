@@ -425,6 +425,11 @@ func (l *Lab) volumeAction(w http.ResponseWriter, r *http.Request, c *call) erro
 		l.writeJSON(w, http.StatusOK, map[string]any{"connection_info": map[string]any{"driver_volume_type": typ, "data": data}})
 		return nil
 	case body["os-terminate_connection"] != nil:
+		// As Cinder since the fix of bug 2004555 (in Zed's updates): a
+		// user may not end the connection of a volume a server uses.
+		if v.Status == "in-use" && v.ServerID != "" {
+			return errConflict("ConflictNovaUsingAttachment: Detach volume from instance %s using the Compute API", v.ServerID)
+		}
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	}

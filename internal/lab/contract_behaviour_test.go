@@ -84,15 +84,64 @@ func runBehaviour(t *testing.T, tgt contractTarget) {
 	statuses(t, s, "server build", "compute", "/servers/"+serverID, "server", "ACTIVE", tgt.wait,
 		"BUILD", "ACTIVE")
 
+	// An image-booted server with a volume in block_device_mapping_v2 and
+	// no root mapping (boot_index 0) in it: Nova refuses the boot
+	// sequence (python-novaclient inserts the image's mapping; so does
+	// cloud.CreateServer).
+	captured, err := c.Capture(ctx, serverID)
+	if err != nil || captured.Image == nil {
+		t.Fatalf("capture: %+v %v", captured, err)
+	}
+	var made map[string]struct {
+		ID string `json:"id"`
+	}
+	st, body, err := s.do(ctx, "POST", "compute", "/servers", map[string]any{"server": map[string]any{
+		"name": "behaviour-bdm", "imageRef": captured.Image.ID, "flavorRef": "1", "networks": "none",
+		"block_device_mapping_v2": []any{map[string]any{"source_type": "volume", "destination_type": "volume",
+			"uuid": volID, "boot_index": -1}}}}, &made)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := made["server"].ID; id != "" {
+		t.Cleanup(func() {
+			if err := c.DeleteServer(ctx, id); err == nil {
+				_ = c.WaitServerGone(ctx, id, tgt.wait)
+			}
+		})
+	}
+	checkFault(t, "an image-booted server with a volume mapping and no root mapping", st, body, http.StatusBadRequest, "badRequest")
+	if !strings.Contains(string(body), "Boot sequence") {
+		t.Errorf("the refusal does not name the boot sequence: %s", body)
+	}
+
 	if _, err := c.AttachVolume(ctx, serverID, volID); err != nil {
 		t.Fatal(err)
 	}
 	statuses(t, s, "volume attach", "volumev3", "/volumes/"+volID, "volume", "in-use", tgt.wait,
 		"available", "reserved", "attaching", "in-use")
 
+	// A user may not end the connection of a volume Nova uses: Cinder's
+	// 409 ConflictNovaUsingAttachment (bug 2004555); DisconnectVolume, which
+	// made no attachment, takes it as nothing to do.
+	if _, err := c.ConnectVolume(ctx, volID, "raksha"); err != nil {
+		t.Fatal(err)
+	}
+	st, body, err = s.do(ctx, "POST", "volumev3", "/volumes/"+volID+"/action", map[string]any{"os-terminate_connection": map[string]any{
+		"connector": map[string]any{"host": "raksha", "platform": "x86_64", "os_type": "linux2"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFault(t, "terminate the connection of an in-use volume", st, body, http.StatusConflict, "conflictingRequest")
+	if !strings.Contains(string(body), "ConflictNovaUsingAttachment") && !strings.Contains(string(body), "using the Compute API") {
+		t.Errorf("the refusal does not say to detach through Nova: %s", body)
+	}
+	if err := c.DisconnectVolume(ctx, volID, "raksha"); err != nil {
+		t.Errorf("DisconnectVolume of an in-use volume: %v, want nil", err)
+	}
+
 	// Refusals on an in-use volume: Cinder's 400 with "status must be"
 	// (ErrConflict: retryable), a snapshot without force is a bad request.
-	st, body, err := s.do(ctx, "DELETE", "volumev3", "/volumes/"+volID, nil, nil)
+	st, body, err = s.do(ctx, "DELETE", "volumev3", "/volumes/"+volID, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

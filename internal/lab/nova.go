@@ -507,6 +507,13 @@ func (l *Lab) createServer(w http.ResponseWriter, r *http.Request, c *call) erro
 			extraBDM = append(extraBDM, b)
 		}
 	}
+	// As Nova: with a block_device_mapping_v2, the root disk must be in it
+	// (boot_index 0), an image-booted server's too (python-novaclient
+	// inserts the image mapping); imageRef alone makes the root mapping only
+	// when there is no block_device_mapping_v2.
+	if bootVol == nil && len(rs.BDM) > 0 {
+		return errBadRequest("Block Device Mapping is Invalid: Boot sequence for the instance and image/block device mapping combination is not valid.")
+	}
 	imageID := rs.ImageRef
 	if bootVol != nil && bootVol.SourceType == "image" {
 		imageID = bootVol.UUID

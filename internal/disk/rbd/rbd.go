@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
@@ -177,6 +178,97 @@ func (c *Conn) ReleaseSnapshots(ctx context.Context, pool, image, keep string) (
 		deleted = append(deleted, s.Name)
 	}
 	return deleted, nil
+}
+
+// Trashed is an image of a pool's trash whose only snapshots were Raksha's:
+// a Cinder volume deleted while Raksha kept its diff base on it.
+type Trashed struct {
+	Pool, ID, Name string
+	Snapshots      []string // the Raksha snapshots removed
+	Removed        bool     // the image left the trash
+}
+
+// ReleaseTrashed lets go of Raksha's snapshots on the images of pool's trash
+// and removes those images. Cinder's RBD driver (Yoga and later) moves a
+// volume it deletes to the trash when the image has snapshots Cinder does
+// not know, such as the base Raksha keeps for the next diff; the snapshot
+// then pins the image, and its space, for ever (`rbd trash rm` refuses, and
+// Cinder never looks again). An image is touched only when its trash entry
+// is due (its deferment ended: Cinder's delete asks for none) and every
+// snapshot on it is Raksha's: an image with another snapshot, or moved to
+// the trash with a deferment still running (someone may restore it), stays
+// as it is. The image is removed after its snapshots: that is the delete
+// Cinder asked for and could not finish.
+func (c *Conn) ReleaseTrashed(ctx context.Context, pool string) ([]Trashed, error) {
+	io, err := c.ioctx(pool)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := rbd.GetTrashList(io)
+	if err != nil {
+		return nil, fmt.Errorf("list the trash of pool %q: %w", pool, err)
+	}
+	now := time.Now()
+	var out []Trashed
+	var errs []error
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		if e.DefermentEndTime.After(now) {
+			continue
+		}
+		img, err := rbd.OpenImageById(io, e.Id, rbd.NoSnapshot)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open trashed image %s/%s (%s): %w", pool, e.Id, e.Name, err))
+			continue
+		}
+		snaps, err := img.GetSnapshotNames()
+		if err != nil {
+			img.Close()
+			errs = append(errs, fmt.Errorf("list snapshots of trashed image %s/%s (%s): %w", pool, e.Id, e.Name, err))
+			continue
+		}
+		ours := len(snaps) > 0
+		for _, s := range snaps {
+			ours = ours && IsRakshaSnapshot(s.Name)
+		}
+		if !ours {
+			img.Close()
+			continue
+		}
+		t := Trashed{Pool: pool, ID: e.Id, Name: e.Name}
+		var serr error
+		for _, s := range snaps {
+			snap := img.GetSnapshot(s.Name)
+			if p, err := snap.IsProtected(); err == nil && p {
+				if err := snap.Unprotect(); err != nil {
+					serr = fmt.Errorf("unprotect %s@%s of trashed image %s/%s: %w", e.Name, s.Name, pool, e.Id, err)
+					break
+				}
+			}
+			if err := snap.Remove(); err != nil {
+				serr = fmt.Errorf("delete %s@%s of trashed image %s/%s: %w", e.Name, s.Name, pool, e.Id, err)
+				break
+			}
+			t.Snapshots = append(t.Snapshots, s.Name)
+		}
+		img.Close()
+		if serr == nil {
+			if err := rbd.TrashRemove(io, e.Id, false); err != nil {
+				serr = fmt.Errorf("remove trashed image %s/%s (%s): %w", pool, e.Id, e.Name, err)
+			} else {
+				t.Removed = true
+			}
+		}
+		if serr != nil {
+			errs = append(errs, serr)
+		}
+		if len(t.Snapshots) > 0 || t.Removed {
+			out = append(out, t)
+		}
+	}
+	return out, errors.Join(errs...)
 }
 
 // Leak is an image holding more Raksha snapshots than the one base it needs.

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/raksha-backup/raksha/internal/disk"
@@ -305,5 +307,53 @@ func TestReleaseKeepsOneBaseAndLeaksAreReported(t *testing.T) {
 		if l.Image == image {
 			t.Errorf("%s still reported as leaking: %v", image, l.Snapshots)
 		}
+	}
+}
+
+// TestReleaseTrashedRemovesOnlyImagesRakshaPins is what Cinder's RBD driver
+// (Zed) leaves when it deletes a volume under backup: the image moved to the
+// trash with Raksha's base snapshot on it. ReleaseTrashed drops the snapshot
+// and removes the image; a trashed image with another snapshot, or with a
+// deferment still running, stays.
+func TestReleaseTrashedRemovesOnlyImagesRakshaPins(t *testing.T) {
+	c := connect(t)
+	cl := cephlab.Require(t)
+	ctx := context.Background()
+	rbdCLI := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("rbd", append([]string{"--conf", cl.CephConf}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("rbd %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	pinned, other, deferred := cephlab.UniqueName("vol"), cephlab.UniqueName("vol"), cephlab.UniqueName("vol")
+	for img, snaps := range map[string][]string{pinned: {"raksha-a"}, other: {"raksha-a", "operator-snap"}, deferred: {"raksha-a"}} {
+		tgt, err := c.CreateImage(ctx, "rbd", img, 4*mib)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tgt.Close()
+		for _, s := range snaps {
+			if err := c.CreateSnapshot(ctx, "rbd", img, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Cinder's trash_move(..., delay=0); the deferred one as `rbd trash mv
+	// --expires-at` would leave it.
+	rbdCLI("trash", "mv", "rbd/"+pinned)
+	rbdCLI("trash", "mv", "rbd/"+other)
+	rbdCLI("trash", "mv", "--expires-at", "2099-01-01", "rbd/"+deferred)
+	got, err := c.ReleaseTrashed(ctx, "rbd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Name != pinned || !got[0].Removed || len(got[0].Snapshots) != 1 {
+		t.Errorf("released %+v, want only %s (its snapshot raksha-a, removed)", got, pinned)
+	}
+	trash := rbdCLI("trash", "ls", "rbd")
+	if strings.Contains(trash, pinned) || !strings.Contains(trash, other) || !strings.Contains(trash, deferred) {
+		t.Errorf("trash after the release:\n%s\nwant %s gone, %s and %s kept", trash, pinned, other, deferred)
 	}
 }

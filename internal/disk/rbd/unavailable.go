@@ -71,3 +71,15 @@ func (t *Target) Sync() error { return ErrUnavailable }
 
 // Close does nothing.
 func (t *Target) Close() error { return nil }
+
+// Trashed is an image of a pool's trash whose only snapshots were Raksha's.
+type Trashed struct {
+	Pool, ID, Name string
+	Snapshots      []string
+	Removed        bool
+}
+
+// ReleaseTrashed reports ErrUnavailable.
+func (c *Conn) ReleaseTrashed(ctx context.Context, pool string) ([]Trashed, error) {
+	return nil, ErrUnavailable
+}
