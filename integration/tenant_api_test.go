@@ -69,7 +69,7 @@ func TestTenantJourneyThroughAPI(t *testing.T) {
 		Identity: api.NewKeystone(api.ServiceCredentials{AuthURL: e.lab.AuthURL(), Username: lab.AdminUser,
 			Password: "pw-" + lab.AdminUser, ProjectName: lab.AdminProject}, nil),
 		AuthURL: e.lab.AuthURL(), Temporal: e.temporal, DefaultRepository: "main",
-		Repos: api.NewRegistry(map[string]activities.RepoConfig{"main": {URL: "file://" + e.repoDir, PasswordFile: filepath.Join(e.dir, "repo-pw")}}, nil),
+		Repos:     api.NewRegistry(map[string]activities.RepoConfig{"main": {URL: "file://" + e.repoDir, PasswordFile: filepath.Join(e.dir, "repo-pw")}}, nil),
 		Workloads: &api.CloudWorkloads{Client: adminCl},
 		Log:       slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
