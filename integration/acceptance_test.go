@@ -445,22 +445,8 @@ func TestAcceptance(t *testing.T) {
 
 	backup := func(what string) *workflows.BackupResult {
 		t.Helper()
-		start := time.Now()
-		req := workflows.BackupRequest{Workload: accWorkload, Project: "prod", Repository: "main", Consistency: "app",
-			Selector: cloud.Selector{Stack: accStack}, FreezeTimeout: 30 * time.Second}
-		wr, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("prod", accWorkload),
-			TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var res workflows.BackupResult
-		if err := wr.Get(ctx, &res); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("%s backup %s (%s) in %v: %d VMs, %d disks, read %d KiB, new %d KiB; freeze windows %v; warnings %q",
-			what, res.BackupID, res.Consistency, time.Since(start).Round(time.Millisecond), res.VMs, len(res.Disks),
-			res.BytesRead>>10, res.BytesNew>>10, res.FreezeWindows, res.Warnings)
-		return &res
+		return runOpenStackBackup(ctx, t, tc, what, workflows.BackupRequest{Workload: accWorkload, Project: "prod", Repository: "main",
+			Consistency: "app", Selector: cloud.Selector{Stack: accStack}, FreezeTimeout: 30 * time.Second})
 	}
 
 	var second *workflows.BackupResult

@@ -172,22 +172,8 @@ func TestOpenStackBackupAndIncremental(t *testing.T) {
 
 	backup := func() *workflows.BackupResult {
 		t.Helper()
-		start := time.Now()
-		req := workflows.BackupRequest{Workload: workload, Project: "prod", Repository: "main", Consistency: "app",
-			Selector: cloud.Selector{Workload: workload}, FreezeTimeout: 30 * time.Second}
-		wr, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID("prod", workload),
-			TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var res workflows.BackupResult
-		if err := wr.Get(ctx, &res); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("backup %s (%s) in %v: %d VMs, %d disks, read %d KiB, new %d KiB; freeze windows %v",
-			res.BackupID, res.Consistency, time.Since(start).Round(time.Millisecond), res.VMs, len(res.Disks),
-			res.BytesRead>>10, res.BytesNew>>10, res.FreezeWindows)
-		return &res
+		return runOpenStackBackup(ctx, t, tc, "", workflows.BackupRequest{Workload: workload, Project: "prod", Repository: "main",
+			Consistency: "app", Selector: cloud.Selector{Workload: workload}, FreezeTimeout: 30 * time.Second})
 	}
 	first := backup()
 	if first.Consistency != "app" || first.VMs != 2 || len(first.Disks) != 4 {
@@ -214,4 +200,27 @@ func TestOpenStackBackupAndIncremental(t *testing.T) {
 		st, files := restoreAndCheck(ctx, t, r, d.Manifest, d.Size, filepath.Join(dir, "restored.raw"))
 		t.Logf("restored %s: %d MiB in %.1fs; %d record files intact", d.Manifest, st.BytesWritten>>20, st.Seconds, files)
 	}
+}
+
+// runOpenStackBackup runs one WorkloadBackup through the dev server and
+// the test's workers and logs its figures (what names it in the log).
+func runOpenStackBackup(ctx context.Context, t *testing.T, tc client.Client, what string, req workflows.BackupRequest) *workflows.BackupResult {
+	t.Helper()
+	start := time.Now()
+	wr, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.BackupWorkflowID(req.Project, req.Workload),
+		TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res workflows.BackupResult
+	if err := wr.Get(ctx, &res); err != nil {
+		t.Fatal(err)
+	}
+	if what != "" {
+		what += " "
+	}
+	t.Logf("%sbackup %s (%s) in %v: %d VMs, %d disks, read %d KiB, new %d KiB; freeze windows %v; warnings %q",
+		what, res.BackupID, res.Consistency, time.Since(start).Round(time.Millisecond), res.VMs, len(res.Disks),
+		res.BytesRead>>10, res.BytesNew>>10, res.FreezeWindows, res.Warnings)
+	return &res
 }
