@@ -13,11 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
-	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/temporal"
-	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
 	"gopkg.in/yaml.v3"
 
@@ -45,23 +41,7 @@ type apiCloud struct {
 
 func startAPICloud(t *testing.T) *apiCloud {
 	t.Helper()
-	bin, _ := filepath.Abs(filepath.Join("..", "bin", "temporal"))
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("the temporal CLI is missing at %s: run make test", bin)
-		}
-		t.Skipf("SKIPPED: the temporal CLI is missing at %s: run make test", bin)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	srv, err := testsuite.StartDevServer(ctx, testsuite.DevServerOptions{ExistingPath: bin, LogLevel: "error",
-		ClientOptions: &client.Options{Namespace: "default"},
-		SearchAttributes: temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet(""), workflows.SAProject.ValueSet(""),
-			workflows.SAOperation.ValueSet(""), workflows.SAPolicy.ValueSet(""))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Stop() })
+	srv := startDevServerWithSA(t)
 	w := worker.New(srv.Client(), activities.ControlQueue, worker.Options{})
 	w.RegisterWorkflow(workflows.WorkloadBackup)
 	w.RegisterWorkflow(workflows.Semaphore)
@@ -76,6 +56,7 @@ func startAPICloud(t *testing.T) *apiCloud {
 	l := labtest.Start(t)
 	c := &apiCloud{projects: map[string]string{}, backups: map[string][]string{}}
 	for _, p := range []string{"alpha", "beta"} {
+		var err error
 		if c.projects[p], err = l.EnsureProject(p); err != nil {
 			t.Fatal(err)
 		}

@@ -107,23 +107,7 @@ func TestTemporalSetupFromEnvironment(t *testing.T) {
 // running run as if it had been started). No worker runs, so the first of
 // each stays running.
 func TestStartWhileRunningRefused(t *testing.T) {
-	bin, _ := filepath.Abs(filepath.Join("..", "bin", "temporal"))
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("the temporal CLI is missing at %s: run make test", bin)
-		}
-		t.Skipf("SKIPPED: the temporal CLI is missing at %s: run make test", bin)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	srv, err := testsuite.StartDevServer(ctx, testsuite.DevServerOptions{ExistingPath: bin, LogLevel: "error",
-		ClientOptions: &client.Options{Namespace: "default"},
-		SearchAttributes: temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet(""), workflows.SAProject.ValueSet(""),
-			workflows.SAOperation.ValueSet(""), workflows.SAPolicy.ValueSet(""))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Stop()
+	srv := startDevServerWithSA(t)
 	c := &cli{t: t, env: map[string]string{"TEMPORAL_CONFIG_FILE": filepath.Join(t.TempDir(), "none")}}
 	for _, tc := range []struct {
 		args []string
@@ -141,4 +125,28 @@ func TestStartWhileRunningRefused(t *testing.T) {
 			t.Errorf("second %v while the first runs: %v; want %q", tc.args[:2], err, tc.want)
 		}
 	}
+}
+
+// startDevServerWithSA starts a Temporal dev server (bin/temporal) with
+// Raksha's search attributes, stopped when the test ends.
+func startDevServerWithSA(t *testing.T) *testsuite.DevServer {
+	t.Helper()
+	bin, _ := filepath.Abs(filepath.Join("..", "bin", "temporal"))
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("the temporal CLI is missing at %s: run make test", bin)
+		}
+		t.Skipf("SKIPPED: the temporal CLI is missing at %s: run make test", bin)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := testsuite.StartDevServer(ctx, testsuite.DevServerOptions{ExistingPath: bin, LogLevel: "error",
+		ClientOptions: &client.Options{Namespace: "default"},
+		SearchAttributes: temporal.NewSearchAttributes(workflows.SAWorkload.ValueSet(""), workflows.SAProject.ValueSet(""),
+			workflows.SAOperation.ValueSet(""), workflows.SAPolicy.ValueSet(""))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop() })
+	return srv
 }
