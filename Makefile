@@ -196,6 +196,7 @@ acceptance: openstack-up $(BIN)/temporal
 # against besides the lab (internal/lab/contract_*_test.go).
 openstack-contract: openstack-up
 	RAKSHA_OPENSTACK_CLOUDS=$(OPENSTACK_DIR)/clouds.yaml $(GO) test -count=1 -timeout 20m -run '^TestAPI(Contract|Behaviour)' -v ./internal/lab/
+	RAKSHA_OPENSTACK_CLOUDS=$(OPENSTACK_DIR)/clouds.yaml $(GO) test -tags openstack -count=1 -timeout 10m -run '^TestTenantAPIOnRealKeystone$$' -v ./api/
 
 lint: $(BIN)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -203,7 +204,7 @@ lint: $(BIN)/staticcheck
 	$(GO) vet $(CEPH_TAGS) ./...
 	# the real OpenStack tier's tests (make openstack-contract, the acceptance
 	# tests) compile only with their tags: vet them so they do not rot
-	$(GO) vet -tags openstack,ceph,pacific ./integration/ ./internal/lab/
+	$(GO) vet -tags openstack,ceph,pacific ./integration/ ./internal/lab/ ./api/
 	$(BIN)/staticcheck ./...
 	$(GO) mod tidy -diff
 
