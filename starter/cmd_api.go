@@ -20,8 +20,9 @@ import (
 
 // A tenant's raksha talks to raksha-api, as the openstack client talks to
 // the cloud's services: the commands that have an API counterpart (backup
-// start, cancel, list and show; restore start, list, show and cancel; clone
-// list, delete and cancel) go through it when the command line names a cloud
+// start, cancel, list, show, delete, protect, unprotect, ls and get;
+// restore start, list, show and cancel; clone start, list, delete and
+// cancel; workload list; quota show) go through it when the command line names a cloud
 // (--os-cloud), or when OS_CLOUD or OS_AUTH_URL is set and no operator
 // target is (--repo, RAKSHA_REPO, --temporal, RAKSHA_TEMPORAL,
 // TEMPORAL_ADDRESS): an operator's explicit repository or Temporal wins.
@@ -607,4 +608,46 @@ func (a *app) quotaCmd() *cobra.Command {
 	show.Flags().StringVar(&project, "project-id", "", "another project's (an admin's, or where you hold a role)")
 	c.AddCommand(show)
 	return c
+}
+
+// apiCloneStart starts a clone through raksha-api into --to-project (a
+// project id where the caller also holds a role); hooks and health checks
+// are the operator's.
+func (a *app) apiCloneStart(cmd *cobra.Command, backup, name string, rf *restoreFlags) error {
+	if err := notThroughAPI(cmd, "post-hook", "health-check", "wait"); err != nil {
+		return err
+	}
+	if rf.req.Project == "" {
+		return usagef("--to-project (a project id) is required")
+	}
+	nets, err := parseMap("map-network", rf.networks)
+	if err != nil {
+		return err
+	}
+	flavors, err := parseMap("map-flavor", rf.flavors)
+	if err != nil {
+		return err
+	}
+	if rf.mapFile != "" {
+		m, err := readMapFile(rf.mapFile)
+		if err != nil {
+			return err
+		}
+		nets, flavors = mergeMap(m.Networks, nets), mergeMap(m.Flavors, flavors)
+	}
+	if name == "" {
+		name = "clone-" + randomSuffix()
+	}
+	ctx := cmd.Context()
+	c, err := a.apiClient(ctx)
+	if err != nil {
+		return err
+	}
+	r := rf.req
+	v, err := c.StartClone(ctx, apiclient.CloneStartOpts{Name: name, BackupID: backup, Repository: r.Repository, ProjectID: r.Project,
+		VMs: r.VMs, NamePrefix: r.NamePrefix, Networks: nets, Flavors: flavors, KeepFixedIPs: r.KeepFixedIPs, MaxParallelWrites: r.MaxParallelWrites})
+	if err != nil {
+		return err
+	}
+	return a.printOne(v)
 }

@@ -281,6 +281,24 @@ func TestCLIThroughAPI(t *testing.T) {
 		t.Errorf("workload list without a cloud: %v", err)
 	}
 
+	// A clone: into a project where alice holds no role, refused; into her
+	// own, started, listed and cancelled.
+	_, _, err = as("alice").run("clone", "start", alpha[0], "--name", "stg", "--to-project", c.projects["beta"])
+	if !errors.As(err, &ae) || ae.Status != 403 {
+		t.Errorf("alice clones into beta: %v, want 403", err)
+	}
+	var clone map[string]any
+	out = as("alice").must("clone", "start", alpha[0], "--name", "stg", "--to-project", c.projects["alpha"], "--name-prefix", "stg-", "-f", "json")
+	if err := json.Unmarshal([]byte(out), &clone); err != nil || clone["name"] != "stg" || clone["project_id"] != c.projects["alpha"] {
+		t.Fatalf("alice's clone: %v\n%s", err, out)
+	}
+	if out := as("alice").must("clone", "list", "-f", "value", "-c", "name"); strings.TrimSpace(out) != "stg" {
+		t.Errorf("alice's clones: %q", out)
+	}
+	if out := as("alice").must("clone", "cancel", clone["id"].(string), "-f", "value", "-c", "status"); strings.TrimSpace(out) != "CANCEL_REQUESTED" {
+		t.Errorf("alice cancels her clone: %q", out)
+	}
+
 	// What only an operator has is refused, naming it.
 	for _, tc := range []struct {
 		args []string
@@ -291,6 +309,7 @@ func TestCLIThroughAPI(t *testing.T) {
 		{[]string{"backup", "list", "-c", "nope"}, "-c nope: no such column"},
 		{[]string{"backup", "start", "--workload", "web", "--tag", "x"}, "--tag is not offered through raksha-api"},
 		{[]string{"backup", "cancel", "web", "--project", "p"}, "--project is not offered through raksha-api"},
+		{[]string{"clone", "start", alpha[0], "--to-project", "p", "--post-hook", "true"}, "--post-hook is not offered through raksha-api"},
 		{[]string{"--os-cloud", "alice", "repo", "check"}, "raksha repo check is not offered through raksha-api"},
 	} {
 		if _, _, err := as("alice").run(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {

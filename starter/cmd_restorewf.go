@@ -432,7 +432,7 @@ func (a *app) restoreCancelCmd(op string) *cobra.Command {
 
 func (a *app) cloneCmd() *cobra.Command {
 	c := &cobra.Command{Use: "clone", Short: "Staging clones: a backup restored into another project, labelled, torn down in one command"}
-	c.AddCommand(a.cloneStartCmd(), viaAPI(a.cloneDeleteCmd()), viaAPI(a.restoreListCmd("clone")), viaAPI(a.restoreCancelCmd("clone")))
+	c.AddCommand(viaAPI(a.cloneStartCmd()), viaAPI(a.cloneDeleteCmd()), viaAPI(a.restoreListCmd("clone")), viaAPI(a.restoreCancelCmd("clone")))
 	return c
 }
 
@@ -445,6 +445,9 @@ func (a *app) cloneStartCmd() *cobra.Command {
 		Short: "Clone a workload backup into another project, run post-restore hooks and a health check",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.apiMode(cmd) {
+				return a.apiCloneStart(cmd, args[0], name, &rf)
+			}
 			if err := rf.finish(args[0]); err != nil {
 				return err
 			}
