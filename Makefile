@@ -58,6 +58,11 @@ build:
 	$(GO) build $(CEPH_TAGS) -o $(BIN)/raksha-worker ./worker
 	$(GO) build -o $(BIN)/raksha-api ./apiserver
 
+# What the file-restore appliance costs beside a loop mount (a measurement,
+# not a check: a few minutes under TCG; figures in DESIGN.md).
+appliance-cost: test-deps
+	$(GO) test -tags appliancecost -count=1 -timeout 30m -run '^TestCost$$' -v ./internal/appliance/
+
 # The file-restore appliance (kernel + initramfs) for 'raksha restore files';
 # prints dir=DIR for --appliance or RAKSHA_APPLIANCE.
 appliance: demo-deps
@@ -205,6 +210,7 @@ lint: $(BIN)/staticcheck
 	# the real OpenStack tier's tests (make openstack-contract, the acceptance
 	# tests) compile only with their tags: vet them so they do not rot
 	$(GO) vet -tags openstack,ceph,pacific ./integration/ ./internal/lab/ ./api/
+	$(GO) vet -tags appliancecost ./internal/appliance/
 	$(BIN)/staticcheck ./...
 	$(GO) mod tidy -diff
 

@@ -21,7 +21,7 @@ import (
 // (seen with scripts/openstack-up.sh); the lab must show the same.
 func TestAPIBehaviourContract(t *testing.T) {
 	t.Run("lab", func(t *testing.T) { runBehaviour(t, labTarget(t)) })
-	t.Run("openstack", func(t *testing.T) { runBehaviour(t, openstackTarget(t)) })
+	runOnOpenStack(t, runBehaviour)
 }
 
 func runBehaviour(t *testing.T, tgt contractTarget) {
