@@ -327,20 +327,9 @@ func (a *app) apiRestoreStart(cmd *cobra.Command, backup string, rf *restoreFlag
 	if err := notThroughAPI(cmd, "wait"); err != nil {
 		return err
 	}
-	nets, err := parseMap("map-network", rf.networks)
+	nets, flavors, err := rf.mappings()
 	if err != nil {
 		return err
-	}
-	flavors, err := parseMap("map-flavor", rf.flavors)
-	if err != nil {
-		return err
-	}
-	if rf.mapFile != "" {
-		m, err := readMapFile(rf.mapFile)
-		if err != nil {
-			return err
-		}
-		nets, flavors = mergeMap(m.Networks, nets), mergeMap(m.Flavors, flavors)
 	}
 	ctx := cmd.Context()
 	c, err := a.apiClient(ctx)
@@ -620,20 +609,9 @@ func (a *app) apiCloneStart(cmd *cobra.Command, backup, name string, rf *restore
 	if rf.req.Project == "" {
 		return usagef("--to-project (a project id) is required")
 	}
-	nets, err := parseMap("map-network", rf.networks)
+	nets, flavors, err := rf.mappings()
 	if err != nil {
 		return err
-	}
-	flavors, err := parseMap("map-flavor", rf.flavors)
-	if err != nil {
-		return err
-	}
-	if rf.mapFile != "" {
-		m, err := readMapFile(rf.mapFile)
-		if err != nil {
-			return err
-		}
-		nets, flavors = mergeMap(m.Networks, nets), mergeMap(m.Flavors, flavors)
 	}
 	if name == "" {
 		name = "clone-" + randomSuffix()

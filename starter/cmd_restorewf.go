@@ -126,6 +126,25 @@ func shellHook(name, cmd string) activities.Hook {
 	return activities.Hook{Name: name, Path: "/bin/sh", Args: []string{"-c", cmd}}
 }
 
+// mappings are the network and flavor maps of --map-network, --map-flavor
+// and --map-file (the flags win over the file).
+func (rf *restoreFlags) mappings() (nets, flavors map[string]string, err error) {
+	if nets, err = parseMap("map-network", rf.networks); err != nil {
+		return nil, nil, err
+	}
+	if flavors, err = parseMap("map-flavor", rf.flavors); err != nil {
+		return nil, nil, err
+	}
+	if rf.mapFile != "" {
+		m, err := readMapFile(rf.mapFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		nets, flavors = mergeMap(m.Networks, nets), mergeMap(m.Flavors, flavors)
+	}
+	return nets, flavors, nil
+}
+
 // finish checks and completes the request from the flags.
 func (rf *restoreFlags) finish(backup string) error {
 	rf.req.BackupID = backup
@@ -133,19 +152,8 @@ func (rf *restoreFlags) finish(backup string) error {
 		return usagef("--repository is required")
 	}
 	var err error
-	if rf.req.Networks, err = parseMap("map-network", rf.networks); err != nil {
+	if rf.req.Networks, rf.req.Flavors, err = rf.mappings(); err != nil {
 		return err
-	}
-	if rf.req.Flavors, err = parseMap("map-flavor", rf.flavors); err != nil {
-		return err
-	}
-	if rf.mapFile != "" {
-		m, err := readMapFile(rf.mapFile)
-		if err != nil {
-			return err
-		}
-		rf.req.Networks = mergeMap(m.Networks, rf.req.Networks)
-		rf.req.Flavors = mergeMap(m.Flavors, rf.req.Flavors)
 	}
 	for i, h := range rf.postHooks {
 		rf.req.PostHooks = append(rf.req.PostHooks, shellHook(fmt.Sprintf("post-hook-%d", i+1), h))
