@@ -109,27 +109,10 @@ func TestTenantAPIOnRealKeystone(t *testing.T) {
 	}
 	hs := httptest.NewServer(s)
 	t.Cleanup(hs.Close)
+	e := &env{srv: hs} // its call, on this server
 	call := func(tok, method, path string, body any) (int, []byte) {
 		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			data, _ := json.Marshal(body)
-			rd = bytes.NewReader(data)
-		}
-		req, _ := http.NewRequest(method, hs.URL+path, rd)
-		if tok != "" {
-			req.Header.Set("X-Auth-Token", tok)
-		}
-		if body != nil {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, data
+		return e.call(t, tok, method, path, body, nil)
 	}
 	listed := func(tok, query string) []string {
 		t.Helper()
