@@ -420,18 +420,7 @@ func TestTerminatedBackupCancelsItsCopyChildren(t *testing.T) {
 	c, _ := startTemporal(t)
 	ctx := context.Background()
 	f := &fakeActs{vms: fakeWorkload(4, 10)}
-	f.block.Store(true)
-	startFakeWorkers(t, c, f)
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "backup/big", TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup,
-		workflows.BackupRequest{Workload: "big", Repository: "main", Consistency: "crash", CopyBatchSize: 16, CopyHeartbeatTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 30*time.Second, "the children did not start every copy", func() bool {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return len(f.copier) == 40
-	})
+	run := startBlockedCopies(t, c, f, "big")
 	var children []string
 	for _, ev := range history(t, c, run.GetID(), run.GetRunID()).Events {
 		if a := ev.GetStartChildWorkflowExecutionInitiatedEventAttributes(); a != nil {
@@ -467,18 +456,16 @@ func TestTerminatedBackupCancelsItsCopyChildren(t *testing.T) {
 	t.Logf("3 children and their 40 copies cancelled %v after the backup was terminated", time.Since(start).Round(time.Millisecond))
 }
 
-// TestCancelledBackupAbortsAfterItsLastCopy: a large backup is cancelled
-// while its children copy, and its copies take a second to stop (as a real
-// copy finishing a chunk); the backup aborts only after the last of them
-// returned, so that nothing is written for a backup already aborted.
-func TestCancelledBackupAbortsAfterItsLastCopy(t *testing.T) {
-	c, _ := startTemporal(t)
-	ctx := context.Background()
-	f := &fakeActs{vms: fakeWorkload(4, 10), stopDelay: time.Second}
+// startBlockedCopies starts a crash-consistent backup of f's workload (4
+// VMs of 10 disks: 3 copy children) whose copies block until cancelled, and
+// returns once the children started all 40.
+func startBlockedCopies(t *testing.T, c client.Client, f *fakeActs, workload string) client.WorkflowRun {
+	t.Helper()
 	f.block.Store(true)
 	startFakeWorkers(t, c, f)
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "backup/big-cancel", TaskQueue: activities.ControlQueue}, workflows.WorkloadBackup,
-		workflows.BackupRequest{Workload: "big-cancel", Repository: "main", Consistency: "crash", CopyBatchSize: 16, CopyHeartbeatTimeout: 2 * time.Second})
+	run, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: "backup/" + workload, TaskQueue: activities.ControlQueue},
+		workflows.WorkloadBackup, workflows.BackupRequest{Workload: workload, Repository: "main", Consistency: "crash", CopyBatchSize: 16,
+			CopyHeartbeatTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -487,6 +474,18 @@ func TestCancelledBackupAbortsAfterItsLastCopy(t *testing.T) {
 		defer f.mu.Unlock()
 		return len(f.copier) == 40
 	})
+	return run
+}
+
+// TestCancelledBackupAbortsAfterItsLastCopy: a large backup is cancelled
+// while its children copy, and its copies take a second to stop (as a real
+// copy finishing a chunk); the backup aborts only after the last of them
+// returned, so that nothing is written for a backup already aborted.
+func TestCancelledBackupAbortsAfterItsLastCopy(t *testing.T) {
+	c, _ := startTemporal(t)
+	ctx := context.Background()
+	f := &fakeActs{vms: fakeWorkload(4, 10), stopDelay: time.Second}
+	run := startBlockedCopies(t, c, f, "big-cancel")
 	if err := c.CancelWorkflow(ctx, run.GetID(), run.GetRunID()); err != nil {
 		t.Fatal(err)
 	}
