@@ -3,7 +3,6 @@ package cloud
 import (
 	"context"
 	"log/slog"
-	"net/http"
 
 	"github.com/gophercloud/gophercloud/v2"
 )
@@ -21,17 +20,8 @@ func Authenticate(ctx context.Context, cfg Config) (*gophercloud.ProviderClient,
 	if err := c.authOptions(); err != nil {
 		return nil, gophercloud.EndpointOpts{}, err
 	}
-	var hc http.Client
-	if cfg.HTTPClient != nil {
-		hc = *cfg.HTTPClient
-	}
-	prov, err := newProvider(ctx, c.ao, hc, c.tls)
-	if err != nil {
-		return nil, gophercloud.EndpointOpts{}, classify("authenticate to "+c.ao.IdentityEndpoint, err)
-	}
-	c.prov = prov
-	if err := c.readToken(); err != nil {
+	if err := c.authenticate(ctx); err != nil {
 		return nil, gophercloud.EndpointOpts{}, err
 	}
-	return prov, c.eo, nil
+	return c.prov, c.eo, nil
 }

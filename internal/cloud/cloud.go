@@ -222,7 +222,9 @@ func availability(iface string) gophercloud.Availability {
 	return gophercloud.AvailabilityPublic
 }
 
-func (c *Client) connect(ctx context.Context) error {
+// authenticate gets the provider (and its token) for c.ao and reads the
+// token's project, user and roles.
+func (c *Client) authenticate(ctx context.Context) error {
 	var hc http.Client
 	if c.cfg.HTTPClient != nil {
 		hc = *c.cfg.HTTPClient
@@ -232,9 +234,15 @@ func (c *Client) connect(ctx context.Context) error {
 		return classify("authenticate to "+c.ao.IdentityEndpoint, err)
 	}
 	c.prov = prov
-	if err := c.readToken(); err != nil {
+	return c.readToken()
+}
+
+func (c *Client) connect(ctx context.Context) error {
+	if err := c.authenticate(ctx); err != nil {
 		return err
 	}
+	prov := c.prov
+	var err error
 	newSvc := func(name string, f func(*gophercloud.ProviderClient, gophercloud.EndpointOpts) (*gophercloud.ServiceClient, error)) (*gophercloud.ServiceClient, error) {
 		sc, err := f(prov, c.eo)
 		if err != nil {
