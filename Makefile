@@ -211,6 +211,8 @@ lint: $(BIN)/staticcheck
 	# tests) compile only with their tags: vet them so they do not rot
 	$(GO) vet -tags openstack,ceph,pacific ./integration/ ./internal/lab/ ./api/
 	$(GO) vet -tags appliancecost ./internal/appliance/
+	# builds without cgo write zstd with the pure-Go encoder (internal/repo/zstdenc_nocgo.go)
+	CGO_ENABLED=0 $(GO) vet ./internal/repo/
 	$(BIN)/staticcheck ./...
 	$(GO) mod tidy -diff
 

@@ -54,15 +54,15 @@ type codec struct {
 	encrypted bool
 	aead      cipher.AEAD
 	compress  bool
-	enc       *zstd.Encoder
+	enc       frameEncoder
 	dec       *zstd.Decoder
 	maxPlain  int
 	gather    sync.Pool // *[]byte: sealChunk's non-zero blocks
 }
 
-// newCodec returns a codec whose EncodeAll calls run on up to encoders
-// goroutines at once (each encoder keeps its own window; one encoder would
-// make the backup workers take turns at compressing).
+// newCodec returns a codec whose compressions run on up to encoders
+// goroutines at once (newEncoder: the C library's level 1 in builds with cgo,
+// klauspost's SpeedFastest without).
 //
 // The zstd frames carry no content checksum, and the checksums of frames
 // that have one (objects written before) are not checked: every container
@@ -70,8 +70,7 @@ type codec struct {
 // an unencrypted repository), so zstd's xxhash would only spend CPU time
 // (about 2 % of a backup's, 4 % of a restore's) on bytes already verified.
 func newCodec(encrypted, compress bool, maxPlain, encoders int) (*codec, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
-		zstd.WithEncoderConcurrency(max(encoders, 1)), zstd.WithEncoderCRC(false))
+	enc, err := newEncoder(encoders)
 	if err != nil {
 		return nil, err
 	}
@@ -109,8 +108,8 @@ func (c *codec) appendPayload(container, plain []byte) []byte {
 func (c *codec) appendCompressed(container, plain []byte) []byte {
 	start := len(container)
 	container = append(container, flagZstd)
-	container = c.enc.EncodeAll(plain, container)
-	if len(container)-start-1 < len(plain) {
+	container, ok := c.enc.appendFrame(container, plain)
+	if ok && len(container)-start-1 < len(plain) {
 		return container
 	}
 	container = append(container[:start], flagRaw)
@@ -280,8 +279,8 @@ func (c *codec) incompressible(plain []byte) bool {
 
 // sampleIncompressible reports whether sample shrinks by less than 3 %.
 func (c *codec) sampleIncompressible(sample []byte) bool {
-	out := c.enc.EncodeAll(sample, make([]byte, 0, len(sample)+1024))
-	return len(out) > len(sample)*97/100
+	out, ok := c.enc.appendFrame(make([]byte, 0, len(sample)+1024), sample)
+	return !ok || len(out) > len(sample)*97/100
 }
 
 // open decodes a stored object. It decrypts in place: data is overwritten

@@ -224,9 +224,5 @@ func TestOpenZstdWithChecksum(t *testing.T) {
 	if err != nil || !bytes.Equal(got, plain) {
 		t.Fatalf("open of a frame with a checksum: %v", err)
 	}
-	// and the new frames have none: 4 bytes shorter
-	now := c.seal(plain, []byte("aad"), nil)
-	if len(now) != len(obj)-4 {
-		t.Errorf("sealed %d bytes, want %d (the old frame without its 4-byte checksum)", len(now), len(obj)-4)
-	}
+	// (new frames have none: TestFrameEncodersRoundTrip)
 }
