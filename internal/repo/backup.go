@@ -256,9 +256,9 @@ func (s *Session) copyDisk(ctx context.Context, diskID, vm, diskName string, src
 	uploads := make(chan uploadJob, 2)
 	// At most one plain buffer per worker, and one sealed buffer per worker,
 	// queued upload and uploader, are in use at once.
-	plainPool := newBufList(r.opts.Workers, func() []byte { return make([]byte, cs) })
+	plainPool := newBufList(r.opts.Workers, func() []byte { return bigBuffer(int(cs)) })
 	sealedPool := newBufList(r.opts.Workers+cap(uploads)+r.opts.Transfers,
-		func() []byte { return make([]byte, 0, sealedCap(cs)) })
+		func() []byte { return bigBuffer(sealedCap(cs))[:0] })
 	results := make(chan chunkResult, window)
 	tokens := make(chan struct{}, window) // producer-ahead-of-collector bound
 

@@ -106,7 +106,7 @@ func (d *DirectWriter) Close() error {
 // alignedBuffer returns a zero-length slice with capacity n whose first byte
 // is directAlign-aligned.
 func alignedBuffer(n int) []byte {
-	b := make([]byte, n+directAlign)
+	b := bigBuffer(n + directAlign)
 	skip := 0
 	if r := uintptr(unsafe.Pointer(&b[0])) % directAlign; r != 0 {
 		skip = int(directAlign - r)

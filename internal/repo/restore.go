@@ -111,11 +111,13 @@ func (r *Repository) restore(ctx context.Context, m *DiskManifest, w io.WriterAt
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			bufs := &chunkBuffers{}
+			bufs := &chunkBuffers{stored: bigBuffer(sealedCap(cs))[:0]}
 			var alignedBuf []byte
 			if direct {
 				alignedBuf = alignedBuffer(int(cs) + decodeSlack)
 				bufs.plain = alignedBuf
+			} else {
+				bufs.plain = bigBuffer(int(cs) + decodeSlack)[:0]
 			}
 			for j := range jobs {
 				if ctx.Err() != nil {
