@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/api/workflowservice/v1"
 
 	"github.com/raksha-backup/raksha/internal/repo"
@@ -337,7 +339,24 @@ func (s *Server) protectBackup(protect bool) apiFunc {
 // reads the backup (a restore's id names its backup; a clone the API
 // started says it in its memo), or "". A clone started on Temporal by an
 // operator without the API's memo is not seen.
+//
+// The runs this server started in the last readerGrace are asked for
+// first, each by its id (DescribeWorkflowExecution reads the run's own
+// state, so it knows a run the moment it started); the visibility store's
+// list, which may not show a run yet, finds the rest.
 func (s *Server) runningReader(ctx context.Context, repoID, backupID string) (string, error) {
+	for _, wid := range s.readers.recent(repoID+"/"+backupID, time.Now()) {
+		d, err := s.cfg.Temporal.DescribeWorkflowExecution(ctx, wid, "")
+		var notFound *serviceerror.NotFound
+		switch {
+		case errors.As(err, &notFound):
+			continue
+		case err != nil:
+			return "", fmt.Errorf("delete backup %s: describe %s: %w", backupID, wid, err)
+		case d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING:
+			return wid, nil
+		}
+	}
 	var next []byte
 	for {
 		resp, err := s.cfg.Temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{

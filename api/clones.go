@@ -91,6 +91,8 @@ func (s *Server) startClone(w http.ResponseWriter, r *http.Request, id *Identity
 		KeepFixedIPs: c.KeepFixedIPs, MaxParallelWrites: c.MaxParallelWrites}}
 	wid := workflows.CloneWorkflowID(c.Name)
 	memo := apiMemo{StartedBy: id.UserID, Repository: repoID, BackupID: bk.ID, SourceProjectID: source}
+	// A delete of the backup waits for this start and then sees the run.
+	defer s.backupLocks.lock(repoID + "/" + bk.ID)()
 	_, err = s.cfg.Temporal.ExecuteWorkflow(r.Context(), client.StartWorkflowOptions{ID: wid, TaskQueue: activities.ControlQueue,
 		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
 		WorkflowIDReusePolicy:                    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
@@ -106,6 +108,7 @@ func (s *Server) startClone(w http.ResponseWriter, r *http.Request, id *Identity
 	if err != nil {
 		return fmt.Errorf("start clone %s of backup %s: %w", c.Name, bk.ID, err)
 	}
+	s.readers.add(repoID+"/"+bk.ID, wid, time.Now())
 	s.log.Info("clone started", "workflow_id", wid, "backup_id", bk.ID, "user_id", id.UserID, "project_id", target, "source_project_id", source)
 	writeJSON(w, http.StatusAccepted, map[string]any{"clone": cloneView(runInfo{WorkflowID: wid, Status: "RUNNING",
 		Running: true, Started: time.Now().UTC(), Project: target, Memo: memo})})

@@ -120,6 +120,8 @@ func (s *Server) startRestore(w http.ResponseWriter, r *http.Request, id *Identi
 	}
 	wid := workflows.RestoreWorkflowID(bk.ID, randomSuffix())
 	memo := apiMemo{StartedBy: id.UserID, Repository: repoID, BackupID: bk.ID, SourceProjectID: source}
+	// A delete of the backup waits for this start and then sees the run.
+	defer s.backupLocks.lock(repoID + "/" + bk.ID)()
 	_, err = s.cfg.Temporal.ExecuteWorkflow(r.Context(), client.StartWorkflowOptions{ID: wid, TaskQueue: activities.ControlQueue,
 		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
 		WorkflowIDReusePolicy:                    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
@@ -135,6 +137,7 @@ func (s *Server) startRestore(w http.ResponseWriter, r *http.Request, id *Identi
 	if err != nil {
 		return fmt.Errorf("start restore of backup %s: %w", bk.ID, err)
 	}
+	s.readers.add(repoID+"/"+bk.ID, wid, time.Now())
 	s.log.Info("restore started", "workflow_id", wid, "backup_id", bk.ID, "user_id", id.UserID, "project_id", owner, "source_project_id", source)
 	writeJSON(w, http.StatusAccepted, map[string]any{"restore": restoreView(runInfo{WorkflowID: wid, Status: "RUNNING",
 		Running: true, Started: time.Now().UTC(), Project: owner, Memo: memo})})

@@ -80,6 +80,7 @@ type Server struct {
 	mux    *http.ServeMux
 
 	backupLocks backupLocks
+	readers     startedReaders // restores and clones started here, for deletes
 	fileSlots   chan struct{}
 }
 
