@@ -40,7 +40,7 @@ type contractTarget struct {
 	user, password, project, authURL string
 	// bootNetwork is the network the workload's server gets a port on; ""
 	// boots it with no NIC (a real cloud without Neutron agents binds no
-	// port).
+	// port; scripts/openstack-up.sh's cloud runs the Linux bridge agent).
 	bootNetwork string
 	// neutronNetwork, when set, is a network the suite makes a port on
 	// and reads with raw requests (the Neutron contracts, where the
@@ -158,6 +158,7 @@ func openstackTarget(t *testing.T) contractTarget {
 		name: "openstack",
 		cfg:  cloud.Config{Cloud: entry, CloudsFile: file},
 		user: auth["username"], password: auth["password"], project: auth["project_name"], authURL: auth["auth_url"],
+		bootNetwork:    "public",
 		neutronNetwork: "public",
 		deployment:     zedAllInOne,
 		stack: func(t *testing.T, s *rawSession, _ string) {
