@@ -221,6 +221,32 @@ func (e *accEnv) guestCheck(what, serverID string) {
 	e.t.Logf("%s: in-guest check passed:\n%s", what, strings.TrimSpace(out))
 }
 
+// recordFiles lists the record files the writer left in a directory of a
+// server's guest (each writer run makes one of its own, named at random).
+func (e *accEnv) recordFiles(serverID, dir string) []string {
+	e.t.Helper()
+	res, err := e.agentRun(serverID, "ls "+dir+"/raksha-writer", time.Minute)
+	if err != nil || res.ExitCode != 0 {
+		e.t.Fatalf("ls %s/raksha-writer in %s: %v %+v", dir, serverID, err, res)
+	}
+	return strings.Fields(string(res.Stdout))
+}
+
+// checkCarried fails unless a restored server's disk at dir holds a
+// record file the original's writer made: the disk's content came back
+// from the backup (a new, empty disk would hold only the new writer's).
+func (e *accEnv) checkCarried(what, originalID, restoredID, dir string) {
+	e.t.Helper()
+	orig, got := e.recordFiles(originalID, dir), e.recordFiles(restoredID, dir)
+	for _, f := range got {
+		if slices.Contains(orig, f) {
+			e.t.Logf("%s: %s holds the original's %s", what, dir, f)
+			return
+		}
+	}
+	e.t.Errorf("%s: %s holds %v, none of the original's %v", what, dir, got, orig)
+}
+
 // port is a Neutron port as the openstack CLI lists it.
 type port struct {
 	ID, Status, NetworkID string
@@ -639,6 +665,7 @@ func TestAcceptance(t *testing.T) {
 			}
 			e.checkPorts("restored "+s.Name, s.ServerID, accProdNet)
 			e.guestCheck("restored "+s.Name, s.ServerID)
+			e.checkCarried("restored "+s.Name, s.From, s.ServerID, "/data/ephemeral0")
 		}
 	})
 
@@ -708,6 +735,7 @@ func TestAcceptance(t *testing.T) {
 		for _, s := range res.Servers {
 			e.checkPorts("clone "+s.Name, s.ServerID, accStagingNet)
 			e.guestCheck("clone "+s.Name, s.ServerID)
+			e.checkCarried("clone "+s.Name, s.From, s.ServerID, "/data/ephemeral0")
 		}
 		start = time.Now()
 		dw, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "clone-delete/" + name, TaskQueue: activities.ControlQueue},
