@@ -443,7 +443,7 @@ func (b bdmV2) localEphemeral() bool {
 type createServerReq struct {
 	Server struct {
 		Name           string                  `json:"name"`
-		ImageRef       string                  `json:"imageRef"`
+		ImageRef       *string                 `json:"imageRef"` // absent and "" differ to Nova's mapping checks
 		FlavorRef      string                  `json:"flavorRef"`
 		AZ             string                  `json:"availability_zone"`
 		KeyName        string                  `json:"key_name"`
@@ -510,6 +510,11 @@ func (l *Lab) createServer(w http.ResponseWriter, r *http.Request, c *call) erro
 		if b.SourceType == "" || b.DestinationType == "" && b.SourceType != "image" {
 			return errBadRequest("Block Device Mapping is Invalid: source_type and destination_type are required.")
 		}
+		// As Nova (BlockDeviceDict): an image mapped to a local disk only as
+		// the root disk of a request with imageRef (even "").
+		if b.SourceType == "image" && b.DestinationType == "local" && (rs.ImageRef == nil || b.BootIndex == nil || b.BootIndex.String() != "0") {
+			return errBadRequest("Block Device Mapping is Invalid: Mapping image to local is not supported.")
+		}
 		if b.SourceType == "blank" && b.DestinationType == "local" && b.GuestFormat == "swap" {
 			continue // the flavor's swap disk (disk.swap), which the lab makes from the flavor
 		}
@@ -539,7 +544,10 @@ func (l *Lab) createServer(w http.ResponseWriter, r *http.Request, c *call) erro
 	if bootVol == nil && len(rs.BDM) > 0 {
 		return errBadRequest("Block Device Mapping is Invalid: Boot sequence for the instance and image/block device mapping combination is not valid.")
 	}
-	imageID := rs.ImageRef
+	imageID := ""
+	if rs.ImageRef != nil {
+		imageID = *rs.ImageRef
+	}
 	if bootVol != nil && bootVol.SourceType == "image" {
 		imageID = bootVol.UUID
 	}
