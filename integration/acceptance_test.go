@@ -39,7 +39,9 @@ import (
 // with one Cinder RBD volume each, carrying an ext4 file system labelled
 // "data" (a Glance image the test uploads once), attached at boot so that
 // the guest mounts it at /data/data and its writer writes there as on the
-// root disk (/data/root). Through Raksha's workers and a Temporal dev
+// root disk (/data/root), and a flavor with an ephemeral disk (m1.eph:
+// Nova makes it in the instance directory, formatted ext4 and labelled
+// ephemeral0, so the guest writes at /data/ephemeral0 too). Through Raksha's workers and a Temporal dev
 // server, in order: an app-consistent backup, guest writes, an incremental
 // backup; a restore as new servers into prod; a single-volume restore; a
 // clone into staging (network map, post-hook, health check) and its
@@ -51,12 +53,25 @@ const (
 	accDataImage = "raksha-acc-data" // a raw ext4 file system labelled "data"
 	accStack     = "acc"
 	accWorkload  = "acceptance"
+	// accFlavor is scripts/openstack-up.sh's flavor with a 1 GB ephemeral
+	// disk; accEphemeral is the backup's name of that disk.
+	accFlavor    = "m1.eph"
+	accEphemeral = "disk0"
+	accEphSize   = 1 << 30
+	// The networks of scripts/openstack-up.sh: prod's and staging's.
+	accProdNet    = "prod-net"
+	accStagingNet = "staging-net"
 )
+
+// accDataDirs are the guest's record directories: the root disk, the data
+// volume and the ephemeral disk.
+var accDataDirs = []string{"/data/root/", "/data/data/", "/data/ephemeral0/"}
 
 // accStackTemplate is the Heat template of the workload: the volumes are
 // made from the data image and attached at boot (block_device_mapping_v2),
-// so the guest's init mounts them. The servers have no NIC: this cloud's
-// Neutron has no agents, so no port could be bound.
+// so the guest's init mounts them. Each server has a port on prod's
+// network (bound by the cloud's Linux bridge agent; no DHCP, the guest
+// configures no address).
 const accStackTemplate = `heat_template_version: 2021-04-16
 parameters:
   workload: {type: string}
@@ -72,8 +87,8 @@ resources:
     properties:
       name: acc-1
       image: ` + lab.GuestImage + `
-      flavor: m1.tiny
-      networks: [{allocate_network: none}]
+      flavor: ` + accFlavor + `
+      networks: [{network: ` + accProdNet + `}]
       metadata: {raksha.workload: {get_param: workload}}
       block_device_mapping_v2: [{volume_id: {get_resource: vol1}, boot_index: -1, delete_on_termination: false}]
   srv2:
@@ -81,8 +96,8 @@ resources:
     properties:
       name: acc-2
       image: ` + lab.GuestImage + `
-      flavor: m1.tiny
-      networks: [{allocate_network: none}]
+      flavor: ` + accFlavor + `
+      networks: [{network: ` + accProdNet + `}]
       metadata: {raksha.workload: {get_param: workload}}
       block_device_mapping_v2: [{volume_id: {get_resource: vol2}, boot_index: -1, delete_on_termination: false}]
 `
@@ -198,12 +213,109 @@ func (e *accEnv) guestCheck(what, serverID string) {
 	if res.ExitCode != 0 {
 		e.t.Errorf("%s: in-guest check exit %d\n%s%s", what, res.ExitCode, res.Stdout, res.Stderr)
 	}
-	for _, dir := range []string{"/data/root/", "/data/data/"} {
+	for _, dir := range accDataDirs {
 		if !strings.Contains(out, "OK "+dir) {
 			e.t.Errorf("%s: the in-guest check does not find %s intact:\n%s", what, dir, out)
 		}
 	}
 	e.t.Logf("%s: in-guest check passed:\n%s", what, strings.TrimSpace(out))
+}
+
+// recordFiles lists the record files the writer left in a directory of a
+// server's guest (each writer run makes one of its own, named at random).
+func (e *accEnv) recordFiles(serverID, dir string) []string {
+	e.t.Helper()
+	res, err := e.agentRun(serverID, "ls "+dir+"/raksha-writer", time.Minute)
+	if err != nil || res.ExitCode != 0 {
+		e.t.Fatalf("ls %s/raksha-writer in %s: %v %+v", dir, serverID, err, res)
+	}
+	return strings.Fields(string(res.Stdout))
+}
+
+// checkCarried fails unless a restored server's disk at dir holds a
+// record file the original's writer made: the disk's content came back
+// from the backup (a new, empty disk would hold only the new writer's).
+func (e *accEnv) checkCarried(what, originalID, restoredID, dir string) {
+	e.t.Helper()
+	orig, got := e.recordFiles(originalID, dir), e.recordFiles(restoredID, dir)
+	for _, f := range got {
+		if slices.Contains(orig, f) {
+			e.t.Logf("%s: %s holds the original's %s", what, dir, f)
+			return
+		}
+	}
+	e.t.Errorf("%s: %s holds %v, none of the original's %v", what, dir, got, orig)
+}
+
+// port is a Neutron port as the openstack CLI lists it.
+type port struct {
+	ID, Status, NetworkID string
+	Network               string
+	VIFType               string
+}
+
+// serverPorts lists a server's ports with their network's name and their
+// binding (the openstack CLI, as admin).
+func (e *accEnv) serverPorts(serverID string) []port {
+	e.t.Helper()
+	var ps []struct {
+		ID     string `json:"ID"`
+		Status string `json:"Status"`
+	}
+	e.jsonCLI("admin", &ps, "port", "list", "--device-id", serverID)
+	var out []port
+	for _, p := range ps {
+		var show struct {
+			NetworkID string `json:"network_id"`
+			VIFType   string `json:"binding_vif_type"`
+		}
+		e.jsonCLI("admin", &show, "port", "show", p.ID)
+		var net struct {
+			Name string `json:"name"`
+		}
+		e.jsonCLI("admin", &net, "network", "show", show.NetworkID)
+		out = append(out, port{ID: p.ID, Status: p.Status, NetworkID: show.NetworkID, Network: net.Name, VIFType: show.VIFType})
+	}
+	return out
+}
+
+// checkPorts fails unless the server has exactly one port, bound (Linux
+// bridge) and ACTIVE, on the network named.
+func (e *accEnv) checkPorts(what, serverID, network string) {
+	e.t.Helper()
+	ps := e.serverPorts(serverID)
+	if len(ps) != 1 || ps[0].Network != network || ps[0].Status != "ACTIVE" || ps[0].VIFType != "bridge" {
+		e.t.Errorf("%s: ports %+v; want one ACTIVE port bound as bridge on %s", what, ps, network)
+		return
+	}
+	e.t.Logf("%s: port %s on %s, %s, bound (%s)", what, ps[0].ID, network, ps[0].Status, ps[0].VIFType)
+}
+
+// ephemeralFile is the file of a server's ephemeral disk in its instance
+// directory: the disk Raksha's capture names (its libvirt locator),
+// resolved in the domain's definition as the host worker resolves it.
+func (e *accEnv) ephemeralFile(serverID string) string {
+	e.t.Helper()
+	m, err := e.admin.Capture(e.ctx, serverID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if len(m.Ephemeral) != 1 || m.Ephemeral[0].Locator.Scheme != "libvirt" {
+		e.t.Fatalf("server %s: captured ephemeral disks %+v, want one with a libvirt locator", serverID, m.Ephemeral)
+	}
+	dom, err := e.lvc.Domain(e.ctx, serverID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	disks, err := e.lvc.Disks(e.ctx, dom)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	d, err := libvirt.ResolveDisk(disks, m.Ephemeral[0].Locator.Node)
+	if err != nil {
+		e.t.Fatalf("server %s: the ephemeral disk %s: %v", serverID, m.Ephemeral[0].Locator, err)
+	}
+	return d.File
 }
 
 // backupHash restores a disk manifest into a raw file and hashes it.
@@ -282,6 +394,7 @@ type inventory struct {
 	Snapshots []string // Cinder snapshots: id name
 	RBD       []string // image@snapshot, and the images in the trash
 	Jobs      []string // libvirt domains with a job running
+	Ports     []string // Neutron ports: id network device
 }
 
 func (e *accEnv) inventory() inventory {
@@ -301,6 +414,14 @@ func (e *accEnv) inventory() inventory {
 	e.jsonCLI("admin", &sn, "volume", "snapshot", "list", "--all-projects")
 	for _, s := range sn {
 		inv.Snapshots = append(inv.Snapshots, s.ID+" "+s.Name)
+	}
+	var ps []struct {
+		ID       string `json:"ID"`
+		DeviceID string `json:"device_id"`
+	}
+	e.jsonCLI("admin", &ps, "port", "list", "-c", "ID", "-c", "device_id")
+	for _, p := range ps {
+		inv.Ports = append(inv.Ports, p.ID+" "+p.DeviceID)
 	}
 	out, err := e.rbd("ls", "volumes")
 	if err != nil {
@@ -333,7 +454,7 @@ func (e *accEnv) inventory() inventory {
 			inv.Jobs = append(inv.Jobs, d+": "+strings.Join(strings.Fields(string(ji)), " "))
 		}
 	}
-	for _, l := range [][]string{inv.Servers, inv.Volumes, inv.Snapshots, inv.RBD, inv.Jobs} {
+	for _, l := range [][]string{inv.Servers, inv.Volumes, inv.Snapshots, inv.RBD, inv.Jobs, inv.Ports} {
 		sort.Strings(l)
 	}
 	return inv
@@ -354,6 +475,7 @@ func (a inventory) diff(before inventory) []string {
 	add("snapshot", before.Snapshots, a.Snapshots)
 	add("rbd", before.RBD, a.RBD)
 	add("libvirt job", nil, a.Jobs)
+	add("port", before.Ports, a.Ports)
 	return out
 }
 
@@ -401,6 +523,12 @@ func TestAcceptance(t *testing.T) {
 		e.servers[s.Name] = s.ID
 	}
 	host := w.Servers[0].Host
+	for _, s := range w.Servers {
+		if len(s.Ports) != 1 || s.Ports[0].NetworkName != accProdNet {
+			t.Fatalf("%s: captured ports %+v; want one on %s", s.Name, s.Ports, accProdNet)
+		}
+		e.checkPorts(s.Name, s.ID, accProdNet)
+	}
 	t.Logf("Heat stack %s: 2 servers with an RBD volume each on host %s in %v", accStack, host, time.Since(start).Round(time.Second))
 
 	// Temporal, the repository and the workers.
@@ -421,15 +549,15 @@ func TestAcceptance(t *testing.T) {
 	}
 	e.lvc = libvirttest.Conn(t)
 	e.lockDir = filepath.Join(dir, "locks")
-	// Both writers (root disk and data volume) have written their first
-	// records before the first backup.
+	// Every writer (root disk, data volume, ephemeral disk) has written
+	// its first records before the first backup.
 	for name, id := range e.servers {
-		res, err := e.agentRun(id, "for i in $(seq 120); do test -e /run/raksha/writer.ready && grep -q ' /data/data ' /proc/mounts && exit 0; sleep 1; done; cat /proc/mounts; exit 1", 5*time.Minute)
+		res, err := e.agentRun(id, "for i in $(seq 120); do test -e /run/raksha/writer.ready && grep -q ' /data/data ' /proc/mounts && grep -q ' /data/ephemeral0 ' /proc/mounts && exit 0; sleep 1; done; cat /proc/mounts; exit 1", 5*time.Minute)
 		if err != nil || res.ExitCode != 0 {
-			t.Fatalf("%s: the writer on /data/data is not ready: %v %+v", name, err, res)
+			t.Fatalf("%s: the writer on /data/data and /data/ephemeral0 is not ready: %v %+v", name, err, res)
 		}
 	}
-	t.Logf("both guests write on their root disk and data volume %v after the stack was created", time.Since(start).Round(time.Second))
+	t.Logf("both guests write on their root disk, data volume and ephemeral disk %v after the stack was created", time.Since(start).Round(time.Second))
 	acts := activities.New(activities.Config{
 		Repos:      map[string]activities.RepoConfig{"main": {URL: "file://" + repoDir, PasswordFile: pwFile}},
 		WorkDir:    filepath.Join(dir, "work"),
@@ -452,12 +580,17 @@ func TestAcceptance(t *testing.T) {
 	var second *workflows.BackupResult
 	ok := t.Run("BackupWritesIncremental", func(t *testing.T) {
 		first := backup("first")
-		if first.Consistency != "app" || first.VMs != 2 || len(first.Disks) != 4 {
-			t.Fatalf("first backup: %+v", first)
+		if first.Consistency != "app" || first.VMs != 2 || len(first.Disks) != 6 {
+			t.Fatalf("first backup (want 2 VMs with a root disk, a volume and an ephemeral disk each): %+v", first)
+		}
+		for _, vm := range []string{"acc-1", "acc-2"} {
+			if d := diskOf(t, first, vm, accEphemeral); d.Size != accEphSize {
+				t.Errorf("%s: the ephemeral disk's size %d, want %d", d.Manifest, d.Size, accEphSize)
+			}
 		}
 		time.Sleep(5 * time.Second) // the writers go on, on both disks of both guests
 		second = backup("incremental")
-		if second.Consistency != "app" || len(second.Disks) != 4 {
+		if second.Consistency != "app" || len(second.Disks) != 6 {
 			t.Fatalf("second backup: %+v", second)
 		}
 		r := mustRepo(t, be)
@@ -484,8 +617,17 @@ func TestAcceptance(t *testing.T) {
 		if second.BytesRead*10 > size {
 			t.Errorf("the incremental read %d of %d bytes: more than 10%%", second.BytesRead, size)
 		}
+		// The ephemeral disks: found, read through libvirt checkpoints,
+		// and the incremental read a small part of them.
 		for _, vm := range []string{"acc-1", "acc-2"} {
-			for _, disk := range []string{"root", "vol-"} {
+			d := diskOf(t, second, vm, accEphemeral)
+			if d.BytesRead*20 > d.Size || d.BytesRead == 0 {
+				t.Errorf("%s: the incremental read %d of %d bytes; want more than none and under 5%%", d.Manifest, d.BytesRead, d.Size)
+			}
+			t.Logf("%s: incremental through a libvirt checkpoint, %d KiB read of %d MiB", d.Manifest, d.BytesRead>>10, d.Size>>20)
+		}
+		for _, vm := range []string{"acc-1", "acc-2"} {
+			for _, disk := range []string{"root", "vol-", accEphemeral} {
 				d := diskOf(t, second, vm, disk)
 				st, files := restoreAndCheck(ctx, t, r, d.Manifest, d.Size, filepath.Join(t.TempDir(), "restored.raw"))
 				if files == 0 {
@@ -521,7 +663,9 @@ func TestAcceptance(t *testing.T) {
 			if !strings.Contains(show, activities.MetaRestore) || !strings.Contains(show, `"ACTIVE"`) {
 				t.Errorf("openstack server show %s: not ACTIVE or without %s:\n%s", s.ServerID, activities.MetaRestore, show)
 			}
+			e.checkPorts("restored "+s.Name, s.ServerID, accProdNet)
 			e.guestCheck("restored "+s.Name, s.ServerID)
+			e.checkCarried("restored "+s.Name, s.From, s.ServerID, "/data/ephemeral0")
 		}
 	})
 
@@ -555,9 +699,8 @@ func TestAcceptance(t *testing.T) {
 		start := time.Now()
 		req := workflows.CloneRequest{Name: name, RestoreRequest: workflows.RestoreRequest{Repository: "main", BackupID: second.BackupID,
 			Project: "staging", NamePrefix: "stg-",
-			// The servers have no NIC (no Neutron agents): the map is
-			// accepted and has nothing to remap.
-			Networks: map[string]string{"public": "public"},
+			// prod's network has no place in staging: remapped.
+			Networks: map[string]string{accProdNet: accStagingNet},
 			PostHooks: []activities.Hook{{Name: "mask", Path: "/bin/sh", Args: []string{"-c",
 				"for d in /data/*; do echo masked >> $d/MASKED; done; sync"}, Timeout: time.Minute}},
 			HealthCheck: &activities.Hook{Name: "health", Path: "/bin/sh", Args: []string{"-c", "guestapp check /data/* && cat /data/*/MASKED"}},
@@ -590,7 +733,9 @@ func TestAcceptance(t *testing.T) {
 			t.Errorf("openstack server list in staging: %+v", ss)
 		}
 		for _, s := range res.Servers {
+			e.checkPorts("clone "+s.Name, s.ServerID, accStagingNet)
 			e.guestCheck("clone "+s.Name, s.ServerID)
+			e.checkCarried("clone "+s.Name, s.From, s.ServerID, "/data/ephemeral0")
 		}
 		start = time.Now()
 		dw, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "clone-delete/" + name, TaskQueue: activities.ControlQueue},
@@ -616,15 +761,19 @@ func TestAcceptance(t *testing.T) {
 		if err := admin.WaitServer(ctx, id, "SHUTOFF", 3*time.Minute); err != nil {
 			t.Fatal(err)
 		}
-		vol, root := diskOf(t, second, "acc-2", "vol-"), diskOf(t, second, "acc-2", "root")
+		vol, root, eph := diskOf(t, second, "acc-2", "vol-"), diskOf(t, second, "acc-2", "root"), diskOf(t, second, "acc-2", accEphemeral)
 		volID := strings.TrimPrefix(strings.Split(vol.Manifest, "/")[2], "vol-")
 		rootPath := filepath.Join(env["OPENSTACK_INSTANCES"], id, "disk")
-		wantVol, wantRoot := e.backupHash(vol.Manifest, vol.Size), e.backupHash(root.Manifest, root.Size)
+		ephPath := e.ephemeralFile(id)
+		wantVol, wantRoot, wantEph := e.backupHash(vol.Manifest, vol.Size), e.backupHash(root.Manifest, root.Size), e.backupHash(eph.Manifest, eph.Size)
 		if e.volumeHash(volID) == wantVol {
 			t.Fatal("the volume already equals the backup: the writer wrote nothing after it, the rollback proves nothing")
 		}
 		if rawHash(t, rootPath) == wantRoot {
 			t.Fatal("the root disk already equals the backup: the writer wrote nothing after it, the rollback proves nothing")
+		}
+		if rawHash(t, ephPath) == wantEph {
+			t.Fatal("the ephemeral disk already equals the backup: the writer wrote nothing after it, the rollback proves nothing")
 		}
 		res, took, err := e.restore("restore/acc-inplace", workflows.RestoreRequest{Repository: "main", BackupID: second.BackupID,
 			VMs: []string{"acc-2"}, InPlace: true})
@@ -637,7 +786,10 @@ func TestAcceptance(t *testing.T) {
 		if got := rawHash(t, rootPath); got != wantRoot {
 			t.Errorf("root disk after the rollback: %s, backup %s", got, wantRoot)
 		}
-		t.Logf("in-place rollback of acc-2 (%d MiB) in %v: its volume and root disk equal the backup", res.Bytes>>20, took.Round(time.Millisecond))
+		if got := rawHash(t, ephPath); got != wantEph {
+			t.Errorf("ephemeral disk %s after the rollback: %s, backup %s", ephPath, got, wantEph)
+		}
+		t.Logf("in-place rollback of acc-2 (%d MiB) in %v: its volume, root disk and ephemeral disk (%s) equal the backup", res.Bytes>>20, took.Round(time.Millisecond), filepath.Base(ephPath))
 		if err := admin.StartServer(ctx, id); err != nil {
 			t.Fatal(err)
 		}
@@ -729,7 +881,7 @@ func TestAcceptance(t *testing.T) {
 			t.Fatalf("acc-1's writer after the restart: %v %+v", err, res)
 		}
 		third := backup("after the volume's delete")
-		if len(third.Disks) != 3 {
+		if len(third.Disks) != 5 {
 			t.Fatalf("backup after the volume's delete: %d disks: %+v", len(third.Disks), third)
 		}
 		for _, w := range third.Warnings {
@@ -748,7 +900,7 @@ func TestAcceptance(t *testing.T) {
 			t.Errorf("rbd ls volumes: %v\n%s", err, out)
 		}
 		r := mustRepo(t, be)
-		for _, d := range []activities.CopyResult{diskOf(t, third, "acc-1", "root"), diskOf(t, third, "acc-2", "vol-")} {
+		for _, d := range []activities.CopyResult{diskOf(t, third, "acc-1", "root"), diskOf(t, third, "acc-1", accEphemeral), diskOf(t, third, "acc-2", "vol-")} {
 			_, files := restoreAndCheck(ctx, t, r, d.Manifest, d.Size, filepath.Join(t.TempDir(), "restored.raw"))
 			if files == 0 {
 				t.Errorf("%s: no record files", d.Manifest)

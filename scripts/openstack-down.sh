@@ -6,7 +6,8 @@
 # checkpoint metadata, which would make an undefine fail), undefines the ceph
 # secret, stops the Ceph cluster (scripts/ceph-down.sh: its data is thrown
 # away) and the libvirtd that openstack-up.sh started (scripts/libvirtd-down.sh
-# with the same owner: a libvirtd the tests or another checkout started stays).
+# with the same owner: a libvirtd the tests or another checkout started stays),
+# and removes the Linux bridge agent's bridges and veth pairs.
 # Keeps the logs (OPENSTACK_DIR/log), the Debian packages and the files the
 # next warm start reuses. Idempotent.
 #
@@ -94,6 +95,13 @@ if [ -d "$D/ceph" ]; then
   FAST=1 "$here/ceph-down.sh" "$D/ceph" >/dev/null 2>&1 && echo "stopped: ceph" || echo "ceph-down.sh failed; see $D/ceph/log" >&2
 fi
 rm -rf "$D/instances" "$D/images"
+
+# The Linux bridge agent's network links: its bridges (brq<network>, the
+# guests' taps are gone with the domains) and the veth pairs of the
+# physical networks (raksha-phy*).
+for l in $(ip -o link show type bridge 2>/dev/null | awk -F': ' '$2 ~ /^brq/ {print $2}') raksha-phy1 raksha-phy2 raksha-phy3; do
+  ip link show "$l" >/dev/null 2>&1 && ip link del "$l" 2>/dev/null
+done
 
 LIBVIRTD_OWNER=openstack "$here/libvirtd-down.sh" 2>&1 | sed 's/^/libvirtd-down.sh: /'
 echo "openstack: down in $(elapsed) (logs kept in $D/log)"

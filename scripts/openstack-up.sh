@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # openstack-up.sh: a real all-in-one OpenStack (Debian bookworm's Zed) on
 # 127.0.0.1, started by the project without systemd: MariaDB, RabbitMQ,
-# Keystone, Placement, Glance (file store), Neutron server (ML2, no agents:
-# servers boot with no NIC), Nova (api, conductor, scheduler, compute with the
+# Keystone, Placement, Glance (file store), Neutron server (ML2 with the
+# linuxbridge mechanism driver) and its Linux bridge agent (ports bind; no
+# DHCP or L3 agent), Nova (api, conductor, scheduler, compute with the
 # libvirt driver, virt_type qemu), Cinder with the RBD driver on a throwaway
 # Ceph (scripts/ceph-up.sh; Nova attaches the volumes through libvirt as RBD
 # network disks), Heat. Adapted from the recipes and gotchas of the shared
@@ -15,14 +16,23 @@
 # What it makes: projects prod and staging; users admin (admin of admin, prod
 # and staging), prod-member and staging-member (member); a clouds.yaml with
 # the entries admin, prod-admin, staging-admin, prod and staging; flavors
-# 1 (m1.tiny: 1 vCPU, 256 MiB, 1 GB) and 2 (m1.small: 1 vCPU, 512 MiB, 2 GB);
+# 1 (m1.tiny: 1 vCPU, 256 MiB, 1 GB), 2 (m1.small: 1 vCPU, 512 MiB, 2 GB)
+# and 3 (m1.eph: m1.tiny with a 1 GB ephemeral disk, which Nova formats as
+# ext4 labelled ephemeral0: default_ephemeral_format, so the lab guest
+# mounts it and its writer writes there);
 # the public image raksha-lab-guest (the lab guest of scripts/build-guest.sh:
 # its kernel and initramfs as aki/ari images, its root disk as qcow2 with
 # kernel_id, ramdisk_id, os_command_line, hw_qemu_guest_agent=yes and
 # os_shutdown_timeout=3: the busybox guest ignores ACPI, and Nova would wait
 # 60 s on every stop); a volume type "ceph" (the default) on the pool
-# "volumes"; a shared flat network "public" with a subnet (no ports bound:
-# there are no agents).
+# "volumes"; flat networks with a subnet each: "public" (shared), "prod-net"
+# (project prod) and "staging-net" (project staging), each on a physical
+# network the agent maps to one end of a veth pair (raksha-phy*), all with
+# port security off (the agent's ARP rules need ebtables, and this kernel
+# has only its nft flavour, whose rule deletes of Neutron's MAC rules fail
+# with exit 4: the agent would resync for ever after the first port's
+# delete). No DHCP: the guest configures no address; ports bind, Nova plugs
+# a tap into the network's bridge, and the port goes ACTIVE.
 #
 # State directory: OPENSTACK_DIR (default /var/tmp/raksha-openstack): run/
 # (PID files), log/ (one log per service), ceph/ (the cluster), instances/
@@ -73,9 +83,9 @@ APT_OPENSTACK=(python3-keystone python3-nova python3-cinder python3-glance pytho
   python3-libvirt uwsgi-core uwsgi-plugin-python3 rabbitmq-server mariadb-server curl sudo
   ceph-mon ceph-osd ceph-common uuid-runtime
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils qemu-block-extra
-  busybox-static qemu-guest-agent e2fsprogs)
+  busybox-static qemu-guest-agent e2fsprogs iptables)
 # The services, in start order (each has run/<name>.pid and log/<name>.log).
-SERVICES=(mariadb rabbitmq keystone placement glance-api neutron-server nova-api nova-conductor nova-scheduler
+SERVICES=(mariadb rabbitmq keystone placement glance-api neutron-server neutron-linuxbridge-agent nova-api nova-conductor nova-scheduler
   nova-compute cinder-api cinder-scheduler cinder-volume heat-api heat-engine)
 
 RUN=$D/run LOG=$D/log BIN=$D/bin
@@ -475,7 +485,7 @@ EOF
 
 phase_neutron() {
   PHASE=neutron
-  ts "neutron-server (ML2, no mechanism drivers, no agents)"
+  ts "neutron-server (ML2, linuxbridge) and the Linux bridge agent"
   { cat <<EOF
 [DEFAULT]
 use_stderr = true
@@ -488,27 +498,52 @@ api_workers = 1
 rpc_workers = 0
 rpc_state_report_workers = 0
 transport_url = $RABBIT
-notify_nova_on_port_status_changes = false
-notify_nova_on_port_data_changes = false
+# Nova waits for network-vif-plugged before it starts a guest.
+notify_nova_on_port_status_changes = true
+notify_nova_on_port_data_changes = true
 [database]
 connection = $DB/neutron
 [oslo_concurrency]
 lock_path = $D/lock
+[experimental]
+# Zed refuses the linuxbridge mechanism driver without this.
+linuxbridge = true
 EOF
-    ksat neutron; } >/etc/neutron/neutron.conf
+    ksat neutron; svc_auth nova nova; } >/etc/neutron/neutron.conf
   cat >/etc/neutron/plugins/ml2/ml2_conf.ini <<EOF
 [ml2]
 type_drivers = flat,vlan
 tenant_network_types =
-mechanism_drivers =
+mechanism_drivers = linuxbridge
 extension_drivers = port_security
 [ml2_type_flat]
 flat_networks = *
+EOF
+  # The physical networks: one end of a veth pair each (no dummy links in
+  # this kernel). The agent makes a bridge brq<network> per network with
+  # that end in it; Nova's os-vif plugs the guest's tap into the same.
+  local i
+  for i in 1 2 3; do
+    ip link show "raksha-phy$i" >/dev/null 2>&1 || ip link add "raksha-phy$i" type veth peer name "raksha-phy$i-p"
+    ip link set "raksha-phy$i" up; ip link set "raksha-phy$i-p" up
+  done
+  # The firewall is noop (no security group rules on the host); the
+  # server's enable_security_group stays on, so the binding says port_filter
+  # and os-vif adds no iptables rules of its own.
+  cat >/etc/neutron/plugins/ml2/linuxbridge_agent.ini <<EOF
+[linux_bridge]
+physical_interface_mappings = physnet1:raksha-phy1,physnet2:raksha-phy2,physnet3:raksha-phy3
+[vxlan]
+enable_vxlan = false
+[securitygroup]
+firewall_driver = noop
 EOF
   [ "$WARM" = 1 ] || "$BIN/os-run" neutron.db.migration.cli:main --config-file /etc/neutron/neutron.conf \
     --config-file /etc/neutron/plugins/ml2/ml2_conf.ini upgrade heads >>"$LOG/neutron-manage.log" 2>&1
   start neutron-server "$BIN/os-run" neutron.cmd.eventlet.server:main --config-file /etc/neutron/neutron.conf \
     --config-file /etc/neutron/plugins/ml2/ml2_conf.ini
+  start neutron-linuxbridge-agent "$BIN/os-run" neutron.cmd.eventlet.plugins.linuxbridge_neutron_agent:main \
+    --config-file /etc/neutron/neutron.conf --config-file /etc/neutron/plugins/ml2/linuxbridge_agent.ini
 }
 
 phase_nova() {
@@ -525,6 +560,7 @@ compute_driver = libvirt.LibvirtDriver
 state_path = /var/lib/nova
 instances_path = $D/instances
 instance_name_template = os-instance-%08x
+default_ephemeral_format = ext4
 running_deleted_instance_action = log
 enabled_apis = osapi_compute
 osapi_compute_listen = 127.0.0.1
@@ -677,6 +713,7 @@ phase_resources() {
   if [ "$WARM" = 1 ]; then
     PHASE=neutron
     WATCH=neutron-server wait_for "neutron-server on :9696 (log: $LOG/neutron-server.log)" "$WAIT_MAX" http_up http://127.0.0.1:9696/
+    wait_agent
     PHASE=nova-compute
     ts "nova: wait for nova-compute"
     WATCH=nova-compute wait_for "nova-compute up (log: $LOG/nova-compute.log)" "$WAIT_MAX" \
@@ -697,9 +734,14 @@ phase_resources() {
     raksha-lab-guest -f value -c id >/dev/null
   PHASE=neutron
   WATCH=neutron-server wait_for "neutron-server on :9696 (log: $LOG/neutron-server.log)" "$WAIT_MAX" http_up http://127.0.0.1:9696/
-  ts "neutron: the shared flat network public"
-  openstack network create --share --provider-network-type flat --provider-physical-network physnet1 public -f value -c id >/dev/null
+  ts "neutron: the flat networks public (shared), prod-net and staging-net"
+  openstack network create --share --disable-port-security --provider-network-type flat --provider-physical-network physnet1 public -f value -c id >/dev/null
   openstack subnet create --network public --subnet-range 10.30.0.0/24 public-subnet -f value -c id >/dev/null
+  openstack network create --project prod --disable-port-security --provider-network-type flat --provider-physical-network physnet2 prod-net -f value -c id >/dev/null
+  openstack subnet create --project prod --network prod-net --subnet-range 10.31.0.0/24 prod-subnet -f value -c id >/dev/null
+  openstack network create --project staging --disable-port-security --provider-network-type flat --provider-physical-network physnet3 staging-net -f value -c id >/dev/null
+  openstack subnet create --project staging --network staging-net --subnet-range 10.32.0.0/24 staging-subnet -f value -c id >/dev/null
+  wait_agent
   PHASE=nova-compute
   ts "nova: wait for nova-compute, map the host, flavors"
   WATCH=nova-compute wait_for "nova-compute up (log: $LOG/nova-compute.log)" "$WAIT_MAX" \
@@ -707,11 +749,20 @@ phase_resources() {
   "$BIN/os-run" nova.cmd.manage:main cell_v2 discover_hosts --verbose >>"$LOG/nova-manage.log" 2>&1
   openstack flavor create --id 1 --vcpus 1 --ram 256 --disk 1 m1.tiny -f value -c id >/dev/null
   openstack flavor create --id 2 --vcpus 1 --ram 512 --disk 2 m1.small -f value -c id >/dev/null
+  openstack flavor create --id 3 --vcpus 1 --ram 256 --disk 1 --ephemeral 1 m1.eph -f value -c id >/dev/null
   PHASE=cinder-volume
   ts "cinder: volume type ceph"
   openstack volume type create --property volume_backend_name=ceph --public ceph -f value -c id >/dev/null
   wait_pool
   wait_heat
+}
+
+# wait_agent: a port binds only once the Linux bridge agent has reported.
+wait_agent() {
+  PHASE=neutron
+  ts "neutron: wait for the Linux bridge agent"
+  WATCH=neutron-linuxbridge-agent wait_for "the Linux bridge agent alive (log: $LOG/neutron-linuxbridge-agent.log)" "$WAIT_MAX" \
+    bash -c 'openstack network agent list --agent-type linux-bridge -f value -c Alive | grep -q True'
 }
 
 # wait_pool: a volume create fails with NoValidBackend until the scheduler

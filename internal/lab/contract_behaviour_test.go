@@ -114,6 +114,8 @@ func runBehaviour(t *testing.T, tgt contractTarget) {
 		t.Errorf("the refusal does not name the boot sequence: %s", body)
 	}
 
+	ephemeralMapping(t, tgt, s, c, captured.Image.ID)
+
 	if _, err := c.AttachVolume(ctx, serverID, volID); err != nil {
 		t.Fatal(err)
 	}
@@ -266,4 +268,81 @@ func statuses(t *testing.T, s *rawSession, what, service, path, key, until strin
 		last = i
 	}
 	t.Logf("%s: %v", what, seen)
+}
+
+// ephemeralMapping: a block device mapping with source_type blank and
+// destination_type local is an ephemeral disk in the instance directory,
+// not a volume (Nova: new_format_is_ephemeral); the server has no volume
+// attached and the project no new volume. Larger than the flavor's
+// ephemeral disk, it is refused.
+func ephemeralMapping(t *testing.T, tgt contractTarget, s *rawSession, c *cloud.Client, imageID string) {
+	t.Helper()
+	ctx := context.Background()
+	boot := func(name string, size int, imageRef string) (int, []byte, string) {
+		var made map[string]struct {
+			ID string `json:"id"`
+		}
+		server := map[string]any{
+			"name": name, "flavorRef": tgt.ephemeralFlavor, "networks": "none",
+			"block_device_mapping_v2": []any{
+				map[string]any{"source_type": "image", "destination_type": "local", "uuid": imageID, "boot_index": 0, "delete_on_termination": true},
+				map[string]any{"source_type": "blank", "destination_type": "local", "volume_size": size, "guest_format": "ext4", "boot_index": -1, "delete_on_termination": true},
+			}}
+		if imageRef != "" {
+			server["imageRef"] = imageRef
+		}
+		st, body, err := s.do(ctx, "POST", "compute", "/servers", map[string]any{"server": server}, &made)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := made["server"].ID
+		if id != "" {
+			t.Cleanup(func() {
+				if err := c.DeleteServer(ctx, id); err == nil {
+					_ = c.WaitServerGone(ctx, id, tgt.wait)
+				}
+			})
+		}
+		return st, body, id
+	}
+	var before struct {
+		Volumes []struct{ ID string } `json:"volumes"`
+	}
+	s.must(t, "GET", "volumev3", "/volumes", nil, http.StatusOK, &before)
+	// The image mapped to the local root disk needs the request's imageRef
+	// too (Nova's BlockDeviceDict; cloud.CreateServer sends both): without
+	// the key, refused.
+	st, body, _ := boot("behaviour-eph-noimage", 1, "")
+	checkFault(t, "an image mapped to local without imageRef", st, body, http.StatusBadRequest, "badRequest")
+	if !strings.Contains(string(body), "Mapping image to local is not supported") {
+		t.Errorf("the refusal does not name the image mapping: %s", body)
+	}
+	st, body, id := boot("behaviour-eph", 1, imageID)
+	if st != http.StatusAccepted || id == "" {
+		t.Fatalf("a server with a blank local mapping: %d %s", st, body)
+	}
+	if err := c.WaitServer(ctx, id, "ACTIVE", tgt.wait); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Server struct {
+			Volumes []any `json:"os-extended-volumes:volumes_attached"`
+		} `json:"server"`
+	}
+	s.must(t, "GET", "compute", "/servers/"+id, nil, http.StatusOK, &got)
+	if len(got.Server.Volumes) != 0 {
+		t.Errorf("a blank local mapping made the server's volumes %v; want none (an ephemeral disk)", got.Server.Volumes)
+	}
+	var after struct {
+		Volumes []struct{ ID string } `json:"volumes"`
+	}
+	s.must(t, "GET", "volumev3", "/volumes", nil, http.StatusOK, &after)
+	if len(after.Volumes) != len(before.Volumes) {
+		t.Errorf("a blank local mapping: %d volumes before, %d after; want no new volume", len(before.Volumes), len(after.Volumes))
+	}
+	st, body, _ = boot("behaviour-eph-big", 5, imageID)
+	checkFault(t, "a blank local mapping larger than the flavor's ephemeral disk", st, body, http.StatusBadRequest, "badRequest")
+	if !strings.Contains(string(body), "Ephemeral disks requested are larger than the instance type allows") {
+		t.Errorf("the refusal does not name the ephemeral size: %s", body)
+	}
 }

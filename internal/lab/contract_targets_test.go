@@ -40,7 +40,7 @@ type contractTarget struct {
 	user, password, project, authURL string
 	// bootNetwork is the network the workload's server gets a port on; ""
 	// boots it with no NIC (a real cloud without Neutron agents binds no
-	// port).
+	// port; scripts/openstack-up.sh's cloud runs the Linux bridge agent).
 	bootNetwork string
 	// neutronNetwork, when set, is a network the suite makes a port on
 	// and reads with raw requests (the Neutron contracts, where the
@@ -48,6 +48,8 @@ type contractTarget struct {
 	neutronNetwork string
 	// securityGroups: the server is created with the default group.
 	securityGroups bool
+	// ephemeralFlavor is the id of a flavor with a 1 GB ephemeral disk.
+	ephemeralFlavor string
 	// stack makes the stack "app": a stack whose nested stack holds one
 	// server (serverID on the lab; a server of its own on a real cloud).
 	stack func(t *testing.T, s *rawSession, serverID string)
@@ -117,7 +119,7 @@ func labTarget(t *testing.T) contractTarget {
 		cfg: cloud.Config{AuthURL: l.AuthURL(), Username: lab.AdminUser, Password: labtest.AdminPassword,
 			ProjectName: project, Region: "RegionOne"},
 		user: lab.AdminUser, password: labtest.AdminPassword, project: project, authURL: l.AuthURL(),
-		bootNetwork: lab.Network, securityGroups: true,
+		bootNetwork: lab.Network, securityGroups: true, ephemeralFlavor: "1",
 		stack: func(t *testing.T, _ *rawSession, serverID string) {
 			inner, err := l.CreateStack(projectID, "app-inner", "", []lab.StackResource{{Name: "server", Type: "OS::Nova::Server", PhysicalID: serverID}})
 			if err != nil {
@@ -158,8 +160,10 @@ func openstackTarget(t *testing.T) contractTarget {
 		name: "openstack",
 		cfg:  cloud.Config{Cloud: entry, CloudsFile: file},
 		user: auth["username"], password: auth["password"], project: auth["project_name"], authURL: auth["auth_url"],
-		neutronNetwork: "public",
-		deployment:     zedAllInOne,
+		bootNetwork:     "public",
+		neutronNetwork:  "public",
+		ephemeralFlavor: "3", // m1.eph
+		deployment:      zedAllInOne,
 		stack: func(t *testing.T, s *rawSession, _ string) {
 			inner := "heat_template_version: 2018-08-31\nresources:\n  server:\n    type: OS::Nova::Server\n" +
 				"    properties:\n      name: app-stack-1\n      image: " + lab.GuestImage + "\n      flavor: m1.tiny\n" +

@@ -430,12 +430,20 @@ type bdmV2 struct {
 	DeviceName          string       `json:"device_name"`
 	Tag                 string       `json:"tag"`
 	VolumeType          string       `json:"volume_type"`
+	GuestFormat         string       `json:"guest_format"`
+}
+
+// localEphemeral reports a mapping of an ephemeral disk in the instance
+// directory (Nova's new_format_is_ephemeral: source blank, destination
+// local, not swap), which Nova makes as disk.eph<N>, not as a volume.
+func (b bdmV2) localEphemeral() bool {
+	return b.SourceType == "blank" && b.DestinationType == "local" && b.GuestFormat != "swap"
 }
 
 type createServerReq struct {
 	Server struct {
 		Name           string                  `json:"name"`
-		ImageRef       string                  `json:"imageRef"`
+		ImageRef       *string                 `json:"imageRef"` // absent and "" differ to Nova's mapping checks
 		FlavorRef      string                  `json:"flavorRef"`
 		AZ             string                  `json:"availability_zone"`
 		KeyName        string                  `json:"key_name"`
@@ -496,10 +504,29 @@ func (l *Lab) createServer(w http.ResponseWriter, r *http.Request, c *call) erro
 	}
 	var bootVol *bdmV2
 	var extraBDM []bdmV2
+	var ephemeralGB []int
 	for i := range rs.BDM {
 		b := rs.BDM[i]
 		if b.SourceType == "" || b.DestinationType == "" && b.SourceType != "image" {
 			return errBadRequest("Block Device Mapping is Invalid: source_type and destination_type are required.")
+		}
+		// As Nova (BlockDeviceDict): an image mapped to a local disk only as
+		// the root disk of a request with imageRef (even "").
+		if b.SourceType == "image" && b.DestinationType == "local" && (rs.ImageRef == nil || b.BootIndex == nil || b.BootIndex.String() != "0") {
+			return errBadRequest("Block Device Mapping is Invalid: Mapping image to local is not supported.")
+		}
+		if b.SourceType == "blank" && b.DestinationType == "local" && b.GuestFormat == "swap" {
+			continue // the flavor's swap disk (disk.swap), which the lab makes from the flavor
+		}
+		if b.localEphemeral() {
+			// As Nova: the flavor's ephemeral size when the mapping
+			// names none, and all of them together within the flavor's.
+			size := b.VolumeSize
+			if size == 0 {
+				size = f.Ephemeral
+			}
+			ephemeralGB = append(ephemeralGB, size)
+			continue
 		}
 		if b.BootIndex != nil && b.BootIndex.String() == "0" {
 			bootVol = &rs.BDM[i]
@@ -511,10 +538,16 @@ func (l *Lab) createServer(w http.ResponseWriter, r *http.Request, c *call) erro
 	// (boot_index 0), an image-booted server's too (python-novaclient
 	// inserts the image mapping); imageRef alone makes the root mapping only
 	// when there is no block_device_mapping_v2.
+	if total := sum(ephemeralGB); total > f.Ephemeral {
+		return errBadRequest("Ephemeral disks requested are larger than the instance type allows. If no size is given in one block device mapping, flavor ephemeral size will be used.")
+	}
 	if bootVol == nil && len(rs.BDM) > 0 {
 		return errBadRequest("Block Device Mapping is Invalid: Boot sequence for the instance and image/block device mapping combination is not valid.")
 	}
-	imageID := rs.ImageRef
+	imageID := ""
+	if rs.ImageRef != nil {
+		imageID = *rs.ImageRef
+	}
 	if bootVol != nil && bootVol.SourceType == "image" {
 		imageID = bootVol.UUID
 	}
@@ -637,7 +670,7 @@ func (l *Lab) createServer(w http.ResponseWriter, r *http.Request, c *call) erro
 		ID: newID(), Name: rs.Name, ProjectID: c.tok.ProjectID, UserID: c.tok.UserID, FlavorID: f.ID,
 		ImageID: imageID, KeyName: rs.KeyName, AZ: rs.AZ, ConfigDrive: rs.ConfigDrive, UserData: rs.UserData,
 		Description: rs.Description, Metadata: rs.Metadata, Tags: rs.Tags, SecurityGroups: sgNames,
-		VMState: vmBuild, TaskState: "scheduling", Created: now, Updated: now,
+		VMState: vmBuild, TaskState: "scheduling", Created: now, Updated: now, EphemeralGB: ephemeralGB,
 	}
 	if s.Metadata == nil {
 		s.Metadata = map[string]string{}
@@ -696,14 +729,15 @@ func (l *Lab) buildServer(ctx context.Context, id string, bdms []bdmV2) {
 	l.mu.Lock()
 	s := l.st.Servers[id]
 	s.TaskState = "block_device_mapping"
-	f := l.st.Flavors[s.FlavorID]
+	f := *l.st.Flavors[s.FlavorID]
 	ref := InstanceRef{s.Host, s.InstanceName}
 	project, userID := s.ProjectID, s.UserID
 	l.mu.Unlock()
-	if f.Ephemeral > 0 {
-		path := filepath.Join(l.instanceDir(ref, id), "disk.eph0")
-		if err := newDisk(ctx, path, f.Ephemeral, l.opts.FormatDisks, "ephemeral0"); err != nil {
-			fail(fmt.Errorf("create ephemeral disk: %w", err))
+	for i, size := range ephemeralSizes(s, f) {
+		// Nova's default_ephemeral_format labels them ephemeral<N>.
+		path := filepath.Join(l.instanceDir(ref, id), ephemeralFile(i))
+		if err := newDisk(ctx, path, size, l.opts.FormatDisks, fmt.Sprintf("ephemeral%d", i)); err != nil {
+			fail(fmt.Errorf("create ephemeral disk %s: %w", ephemeralFile(i), err))
 			return
 		}
 	}
@@ -799,12 +833,39 @@ func (l *Lab) createVolumeForBDM(ctx context.Context, projectID, userID string, 
 	return v.ID, l.saveLocked()
 }
 
+// ephemeralFile is the file of a server's n-th ephemeral disk in its
+// instance directory, as Nova's libvirt driver names it.
+func ephemeralFile(n int) string { return fmt.Sprintf("disk.eph%d", n) }
+
+// ephemeralSizes are the sizes (GB) of a server's ephemeral disks: those
+// its block device mapping asked for (source blank, destination local),
+// else the flavor's one, as Nova adds it when the mapping has none.
+func ephemeralSizes(s *server, f flavor) []int {
+	if len(s.EphemeralGB) > 0 {
+		return s.EphemeralGB
+	}
+	if f.Ephemeral > 0 {
+		return []int{f.Ephemeral}
+	}
+	return nil
+}
+
+func sum(xs []int) int {
+	n := 0
+	for _, x := range xs {
+		n += x
+	}
+	return n
+}
+
 // nextDevice picks the next free /dev/vdX name (vda is the root disk,
 // ephemeral disks come next).
 func nextDevice(st *state, s *server) string {
 	used := map[string]bool{"/dev/vda": true}
-	if f := st.Flavors[s.FlavorID]; f != nil && f.Ephemeral > 0 {
-		used["/dev/vdb"] = true
+	if f := st.Flavors[s.FlavorID]; f != nil {
+		for i := range ephemeralSizes(s, *f) {
+			used["/dev/vd"+string(rune('b'+i))] = true
+		}
 	}
 	for _, a := range s.Attachments {
 		used[a.Device] = true
@@ -842,8 +903,8 @@ func (l *Lab) instanceLocked(s *server) Instance {
 			inst.Root.SizeGB = f.Disk
 		}
 		inst.SwapMB = f.Swap
-		if f.Ephemeral > 0 {
-			inst.Disks = append(inst.Disks, Disk{Node: EphemeralNode(0), Path: filepath.Join(inst.Dir, "disk.eph0"), Serial: EphemeralNode(0)})
+		for i := range ephemeralSizes(s, *f) {
+			inst.Disks = append(inst.Disks, Disk{Node: EphemeralNode(i), Path: filepath.Join(inst.Dir, ephemeralFile(i)), Serial: EphemeralNode(i)})
 		}
 	}
 	for _, a := range s.Attachments {
@@ -881,6 +942,12 @@ func (l *Lab) destroyServer(ctx context.Context, id string) {
 	l.mu.Lock()
 	s := l.st.Servers[id]
 	ref := InstanceRef{s.Host, s.InstanceName}
+	files := []string{RootFile, SwapFile}
+	if f := l.st.Flavors[s.FlavorID]; f != nil {
+		for i := range ephemeralSizes(s, *f) {
+			files = append(files, ephemeralFile(i))
+		}
+	}
 	l.mu.Unlock()
 	stop := l.opts.Compute.Stop
 	if r, ok := l.opts.Compute.(Remover); ok {
@@ -914,7 +981,7 @@ func (l *Lab) destroyServer(ctx context.Context, id string) {
 		g.Members = remove(g.Members, id)
 	}
 	delete(l.st.Servers, id)
-	for _, f := range []string{"disk.eph0", RootFile, SwapFile} {
+	for _, f := range files {
 		if err := os.RemoveAll(filepath.Join(l.instanceDir(ref, id), f)); err != nil {
 			l.log.Error("lab nova: remove instance disk", "server", id, "file", f, "err", err)
 		}

@@ -134,6 +134,10 @@ type server struct {
 	ResizedFrom string `json:"resized_from,omitempty"`
 	// Attachments in attach order.
 	Attachments []attachment `json:"attachments"`
+	// EphemeralGB are the sizes of the ephemeral disks the block device
+	// mapping asked for (source blank, destination local: disk.eph<N> in
+	// the instance directory, no volume); none: the flavor's.
+	EphemeralGB []int `json:"ephemeral_gb,omitempty"`
 }
 
 type attachment struct {
