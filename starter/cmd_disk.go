@@ -488,6 +488,12 @@ func (a *app) diskRestoreCmd() *cobra.Command {
 			pr := a.newProgress("restore "+ref.Disk, ref.Size)
 			dw := repo.NewDirectWriter(f)
 			st, err := r.RestoreDisk(ctx, ref.ID, dw, repo.RestoreOptions{ZeroHoles: isDev, Progress: pr.update})
+			if err == nil {
+				// restored means on the disk, not in a cache
+				if serr := dw.Sync(); serr != nil {
+					err = fmt.Errorf("restore target %s: %w", path, serr)
+				}
+			}
 			pr.finish()
 			if cerr := dw.Close(); err == nil && cerr != nil {
 				err = fmt.Errorf("restore target %s: %w", path, cerr)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -27,11 +28,28 @@ const directAlign = 4096
 // descriptor.
 //
 // RestoreDisk recognises a DirectWriter and aligns its buffers for it.
+//
+// Sync makes everything written durable. So that its flush does not come all
+// at the end, a DirectWriter starts one in the background (fdatasync, one at
+// a time) every flushEvery bytes: the device, or the host behind a virtual
+// disk, then persists the earlier writes while the restore still decodes
+// the later ones.
 type DirectWriter struct {
 	f      *os.File
 	direct *os.File    // nil: O_DIRECT unavailable
 	off    atomic.Bool // set when the target refused an aligned direct write
+
+	unflushed atomic.Int64   // bytes written since the last background flush started
+	flushing  atomic.Bool    // a background flush runs
+	flushes   sync.WaitGroup // the background flush, for Sync and Close
+	flushErr  atomic.Pointer[error]
+	flushed   atomic.Int64 // background flushes done (for tests)
 }
+
+// flushEvery is how many bytes a DirectWriter writes between background
+// flushes. On the bench's VM a restore of 1.5 GB of data spent about 1 s in
+// one flush at the end.
+const flushEvery = 128 << 20
 
 // NewDirectWriter returns a DirectWriter for f, which must be open for
 // writing. Close it before closing f; it does not close f.
@@ -59,6 +77,39 @@ const directMinWrite = 64 << 10
 
 // WriteAt implements io.WriterAt.
 func (d *DirectWriter) WriteAt(p []byte, off int64) (int, error) {
+	n, err := d.writeAt(p, off)
+	if d.unflushed.Add(int64(n)) >= flushEvery && d.flushing.CompareAndSwap(false, true) {
+		d.unflushed.Store(0)
+		d.flushes.Add(1)
+		go func() {
+			defer d.flushes.Done()
+			defer d.flushing.Store(false)
+			defer d.flushed.Add(1)
+			if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
+				err = fmt.Errorf("flush restore target %s: %w", d.f.Name(), err)
+				d.flushErr.CompareAndSwap(nil, &err)
+			}
+		}()
+	}
+	return n, err
+}
+
+// Sync waits for the background flush and makes every write so far durable
+// (fdatasync of the target: its data and what is needed to read it back).
+// It returns the first error of any flush: a failed flush may have dropped
+// writes, so the target cannot be trusted after one.
+func (d *DirectWriter) Sync() error {
+	d.flushes.Wait()
+	if e := d.flushErr.Load(); e != nil {
+		return *e
+	}
+	if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
+		return fmt.Errorf("flush restore target %s: %w", d.f.Name(), err)
+	}
+	return nil
+}
+
+func (d *DirectWriter) writeAt(p []byte, off int64) (int, error) {
 	if !d.Direct() || len(p) < directMinWrite || off%directAlign != 0 || !aligned(p) {
 		return d.f.WriteAt(p, off)
 	}
@@ -93,8 +144,11 @@ func (d *DirectWriter) WriteAt(p []byte, off int64) (int, error) {
 	return written, nil
 }
 
-// Close closes the O_DIRECT descriptor (not the file given to NewDirectWriter).
+// Close waits for the background flush and closes the O_DIRECT descriptor
+// (not the file given to NewDirectWriter). It does not make the writes
+// durable: Sync does.
 func (d *DirectWriter) Close() error {
+	d.flushes.Wait()
 	if d.direct == nil {
 		return nil
 	}
