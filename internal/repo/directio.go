@@ -85,8 +85,7 @@ func (d *DirectWriter) WriteAt(p []byte, off int64) (int, error) {
 			defer d.flushes.Done()
 			defer d.flushing.Store(false)
 			defer d.flushed.Add(1)
-			if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
-				err = fmt.Errorf("flush restore target %s: %w", d.f.Name(), err)
+			if err := d.fdatasync(); err != nil {
 				d.flushErr.CompareAndSwap(nil, &err)
 			}
 		}()
@@ -103,6 +102,11 @@ func (d *DirectWriter) Sync() error {
 	if e := d.flushErr.Load(); e != nil {
 		return *e
 	}
+	return d.fdatasync()
+}
+
+// fdatasync flushes the target's data and the metadata needed to read it.
+func (d *DirectWriter) fdatasync() error {
 	if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
 		return fmt.Errorf("flush restore target %s: %w", d.f.Name(), err)
 	}

@@ -53,8 +53,7 @@ func prefaultHeap(n int) {
 // unlock 190-336 ms against 54-157 ms, 5 runs each; bench/PROFILE.md); on a
 // long-running one the two were even.
 func touchPages(n int) {
-	buf := make([]byte, n)
-	adviseHugePages(buf)
+	buf := bigBuffer(n)
 	parts := min(max(runtime.GOMAXPROCS(0), 1), 4)
 	var wg sync.WaitGroup
 	for k := range parts {
