@@ -393,14 +393,30 @@ BIG_DESC=""
 if [[ $BENCH_BIG == 1 ]]; then
 	BIG_DESC="$BENCH_BIG_SIZE sparse file with $BENCH_BIG_DATA of real data (from the ext4 image) in 10 pieces spread over it; Raksha default settings."
 fi
+# This machine's floors (bench/floors.sh), before and after the rounds: a
+# machine whose disk or memory is slower shows it here, not only in the ratios.
+floors() {
+	[[ -z ${TOOLBAD[raksha]:-} ]] || return 0
+	log "measuring this machine's floors ($1)"
+	local line
+	if line=$(bench/floors.sh "$BT" "$RAKSHA" "$RUN/floors" "$((img_alloc * 1024))" 2>"$LOGS/floors-$1.err"); then
+		FLOORS+=(-meta "machine:floors $1=$line")
+	else
+		PROBLEMS+=("bench/floors.sh failed ($1): $(tail -1 "$LOGS/floors-$1.err" | cut -c1-150)")
+	fi
+}
+FLOORS=()
+floors "before the rounds"
 for ((ROUND = 1; ROUND <= BENCH_ROUNDS; ROUND++)); do
 	bench_round
 done
+floors "after the rounds"
 
 # ------------------------------------------------------------------ report
 metas=(
 	-meta "machine:date=$(date -u '+%Y-%m-%d %H:%M UTC')"
 	-meta "machine:Go=$(go version | sed 's/^go version //')"
+	"${FLOORS[@]}"
 	-meta "image=$IMG_DESC"
 	-meta "changes=seed $BENCH_SEED; clustered = 10 runs at random 4 KiB-aligned offsets, 4 MiB each per 4 GiB of image; scattered = 1% of the 4 KiB blocks at random; random (incompressible) bytes; the scattered change is applied on top of the clustered one. Raksha with extents gets exactly the changed ranges (\`--changed-extents\`, \`--base\` = previous backup)"
 	-meta "Raksha=$RAKSHA_VER; default settings (4 MiB chunks, zstd, encrypted), label vm=bench; each chain (extents, no extents, each extra chunk size) has its own repository and its own full backup"

@@ -132,3 +132,27 @@ func skipOrFail(t *testing.T, why string) {
 	}
 	t.Skip("SKIPPED: " + why)
 }
+
+// TestDiskFloor writes a floor file on the checkout's own file system (a
+// temporary directory may be tmpfs, which refuses O_DIRECT) and checks that
+// the bytes were written (a size not a multiple of the block), timed, and
+// the file removed.
+func TestDiskFloor(t *testing.T) {
+	dir, err := os.MkdirTemp(".", "floor-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "floor")
+	const n = 9<<20 + 4096
+	r, err := diskFloor(path, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Bytes != n || r.WriteS <= 0 || r.FlushS < 0 || r.TotalS < r.WriteS {
+		t.Fatalf("diskFloor = %+v", r)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("the floor file is still there: %v", err)
+	}
+}

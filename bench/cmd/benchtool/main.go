@@ -16,6 +16,8 @@
 //	benchtool json FILE KEY                  print a field (dotted path) of a JSON document
 //	benchtool size SIZE                      print a size such as 4G or 256KiB in bytes
 //	benchtool report [flags]                 print the tables and write RESULTS.md
+//	benchtool diskfloor -bytes N FILE        time N bytes of O_DIRECT writes to FILE and their fdatasync
+//	benchtool starttime [-n N] -- CMD...     median and fastest wall time of CMD over N runs
 package main
 
 import (
@@ -60,6 +62,10 @@ func main() {
 		err = cmdSize(args)
 	case "report":
 		err = cmdReport(args)
+	case "diskfloor":
+		err = cmdDiskFloor(args)
+	case "starttime":
+		err = cmdStartTime(args)
 	case "-h", "--help", "help":
 		usage()
 	default:
@@ -83,7 +89,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e))
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage: benchtool COMMAND [ARGS]
-commands: exec measure record annotate stage mutate mkbig warm cmp du json size report
+commands: exec measure record annotate stage mutate mkbig warm cmp du json size report diskfloor starttime
 (see the package comment in bench/cmd/benchtool/main.go)
 `)
 	os.Exit(2)
