@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -147,5 +148,74 @@ func checkErr(t *testing.T, err error) {
 	}
 	if err.Error() == "" {
 		t.Fatal("an empty error message")
+	}
+}
+
+// readFrom plays script (after the handshake of a 1 MiB export) to a client
+// and reads 4096 bytes at off from it.
+func readFrom(t *testing.T, script server, off int64) ([]byte, error) {
+	t.Helper()
+	cli, srv := net.Pipe()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _, _ = io.Copy(io.Discard, srv) }()
+	go func() {
+		defer wg.Done()
+		_, _ = srv.Write(append(handshake(1<<20, tflagReadOnly), script...))
+		srv.Close()
+	}()
+	defer func() { cli.Close(); wg.Wait() }()
+	cli.SetDeadline(time.Now().Add(10 * time.Second))
+	c := &Conn{c: cli, contexts: map[string]uint32{}}
+	if err := c.handshake("disk", []string{"base:allocation"}); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 4096)
+	_, err := c.ReadAt(p, off)
+	return p, err
+}
+
+// TestReadReplyChunks: data chunks land where their offsets say, in any
+// order, straight in the caller's buffer; chunks outside the request,
+// including offsets whose sums overflow, are errors, not panics.
+func TestReadReplyChunks(t *testing.T) {
+	const off = 8192
+	data := func(at uint64, b []byte) []byte { return append(server(nil).u64(at), b...) }
+	a, b := make([]byte, 1024), make([]byte, 3072)
+	for i := range a {
+		a[i] = 'a'
+	}
+	for i := range b {
+		b[i] = 'b'
+	}
+	// the second part first, then a hole, then the first part
+	script := server(nil).chunk(0, replyOffsetData, 1, data(off+1024, b[:2048]))
+	script = script.chunk(0, replyOffsetHole, 1, server(nil).u64(off+3072).u32(1024))
+	script = script.chunk(replyFlagDone, replyOffsetData, 1, data(off, a))
+	p, err := readFrom(t, script, off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(append(append([]byte(nil), a...), b[:2048]...), make([]byte, 1024)...)
+	if string(p) != string(want) {
+		t.Fatalf("read %q..., want %q...", p[:16], want[:16])
+	}
+	for _, tc := range []struct {
+		name   string
+		script server
+		want   string
+	}{
+		{"data before the request", server(nil).chunk(replyFlagDone, replyOffsetData, 1, data(off-1, make([]byte, 16))), "read chunk outside the request"},
+		{"data past its end", server(nil).chunk(replyFlagDone, replyOffsetData, 1, data(off+4090, make([]byte, 16))), "read chunk outside the request"},
+		{"data at an overflowing offset", server(nil).chunk(replyFlagDone, replyOffsetData, 1, data(1<<64-8, make([]byte, 16))), "read chunk outside the request"},
+		{"hole at an overflowing offset", server(nil).chunk(replyFlagDone, replyOffsetHole, 1, server(nil).u64(1<<63-1).u32(1<<32-1)), "hole chunk outside the request"},
+		{"hole longer than the request", server(nil).chunk(replyFlagDone, replyOffsetHole, 1, server(nil).u64(off).u32(1<<31)), "hole chunk outside the request"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := readFrom(t, tc.script, off)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -297,7 +297,14 @@ func (c *Conn) requestData(typ uint16, flags uint16, off int64, length uint32, d
 // up to which length its payload is read into a buffer of that length at
 // once (atOnce; a longer one grows with the bytes that arrive): a server
 // announcing a length it does not send costs no memory.
-type chunkLimit struct{ max, atOnce uint32 }
+//
+// into, when set, takes a data chunk's bytes directly: given the chunk's
+// offset and length it returns where they go, or nil when they fall outside
+// the request (the chunk is then read and dropped, and the request fails).
+type chunkLimit struct {
+	max, atOnce uint32
+	into        func(off uint64, n uint32) []byte
+}
 
 // replies reads the replies to one request until the last one, calling fn for
 // each structured chunk (type, payload).
@@ -342,6 +349,31 @@ func (c *Conn) replies(op string, handle uint64, simpleData []byte, lim chunkLim
 			}
 			if h.Len > max(lim.max, maxErrorChunk) {
 				return fmt.Errorf("reply chunk of %d bytes is longer than a %s reply can be (%d)", h.Len, op, max(lim.max, maxErrorChunk))
+			}
+			if lim.into != nil && h.Type == replyOffsetData && h.Len >= 8 {
+				// Data straight into the caller's buffer: no copy, no
+				// allocation per chunk.
+				var at uint64
+				if err := binary.Read(c.c, binary.BigEndian, &at); err != nil {
+					return err
+				}
+				n := h.Len - 8
+				if dst := lim.into(at, n); dst != nil && replyErr == nil {
+					if _, err := io.ReadFull(c.c, dst); err != nil {
+						return fmt.Errorf("read %d-byte data chunk: %w", n, err)
+					}
+				} else {
+					if _, err := io.CopyN(io.Discard, c.c, int64(n)); err != nil {
+						return fmt.Errorf("read %d-byte data chunk: %w", n, err)
+					}
+					if replyErr == nil {
+						replyErr = fmt.Errorf("read chunk outside the request")
+					}
+				}
+				if h.Flags&replyFlagDone != 0 {
+					return replyErr
+				}
+				continue
 			}
 			payload, err := c.readChunk(h.Len, max(lim.atOnce, maxErrorChunk))
 			if err != nil {
@@ -419,33 +451,56 @@ func (c *Conn) read(p []byte, off int64) error {
 		return err
 	}
 	// an offset and the data asked for, in one chunk at most
-	lim := chunkLimit{max: 8 + uint32(len(p)), atOnce: 8 + uint32(len(p))}
+	lim := chunkLimit{max: 8 + uint32(len(p)), atOnce: 8 + uint32(len(p)),
+		into: func(at uint64, n uint32) []byte {
+			rel, ok := within(at, uint64(n), off, len(p))
+			if !ok {
+				return nil
+			}
+			return p[rel : rel+int(n)]
+		}}
 	return c.replies("read", h, p, lim, func(typ uint16, payload []byte) error {
 		if len(payload) < 8 {
 			return fmt.Errorf("short read chunk")
 		}
-		at := int64(binary.BigEndian.Uint64(payload)) - off
+		start := binary.BigEndian.Uint64(payload)
 		switch typ {
 		case replyOffsetData:
 			data := payload[8:]
-			if at < 0 || at+int64(len(data)) > int64(len(p)) {
+			rel, ok := within(start, uint64(len(data)), off, len(p))
+			if !ok {
 				return fmt.Errorf("read chunk outside the request")
 			}
-			copy(p[at:], data)
+			copy(p[rel:], data)
 		case replyOffsetHole:
 			if len(payload) < 12 {
 				return fmt.Errorf("short hole chunk")
 			}
-			n := int64(binary.BigEndian.Uint32(payload[8:]))
-			if at < 0 || at+n > int64(len(p)) {
+			n := binary.BigEndian.Uint32(payload[8:])
+			rel, ok := within(start, uint64(n), off, len(p))
+			if !ok {
 				return fmt.Errorf("hole chunk outside the request")
 			}
-			clear(p[at : at+n])
+			clear(p[rel : rel+int(n)])
 		default:
 			return fmt.Errorf("unexpected reply type %d to a read", typ)
 		}
 		return nil
 	})
+}
+
+// within says where a reply chunk of n bytes at the export's offset start
+// begins in a request for size bytes at off (rel), and whether it lies inside
+// that request. Written without sums that a server's values could overflow.
+func within(start, n uint64, off int64, size int) (rel int, ok bool) {
+	if off < 0 || start < uint64(off) {
+		return 0, false
+	}
+	d := start - uint64(off)
+	if d > uint64(size) || n > uint64(size)-d {
+		return 0, false
+	}
+	return int(d), true
 }
 
 // ErrReadOnly means a write was asked of a read-only export.
