@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -154,7 +155,17 @@ func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	return repo.Open(ctx, be, pw, repo.Options{Log: a.log})
+	r, err := repo.Open(ctx, be, pw, repo.Options{Log: a.log})
+	if err != nil {
+		return nil, err
+	}
+	// The key derivation's 46 MiB are garbage now: collect them, so that
+	// the command's buffers (a backup's or a restore's chunks, about as
+	// much) reuse those pages instead of faulting in fresh memory, which is
+	// slow on virtual machines that hand freed memory back to the host
+	// (bench/PROFILE.md, "Third round").
+	runtime.GC()
+	return r, nil
 }
 
 func (a *app) printJSON(v any) error {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"time"
 
@@ -234,10 +233,6 @@ in the manifest. No checkpoint metadata stays in libvirt.`,
 			if err != nil {
 				return err
 			}
-			// The key derivation's 46 MiB are garbage now: collect them, so
-			// that the copy's buffers reuse those pages instead of faulting
-			// in fresh memory (which is slow on virtual machines).
-			runtime.GC()
 			a.phase("repository opened")
 			base, err := a.findBase(ctx, r, baseID, lbl, diskName, abs)
 			if err != nil {
