@@ -84,7 +84,7 @@ func cmdStartTime(args []string) error {
 	runs := fs.Int("n", 15, "runs")
 	_ = fs.Parse(args)
 	if fs.NArg() == 0 || *runs < 1 {
-		return fmt.Errorf("usage: benchtool starttime [-n N] -- CMD...")
+		return fmt.Errorf("usage: benchtool starttime [-n N] -- CMD")
 	}
 	var ts []float64
 	for range *runs {
