@@ -118,16 +118,8 @@ func (im *Image) connect(ctx context.Context, sock string, n int) error {
 	}
 	im.pool = make(chan *nbd.Conn, n)
 	for range n {
-		c, err := nbd.Dial(ctx, "unix", sock, "restore", nil)
+		c, err := im.dial(ctx, sock, deadline)
 		if err != nil {
-			// qemu-nbd makes its socket before it takes the image's
-			// lock: a refused dial may be qemu-nbd exiting on a lock
-			// held by a running QEMU.
-			select {
-			case <-im.exit:
-				return im.exited()
-			case <-time.After(2 * time.Second):
-			}
 			return err
 		}
 		if c.ReadOnly() {
@@ -139,6 +131,31 @@ func (im *Image) connect(ctx context.Context, sock string, n int) error {
 		im.pool <- c
 	}
 	return nil
+}
+
+// dial connects to qemu-nbd's export, retrying until deadline while
+// qemu-nbd runs. qemu-nbd makes its socket before it listens and before it
+// takes the image's lock, so a refused dial means either "not listening
+// yet" (retry) or "exiting on a lock held by a running QEMU" (its exit
+// says so). A fixed wait after the first refusal failed when the machine
+// was loaded: qemu-nbd had neither exited nor listened within it.
+func (im *Image) dial(ctx context.Context, sock string, deadline time.Time) (*nbd.Conn, error) {
+	for {
+		c, err := nbd.Dial(ctx, "unix", sock, "restore", nil)
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-im.exit:
+			return nil, im.exited()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+	}
 }
 
 // exited is the error of a qemu-nbd that exited (im.exit closed, so its
