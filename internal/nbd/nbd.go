@@ -279,17 +279,22 @@ func (c *Conn) request(typ uint16, flags uint16, off int64, length uint32) (uint
 }
 
 // requestData sends one request header followed by its payload (a write's
-// data) in one write.
+// data) in one gathered write (writev on a socket): the payload is sent
+// from the caller's buffer, not copied behind the header first.
 func (c *Conn) requestData(typ uint16, flags uint16, off int64, length uint32, data []byte) (uint64, error) {
 	c.handle++
-	buf := binary.BigEndian.AppendUint32(make([]byte, 0, 28+len(data)), requestMagic)
+	buf := binary.BigEndian.AppendUint32(make([]byte, 0, 28), requestMagic)
 	buf = binary.BigEndian.AppendUint16(buf, flags)
 	buf = binary.BigEndian.AppendUint16(buf, typ)
 	buf = binary.BigEndian.AppendUint64(buf, c.handle)
 	buf = binary.BigEndian.AppendUint64(buf, uint64(off))
 	buf = binary.BigEndian.AppendUint32(buf, length)
-	buf = append(buf, data...)
-	_, err := c.c.Write(buf)
+	if len(data) == 0 {
+		_, err := c.c.Write(buf)
+		return c.handle, err
+	}
+	bufs := net.Buffers{buf, data}
+	_, err := bufs.WriteTo(c.c)
 	return c.handle, err
 }
 
