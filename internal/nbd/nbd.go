@@ -468,15 +468,9 @@ func (c *Conn) read(p []byte, off int64) error {
 		if len(payload) < 8 {
 			return fmt.Errorf("short read chunk")
 		}
+		// Data chunks went straight into p (lim.into); holes come here.
 		start := binary.BigEndian.Uint64(payload)
 		switch typ {
-		case replyOffsetData:
-			data := payload[8:]
-			rel, ok := within(start, uint64(len(data)), off, len(p))
-			if !ok {
-				return fmt.Errorf("read chunk outside the request")
-			}
-			copy(p[rel:], data)
 		case replyOffsetHole:
 			if len(payload) < 12 {
 				return fmt.Errorf("short hole chunk")
