@@ -1,7 +1,8 @@
 // Command benchtool holds the helpers of the Raksha benchmark (bench/run.sh):
 // a process wrapper that measures what a command reads from the kernel's point
 // of view, the disk-image and change-pattern generators, and the report
-// writer. It uses only the standard library.
+// writer. It uses only the standard library, and golang.org/x/crypto's
+// argon2 for the incremental's floor.
 //
 //	benchtool exec [-o FILE] -- CMD...       run CMD traced; JSON with wall time, rchar, maxrss
 //	benchtool measure [flags] -- CMD...      run CMD under /usr/bin/time -v and exec; append a result record
@@ -18,6 +19,10 @@
 //	benchtool report [flags]                 print the tables and write RESULTS.md
 //	benchtool diskfloor -bytes N FILE        time N bytes of O_DIRECT writes to FILE and their fdatasync
 //	benchtool starttime [-n N] -- CMD...     median and fastest wall time of CMD over N runs
+//	benchtool incrfloor [-n N] DIR           the clustered incremental's floor: the least any tool keeping
+//	                                         Raksha's format and durability must do, timed up to a sync
+//	benchtool incrfloor-source FILE          write the chunks the floor reads (bench/run.sh measures
+//	benchtool incrfloor-run SRC OUT          one run of the floor in each round, beside the tools)
 package main
 
 import (
@@ -66,6 +71,16 @@ func main() {
 		err = cmdDiskFloor(args)
 	case "starttime":
 		err = cmdStartTime(args)
+	case "incrfloor":
+		err = cmdIncrFloor(args)
+	case "incrfloor-run":
+		err = cmdIncrFloorRun(args)
+	case "incrfloor-source":
+		if len(args) != 1 {
+			err = fmt.Errorf("usage: benchtool incrfloor-source FILE")
+		} else {
+			err = writeFloorSource(args[0])
+		}
 	case "-h", "--help", "help":
 		usage()
 	default:
@@ -89,7 +104,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e))
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage: benchtool COMMAND [ARGS]
-commands: exec measure record annotate stage mutate mkbig warm cmp du json size report diskfloor starttime
+commands: exec measure record annotate stage mutate mkbig warm cmp du json size report diskfloor starttime incrfloor incrfloor-source incrfloor-run
 (see the package comment in bench/cmd/benchtool/main.go)
 `)
 	os.Exit(2)
