@@ -270,19 +270,22 @@ verify() {
 
 kopia() { "$KOPIA" "${KOPIA_ARGS[@]}" "$@"; }
 
-# floor_incr: the clustered incremental's floor on this machine, measured as
-# the tools are, in the same round (benchtool incrfloor-run: a lean process
-# doing only what any tool keeping Raksha's format and durability must do for
-# that change; bench/cmd/benchtool/incrfloor.go). After a pause as long as
-# free page reporting's delay, so that it starts on cold memory too.
+# floor_incr EXTENTS: the clustered incremental's floor on this machine,
+# measured as the tools are, in the same round (benchtool incrfloor-run: a
+# lean process doing only what any tool keeping Raksha's format and
+# durability must do for the change in EXTENTS; bench/cmd/benchtool/incrfloor.go).
+# After a pause as long as free page reporting's delay, so that it starts on
+# cold memory too.
 floor_incr() {
+	[[ -n $FLOOR_SRC ]] || return 0
+	local ext=$1
 	local dir=$RUN/repos/floor
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	sleep 3
 	warm_image "$FLOOR_SRC"
 	step floor incr-clustered/floor -tool floor -op incr -pattern clustered -image main -size "$SIZE_BYTES" -repo "$dir" -- \
-		"$BT" incrfloor-run "$FLOOR_SRC" "$dir/out" || true
+		"$BT" incrfloor-run -extents "$ext" "$FLOOR_SRC" "$dir/out" || true
 	rm -rf "$dir"
 }
 
@@ -348,7 +351,7 @@ bench_round() {
 		done
 		restic_backup "incr-$pattern/restic" incr "$pattern"
 		kopia_backup "incr-$pattern/kopia" incr "$pattern"
-		[[ $pattern != clustered ]] || floor_incr
+		[[ $pattern != clustered ]] || floor_incr "$ext"
 	done
 
 	# ------------------------------------------------------------------ phase 4: restores
@@ -425,7 +428,10 @@ floors() {
 FLOORS=()
 floors "before the rounds"
 FLOOR_SRC=$RUN/incrfloor.src
-"$BT" incrfloor-source "$FLOOR_SRC"
+if ! "$BT" incrfloor-source "$FLOOR_SRC" 2>"$RUN/incrfloor-source.err"; then
+	PROBLEMS+=("benchtool incrfloor-source failed, no floor rows: $(tail -1 "$RUN/incrfloor-source.err" | cut -c1-150)")
+	FLOOR_SRC=""
+fi
 for ((ROUND = 1; ROUND <= BENCH_ROUNDS; ROUND++)); do
 	bench_round
 done

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,15 +24,47 @@ import (
 	"golang.org/x/crypto/argon2"
 )
 
-// The clustered incremental's shape in the bench (bench/run.sh): 10 runs of
-// 4 MiB changed at unaligned offsets, so 20 chunks of 4 MiB are read and
-// hashed and at least the 40 MiB of changed (random, incompressible) bytes
-// are stored.
-const (
-	floorChunk      = 4 << 20
-	floorReadChunks = 20
-	floorNewChunks  = 10
-)
+// floorChunk is Raksha's default chunk size, the unit the floor reads and
+// hashes.
+const floorChunk = 4 << 20
+
+// floorPlan is the work of one change: how many chunks of 4 MiB it touches
+// (each is read and keyed-hashed whole) and how many changed bytes must be
+// stored (random, incompressible: sealed and written as they are).
+type floorPlan struct {
+	Chunks  int64
+	Changed int64
+}
+
+// defaultFloorPlan is the bench's clustered change on its 4 GiB image: 10 runs
+// of 4 MiB at unaligned offsets, so 20 chunks touched and 40 MiB changed.
+var defaultFloorPlan = floorPlan{Chunks: 20, Changed: 40 << 20}
+
+// planFor returns the floor's plan for a change given as extents (the JSON
+// that benchtool mutate writes and Raksha's --changed-extents reads).
+func planFor(ext []Extent) (floorPlan, error) {
+	touched := map[int64]bool{}
+	var p floorPlan
+	for _, e := range ext {
+		if e.Offset < 0 || e.Length <= 0 || e.Offset > math.MaxInt64-e.Length {
+			return floorPlan{}, fmt.Errorf("extent {offset %d, length %d}: want offset >= 0 and length > 0", e.Offset, e.Length)
+		}
+		for c := e.Offset / floorChunk; c <= (e.Offset+e.Length-1)/floorChunk; c++ {
+			touched[c] = true
+		}
+		p.Changed += e.Length
+	}
+	p.Chunks = int64(len(touched))
+	if p.Chunks == 0 {
+		return floorPlan{}, fmt.Errorf("no extents: nothing changed")
+	}
+	return p, nil
+}
+
+// floorSourceChunks is how many chunks `benchtool incrfloor-source` writes; a
+// plan with more chunks reads them again from the start (they are in the
+// page cache either way).
+const floorSourceChunks = 20
 
 // incrFloorRun is one run of the incremental floor: its wall time and its
 // wall time up to the end of a `sync` after it, seen from outside as the
@@ -144,7 +177,7 @@ func writeFloorSource(path string) error {
 		return fmt.Errorf("incrfloor: %w", err)
 	}
 	defer f.Close()
-	for i := range floorReadChunks {
+	for i := range floorSourceChunks {
 		_, _ = rand.Read(buf)
 		if _, err := f.WriteAt(buf, int64(i)*floorChunk); err != nil {
 			return fmt.Errorf("incrfloor: write %s: %w", path, err)
@@ -153,7 +186,7 @@ func writeFloorSource(path string) error {
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("incrfloor: fsync %s: %w", path, err)
 	}
-	for i := range floorReadChunks {
+	for i := range floorSourceChunks {
 		if _, err := f.ReadAt(buf, int64(i)*floorChunk); err != nil {
 			return fmt.Errorf("incrfloor: read %s: %w", path, err)
 		}
@@ -161,33 +194,72 @@ func writeFloorSource(path string) error {
 	return nil
 }
 
-// cmdIncrFloorRun is one run of the floor (see cmdIncrFloor): SRC holds the
-// 20 chunks, OUT is created. It prints an incrFloorRun with its phases.
+// cmdIncrFloorRun is one run of the floor (see cmdIncrFloor): SRC is what
+// `benchtool incrfloor-source` wrote, OUT is created. With -extents the
+// change is the one in that file (bench/run.sh passes the round's clustered
+// change), else the bench's clustered change on its 4 GiB image. It prints
+// an incrFloorRun with its phases.
 func cmdIncrFloorRun(args []string) error {
 	start := time.Now()
-	if len(args) != 2 {
-		return fmt.Errorf("usage: benchtool incrfloor-run SRC OUT")
+	fs := flag.NewFlagSet("incrfloor-run", flag.ExitOnError)
+	extents := fs.String("extents", "", "the change, as JSON extents")
+	_ = fs.Parse(args)
+	if fs.NArg() != 2 {
+		return fmt.Errorf("usage: benchtool incrfloor-run [-extents FILE] SRC OUT")
 	}
-	r, err := incrFloorOnce(start, args[0], args[1])
+	plan := defaultFloorPlan
+	if *extents != "" {
+		data, err := os.ReadFile(*extents)
+		if err != nil {
+			return err
+		}
+		var ext []Extent
+		if err := json.Unmarshal(data, &ext); err != nil {
+			return fmt.Errorf("%s: %w", *extents, err)
+		}
+		if plan, err = planFor(ext); err != nil {
+			return fmt.Errorf("%s: %w", *extents, err)
+		}
+	}
+	r, err := incrFloorOnce(start, fs.Arg(0), fs.Arg(1), plan)
 	if err != nil {
 		return err
 	}
 	return json.NewEncoder(os.Stdout).Encode(r)
 }
 
-// sealedChunkLen is the length of one sealed chunk in the floor's output:
+// sealedLen is the length of n plain bytes sealed in the floor's output:
 // nonce, ciphertext and tag, rounded up to O_DIRECT's 4 KiB.
-const sealedChunkLen = (floorChunk + 12 + 16 + 4095) &^ 4095
+func sealedLen(n int64) int64 { return (n + 12 + 16 + 4095) &^ 4095 }
 
-// incrFloorOnce does the floor's work (see cmdIncrFloor) on the chunks in
-// srcPath, writing the sealed ones to a new file outPath, and returns its
-// phases measured from start.
-func incrFloorOnce(start time.Time, srcPath, outPath string) (incrFloorRun, error) {
+// storedLen is the length of the floor's output for a plan: the changed
+// bytes sealed in pieces of up to a chunk.
+func storedLen(p floorPlan) int64 {
+	full := p.Changed / floorChunk
+	n := full * sealedLen(floorChunk)
+	if rest := p.Changed % floorChunk; rest > 0 {
+		n += sealedLen(rest)
+	}
+	return n
+}
+
+// incrFloorOnce does the floor's work (see cmdIncrFloor) for plan, reading
+// the chunks from srcPath and writing the sealed changed bytes to a new file
+// outPath, and returns its phases measured from start.
+func incrFloorOnce(start time.Time, srcPath, outPath string, plan floorPlan) (incrFloorRun, error) {
 	src, err := os.Open(srcPath)
 	if err != nil {
 		return incrFloorRun{}, err
 	}
 	defer src.Close()
+	st, err := src.Stat()
+	if err != nil {
+		return incrFloorRun{}, err
+	}
+	srcChunks := st.Size() / floorChunk
+	if srcChunks == 0 || plan.Chunks <= 0 || plan.Changed <= 0 || plan.Changed > plan.Chunks*floorChunk {
+		return incrFloorRun{}, fmt.Errorf("incrfloor: source %s has %d chunks; plan %+v", srcPath, srcChunks, plan)
+	}
 
 	// The unlock: argon2id at Raksha's default cost, on memory prefaulted
 	// on huge pages from several goroutines (internal/repo/kdf.go).
@@ -226,36 +298,38 @@ func incrFloorOnce(start time.Time, srcPath, outPath string) (incrFloorRun, erro
 	defer syscall.Close(fd)
 
 	// Two workers, each with one read and one sealed buffer: read a chunk,
-	// hash it, and seal and write it if it is one of the changed ones.
-	sealedLen := sealedChunkLen
+	// hash it, and seal and write the next piece of the changed bytes (up to
+	// a chunk) while any is left.
 	var next, pos atomic.Int64
 	errs := make([]error, 2)
 	for w := range 2 {
 		wg.Go(func() {
 			in := make([]byte, floorChunk)
-			sealed := alignedBlock(sealedLen, 4096)
+			sealed := alignedBlock(int(sealedLen(floorChunk)), 4096)
 			mac := hmac.New(sha256.New, key[32:])
 			var sum [sha256.Size]byte
 			for {
 				i := next.Add(1) - 1
-				if i >= floorReadChunks {
+				if i >= plan.Chunks {
 					return
 				}
-				if _, err := src.ReadAt(in, i*floorChunk); err != nil {
+				if _, err := src.ReadAt(in, i%srcChunks*floorChunk); err != nil {
 					errs[w] = err
 					return
 				}
 				mac.Reset()
 				mac.Write(in)
 				mac.Sum(sum[:0])
-				if i%2 == 1 { // 10 of the 20 chunks hold changed bytes
+				piece := min(plan.Changed-i*floorChunk, floorChunk)
+				if piece <= 0 {
 					continue
 				}
 				nonce := sealed[:gcm.NonceSize()]
 				copy(nonce, sum[:])
-				gcm.Seal(sealed[len(nonce):len(nonce)], nonce, in, nil)
-				at := pos.Add(int64(sealedLen)) - int64(sealedLen)
-				if _, err := syscall.Pwrite(fd, sealed, at); err != nil {
+				gcm.Seal(sealed[len(nonce):len(nonce)], nonce, in[:piece], nil)
+				n := sealedLen(piece)
+				at := pos.Add(n) - n
+				if _, err := syscall.Pwrite(fd, sealed[:n], at); err != nil {
 					errs[w] = fmt.Errorf("write %s: %w", outPath, err)
 					return
 				}

@@ -313,7 +313,7 @@ func writeReport(b *strings.Builder, raw []*Record, metas []string, workdir stri
 		b.WriteString(" The row `floor` is not a tool: it is the clustered incremental's floor on this machine, measured in each " +
 			"round as the tools are (`benchtool incrfloor-run`, bench/cmd/benchtool/incrfloor.go): a lean process that does only what " +
 			"any tool keeping Raksha's repository format and durability must do for that change (argon2id at Raksha's default cost, " +
-			"reading and HMAC-SHA-256 of the 20 chunks of 4 MiB the change touches, AES-256-GCM and O_DIRECT writes of the 10 changed ones " +
+			"reading and HMAC-SHA-256 of every chunk of 4 MiB the change touches, AES-256-GCM and O_DIRECT writes of the changed bytes " +
 			"into one file, one fdatasync), with no compression, no metadata and no CLI.")
 	}
 	b.WriteString("\n\n")
