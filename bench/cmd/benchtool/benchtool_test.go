@@ -133,16 +133,25 @@ func skipOrFail(t *testing.T, why string) {
 	t.Skip("SKIPPED: " + why)
 }
 
+// diskTempDir returns a new directory in the checkout, removed when the test
+// ends: O_DIRECT needs a disk file system, and the temporary directory may be
+// tmpfs, which refuses it.
+func diskTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(".", "benchtool-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // TestDiskFloor writes a floor file on the checkout's own file system (a
 // temporary directory may be tmpfs, which refuses O_DIRECT) and checks that
 // the bytes were written (a size not a multiple of the block), timed, and
 // the file removed.
 func TestDiskFloor(t *testing.T) {
-	dir, err := os.MkdirTemp(".", "floor-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := diskTempDir(t)
 	path := filepath.Join(dir, "floor")
 	const n = 9<<20 + 4096
 	r, err := diskFloor(path, n)

@@ -27,11 +27,7 @@ func TestMain(m *testing.M) {
 // stored the changed bytes sealed (no block of the output contains any
 // source chunk's plaintext) and timed its phases.
 func TestIncrFloorOnce(t *testing.T) {
-	dir, err := os.MkdirTemp(".", "incrfloor-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := diskTempDir(t)
 	src := filepath.Join(dir, "src")
 	if err := writeFloorSource(src); err != nil {
 		t.Fatal(err)
@@ -125,11 +121,7 @@ func TestPlanFor(t *testing.T) {
 // TestIncrFloor runs the floor twice as separate processes (this test binary
 // as benchtool) and checks the runs' times and that nothing is left behind.
 func TestIncrFloor(t *testing.T) {
-	dir, err := os.MkdirTemp(".", "incrfloor-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := diskTempDir(t)
 	t.Setenv("BENCHTOOL_AS_MAIN", "1")
 	r, err := incrFloor(dir, 2, 0)
 	if err != nil {
