@@ -101,21 +101,6 @@ func OpenImage(ctx context.Context, path string, o ImageOptions) (*Image, error)
 
 func (im *Image) connect(ctx context.Context, sock string, n int) error {
 	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		select {
-		case <-im.exit:
-			return im.exited()
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return errors.New("qemu-nbd did not open its socket in 15 s")
-		}
-	}
 	im.pool = make(chan *nbd.Conn, n)
 	for range n {
 		c, err := im.dial(ctx, sock, deadline)
@@ -134,11 +119,12 @@ func (im *Image) connect(ctx context.Context, sock string, n int) error {
 }
 
 // dial connects to qemu-nbd's export, retrying until deadline while
-// qemu-nbd runs. qemu-nbd makes its socket before it listens and before it
-// takes the image's lock, so a refused dial means either "not listening
-// yet" (retry) or "exiting on a lock held by a running QEMU" (its exit
-// says so). A fixed wait after the first refusal failed when the machine
-// was loaded: qemu-nbd had neither exited nor listened within it.
+// qemu-nbd runs. A dial fails while qemu-nbd has not made its socket yet,
+// and is refused after it made it but before it listens; qemu-nbd also
+// makes its socket before it takes the image's lock, so a refusal may be
+// qemu-nbd exiting on a lock held by a running QEMU (its exit says so). A
+// fixed wait after the first refusal failed when the machine was loaded:
+// qemu-nbd had neither exited nor listened within it.
 func (im *Image) dial(ctx context.Context, sock string, deadline time.Time) (*nbd.Conn, error) {
 	for {
 		c, err := nbd.Dial(ctx, "unix", sock, "restore", nil)
@@ -153,7 +139,7 @@ func (im *Image) dial(ctx context.Context, sock string, deadline time.Time) (*nb
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return nil, err
+			return nil, fmt.Errorf("no connection to qemu-nbd in 15 s (it did not open its socket, or did not accept): %w", err)
 		}
 	}
 }
