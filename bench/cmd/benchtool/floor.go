@@ -48,9 +48,7 @@ func cmdDiskFloor(args []string) error {
 // removes it and returns the times.
 func diskFloor(path string, n int64) (floorResult, error) {
 	const block = 4 << 20
-	raw := make([]byte, block+4096)
-	off := int((4096 - uintptr(unsafe.Pointer(&raw[0]))%4096) % 4096)
-	buf := raw[off : off+block]
+	buf := alignedBlock(block, 4096)
 	rng := rand.NewChaCha8([32]byte{'f', 'l', 'o', 'o', 'r'})
 	_, _ = rng.Read(buf)
 	fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_TRUNC|syscall.O_DIRECT|syscall.O_CLOEXEC, 0o600)
@@ -97,4 +95,12 @@ func cmdStartTime(args []string) error {
 	}
 	slices.Sort(ts)
 	return json.NewEncoder(os.Stdout).Encode(map[string]float64{"median_s": ts[len(ts)/2], "min_s": ts[0]})
+}
+
+// alignedBlock returns n bytes whose start is aligned to align (a power of
+// two), as O_DIRECT and huge pages need.
+func alignedBlock(n, align int) []byte {
+	raw := make([]byte, n+align)
+	off := (align - int(uintptr(unsafe.Pointer(&raw[0]))%uintptr(align))) % align
+	return raw[off : off+n]
 }

@@ -19,7 +19,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/crypto/argon2"
 )
@@ -167,9 +166,9 @@ func incrFloor(dir string, n int, pause time.Duration) (incrFloorResult, error) 
 	return res, nil
 }
 
-// writeFloorSource writes the chunks the floor reads (random bytes), makes
-// them durable and reads them back, so that they are in the page cache as
-// the bench's image is after `benchtool warm`.
+// writeFloorSource writes the chunks the floor reads (random bytes) through
+// the page cache, which keeps them as the bench's image is kept after
+// `benchtool warm`, and makes them durable.
 func writeFloorSource(path string) error {
 	buf := make([]byte, floorChunk)
 	f, err := os.Create(path)
@@ -186,12 +185,15 @@ func writeFloorSource(path string) error {
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("incrfloor: fsync %s: %w", path, err)
 	}
-	for i := range floorSourceChunks {
-		if _, err := f.ReadAt(buf, int64(i)*floorChunk); err != nil {
-			return fmt.Errorf("incrfloor: read %s: %w", path, err)
-		}
-	}
 	return nil
+}
+
+// cmdIncrFloorSource is `benchtool incrfloor-source FILE`.
+func cmdIncrFloorSource(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: benchtool incrfloor-source FILE")
+	}
+	return writeFloorSource(args[0])
 }
 
 // cmdIncrFloorRun is one run of the floor (see cmdIncrFloor): SRC is what
@@ -265,7 +267,7 @@ func incrFloorOnce(start time.Time, srcPath, outPath string, plan floorPlan) (in
 	// on huge pages from several goroutines (internal/repo/kdf.go).
 	const kdfMemory = 46 << 10 // KiB
 	pre := alignedBlock(kdfMemory<<10, 2<<20)
-	_ = syscall.Madvise(pre, 14) // MADV_HUGEPAGE
+	_ = syscall.Madvise(pre, syscall.MADV_HUGEPAGE)
 	var wg sync.WaitGroup
 	for k := range 4 {
 		part := pre[k*len(pre)/4 : (k+1)*len(pre)/4]
@@ -348,12 +350,4 @@ func incrFloorOnce(start time.Time, srcPath, outPath string, plan floorPlan) (in
 	}
 	flushed := time.Since(start)
 	return incrFloorRun{KDFS: kdf.Seconds(), StoreS: (stored - kdf).Seconds(), FlushS: (flushed - stored).Seconds()}, nil
-}
-
-// alignedBlock returns n bytes whose start is aligned to align (a power of
-// two), as O_DIRECT and huge pages need.
-func alignedBlock(n, align int) []byte {
-	raw := make([]byte, n+align)
-	off := (align - int(uintptr(unsafe.Pointer(&raw[0]))%uintptr(align))) % align
-	return raw[off : off+n]
 }

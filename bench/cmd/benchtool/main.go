@@ -76,11 +76,7 @@ func main() {
 	case "incrfloor-run":
 		err = cmdIncrFloorRun(args)
 	case "incrfloor-source":
-		if len(args) != 1 {
-			err = fmt.Errorf("usage: benchtool incrfloor-source FILE")
-		} else {
-			err = writeFloorSource(args[0])
-		}
+		err = cmdIncrFloorSource(args)
 	case "-h", "--help", "help":
 		usage()
 	default:
